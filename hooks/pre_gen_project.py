@@ -1,0 +1,71 @@
+"""Validate the answers before anything is generated: one line naming the prompt, the value and what is allowed.
+
+Exit status 1 makes cookiecutter raise FailedHookException and remove the half-made folder.
+"""
+
+import json
+import keyword
+import re
+import sys
+
+# Double-encoded so that any answer (quotes, backslashes, newlines) is a valid Python string literal here.
+ANSWERS = json.loads({{ cookiecutter | jsonify | jsonify }})
+
+# Names the generated package must not take: it would shadow a dependency or a module the code imports.
+DEPENDENCIES = {
+    "torch", "torchvision", "timm", "albumentations", "sklearn", "scipy", "numpy", "pandas", "PIL", "omegaconf",
+    "pytorch_optimizer", "iterstrat", "wandb", "matplotlib", "tqdm", "kaggle", "cookiecutter", "pytest", "ruff",
+    "yaml", "test", "tests", "src", "configs", "scripts", "data", "outputs",
+}
+# Which metrics make sense for which task (the generated metrics registry holds the same table; a test checks it).
+METRIC_TASKS = {
+    "auto": {"multiclass", "binary", "multilabel", "regression"},
+    "accuracy": {"multiclass", "binary", "multilabel"},
+    "balanced_accuracy": {"multiclass", "binary"},
+    "f1_macro": {"multiclass", "binary", "multilabel"},
+    "f1_micro": {"multiclass", "multilabel"},  # binary micro-F1 equals accuracy: the registry leaves it out
+    "roc_auc": {"multiclass", "binary", "multilabel"},
+    "log_loss": {"multiclass", "binary", "multilabel"},
+    "qwk": {"multiclass", "regression"},
+    "rmse": {"regression"},
+    "mae": {"regression"},
+    "map_at_3": {"multiclass"},
+}
+SAFE_TEXT = re.compile(r"^[^\"\\\n\r\t`$<>|;{}]*$")
+
+
+def fail(prompt: str, value: object, allowed: str) -> None:
+    print(f"ERROR: {prompt}={value!r} is not allowed: {allowed}")
+    sys.exit(1)
+
+
+def check() -> None:
+    a = ANSWERS
+    for key in ("competition_name", "author"):
+        if not a[key].strip() or not SAFE_TEXT.match(a[key]):
+            fail(key, a[key], 'expected plain text without quotes, backslashes, newlines or any of `$<>|;{}')
+    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", a["competition_id"]) or len(a["competition_id"]) > 60:
+        fail("competition_id", a["competition_id"], "expected a Kaggle slug: lowercase letters, digits and single hyphens")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", a["project_slug"]):
+        fail("project_slug", a["project_slug"], "expected a folder name of lowercase letters, digits, '.', '_', '-'")
+    pkg = a["package_name"]
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", pkg) or keyword.iskeyword(pkg):
+        fail("package_name", pkg, "expected a lowercase Python identifier (letters, digits, underscores)")
+    if pkg in DEPENDENCIES or pkg in sys.stdlib_module_names:
+        fail("package_name", pkg, "it would shadow a standard-library module or a dependency; pick another name")
+    if a["metric"] not in METRIC_TASKS:
+        fail("metric", a["metric"], f"expected one of {sorted(METRIC_TASKS)}")
+    if a["task"] not in METRIC_TASKS[a["metric"]]:
+        valid = sorted(m for m, tasks in METRIC_TASKS.items() if a["task"] in tasks)
+        fail("metric", a["metric"], f"not valid for task={a['task']}; valid: {', '.join(valid)}")
+    if not a["image_size"].isdigit() or int(a["image_size"]) <= 0 or int(a["image_size"]) % 8:
+        fail("image_size", a["image_size"], "expected a positive multiple of 8 (e.g. 224, 256, 384)")
+    if not a["n_folds"].isdigit() or not 2 <= int(a["n_folds"]) <= 20:
+        fail("n_folds", a["n_folds"], "expected a whole number from 2 to 20")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", a["backbone"]):
+        fail("backbone", a["backbone"], "expected a timm model name such as efficientnet_b0 or convnext_tiny.fb_in22k")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", a["wandb_project"]):
+        fail("wandb_project", a["wandb_project"], "expected letters, digits, '.', '_', '-'")
+
+
+check()

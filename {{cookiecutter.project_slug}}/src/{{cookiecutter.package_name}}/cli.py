@@ -1,0 +1,270 @@
+"""One entry point, one sub-command per pipeline stage:
+
+    python -m <package> COMMAND -c configs/<exp>.yaml [--fold K|all] [key=value ...]
+
+Bad input ends with one line, `error: ...`, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import Config, load
+from .errors import UserError
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would query PyPI on import
+
+
+@dataclass
+class Command:
+    run: Callable[[argparse.Namespace], object]
+    help: str
+    flags: tuple[Callable[[argparse.ArgumentParser], object], ...]
+    config: bool = True
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, *flags: Callable, config: bool = True) -> Callable:
+    def deco(fn: Callable[[argparse.Namespace], object]) -> Callable:
+        COMMANDS[name] = Command(fn, help, flags, config)
+        return fn
+
+    return deco
+
+
+# Reusable flags.
+def fold(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fold", default="all", help="fold number, comma list (0,2) or 'all' (default)")
+
+
+def force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="redo and overwrite what is already done")
+
+
+def exp(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exp", help="experiment or ensemble under output_dir (default: the config's own)")
+
+
+def teacher(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", nargs="+", required=True, help="teacher experiment(s) or ensemble(s)")
+
+
+def parse_folds(value: str, cfg: Config) -> list[int]:
+    if value == "all":
+        return list(range(cfg.folds.n_folds))
+    try:
+        folds = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise UserError(f"--fold {value!r}: expected a fold number, a comma list (0,2) or 'all'") from None
+    bad = [k for k in folds if not 0 <= k < cfg.folds.n_folds]
+    if bad:
+        raise UserError(f"--fold {bad[0]} is outside 0..{cfg.folds.n_folds - 1} (folds.n_folds={cfg.folds.n_folds})")
+    return folds
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    return load(args.config, args.overrides)
+
+
+def _demo_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="data/demo", help="folder to write (default data/demo)")
+    p.add_argument("--task", default="multiclass", help="multiclass | binary | multilabel | regression")
+    p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    p.add_argument("--rgb", action="store_true", help="write RGB instead of grayscale PNGs")
+
+
+@command("demo-data", "write the demo competition (scikit-learn digits) in Kaggle layout", _demo_flags, config=False)
+def _demo_data(args: argparse.Namespace) -> None:
+    from .demo import write_demo
+
+    print(f"demo competition written to {write_demo(args.out, task=args.task, size=args.size, rgb=args.rgb)}")
+
+
+@command("download", "download and unzip the competition's files into data.dir (needs Kaggle credentials)")
+def _download(args: argparse.Namespace) -> None:
+    from .kaggle_api import download
+
+    cfg = config_of(args)
+    if not cfg.competition:
+        raise UserError(f"{args.config}: config key 'competition' is empty; set it to the Kaggle competition slug")
+    print(f"competition files in {download(cfg.competition, cfg.data.dir)}")
+
+
+@command("folds", "write the folds once (refuses to change an existing split without --force)", force)
+def _folds(args: argparse.Namespace) -> None:
+    from .folds import write_folds
+
+    path, h, written = write_folds(config_of(args), force=args.force)
+    print(f"{path}: {'written' if written else 'unchanged, already'} (hash {h})")
+
+
+@command("train", "train folds (default all), then print and save the CV summary", fold, force)
+def _train(args: argparse.Namespace) -> None:
+    from .train import train_folds
+
+    cfg = config_of(args)
+    train_folds(cfg, parse_folds(args.fold, cfg), force=args.force)
+
+
+@command("cv", "recompute the CV summary (oof.csv, cv.json, figures) from the finished folds")
+def _cv(args: argparse.Namespace) -> None:
+    from .cv import summarize
+
+    summarize(config_of(args))
+
+
+@command("lr-find", "LR range test on one fold; prints the suggestion, saves lr_find.png", fold)
+def _lr_find(args: argparse.Namespace) -> None:
+    from .lrfind_run import run_lr_find
+
+    cfg = config_of(args)
+    run_lr_find(cfg, parse_folds(args.fold if args.fold != "all" else "0", cfg)[0])
+
+
+def _predict_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-oof-tta", action="store_true", help="skip re-predicting the OOF rows with the TTA views")
+
+
+@command("predict", "fold models x TTA views -> outputs/<exp>/test_pred.csv (and OOF with TTA)", _predict_flags)
+def _predict(args: argparse.Namespace) -> None:
+    from .cv import summarize
+    from .infer import predict_oof_tta, predict_test
+
+    cfg = config_of(args)
+    df = predict_test(cfg)
+    print(f"{cfg.run_dir / 'test_pred.csv'}: {len(df)} rows")
+    if list(cfg.tta.views) != ["identity"] and not args.no_oof_tta:
+        predict_oof_tta(cfg)
+    summarize(cfg)
+
+
+@command(
+    "pseudo", "pseudo-label rounds: fold k's teacher labels the test images for fold k's student", teacher, fold, force
+)
+def _pseudo(args: argparse.Namespace) -> None:
+    from .pseudo import run_pseudo
+
+    cfg = config_of(args)
+    if len(args.teacher) != 1:
+        raise UserError("pseudo takes one --teacher (an experiment or an ensemble of several)")
+    run_pseudo(cfg, args.teacher[0], folds=parse_folds(args.fold, cfg), force=args.force)
+
+
+@command("distill", "teacher(s) -> student distillation, fold k's teachers only", teacher, fold, force)
+def _distill(args: argparse.Namespace) -> None:
+    from .distill import run_distill
+
+    cfg = config_of(args)
+    run_distill(cfg, args.teacher, folds=parse_folds(args.fold, cfg), force=args.force)
+
+
+def _ensemble_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exps", nargs="+", required=True, help="experiments (or ensembles) to blend")
+    p.add_argument("--method", default="hill_climb", help="mean | weighted | rank | hill_climb | optimize")
+    p.add_argument("--name", default="blend", help="output folder under output_dir (default blend)")
+    p.add_argument("--weights", nargs="+", type=float, help="weights for --method weighted")
+
+
+@command("ensemble", "blend experiments on their OOF predictions -> outputs/<name>/", _ensemble_flags)
+def _ensemble(args: argparse.Namespace) -> None:
+    from .ensemble import blend
+
+    blend(config_of(args), args.exps, args.method, args.name, args.weights)
+
+
+def _submission_flags(p: argparse.ArgumentParser) -> None:
+    exp(p)
+    p.add_argument("--name", help="file name under submissions/ (default: the experiment's)")
+
+
+@command("make-submission", "test predictions -> submissions/<name>.csv, validated", _submission_flags)
+def _make_submission(args: argparse.Namespace) -> None:
+    from .submit import make_submission
+
+    cfg = config_of(args)
+    make_submission(cfg, args.exp or cfg.exp, args.name)
+
+
+def _file_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="the submission CSV")
+
+
+def _submit_flags(p: argparse.ArgumentParser) -> None:
+    _file_flags(p)
+    p.add_argument("-m", "--message", help="submission message (default: experiment and its CV)")
+    p.add_argument("--dry-run", action="store_true", help="validate and show what would be sent; send nothing")
+
+
+@command("submit", "validate a submission and send it with `kaggle competitions submit`", _submit_flags)
+def _submit(args: argparse.Namespace) -> None:
+    from .submit import submit
+
+    cfg = config_of(args)
+    submit(cfg, args.file, args.message, args.dry_run, competition=cfg.competition)
+
+
+def _score_flags(p: argparse.ArgumentParser) -> None:
+    _file_flags(p)
+    p.add_argument("--solution", help="solution CSV (default: data.dir/solution.csv, which the demo ships)")
+
+
+@command("score", "score a submission against a solution file with the config's metric", _score_flags)
+def _score(args: argparse.Namespace) -> None:
+    from .config import metric_name
+    from .labels import data_path
+    from .submit import score_submission
+
+    cfg = config_of(args)
+    value = score_submission(cfg, args.file, args.solution or data_path(cfg, "solution.csv"))
+    print(f"{args.file}: {metric_name(cfg)} = {value:.5f}")
+
+
+def _upload_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exps", nargs="+", required=True, help="experiments whose checkpoints to package")
+    p.add_argument("--dataset", required=True, help="Kaggle dataset id, <user>/<slug>")
+    p.add_argument("--title", help="dataset title (default: the slug)")
+    p.add_argument("--dest", default="build/kaggle-dataset", help="folder to assemble it in")
+    p.add_argument("-m", "--message", default="update", help="version message")
+    p.add_argument("--dry-run", action="store_true", help="assemble the folder only; upload nothing")
+
+
+@command("upload", "package src/, checkpoints and configs as a Kaggle dataset; create or version it", _upload_flags)
+def _upload(args: argparse.Namespace) -> None:
+    from .kaggle_api import dataset_create_or_version, package_for_dataset
+
+    cfg = config_of(args)
+    title = args.title or args.dataset.split("/")[-1]
+    folder = package_for_dataset(cfg, args.exps, args.dest, args.dataset, title)
+    print(f"dataset folder: {folder}")
+    if not args.dry_run:
+        print(dataset_create_or_version(folder, args.message))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=__package__, description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        if cmd.config:
+            p.add_argument("-c", "--config", required=True, help="experiment YAML, e.g. configs/exp001.yaml")
+        for add in cmd.flags:
+            add(p)
+        if cmd.config:
+            p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command].run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

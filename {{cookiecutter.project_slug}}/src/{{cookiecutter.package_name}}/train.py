@@ -1,0 +1,260 @@
+"""Train one fold: a plain loop you can read top to bottom.
+
+set up model, data, loss and mixup for fold k (`setup_fold`, shared with lr-find, pseudo and distill)
+optimizer (Ranger by default) and schedule (one-cycle, stepped once per optimizer update)
+resume from last.pt if a previous run was interrupted
+each epoch: train (AMP, accumulation, clipping, EMA), evaluate raw and EMA weights, keep the better,
+            write best.pt and last.pt atomically, stop early when the metric stalls
+predict the validation rows with the best weights -> fold<k>/oof.csv
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from . import metrics
+from .artefacts import atomic_torch_save, atomic_write_csv, atomic_write_json, fold_dir
+from .augment import MixBatch, build_mixup, resolve_normalization
+from .checkpoint import load_best, load_last, rng_state, save_last, set_rng_state
+from .config import Config, metric_name, save
+from .data import make_loader, reseed
+from .fold_data import FoldData, Problem, build_fold_data, load_problem, pred_frame, save_classes
+from .infer import activate, predict_loader
+from .losses import build_loss
+from .models import build_model, checkpoint_state, num_outputs, set_backbone_trainable
+from .optim import build_optimizer, build_scheduler, total_updates
+from .runtime import (
+    ShardedSampler,
+    amp_dtype,
+    autocast,
+    barrier,
+    init_distributed,
+    is_main,
+    resolve_device,
+    sync_buffers,
+    world_size,
+)
+from .samplers import build_sampler
+from .seed import seed_everything
+from .tracking import Tracker
+
+Step = Callable[[nn.Module, dict, nn.Module], dict[str, torch.Tensor]]
+
+
+def supervised_step(model: nn.Module, batch: dict, criterion: nn.Module, mixer: MixBatch | None = None) -> dict:
+    """One forward pass -> named losses; "loss" is what gets back-propagated, the rest is only logged."""
+    x, y = batch["image"], batch["target"]
+    if mixer is not None:
+        x, y = mixer(x, y)
+    return {"loss": criterion(model(x), y)}
+
+
+@dataclass
+class FoldSetup:
+    problem: Problem
+    data: FoldData
+    model: nn.Module
+    criterion: nn.Module
+    mixer: MixBatch | None
+    loader: DataLoader
+    valid_loader: DataLoader
+    n_batches: int  # training batches per epoch (train.limit_batches caps it)
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype; None = full precision
+    generator: torch.Generator  # drives shuffling; saved in last.pt so a resumed run draws the same batches
+
+
+def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetup:
+    generator = seed_everything(cfg.seed + fold, cfg.train.deterministic)
+    device = resolve_device(cfg.device)
+    problem = load_problem(cfg)
+    n_out = num_outputs(cfg.task, len(problem.classes))
+    model = build_model(cfg, n_out).to(device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
+    data = data or build_fold_data(cfg, problem, fold, mean, std)
+    sampler = None
+    if data.sampler_labels is not None:  # balance classes in training only; validation keeps its distribution
+        sampler = build_sampler(data.sampler_labels, cfg.train.sampler, cfg.train.sampler_power, cfg.seed + fold)
+    if world_size() > 1:  # each rank sees its own share of every epoch
+        sampler = ShardedSampler(sampler, len(data.train)) if sampler else DistributedSampler(data.train, seed=cfg.seed)
+    loader = make_loader(data.train, cfg.train.batch_size, True, cfg.data.num_workers, sampler, generator,
+                         batch_sampler=data.batch_sampler)  # fmt: skip
+    n_batches = min(len(loader), cfg.train.limit_batches or len(loader))
+    if n_batches == 0:
+        raise ValueError(f"fold {fold}: {len(data.train)} training rows < train.batch_size={cfg.train.batch_size}")
+    mixer = build_mixup(cfg.augment, cfg.task, n_out, cfg.loss.label_smoothing)
+    # Mixup already smooths its soft targets: the loss must not smooth them a second time.
+    loss_cfg = dataclasses.replace(cfg.loss, label_smoothing=0.0) if mixer else cfg.loss
+    criterion = build_loss(loss_cfg, cfg.task, n_out, data.class_counts).to(device)
+    valid_loader = make_loader(data.valid, cfg.tta.batch_size, False, cfg.data.num_workers)
+    dtype = amp_dtype(cfg.train.amp, device)
+    return FoldSetup(problem, data, model, criterion, mixer, loader, valid_loader, n_batches, device, dtype, generator)
+
+
+@dataclass
+class FoldState:
+    epoch: int = 0  # epochs completed
+    best_score: float | None = None
+    best_source: str = "model"
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: Step | None = None) -> dict:
+    out = fold_dir(cfg.run_dir, fold)
+    out.mkdir(parents=True, exist_ok=True)
+    s = setup_fold(cfg, fold, data)
+    model, metric = s.model, metrics.get_metric(metric_name(cfg))
+    step = step or (lambda m, b, c: supervised_step(m, b, c, s.mixer))
+
+    total_steps = total_updates(s.n_batches, cfg.optim.grad_accum, cfg.train.epochs)
+    optimizer = build_optimizer(model, cfg.optim, total_steps, backbone_lr_mult=cfg.model.backbone_lr_mult)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)  # bf16 needs no loss scaling
+    ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
+    train_model = DistributedDataParallel(model) if world_size() > 1 else model
+    if cfg.model.compile:
+        train_model = torch.compile(train_model)
+
+    state = FoldState()
+    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema}
+    if (out / "last.pt").exists():  # an interrupted run: carry on exactly where it stopped
+        extra = load_last(out / "last.pt", **stateful)
+        state = extra["state"]
+        set_rng_state(extra["rng"], s.generator)
+        print(f"fold {fold}: resuming after epoch {state.epoch}")
+
+    tracker = Tracker(cfg, f"fold{fold}", f"fold{fold}")
+    sign = 1.0 if metric.higher_is_better else -1.0
+    for epoch in tqdm(range(state.epoch, cfg.train.epochs), desc=f"fold {fold}", disable=None):
+        set_backbone_trainable(model, epoch >= cfg.model.freeze_backbone_epochs)
+        for sampler in (s.loader.sampler, s.loader.batch_sampler):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+        reseed(s.data.train, cfg.seed * 1000 + fold * 100 + epoch)
+        t0 = time.perf_counter()
+        train_loss = train_epoch(cfg, s, train_model, optimizer, scheduler, scaler, ema, step, epoch)
+        seconds = time.perf_counter() - t0
+        sync_buffers(model)
+
+        # Evaluate the raw and the EMA weights; the better of the two is kept.
+        results = {"model": evaluate(cfg, s, model)}
+        if ema is not None:
+            results["ema"] = evaluate(cfg, s, ema.module)
+        source = max(results, key=lambda k: sign * results[k][1])
+        valid_loss, score = results[source]
+        if state.best_score is None or sign * score > sign * state.best_score:
+            state.best_score, state.best_source, state.bad_epochs = score, source, 0
+            if is_main():
+                weights = checkpoint_state(ema.module if source == "ema" else model)
+                best = {"model": weights, "epoch": epoch + 1, "score": score, "source": source}
+                atomic_torch_save(out / "best.pt", best | {"classes": s.problem.classes})
+        else:
+            state.bad_epochs += 1
+        speed = s.n_batches * cfg.train.batch_size / seconds
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "valid_loss": valid_loss, "score": score,
+               "score_model": results["model"][1], "score_ema": results.get("ema", (0.0, None))[1],
+               "lr": optimizer.param_groups[0]["lr"], "images_per_s": speed}  # fmt: skip
+        state.history.append(row)
+        state.epoch = epoch + 1
+        tracker.log({k: v for k, v in row.items() if v is not None}, step=epoch + 1)
+        print(f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs} train_loss {train_loss:.4f} valid_loss "
+              f"{valid_loss:.4f} {metric.name} {score:.5f} ({source}) {row['images_per_s']:.0f} img/s")  # fmt: skip
+        if is_main():
+            save_last(out / "last.pt", **stateful, state=state, rng=rng_state(s.generator))
+        if cfg.train.early_stopping and state.bad_epochs >= cfg.train.early_stopping:
+            print(f"fold {fold}: early stop, no improvement for {state.bad_epochs} epochs")
+            break
+
+    # Out-of-fold predictions of the best weights (rank 0's job; the others wait for its checkpoint, then leave).
+    barrier()
+    if not is_main():
+        return {"fold": fold}
+    model.load_state_dict(load_best(out / "best.pt")["model"])
+    probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} oof")
+    final = metrics.score(metric.name, s.data.y_valid, probs, cfg.task)
+    oof = pred_frame(s.data.valid_ids, probs, s.problem.classes, cfg.data.id_col)
+    oof.insert(1, "fold", fold)
+    atomic_write_json(out / "history.json", state.history)
+    atomic_write_csv(out / "oof.csv", oof)  # written last: its presence marks the fold as finished
+    save_classes(cfg, s.problem)
+    save(cfg, cfg.run_dir / "config.yaml")
+    tracker.summary({"best_score": final, "best_source": state.best_source})
+    tracker.finish()
+    return {"fold": fold, "score": final, "history": state.history}
+
+
+def train_epoch(cfg: Config, s: FoldSetup, model: nn.Module, optimizer, scheduler, scaler, ema, step: Step,
+                epoch: int) -> float:  # fmt: skip
+    """One pass over the training loader; returns the mean loss. The schedule steps once per optimizer update,
+    so gradient accumulation and the last, partial group of batches are counted right."""
+    model.train()
+    accum, n_batches, total, seen = cfg.optim.grad_accum, s.n_batches, 0.0, 0
+    bar = tqdm(s.loader, total=n_batches, desc=f"epoch {epoch + 1}", leave=False, disable=None)
+    for i, batch in enumerate(bar):
+        if i >= n_batches:
+            break
+        batch = {k: v.to(s.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        if cfg.model.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        with autocast(s.device, s.dtype):
+            losses = step(model, batch, s.criterion)
+        group = min(accum, n_batches - (i // accum) * accum)  # the last group may hold fewer batches
+        scaler.scale(losses["loss"] / group).backward()
+        if (i + 1) % accum == 0 or i + 1 == n_batches:
+            if cfg.optim.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if ema is not None:
+                ema.update(getattr(model, "module", model))
+        loss = losses["loss"].item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at epoch {epoch + 1} batch {i}: lower optim.lr or set amp=off")
+        total, seen = total + loss, seen + 1
+        bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
+    return total / max(seen, 1)
+
+
+@torch.no_grad()
+def evaluate(cfg: Config, s: FoldSetup, model: nn.Module) -> tuple[float, float]:
+    """(validation loss, metric) of `model` on fold k's validation rows."""
+    logits = torch.from_numpy(predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, activation=False))
+    y = torch.as_tensor(s.data.y_valid)
+    loss = float(s.criterion(logits.reshape(len(y), -1).to(s.device), y.to(s.device)))
+    probs = activate(logits, cfg.task).numpy()
+    return loss, metrics.score(metric_name(cfg), s.data.y_valid, probs, cfg.task)
+
+
+def train_folds(cfg: Config, folds: list[int], force: bool = False) -> dict:
+    """Train the given folds in order (finished ones are skipped unless `force`), then the CV summary."""
+    from .cv import summarize
+
+    init_distributed()
+    for k in folds:
+        done = fold_dir(cfg.run_dir, k) / "oof.csv"
+        if done.exists() and not force:
+            print(f"fold {k}: already trained ({done}); --force retrains it")
+            continue
+        if force and is_main():
+            for name in ("last.pt", "best.pt", "oof.csv"):
+                (fold_dir(cfg.run_dir, k) / name).unlink(missing_ok=True)
+        barrier()
+        train_one_fold(cfg, k)
+    return summarize(cfg) if is_main() else {}

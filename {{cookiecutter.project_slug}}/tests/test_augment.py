@@ -1,0 +1,208 @@
+"""Augmentation presets (shapes, normalisation, flips only when allowed) and mixup / cutmix targets."""
+
+from dataclasses import replace
+
+import albumentations as A
+import numpy as np
+import pytest
+import timm
+import torch
+
+from {{ cookiecutter.package_name }} import augment
+from {{ cookiecutter.package_name }}.config import AugmentConfig
+from {{ cookiecutter.package_name }}.errors import UserError
+
+SIZE = 24
+
+
+def _cfg(**kw) -> AugmentConfig:
+    return replace(AugmentConfig(image_size=SIZE), **kw)
+
+
+def _image(chans: int, h: int = 30, w: int = 20, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, chans), dtype=np.uint8)
+
+
+def test_presets_match_config_choices():
+    from {{ cookiecutter.package_name }}.config import CHOICES
+
+    assert sorted(CHOICES["augment.preset"]) == augment.list_presets()
+
+
+@pytest.mark.parametrize("preset", augment.list_presets())
+@pytest.mark.parametrize("chans", [1, 3])
+@pytest.mark.parametrize("train", [True, False])
+def test_every_preset_gives_normalised_chw_tensor(preset, chans, train):
+    cfg = _cfg(preset=preset, hflip=True, vflip=True, rotate90=True)
+    mean, std = augment.resolve_normalization(cfg, None, chans)
+    tf = augment.build_transforms(cfg, train, mean, std)
+    for seed in range(8):  # several draws so that the random branches run
+        out = tf(image=_image(chans, seed=seed))["image"]
+        assert isinstance(out, torch.Tensor)
+        assert out.dtype == torch.float32
+        assert out.shape == (chans, SIZE, SIZE)
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("preset", augment.list_presets())
+def test_eval_is_deterministic_and_ignores_preset(preset):
+    mean, std = augment.resolve_normalization(_cfg(), None, 3)
+    img = _image(3)
+    a = augment.build_transforms(_cfg(preset=preset), False, mean, std)(image=img)["image"]
+    b = augment.build_transforms(_cfg(preset="none"), False, mean, std)(image=img)["image"]
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("chans", [1, 3])
+@pytest.mark.parametrize("train", [True, False])
+def test_normalisation_exact_on_constant_image(chans, train):
+    mean = (0.1, 0.5, 0.9)[:chans]
+    std = (0.2, 0.25, 0.5)[:chans]
+    values = np.array([30, 128, 250][:chans], dtype=np.uint8)
+    img = np.broadcast_to(values, (16, 16, chans)).copy()
+    # preset none: resize only, which keeps a constant image constant
+    out = augment.build_transforms(_cfg(preset="none"), train, mean, std)(image=img)["image"]
+    expected = (values / 255.0 - np.array(mean)) / np.array(std)
+    for c in range(chans):
+        np.testing.assert_allclose(out[c].numpy(), expected[c], rtol=1e-5, atol=1e-5)
+
+
+def _left_minus_right(out: torch.Tensor) -> float:
+    half = out.shape[-1] // 2
+    return float(out[..., :half].mean() - out[..., half:].mean())
+
+
+@pytest.mark.parametrize("preset", ["light", "medium", "heavy"])
+def test_flips_only_when_allowed(preset):
+    flip_types = (A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90)
+    off = augment.build_transforms(_cfg(preset=preset, hflip=False), True, (0.5,), (0.5,))
+    on = augment.build_transforms(_cfg(preset=preset, hflip=True, vflip=True, rotate90=True), True, (0.5,), (0.5,))
+    assert not any(isinstance(t, flip_types) for t in off.transforms)
+    assert {type(t) for t in on.transforms} >= set(flip_types)
+
+
+def test_light_never_mirrors_when_hflip_off():
+    # bright left half, dark right half: small shifts / rotations keep the left brighter; only a mirror swaps them
+    img = np.zeros((SIZE, SIZE, 1), dtype=np.uint8)
+    img[:, : SIZE // 2] = 255
+    off = augment.build_transforms(_cfg(preset="light", hflip=False), True, (0.5,), (0.5,))
+    on = augment.build_transforms(_cfg(preset="light", hflip=True), True, (0.5,), (0.5,))
+    assert all(_left_minus_right(off(image=img)["image"]) > 0 for _ in range(100))
+    # the same check does see mirrors when they are allowed (P(no flip in 100 draws) = 2**-100)
+    assert any(_left_minus_right(on(image=img)["image"]) < 0 for _ in range(100))
+
+
+def test_resolve_normalization_sources():
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=2)
+    expected = (tuple(model.pretrained_cfg["mean"]), tuple(model.pretrained_cfg["std"]))
+    assert augment.resolve_normalization(_cfg(), model, 3) == expected
+    pc = {"mean": (0.2, 0.4, 0.6), "std": (0.1, 0.2, 0.3)}
+    assert augment.resolve_normalization(_cfg(), pc, 3) == ((0.2, 0.4, 0.6), (0.1, 0.2, 0.3))
+    mean, std = augment.resolve_normalization(_cfg(), pc, 1)  # grayscale: channel average
+    assert mean == pytest.approx((0.4,)) and std == pytest.approx((0.2,))
+    mean, _ = augment.resolve_normalization(_cfg(), pc, 4)  # extra channels: R, G, B repeated
+    assert mean == (0.2, 0.4, 0.6, 0.2)
+    explicit = _cfg(mean=[0.5], std=[0.25])
+    assert augment.resolve_normalization(explicit, pc, 1) == ((0.5,), (0.25,))
+    assert augment.resolve_normalization(explicit, pc, 3) == ((0.5,) * 3, (0.25,) * 3)
+    assert augment.resolve_normalization(_cfg(), None, 3) == (augment.IMAGENET_MEAN, augment.IMAGENET_STD)
+    with pytest.raises(UserError, match=r"augment\.mean"):
+        augment.resolve_normalization(_cfg(mean=[0.1, 0.2]), None, 3)
+
+
+# ----------------------------------------------------------------------------------------------- mixup / cutmix
+
+
+def test_build_mixup_none_when_off():
+    assert augment.build_mixup(_cfg(), "multiclass", 10) is None
+    assert augment.build_mixup(_cfg(mixup_alpha=0.4), "multiclass", 10) is not None
+
+
+def _batch(n: int = 8, size: int = 16) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_mixup_multiclass_targets_and_pairing(smoothing):
+    np.random.seed(0)  # timm draws lam from numpy's global generator
+    n_classes = 5
+    mix = augment.build_mixup(_cfg(mixup_alpha=0.4), "multiclass", n_classes, label_smoothing=smoothing)
+    x = _batch()
+    y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    original = x.clone()
+    # timm's defaults (1000 classes, smoothing 0.1) must not leak in
+    assert (mix.mixup.num_classes, mix.mixup.label_smoothing) == (n_classes, smoothing)
+    xm, soft = mix(x, y)
+    lam = mix.last_lam
+    assert 0.0 < lam < 1.0
+    assert soft.shape == (8, n_classes)
+    torch.testing.assert_close(soft.sum(1), torch.ones(8))
+    assert ((soft >= 0) & (soft <= 1)).all()
+    torch.testing.assert_close(xm, lam * original + (1 - lam) * original.flip(0))
+    off = smoothing / n_classes
+    onehot = torch.nn.functional.one_hot(y, n_classes).float() * (1 - smoothing) + off
+    torch.testing.assert_close(soft, lam * onehot + (1 - lam) * onehot.flip(0))
+
+
+@pytest.mark.parametrize("task", ["binary", "multilabel", "regression"])
+def test_mixup_other_tasks_mix_targets_with_same_lam(task):
+    np.random.seed(1)
+    mix = augment.build_mixup(_cfg(mixup_alpha=1.0), task, 3)
+    x = _batch()
+    g = torch.Generator().manual_seed(1)
+    y = {
+        "binary": torch.randint(0, 2, (8,), generator=g).float(),
+        "multilabel": torch.randint(0, 2, (8, 3), generator=g).float(),
+        "regression": torch.randn(8, generator=g) * 10,
+    }[task]
+    original = x.clone()
+    xm, ym = mix(x, y)
+    lam = mix.last_lam
+    assert 0.0 < lam < 1.0
+    assert ym.shape == y.shape
+    torch.testing.assert_close(xm, lam * original + (1 - lam) * original.flip(0))
+    torch.testing.assert_close(ym, lam * y + (1 - lam) * y.flip(0))
+    if task != "regression":
+        assert ((ym >= 0) & (ym <= 1)).all()
+
+
+def test_cutmix_box_area_matches_lam():
+    np.random.seed(2)
+    n, size, n_classes = 6, 32, 6
+    mix = augment.build_mixup(_cfg(cutmix_alpha=1.0), "multiclass", n_classes)
+    # sample i is the constant i: after cutmix, pixels still equal to i are outside the pasted box
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, size, size).clone()
+    y = torch.arange(n)
+    for _ in range(5):
+        xm, soft = mix(x.clone(), y)
+        kept = (xm == x).float().mean(dim=(1, 2, 3))  # share of each image left untouched
+        pasted = xm != x
+        assert (xm[pasted.nonzero(as_tuple=True)] == x.flip(0)[pasted.nonzero(as_tuple=True)]).all()
+        torch.testing.assert_close(kept, torch.full((n,), mix.last_lam))
+        torch.testing.assert_close(soft[torch.arange(n), y], kept)  # target weight of own class == area kept
+        torch.testing.assert_close(soft.sum(1), torch.ones(n))
+
+
+def test_mix_prob_zero_leaves_batch_alone():
+    mix = augment.build_mixup(_cfg(mixup_alpha=0.4, cutmix_alpha=1.0, mix_prob=0.0), "multiclass", 3)
+    x = _batch(n=4)
+    y = torch.tensor([0, 1, 2, 0])
+    xm, soft = mix(x.clone(), y)
+    assert torch.equal(xm, x)
+    assert torch.equal(soft, torch.nn.functional.one_hot(y, 3).float())
+
+
+def test_soft_multiclass_targets_are_mixed_too():
+    np.random.seed(3)
+    mix = augment.build_mixup(_cfg(mixup_alpha=0.4), "multiclass", 3)
+    y = torch.tensor([[0.7, 0.2, 0.1], [0.0, 1.0, 0.0], [0.2, 0.2, 0.6], [1.0, 0.0, 0.0]])
+    _, soft = mix(_batch(n=4), y)
+    lam = mix.last_lam
+    torch.testing.assert_close(soft, lam * y + (1 - lam) * y.flip(0))
+    torch.testing.assert_close(soft.sum(1), torch.ones(4))
+
+
+def test_odd_batch_is_refused():
+    mix = augment.build_mixup(_cfg(mixup_alpha=0.4), "multiclass", 3)
+    with pytest.raises(ValueError, match="even"):
+        mix(_batch(n=5), torch.zeros(5, dtype=torch.long))

@@ -1,0 +1,282 @@
+"""Distillation: the loss against Hinton's formula for every task; provenance (fold k's student only ever sees
+fold k's teachers' logits), the on-disk cache; one real teacher -> student run end to end on a small demo."""
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.special import expit, log_softmax
+from sklearn.datasets import load_digits
+from sklearn.utils import Bunch
+from torch import nn
+
+from {{ cookiecutter.package_name }} import config, demo, distill, fold_data, folds, models, teachers
+from {{ cookiecutter.package_name }}.artefacts import atomic_torch_save, read_json
+from {{ cookiecutter.package_name }}.config import LossConfig
+from {{ cookiecutter.package_name }}.errors import UserError
+from {{ cookiecutter.package_name }}.losses import build_loss
+
+N_FOLDS, N_CLASSES, N_TEST = 2, 10, 32
+CONFIG = """task: multiclass
+output_dir: {root}/outputs
+data:
+  dir: {root}/data
+  num_workers: 0
+  cache_images: true
+folds:
+  n_folds: 2
+  path: {root}/data/folds.csv
+model:
+  backbone: test_resnet
+  pretrained: false
+  in_chans: 1
+augment:
+  image_size: 16
+  preset: light
+  hflip: false
+  mean: [0.5]
+  std: [0.5]
+train:
+  epochs: 1
+  batch_size: 16
+  limit_batches: 2
+  ema: false
+tta:
+  views: [identity]
+wandb:
+  mode: disabled
+"""
+
+
+# --- the loss --------------------------------------------------------------------------------------------------------
+
+
+def bce(x: np.ndarray, q: np.ndarray) -> float:
+    """Mean binary cross-entropy of logits x against probabilities q."""
+    return float(np.mean(-(q * np.log(expit(x)) + (1 - q) * np.log(expit(-x)))))
+
+
+def reference(task, s, t, y, labelled, alpha, temp):
+    """alpha * (T^2 KL(p_t,T || p_s,T) | T^2 BCE(s/T, sigmoid(t/T)) | MSE(s, t)) + (1 - alpha) * task loss, the
+    distillation term averaged over all rows, the task loss over the labelled rows."""
+    if task == "multiclass":
+        lt, ls = log_softmax(t / temp, axis=1), log_softmax(s / temp, axis=1)
+        kd = temp**2 * np.mean((np.exp(lt) * (lt - ls)).sum(1))
+        task_loss = -np.mean(log_softmax(s[labelled], axis=1)[np.arange(labelled.sum()), y[labelled]])
+    elif task in ("binary", "multilabel"):
+        kd = temp**2 * bce(s / temp, expit(t / temp))
+        task_loss = bce(s[labelled], y[labelled].reshape(s[labelled].shape))
+    else:
+        kd = np.mean((s - t) ** 2)
+        task_loss = np.mean((s[labelled, 0] - y[labelled]) ** 2)
+    return alpha * kd + (1 - alpha) * task_loss, kd, task_loss
+
+
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel", "regression"])
+@pytest.mark.parametrize(("alpha", "temp"), [(0.5, 4.0), (0.9, 1.0), (0.0, 2.0), (1.0, 3.0)])
+def test_distillation_step_equals_the_formula(task, alpha, temp):
+    rng = np.random.default_rng(1)
+    n_out = {"multiclass": 4, "multilabel": 3}.get(task, 1)
+    s, t = 2 * rng.standard_normal((8, n_out)), 3 * rng.standard_normal((8, n_out))
+    y = {
+        "multiclass": rng.integers(0, n_out, 8),
+        "binary": rng.integers(0, 2, 8).astype(np.float32),
+        "multilabel": rng.integers(0, 2, (8, n_out)).astype(np.float32),
+        "regression": rng.standard_normal(8).astype(np.float32),
+    }[task]
+    labelled = np.array([1, 1, 0, 1, 0, 1, 1, 1], dtype=bool)  # two test rows: distillation only
+    batch = {
+        "image": torch.tensor(s, dtype=torch.float32),  # an identity "model": the image is the student's logits
+        "teacher": torch.tensor(t, dtype=torch.float32),
+        "target": torch.as_tensor(y),
+        "labelled": torch.as_tensor(labelled.astype(np.float32)),
+    }
+    criterion = build_loss(LossConfig(), task, n_out)
+    got = distill.distill_step(task, alpha, temp)(nn.Identity(), batch, criterion)
+    loss, kd, task_loss = reference(task, s, t, y, labelled, alpha, temp)
+    assert float(got["kd"]) == pytest.approx(kd, rel=1e-4)
+    assert float(got["task"]) == pytest.approx(task_loss, rel=1e-4)
+    assert float(got["loss"]) == pytest.approx(loss, rel=1e-4)
+
+
+def test_distillation_gradient_vanishes_when_the_student_matches_the_teacher():
+    t = torch.randn(5, 4)
+    s = t.clone().requires_grad_(True)
+    batch = {"image": s, "teacher": t, "target": torch.zeros(5, dtype=torch.long), "labelled": torch.zeros(5)}
+    out = distill.distill_step("multiclass", 1.0, 4.0)(nn.Identity(), batch, build_loss(LossConfig(), "multiclass", 4))
+    out["loss"].backward()
+    assert float(out["loss"].detach()) == pytest.approx(0.0, abs=1e-6)
+    assert s.grad.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("override", "key"), [("distill.alpha=1.5", "distill.alpha"), ("distill.temperature=0", "distill.temperature")]
+)
+def test_bad_settings_name_their_key(tmp_path, override, key):
+    (tmp_path / "exp.yaml").write_text(CONFIG.format(root=tmp_path))
+    with pytest.raises(UserError, match=re.escape(key)):
+        distill.check_distill_config(config.load(tmp_path / "exp.yaml", [override]))
+
+
+# --- provenance ------------------------------------------------------------------------------------------------------
+
+
+def small_digits(per_class: int = 16) -> Bunch:
+    d = load_digits()
+    rows = np.concatenate([np.flatnonzero(d.target == c)[:per_class] for c in range(N_CLASSES)])
+    return Bunch(data=d.data[rows], target=d.target[rows])
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A small demo competition (128 train, 32 test images), its folds, and a base config."""
+    root = tmp_path_factory.mktemp("distill")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(demo, "load_digits", small_digits)
+        demo.write_demo(root / "data", "multiclass", size=16)
+    (root / "exp001.yaml").write_text(CONFIG.format(root=root))
+    folds.write_folds(config.load(root / "exp001.yaml"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "disabled")
+        yield root
+
+
+def student(root: Path, name: str, overrides: list[str]) -> config.Config:
+    path = root / f"{name}.yaml"
+    path.write_text(CONFIG.format(root=root))
+    return config.load(path, overrides)
+
+
+def fingerprint_teacher(cfg: config.Config, name: str, offset: int = 0) -> None:
+    """A fake trained teacher whose fold j model outputs the logits 5 * onehot(j + offset) for any image (zero
+    weights, a bias): logits of any other origin than fold k's models show up in fold k."""
+    tcfg = dataclasses.replace(cfg, exp=name)
+    problem = fold_data.load_problem(cfg)
+    for j in range(N_FOLDS):
+        model = models.build_model(tcfg, N_CLASSES, pretrained=False)
+        with torch.no_grad():
+            model.get_classifier().weight.zero_()
+            model.get_classifier().bias.copy_(5.0 * torch.eye(N_CLASSES)[j + offset])
+        atomic_torch_save(tcfg.run_dir / f"fold{j}" / "best.pt", {"model": model.state_dict()})
+    config.save(tcfg, tcfg.run_dir / "config.yaml")
+    info = {"task": "multiclass", "classes": problem.classes, "positive": None}
+    (tcfg.run_dir / "classes.json").write_text(json.dumps(info))
+    cv = {"exp": name, "task": "multiclass", "folds_hash": problem.folds_hash, "pred_cols": problem.classes}
+    (tcfg.run_dir / "cv.json").write_text(json.dumps(cv))
+
+
+def spy_on_training(monkeypatch) -> dict:
+    """Record what each fold's student is given, instead of training it."""
+    seen: dict = {}
+    monkeypatch.setattr(teachers, "train_one_fold", lambda cfg, fold, data, step: seen.setdefault(fold, data))
+    monkeypatch.setattr(teachers, "summarize", lambda cfg: {"cv": 0.0})
+    monkeypatch.setattr(teachers, "predict_test", lambda cfg: None)
+    return seen
+
+
+def fold_parts(cfg: config.Config, k: int, data) -> tuple:
+    """Fold k's training rows (and only they) carry labels; its validation rows are untouched."""
+    problem = fold_data.load_problem(cfg)
+    train_rows, valid_rows = problem.rows(k, valid=False), problem.rows(k, valid=True)
+    assert data.valid_ids == [problem.ids[i] for i in valid_rows]
+    np.testing.assert_array_equal(data.y_valid, problem.y[valid_rows])
+    labelled, test_rows = data.train.datasets
+    assert labelled.paths == [problem.paths[i] for i in train_rows]
+    np.testing.assert_array_equal(labelled.targets, problem.y[train_rows])
+    assert (labelled.extras["labelled"] == 1).all() and (test_rows.extras["labelled"] == 0).all()
+    assert len(test_rows) == N_TEST and not set(test_rows.paths) & set(problem.paths)
+    return labelled, test_rows
+
+
+def test_fold_k_student_gets_fold_k_teacher_logits_only(project, monkeypatch):
+    cfg = student(project, "prov_distill", ["distill.use_test=true"])
+    fingerprint_teacher(cfg, "fp_teacher")
+    seen = spy_on_training(monkeypatch)
+    distill.run_distill(cfg, ["fp_teacher"], log=lambda s: None)
+    lineage = read_json(cfg.run_dir / "lineage.json")
+    assert sorted(seen) == list(range(N_FOLDS))
+    for k, data in seen.items():
+        for part in fold_parts(cfg, k, data):
+            np.testing.assert_allclose(part.extras["teacher"], np.tile(5.0 * np.eye(N_CLASSES)[k], (len(part), 1)))
+        assert lineage["folds"][str(k)]["sources"] == [["fp_teacher", k]]
+        assert lineage["folds"][str(k)]["test_sources"] == [["fp_teacher", k]]
+        with np.load(cfg.run_dir / "teacher" / f"fold{k}.npz") as cache:  # the cache holds fold k's rows
+            problem = fold_data.load_problem(cfg)
+            assert cache["ids"].tolist() == [problem.ids[i] for i in problem.rows(k, valid=False)]
+
+
+def test_ensemble_of_teachers_averages_fold_k_logits(project, monkeypatch):
+    cfg = student(project, "prov_ens", [])
+    fingerprint_teacher(cfg, "fp_a", offset=0)
+    fingerprint_teacher(cfg, "fp_b", offset=5)
+    fingerprint_teacher(cfg, "fp_c", offset=3)
+    ens = Path(cfg.output_dir) / "fp_ens"
+    ens.mkdir()
+    weights = {"method": "weighted", "members": ["fp_a", "fp_b"], "weights": [0.25, 0.75]}
+    (ens / "weights.json").write_text(json.dumps(weights))
+    (ens / "cv.json").write_text((Path(cfg.output_dir) / "fp_a" / "cv.json").read_text())
+    seen = spy_on_training(monkeypatch)
+    distill.run_distill(cfg, ["fp_ens", "fp_c"], log=lambda s: None)  # two teachers: half each
+    for k, data in seen.items():
+        expected = 5.0 * (0.125 * np.eye(N_CLASSES)[k] + 0.375 * np.eye(N_CLASSES)[k + 5] + 0.5 * np.eye(10)[k + 3])
+        np.testing.assert_allclose(data.train.extras["teacher"], np.tile(expected, (len(data.train), 1)), atol=1e-5)
+    assert read_json(cfg.run_dir / "lineage.json")["teacher_weights"] == {"fp_a": 0.125, "fp_b": 0.375, "fp_c": 0.5}
+
+
+def test_teacher_logits_are_cached_until_the_teacher_changes(project, monkeypatch):
+    cfg = student(project, "cache_student", [])
+    fingerprint_teacher(cfg, "fp_cached")
+    spy_on_training(monkeypatch)
+    distill.run_distill(cfg, ["fp_cached"], log=lambda s: None)
+
+    def no_predictions(*args, **kwargs):
+        raise AssertionError("teacher outputs predicted again")
+
+    monkeypatch.setattr(teachers, "predict_fold", no_predictions)
+    distill.run_distill(cfg, ["fp_cached"], log=lambda s: None, force=True)  # reused from the cache
+    best = Path(cfg.output_dir) / "fp_cached" / "fold1" / "best.pt"
+    os.utime(best, ns=(best.stat().st_atime_ns, best.stat().st_mtime_ns + 10**9))  # fold 1 retrained
+    with pytest.raises(AssertionError, match="predicted again"):
+        distill.run_distill(cfg, ["fp_cached"], log=lambda s: None, force=True)
+
+
+def test_bad_teachers_are_refused(project, monkeypatch):
+    cfg = student(project, "prov_bad", [])
+    fingerprint_teacher(cfg, "fp_other_folds")
+    cv_path = Path(cfg.output_dir) / "fp_other_folds" / "cv.json"
+    cv_path.write_text(json.dumps({**read_json(cv_path), "folds_hash": "0123456789abcdef"}))
+    spy_on_training(monkeypatch)
+    with pytest.raises(UserError, match="folds hash"):
+        distill.run_distill(cfg, ["fp_other_folds"], log=lambda s: None)
+    with pytest.raises(UserError, match="not_trained"):
+        distill.run_distill(cfg, ["not_trained"], log=lambda s: None)
+    with pytest.raises(UserError, match="a teacher"):
+        distill.run_distill(cfg, [], log=lambda s: None)
+
+
+# --- end to end ------------------------------------------------------------------------------------------------------
+
+
+def test_distillation_end_to_end(project, tmp_path):
+    from {{ cookiecutter.package_name }} import submit, train
+
+    teacher = config.load(project / "exp001.yaml")
+    train.train_folds(teacher, list(range(N_FOLDS)))
+    cfg = student(project, "exp003", ["model.backbone=test_efficientnet", "distill.use_test=true"])
+    result = distill.run_distill(cfg, ["exp001"], log=lambda s: None)
+    assert result["exp"] == "exp003" and set(result["folds"]) == {"0", "1"}
+    assert read_json(cfg.run_dir / "cv.json")["cv"] == result["cv"]
+    lineage = read_json(cfg.run_dir / "lineage.json")
+    assert lineage["teachers"] == ["exp001"] and lineage["backbone"] == "test_efficientnet"
+    assert [lineage["folds"][str(k)]["sources"] for k in range(N_FOLDS)] == [[["exp001", k]] for k in range(N_FOLDS)]
+    assert len(pd.read_csv(cfg.run_dir / "test_pred.csv")) == N_TEST
+    history = read_json(cfg.run_dir / "fold0" / "history.json")
+    assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
+    path = submit.make_submission(cfg, "exp003", out_dir=tmp_path, log=lambda s: None)
+    assert len(pd.read_csv(path)) == N_TEST

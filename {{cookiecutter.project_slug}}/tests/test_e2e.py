@@ -1,0 +1,116 @@
+"""End to end through the CLI on the demo competition: every task type from folds to a validated submission,
+resume after a real interruption, wandb offline logging, and torchrun with two processes (gloo on CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY, write_config
+
+from {{ cookiecutter.package_name }} import cli
+
+PKG = cli.__package__
+SRC = str(Path(cli.__file__).parents[1])
+pytestmark = pytest.mark.e2e
+
+
+def run(*args) -> None:
+    assert cli.main([str(a) for a in args]) == 0
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"id": str})
+
+
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel", "regression"])
+def test_each_task_from_folds_to_a_validated_submission(tmp_path, new_project, task, capsys):
+    tta = "tta:\n  views: [identity, vflip]\n"
+    cfg = new_project(tmp_path, task, n_folds=2, extra=TINY + tta)
+    exp = tmp_path / "configs" / "exp.yaml"
+    exp2 = write_config(tmp_path, task, n_folds=2, extra=TINY + tta + "seed: 7\n", name="exp2")
+    for path in (exp, exp2):
+        run("train", "-c", path)
+        run("predict", "-c", path)
+    out = Path(cfg.output_dir)
+
+    # OOF covers every training id exactly once, and CV is reported with and without TTA.
+    oof, train = read(out / "exp" / "oof.csv"), read(tmp_path / "data" / "train.csv")
+    assert sorted(oof["id"]) == sorted(train["id"]) and oof["id"].is_unique
+    cv = json.loads((out / "exp" / "cv.json").read_text())
+    assert set(cv["folds"]) == {"0", "1"} and cv["complete"] and "cv_tta" in cv
+    test_pred = read(out / "exp" / "test_pred.csv")
+    assert test_pred["id"].tolist() == read(tmp_path / "data" / "test.csv")["id"].tolist()
+    for png in ("learning_curves.png", "fold_scores.png"):
+        assert (out / "exp" / png).read_bytes()[:4] == b"\x89PNG"
+
+    run("ensemble", "-c", exp, "--exps", "exp", "exp2", "--method", "mean", "--name", "blend")
+    run("make-submission", "-c", exp, "--exp", "blend")
+    sub = tmp_path / "submissions" / "blend.csv"
+    sample = read(tmp_path / "data" / "sample_submission.csv")
+    assert read(sub).columns.tolist() == sample.columns.tolist() and len(read(sub)) == len(sample)
+    capsys.readouterr()
+    run("score", "-c", exp, sub)
+    assert f"{cv['metric']} = " in capsys.readouterr().out
+
+
+def test_wandb_offline_run_per_fold_grouped_by_experiment(tmp_path, new_project, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    new_project(tmp_path, "multiclass", n_folds=2, extra=TINY)
+    run("train", "-c", tmp_path / "configs" / "exp.yaml", "--fold", "0")
+    runs = sorted((tmp_path / "outputs" / "exp" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 2  # fold 0, then the CV summary
+    fold_run = runs[0].read_bytes()  # protobuf records: keys and names are stored as plain strings
+    for key in (b"train_loss", b"valid_loss", b"score", b"lr", b"images_per_s", b"fold0", b"exp"):
+        assert key in fold_run, key
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+
+
+def test_resume_after_a_killed_run_gives_the_uninterrupted_result(tmp_path, new_project):
+    extra = TINY.replace("epochs: 1", "epochs: 3\n  deterministic: true").replace("ema: false", "ema: true")
+    a, b = tmp_path / "a", tmp_path / "b"
+    new_project(a, "multiclass", n_folds=2, extra=extra)
+    new_project(b, "multiclass", n_folds=2, extra=extra)
+    run("train", "-c", a / "configs" / "exp.yaml", "--fold", "0")
+
+    cmd = [sys.executable, "-m", PKG, "train", "-c", str(b / "configs" / "exp.yaml"), "--fold", "0"]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = b / "outputs" / "exp" / "fold0" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.kill()  # a real interruption: SIGKILL right after the first epoch's checkpoint
+    proc.wait()
+    stopped_after = torch.load(last, weights_only=False)["state"].epoch
+    assert stopped_after < 3 and not (last.parent / "oof.csv").exists()
+
+    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, check=True)
+    assert f"resuming after epoch {stopped_after}" in done.stdout
+    best_a = torch.load(a / "outputs/exp/fold0/best.pt", weights_only=False)
+    best_b = torch.load(last.parent / "best.pt", weights_only=False)
+    assert best_a["epoch"] == best_b["epoch"] and best_a["score"] == best_b["score"]
+    for key, value in best_a["model"].items():
+        assert torch.equal(value, best_b["model"][key]), key
+    hist_a = json.loads((a / "outputs/exp/fold0/history.json").read_text())
+    hist_b = json.loads((last.parent / "history.json").read_text())
+    assert [r["train_loss"] for r in hist_a] == [r["train_loss"] for r in hist_b]
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path, new_project):
+    new_project(tmp_path, "multiclass", n_folds=2, extra=TINY)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", PKG,
+           "train", "-c", str(tmp_path / "configs" / "exp.yaml"), "--fold", "0"]  # fmt: skip
+    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("fold 0 epoch 1/1") == 2  # both ranks trained
+    oof = read(tmp_path / "outputs" / "exp" / "fold0" / "oof.csv")
+    folds = read(tmp_path / "data" / "folds.csv")
+    assert sorted(oof["id"]) == sorted(folds.loc[folds["fold"] == 0, "id"])

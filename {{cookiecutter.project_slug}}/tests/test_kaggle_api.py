@@ -1,0 +1,217 @@
+"""Kaggle calls with only the client object replaced: the exact arguments sent and the files produced."""
+
+import json
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from {{ cookiecutter.package_name }} import config, kaggle_api
+from {{ cookiecutter.package_name }}.errors import UserError
+
+
+class Response:
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+class FakeApi:
+    """Records each call as (method, args, kwargs); `existing` holds the datasets that dataset_status finds."""
+
+    def __init__(self, existing=(), fail=None):
+        self.calls, self.existing, self.fail = [], set(existing), fail
+
+    def _record(self, name, *args, **kwargs):
+        self.calls.append((name, args, kwargs))
+        if self.fail:
+            raise RuntimeError(self.fail)
+
+    def competition_download_files(self, competition, path=None, **kwargs):
+        self._record("competition_download_files", competition, path=path, **kwargs)
+        with zipfile.ZipFile(Path(path) / f"{competition}.zip", "w") as zf:
+            zf.writestr("train.csv", "id,label\na,1\n")
+            zf.writestr("train/a.png", b"png")
+
+    def competition_submit(self, **kwargs):
+        self._record("competition_submit", **kwargs)
+        return Response(message="Successfully submitted")
+
+    def dataset_status(self, dataset):
+        self.calls.append(("dataset_status", (dataset,), {}))
+        if dataset not in self.existing:
+            raise RuntimeError("404 Client Error: Not Found")
+        return "ready"
+
+    def dataset_create_new(self, *args, **kwargs):
+        self._record("dataset_create_new", *args, **kwargs)
+        return Response(error=None, url="https://www.kaggle.com/datasets/me/new-models")
+
+    def dataset_create_version(self, *args, **kwargs):
+        self._record("dataset_create_version", *args, **kwargs)
+        return Response(error="", url="")
+
+    def kernels_push(self, *args, **kwargs):
+        self._record("kernels_push", *args, **kwargs)
+        return Response(error="", url="https://www.kaggle.com/code/me/infer")
+
+
+@pytest.fixture
+def api(monkeypatch):
+    fake = FakeApi(existing={"me/old-models"})
+    monkeypatch.setattr(kaggle_api, "_client", lambda: fake)
+    return fake
+
+
+def test_download_unzips_and_removes_the_zip(api, tmp_path):
+    dest = kaggle_api.download("digit-recognizer", tmp_path / "data")
+    assert dest == tmp_path / "data"
+    assert api.calls == [("competition_download_files", ("digit-recognizer",), {"path": str(dest), "quiet": False})]
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == ["train", "train.csv", "train/a.png"]
+
+
+def test_submit_sends_file_message_and_competition(api, tmp_path):
+    file = tmp_path / "sub.csv"
+    file.write_text("id,label\na,1\n")
+    assert kaggle_api.submit("digit-recognizer", file, "exp001 CV accuracy=0.99") == "Successfully submitted"
+    kwargs = {"file_name": str(file), "message": "exp001 CV accuracy=0.99", "competition": "digit-recognizer"}
+    assert api.calls == [("competition_submit", (), kwargs)]
+    with pytest.raises(UserError, match="not found"):
+        kaggle_api.submit("digit-recognizer", tmp_path / "missing.csv", "m")
+    assert len(api.calls) == 1
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_dataset_created_or_versioned_with_sub_folders(api, tmp_path, existing):
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    dataset_id = "me/old-models" if existing else "me/new-models"
+    (folder / "dataset-metadata.json").write_text(json.dumps({"id": dataset_id}))
+    url = kaggle_api.dataset_create_or_version(folder, "exp001 + exp002")
+    assert api.calls[0] == ("dataset_status", (dataset_id,), {})
+    if existing:
+        assert api.calls[1] == (
+            "dataset_create_version",
+            (str(folder),),
+            {"version_notes": "exp001 + exp002", "quiet": False, "dir_mode": "zip"},
+        )
+        assert url == "https://www.kaggle.com/datasets/me/old-models"
+    else:
+        assert api.calls[1] == (
+            "dataset_create_new",
+            (str(folder),),
+            {"public": False, "quiet": False, "dir_mode": "zip"},
+        )
+        assert url == "https://www.kaggle.com/datasets/me/new-models"
+
+
+def test_kernel_push(api, tmp_path):
+    (tmp_path / "kernel-metadata.json").write_text("{}")
+    assert kaggle_api.kernel_push(tmp_path) == "https://www.kaggle.com/code/me/infer"
+    assert api.calls == [("kernels_push", (str(tmp_path),), {})]
+
+
+def test_api_errors_become_one_line_user_errors(monkeypatch, tmp_path):
+    monkeypatch.setattr(kaggle_api, "_client", lambda: FakeApi(fail="403 Client Error: Forbidden for url"))
+    file = tmp_path / "sub.csv"
+    file.write_text("id\n")
+    with pytest.raises(UserError, match="accept the competition rules"):
+        kaggle_api.submit("c", file, "m")
+    response = Response(error="The requested slug is already in use")
+    monkeypatch.setattr(FakeApi, "dataset_create_new", lambda self, *a, **k: response)
+    monkeypatch.setattr(kaggle_api, "_client", lambda: FakeApi())
+    (tmp_path / "dataset-metadata.json").write_text(json.dumps({"id": "me/new-models"}))
+    with pytest.raises(UserError, match="already in use"):
+        kaggle_api.dataset_create_or_version(tmp_path, "m")
+
+
+def test_client_without_credentials_names_the_fix_not_the_secret(monkeypatch):
+    """The only real client code: kaggle >= 2 imports unauthenticated, and authenticate() exits."""
+
+    class Unauthenticated:
+        _authenticated = False
+
+        def authenticate(self):
+            raise SystemExit(1)
+
+    monkeypatch.setitem(sys.modules, "kaggle", types.SimpleNamespace(api=Unauthenticated()))
+    monkeypatch.setenv("KAGGLE_KEY", "s3cr3t-key")
+    with pytest.raises(UserError) as err:
+        kaggle_api._client()
+    assert "KAGGLE_API_TOKEN" in str(err.value) and "s3cr3t" not in str(err.value)
+    ok = types.SimpleNamespace(_authenticated=True)
+    monkeypatch.setitem(sys.modules, "kaggle", types.SimpleNamespace(api=ok))
+    assert kaggle_api._client() is ok
+
+
+def fake_run(root: Path, exp: str, folds: int = 2) -> Path:
+    run = root / "outputs" / exp
+    for k in range(folds):
+        (run / f"fold{k}").mkdir(parents=True)
+        (run / f"fold{k}" / "best.pt").write_bytes(f"{exp} fold {k}".encode())
+        (run / f"fold{k}" / "last.pt").write_bytes(b"not uploaded")
+    (run / "config.yaml").write_text(f"exp: {exp}\n")
+    (run / "classes.json").write_text('{"task": "multiclass", "classes": ["0", "1"], "positive": null}')
+    return run
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    yaml = tmp_path / "exp001.yaml"
+    yaml.write_text(f"output_dir: {tmp_path / 'outputs'}\n")
+    return config.load(yaml)
+
+
+def test_package_for_dataset_layout(cfg, tmp_path, capsys):
+    fake_run(tmp_path, "exp001")
+    fake_run(tmp_path, "exp002", folds=1)
+    ens = tmp_path / "outputs" / "blend1"
+    ens.mkdir()
+    (ens / "weights.json").write_text(json.dumps({"method": "mean", "members": ["exp002"], "weights": [1.0]}))
+    (ens / "classes.json").write_text("{}")
+    dest = kaggle_api.package_for_dataset(cfg, ["exp001", "blend1"], tmp_path / "upload", "me/my-models", "My models")
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    files = [f for f in files if not f.startswith("src/")]
+    assert files == [
+        "blend1/classes.json",
+        "blend1/weights.json",
+        "dataset-metadata.json",
+        "exp001/classes.json",
+        "exp001/config.yaml",
+        "exp001/fold0/best.pt",
+        "exp001/fold1/best.pt",
+        "exp002/classes.json",
+        "exp002/config.yaml",
+        "exp002/fold0/best.pt",
+    ]
+    assert (dest / "exp001" / "fold1" / "best.pt").read_bytes() == b"exp001 fold 1"
+    package = Path(kaggle_api.__file__).parent
+    copied = dest / "src" / package.name
+    assert sorted(p.name for p in copied.glob("*.py")) == sorted(p.name for p in package.glob("*.py"))
+    assert not list(copied.rglob("__pycache__"))
+    meta = json.loads((dest / "dataset-metadata.json").read_text())
+    assert meta == {"title": "My models", "id": "me/my-models", "licenses": [{"name": "CC0-1.0"}]}
+    assert capsys.readouterr().out == ""
+    again = kaggle_api.package_for_dataset(cfg, ["exp002"], dest, "me/my-models", "My models")  # a rebuild replaces it
+    assert not (again / "exp001").exists() and (again / "exp002" / "fold0" / "best.pt").is_file()
+
+
+def test_package_for_dataset_refusals(cfg, tmp_path):
+    fake_run(tmp_path, "exp001")
+    for bad_id in ("my-models", "me/abc", "me/Has_Caps"):
+        with pytest.raises(UserError, match="dataset id"):
+            kaggle_api.package_for_dataset(cfg, ["exp001"], tmp_path / "up", bad_id, "My models")
+    with pytest.raises(UserError, match="title"):
+        kaggle_api.package_for_dataset(cfg, ["exp001"], tmp_path / "up", "me/my-models", "abc")
+    with pytest.raises(UserError, match="not found"):
+        kaggle_api.package_for_dataset(cfg, ["exp009"], tmp_path / "up", "me/my-models", "My models")
+    (tmp_path / "outputs" / "untrained").mkdir()
+    with pytest.raises(UserError, match=r"best\.pt"):
+        kaggle_api.package_for_dataset(cfg, ["untrained"], tmp_path / "up2", "me/my-models", "My models")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not an upload folder"):
+        kaggle_api.package_for_dataset(cfg, ["exp001"], precious, "me/my-models", "My models")
+    assert (precious / "notes.txt").read_text() == "keep me"

@@ -1,0 +1,191 @@
+"""LR range test on a small real problem: the sweep, early stop, the valley suggestion, exact restoration, the plot."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from {{ cookiecutter.package_name }} import lrfind
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: thread start-up costs more than the maths, badly so on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _problem(seed: int = 0):
+    """3-class softmax regression target on 10 features, learnt by a tiny MLP with BatchNorm and dropout
+    (buffers and RNG that lr_find must put back)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(512, 10, generator=g)
+    y = (x @ torch.randn(10, 3, generator=g) + 0.5 * torch.randn(512, 3, generator=g)).argmax(1)
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 512, 32)]
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 3))
+    return model, batches, lambda b: nn.functional.cross_entropy(model(b[0]), b[1])
+
+
+def test_sweep_is_exponential_and_keeps_group_ratios():
+    model, batches, loss_fn = _problem()
+    opt = torch.optim.SGD(
+        [{"params": model[4].parameters(), "lr": 1e-3}, {"params": model[:4].parameters(), "lr": 1e-4}],
+        momentum=0.9,
+    )
+    seen = []
+
+    def compute_loss(b):
+        seen.append([g["lr"] for g in opt.param_groups])
+        return loss_fn(b)
+
+    res = lrfind.lr_find(model, opt, batches, compute_loss, start_lr=1e-6, end_lr=1e-2, num_iter=40)
+    assert not res.diverged and len(res.lrs) == len(res.losses) == 40  # 16 batches, cycled
+    lrs = np.array(res.lrs)
+    assert lrs[0] == pytest.approx(1e-6) and lrs[-1] == pytest.approx(1e-2)
+    np.testing.assert_allclose(lrs[1:] / lrs[:-1], (1e-2 / 1e-6) ** (1 / 39), rtol=1e-9)
+    seen_arr = np.array(seen)
+    np.testing.assert_allclose(seen_arr[:, 0], lrs, rtol=1e-12)  # the sweep drives the largest-LR group
+    np.testing.assert_allclose(seen_arr[:, 1] / seen_arr[:, 0], 0.1, rtol=1e-12)  # ... and the ratio holds
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-4]
+
+
+def test_losses_are_smoothed_and_bias_corrected():
+    model, batches, loss_fn = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    raw = []
+
+    def compute_loss(b):
+        loss = loss_fn(b)
+        raw.append(loss.item())
+        return loss
+
+    res = lrfind.lr_find(model, opt, batches, compute_loss, start_lr=1e-9, end_lr=1e-8, num_iter=10, smooth=0.9)
+    # Exponential moving average with weights 0.1 * 0.9**(i-j), divided by the weights' sum 1 - 0.9**(i+1).
+    for i in range(10):
+        w = np.array([0.1 * 0.9 ** (i - j) for j in range(i + 1)])
+        assert res.losses[i] == pytest.approx(np.dot(w, raw[: i + 1]) / w.sum(), rel=1e-6)
+
+
+@pytest.mark.parametrize("make_opt", [lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), torch.optim.AdamW])
+def test_stops_on_divergence_and_suggests_a_lr_that_trains(make_opt):
+    model, batches, loss_fn = _problem()
+    opt = make_opt(model.parameters())
+    res = lrfind.lr_find(model, opt, batches, loss_fn, start_lr=1e-7, end_lr=100.0, num_iter=100)
+    assert res.diverged and len(res.lrs) < 100
+    assert res.losses[-1] > 4.0 * min(res.losses)
+    best = res.lrs[int(np.argmin(res.losses))]
+    assert 1e-7 <= res.suggestion < best < res.lrs[-1]  # below the minimum, below the blow-up
+    # Training at the suggestion actually works: 60 updates cut the loss on the whole set.
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    model.eval()
+    start = nn.functional.cross_entropy(model(x), y).item()
+    for g in opt.param_groups:
+        g["lr"] = res.suggestion
+    model.train()
+    for i in range(60):
+        opt.zero_grad()
+        loss_fn(batches[i % len(batches)]).backward()
+        opt.step()
+    model.eval()
+    assert nn.functional.cross_entropy(model(x), y).item() < 0.9 * start
+
+
+def _train(model, opt, batches, loss_fn, steps):
+    for b in batches[:steps]:
+        opt.zero_grad()
+        loss_fn(b).backward()
+        opt.step()
+
+
+def test_model_optimizer_and_rng_are_restored_exactly():
+    # Run A: 3 updates, 3 more. Run B: 3 updates, lr_find, 3 more. Same weights, bit for bit: lr_find put back the
+    # weights, BatchNorm buffers, AdamW's moments and step counts, the LRs and the RNG that dropout draws from.
+    runs = []
+    for with_find in (False, True):
+        model, batches, loss_fn = _problem()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        _train(model, opt, batches, loss_fn, 3)
+        if with_find:
+            before = {k: v.clone() for k, v in model.state_dict().items()}
+            model.eval()
+            res = lrfind.lr_find(model, opt, batches, loss_fn, end_lr=100.0, num_iter=50)
+            assert res.diverged  # the sweep really wrecked the weights before they were restored
+            assert not model.training
+            model.train()
+            for k, v in model.state_dict().items():
+                assert torch.equal(v, before[k]), k
+            assert all(p.grad is None for p in model.parameters())
+        _train(model, opt, batches[3:], loss_fn, 3)
+        runs.append(model.state_dict())
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
+
+
+def test_grad_scaler_is_used_and_restored():
+    # Loss scaling by a power of two is exact in float32: the sweep is the same as without a scaler.
+    results = []
+    for use_scaler in (False, True):
+        model, batches, loss_fn = _problem()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3) if use_scaler else None
+        results.append(lrfind.lr_find(model, opt, batches, loss_fn, end_lr=1.0, num_iter=30, scaler=scaler))
+        if scaler is not None:
+            assert scaler.get_scale() == 2.0**10 and scaler.state_dict()["_growth_tracker"] == 0
+    assert results[1].lrs == results[0].lrs
+    np.testing.assert_allclose(results[1].losses, results[0].losses, rtol=1e-6)
+
+
+def test_restores_even_when_the_loss_raises():
+    model, batches, loss_fn = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+
+    def failing(b):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("boom")
+        return loss_fn(b)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        lrfind.lr_find(model, opt, batches, failing, start_lr=1e-2, end_lr=10.0, num_iter=10)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert opt.param_groups[0]["lr"] == 0.1
+
+
+def test_batches_that_cannot_be_cycled_fail_clearly():
+    model, batches, loss_fn = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="no batch"):
+        lrfind.lr_find(model, opt, [], loss_fn)
+    with pytest.raises(ValueError, match="cannot restart"):
+        lrfind.lr_find(model, opt, iter(batches[:2]), loss_fn, num_iter=5)
+
+
+def test_valley_on_a_known_curve():
+    lrs = list(10 ** np.linspace(-6, 0, 61))
+    plateau = [1.0] * 30  # equal values: at most one of them is in a strictly decreasing subsequence
+    descent = [1.0 - 0.04 * k for k in range(1, 22)]  # points 30..50
+    rise = [0.16 + 0.1 * k for k in range(1, 11)]  # points 51..60
+    # The valley: one plateau point + the 21 descent points, ending at point 50 -> points 29..50; 2/3 down: point 43.
+    assert lrfind.suggest_valley(lrs, plateau + descent + rise) == pytest.approx(lrs[43], rel=1e-9)
+    assert lrfind.suggest_valley(lrs[:1], [1.0]) is None
+
+
+def test_plot_is_a_png(tmp_path):
+    model, batches, loss_fn = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    res = lrfind.lr_find(model, opt, batches, loss_fn, end_lr=100.0, num_iter=60)
+    out = lrfind.plot_lr_find(res, tmp_path / "exp" / "lr_find.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(out) as im:
+        im.verify()
+        assert im.format == "PNG" and min(im.size) > 100
+    assert [p.name for p in out.parent.iterdir()] == ["lr_find.png"]  # no temporary file left behind
+    assert math.isfinite(res.suggestion)

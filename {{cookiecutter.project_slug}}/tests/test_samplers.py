@@ -1,0 +1,101 @@
+"""Samplers: exact per-class counts for up / down-sampling, seeded draws, and weighted sampling balance."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from torch.utils.data import WeightedRandomSampler
+
+from {{ cookiecutter.package_name }} import samplers
+from {{ cookiecutter.package_name }}.errors import UserError
+
+# 3 classes of sizes 7, 2, 4 with non-contiguous ids and shuffled order
+LABELS = np.array([5, 0, 5, 2, 5, 2, 5, 0, 5, 2, 5, 2, 5])
+
+
+def test_samplers_match_config_choices():
+    from {{ cookiecutter.package_name }}.config import CHOICES
+
+    assert sorted(CHOICES["train.sampler"]) == samplers.list_samplers()
+
+
+@pytest.mark.parametrize("mode", samplers.list_samplers())
+def test_every_sampler_yields_valid_indices(mode):
+    sampler = samplers.build_sampler(LABELS, mode, seed=3)
+    if mode == "none":
+        assert sampler is None
+        return
+    drawn = list(sampler)
+    assert len(drawn) == len(sampler)
+    assert all(isinstance(i, int) and 0 <= i < len(LABELS) for i in drawn)
+
+
+@pytest.mark.parametrize(("mode", "per_class"), [("upsample", 7), ("downsample", 2)])
+def test_balance_exact_counts(mode, per_class):
+    sampler = samplers.build_sampler(LABELS, mode, seed=0)
+    assert isinstance(sampler, samplers.BalanceClassSampler)
+    assert len(sampler) == 3 * per_class
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        drawn = np.array(list(sampler))
+        assert len(drawn) == 3 * per_class
+        assert Counter(LABELS[drawn].tolist()) == {5: per_class, 0: per_class, 2: per_class}
+        if mode == "upsample":  # every sample appears at least once
+            assert set(drawn.tolist()) == set(range(len(LABELS)))
+            # the 4-sample class drawn 7 times: each of its samples once or twice (whole copies + remainder)
+            counts = Counter(drawn[LABELS[drawn] == 2].tolist())
+            assert set(counts.values()) <= {1, 2}
+        else:  # without replacement
+            assert len(set(drawn.tolist())) == len(drawn)
+
+
+def test_balance_deterministic_per_seed_and_epoch():
+    def draw(seed, epoch):
+        s = samplers.BalanceClassSampler(LABELS, "upsample", seed=seed)
+        s.set_epoch(epoch)
+        return list(s)
+
+    assert draw(0, 0) == draw(0, 0)
+    assert draw(0, 1) == draw(0, 1)
+    assert draw(0, 0) != draw(0, 1)
+    assert draw(0, 0) != draw(1, 0)
+
+
+def test_balance_is_shuffled():
+    labels = np.repeat([0, 1], 50)
+    drawn = np.array(list(samplers.BalanceClassSampler(labels, "downsample")))
+    # not grouped by class: the first half holds both classes
+    assert set(labels[drawn[:50]].tolist()) == {0, 1}
+
+
+def test_weighted_sampler_balances_90_10():
+    labels = np.array([0] * 900 + [1] * 100)
+    sampler = samplers.build_sampler(labels, "weighted", power=1.0, seed=0)
+    assert isinstance(sampler, WeightedRandomSampler)
+    assert len(sampler) == len(labels)
+    drawn = np.concatenate([np.fromiter(sampler, int) for _ in range(20)])  # 20 epochs = 20,000 draws
+    share = (labels[drawn] == 1).mean()
+    # expected 0.5; sd of the share = sqrt(0.25 / 20000) = 0.0035, so 0.02 is ~6 sd while unweighted gives 0.1
+    assert abs(share - 0.5) < 0.02
+    again = np.fromiter(samplers.build_sampler(labels, "weighted", seed=0), int)
+    assert np.array_equal(again, drawn[:1000])  # same seed, same first epoch
+
+
+def test_class_weights_formula():
+    w = samplers.class_weights_for_sampling(LABELS, power=1.0)
+    expected = np.array([1 / {5: 7, 0: 2, 2: 4}[c] for c in LABELS])
+    np.testing.assert_allclose(w, expected)
+    # each class carries the same total weight at power 1
+    totals = np.bincount(LABELS, weights=w)[[0, 2, 5]]
+    np.testing.assert_allclose(totals, 1.0)
+    np.testing.assert_allclose(samplers.class_weights_for_sampling(LABELS, power=0.0), np.ones(len(LABELS)))
+    np.testing.assert_allclose(samplers.class_weights_for_sampling(LABELS, power=0.5), np.sqrt(expected))
+
+
+def test_bad_input():
+    with pytest.raises(UserError, match="sampler"):
+        samplers.build_sampler(LABELS, "oversample")
+    with pytest.raises(UserError, match="1-D"):
+        samplers.build_sampler(np.zeros((3, 2), dtype=int), "upsample")
+    with pytest.raises(UserError, match="integer"):
+        samplers.build_sampler(np.array([0.5, 1.0]), "weighted")

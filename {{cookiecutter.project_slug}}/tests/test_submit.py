@@ -1,0 +1,246 @@
+"""Submission files for every task, from the demo competition's own sample submission and solution."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
+
+from {{ cookiecutter.package_name }} import config, demo, folds, kaggle_api, labels, metrics, submit
+from {{ cookiecutter.package_name }}.errors import UserError
+
+BEST = {"accuracy": 1.0, "roc_auc": 1.0, "f1_micro": 1.0, "rmse": 0.0}
+quiet = lambda s: None  # noqa: E731
+
+
+
+
+def encoded(cfg: config.Config, table: pd.DataFrame) -> tuple[np.ndarray, list[str], str | None]:
+    train = labels.read_train(cfg)
+    classes = labels.derive_classes(cfg, train)
+    positive = labels.binary_positive(cfg, train) if cfg.task == "binary" else None
+    return labels.encode_targets(cfg, table, classes, positive), classes, positive
+
+
+def predictions(y: np.ndarray, task: str, n_cols: int, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """(N, C) predictions of a model whose error grows with `noise`; noise 0 ranks/labels everything right."""
+    if task == "regression":
+        return (y + noise * rng.standard_normal(len(y)))[:, None]
+    if task == "multiclass":
+        logits = 3.0 * np.eye(n_cols)[y] + noise * rng.standard_normal((len(y), n_cols))
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+    t = y.reshape(len(y), -1)
+    return 1 / (1 + np.exp(-(3.0 * (2 * t - 1) + noise * rng.standard_normal(t.shape))))
+
+
+def fake_experiment(cfg: config.Config, exp: str, noise: float, seed: int = 0) -> Path:
+    """outputs/<exp>/ with oof.csv, test_pred.csv (rows in test.csv order), cv.json, classes.json."""
+    rng, id_col, run = np.random.default_rng(seed), cfg.data.id_col, Path(cfg.output_dir) / exp
+    fold_df, h = folds.read_folds(cfg)
+    train = labels.read_train(cfg).merge(fold_df[[id_col, "fold"]], on=id_col)
+    y, classes, positive = encoded(cfg, train)
+    oof = pd.DataFrame(predictions(y, cfg.task, len(classes), noise, rng), columns=classes)
+    oof.insert(0, "fold", train["fold"].to_numpy())
+    oof.insert(0, id_col, train[id_col].to_numpy())
+    test_ids = labels.read_table(Path(cfg.data.dir) / "test.csv", id_col)[id_col]
+    solution = labels.read_table(Path(cfg.data.dir) / "solution.csv", id_col).set_index(id_col).loc[test_ids]
+    test = pd.DataFrame(predictions(encoded(cfg, solution)[0], cfg.task, len(classes), noise, rng), columns=classes)
+    test.insert(0, id_col, test_ids.to_numpy())
+    run.mkdir(parents=True, exist_ok=True)
+    oof.to_csv(run / "oof.csv", index=False)
+    test.to_csv(run / "test_pred.csv", index=False)
+    name = config.metric_name(cfg)
+    cv = {"exp": exp, "task": cfg.task, "metric": name, "cv": 0.12345, "folds_hash": h, "pred_cols": classes}
+    cv["higher_is_better"] = metrics.get_metric(name).higher_is_better
+    (run / "cv.json").write_text(json.dumps(cv))
+    (run / "classes.json").write_text(json.dumps({"task": cfg.task, "classes": classes, "positive": positive}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def projects(tmp_path_factory, new_project):
+    out = {}
+    for task in ("multiclass", "binary", "multilabel", "regression"):
+        cfg = new_project(tmp_path_factory.mktemp(task), task, images=False, size=8)
+        fake_experiment(cfg, "perfect", 0.0)
+        fake_experiment(cfg, "noisy", 2.5 if task != "regression" else 2.0, seed=1)
+        out[task] = cfg
+    return out
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
+
+
+def solution(cfg: config.Config) -> Path:
+    return Path(cfg.data.dir) / "solution.csv"
+
+
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel", "regression"])
+def test_perfect_submission_scores_the_best_value(projects, task):
+    cfg = projects[task]
+    path = submit.make_submission(cfg, "perfect", log=quiet)
+    assert path == Path(cfg.output_dir).parent / "submissions" / "perfect.csv"
+    sub, sample = read(path), read(Path(cfg.data.dir) / "sample_submission.csv")
+    assert list(sub.columns) == list(sample.columns) and sub["id"].tolist() == sample["id"].tolist()
+    truth = read(solution(cfg)).set_index("id").loc[sub["id"], "label"]
+    if task in ("multiclass", "regression"):  # labels, values: exactly the solution
+        assert sub["label"].astype(str).tolist() == truth.astype(str).tolist()
+    if task == "multilabel":  # tags: the same set per row
+        assert [set(s.split()) for s in sub["label"]] == [set(s.split()) for s in truth]
+    if task == "multiclass":
+        assert pd.api.types.is_integer_dtype(sub["label"])  # ints stay ints
+    if task == "binary":  # roc_auc: probabilities of the positive class
+        assert sub["label"].between(0, 1).all() and set(sub["label"]) - {0, 1}
+    name = config.metric_name(cfg)
+    assert submit.score_submission(cfg, path, solution(cfg)) == pytest.approx(BEST[name])
+
+
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel"])
+def test_score_matches_sklearn(projects, task):
+    cfg = projects[task]
+    path = submit.make_submission(cfg, "noisy", log=quiet)
+    sub = read(path)
+    truth = read(solution(cfg)).set_index("id").loc[sub["id"], "label"]
+    got = submit.score_submission(cfg, path, solution(cfg))
+    if task == "multiclass":
+        expected = accuracy_score(truth.astype(int), sub["label"])
+    elif task == "binary":
+        expected = roc_auc_score(truth.astype(int), sub["label"])
+    else:
+        tags = sorted({t for cell in truth for t in cell.split()})
+        hot = lambda col: np.array([[t in cell.split() for t in tags] for cell in col])  # noqa: E731
+        expected = f1_score(hot(truth), hot(sub["label"]), average="micro")
+    assert got == pytest.approx(expected) and got < BEST[config.metric_name(cfg)]
+
+
+def test_binary_label_metric_writes_labels_at_a_tuned_threshold(projects):
+    base = projects["binary"]
+    cfg = config.load(Path(base.output_dir).parent / "exp.yaml", ["metric=accuracy"])
+    seen = []
+    sub = read(submit.make_submission(cfg, "noisy", name="noisy_acc", log=seen.append))
+    assert set(sub["label"]) <= {0, 1} and pd.api.types.is_integer_dtype(sub["label"])
+    assert any("threshold tuned" in s for s in seen)
+    truth = read(solution(cfg)).set_index("id").loc[sub["id"], "label"]
+    path = Path(cfg.output_dir).parent / "submissions" / "noisy_acc.csv"
+    assert submit.score_submission(cfg, path, solution(cfg)) == pytest.approx(accuracy_score(truth, sub["label"]))
+
+
+def test_regression_clip_and_qwk_rounding(projects):
+    cfg = projects["regression"]
+    sub = read(submit.make_submission(cfg, "noisy", log=quiet))
+    pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"], "label"]
+    np.testing.assert_allclose(sub["label"], np.clip(pred, 0.0, 9.0))
+    assert (pred < 0).any() and (pred > 9).any()  # so the clip did something
+    qwk_cfg = config.load(Path(cfg.output_dir).parent / "exp.yaml", ["metric=qwk"])
+    path = submit.make_submission(qwk_cfg, "noisy", name="noisy_qwk", log=quiet)
+    sub = read(path)
+    assert pd.api.types.is_integer_dtype(sub["label"]) and set(sub["label"]) <= set(range(10))
+    truth = read(solution(cfg)).set_index("id").loc[sub["id"], "label"].astype(int)
+    expected = cohen_kappa_score(truth, sub["label"], weights="quadratic")
+    assert submit.score_submission(qwk_cfg, path, solution(cfg)) == pytest.approx(expected)
+
+
+def test_multilabel_rows_never_empty(projects):
+    base = projects["multilabel"]
+    cfg = config.load(
+        Path(base.output_dir).parent / "exp.yaml", ["submit.threshold=0.999", "submit.tune_thresholds=false"]
+    )
+    sub = read(submit.make_submission(cfg, "noisy", name="strict", log=quiet))
+    pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"]]
+    assert (sub["label"].str.len() > 0).all()
+    lonely = ~(pred.to_numpy() >= 0.999).any(1)
+    assert lonely.any()
+    assert sub["label"][lonely].tolist() == pred.columns[pred.to_numpy()[lonely].argmax(1)].tolist()
+
+
+def test_probs_columns_follow_the_sample(projects, tmp_path):
+    base = projects["multiclass"]
+    sample = read(Path(base.data.dir) / "sample_submission.csv")[["id"]]
+    for c in reversed(range(10)):
+        sample[str(c)] = 0.1
+    sample.to_csv(tmp_path / "sample_probs.csv", index=False)
+    override = f"data.sample_submission={tmp_path / 'sample_probs.csv'}"
+    cfg = config.load(Path(base.output_dir).parent / "exp.yaml", [override])
+    sub = read(submit.make_submission(cfg, "noisy", name="probs", out_dir=tmp_path, log=quiet))
+    assert list(sub.columns) == ["id", *[str(c) for c in reversed(range(10))]]
+    pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"]]
+    np.testing.assert_allclose(sub.set_index("id")[pred.columns].to_numpy(), pred.to_numpy())
+
+
+@pytest.mark.parametrize("fault", ["wrong order", "missing id", "NaN", "extra column"])
+def test_validation_errors(projects, fault):
+    cfg = projects["multiclass"]
+    sample = read(Path(cfg.data.dir) / "sample_submission.csv")
+    df = sample.copy()
+    df["label"] = 3
+    submit.validate_submission(df, sample, "id", kind="label", labels=[str(c) for c in range(10)])  # fine as it is
+    if fault == "wrong order":
+        df = df.iloc[::-1].reset_index(drop=True)
+    elif fault == "missing id":
+        df = df.iloc[1:].reset_index(drop=True)
+    elif fault == "NaN":
+        df.loc[5, "label"] = np.nan
+    else:
+        df["extra"] = 1
+    with pytest.raises(UserError, match=r"sub\.csv"):
+        submit.validate_submission(df, sample, "id", kind="label", labels=[str(c) for c in range(10)], where="sub.csv")
+
+
+def test_unknown_label_and_probability_out_of_range(projects):
+    sample = read(Path(projects["multiclass"].data.dir) / "sample_submission.csv")
+    df = sample.assign(label=11)
+    with pytest.raises(UserError, match="not among the labels"):
+        submit.validate_submission(df, sample, "id", kind="label", labels=[str(c) for c in range(10)])
+    with pytest.raises(UserError, match=r"\[0, 1\]"):
+        submit.validate_submission(sample.assign(label=1.5), sample, "id", kind="probs")
+
+
+@pytest.mark.parametrize("fault", ["NaN", "missing id"])
+def test_bad_predictions_leave_no_file(projects, tmp_path, fault):
+    cfg = projects["multiclass"]
+    src = Path(cfg.output_dir) / "noisy"
+    bad = Path(cfg.output_dir) / f"bad_{fault.replace(' ', '_')}"
+    bad.mkdir()
+    for name in ("oof.csv", "cv.json", "classes.json"):
+        (bad / name).write_bytes((src / name).read_bytes())
+    test = read(src / "test_pred.csv")
+    test = test.iloc[1:] if fault == "missing id" else test.assign(**{"3": [np.nan] + [0.1] * (len(test) - 1)})
+    test.to_csv(bad / "test_pred.csv", index=False)
+    with pytest.raises(UserError, match="test_pred.csv" if fault == "NaN" else "missing"):
+        submit.make_submission(cfg, bad.name, out_dir=tmp_path, log=quiet)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_score_needs_the_same_ids(projects, tmp_path):
+    cfg = projects["multiclass"]
+    path = submit.make_submission(cfg, "noisy", log=quiet)
+    read(path).iloc[1:].to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(UserError, match="different ids"):
+        submit.score_submission(cfg, tmp_path / "short.csv", solution(cfg))
+
+
+def test_submit_message_and_client_call(projects, monkeypatch):
+    cfg = projects["multiclass"]
+    path = submit.make_submission(cfg, "noisy", log=quiet)
+
+    def no_network():
+        raise AssertionError("dry run must not reach Kaggle")
+
+    monkeypatch.setattr(kaggle_api, "_client", no_network)
+    message = submit.submit(cfg, path, dry_run=True, competition="digit-recognizer", log=quiet)
+    assert message == "noisy CV accuracy=0.12345"
+
+    calls = []
+
+    class FakeApi:
+        def competition_submit(self, **kwargs):
+            calls.append(kwargs)
+            return type("Response", (), {"message": "Successfully submitted"})()
+
+    monkeypatch.setattr(kaggle_api, "_client", FakeApi)
+    assert submit.submit(cfg, path, "my note", competition="digit-recognizer", log=quiet) == "my note"
+    assert calls == [{"file_name": str(path), "message": "my note", "competition": "digit-recognizer"}]
