@@ -8,5 +8,6 @@ USE_WANDB = "{{ cookiecutter.use_wandb }}" == "True"
 
 if not CODE_COMPETITION:
     shutil.rmtree("notebooks", ignore_errors=True)
+    Path("tests/test_notebook.py").unlink(missing_ok=True)
 if not USE_WANDB:
     Path("configs/sweep.yaml").unlink(missing_ok=True)

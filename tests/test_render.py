@@ -5,12 +5,16 @@ file set (template files minus the optional ones post-gen removes), configs/exp0
 package's own config loader, pyproject/Makefile sanity, `ruff check` and `ruff format --check` with the render's
 own ruff config. The product of task x metric is rendered in full and each exp001.yaml loaded.
 
-The generated project's own test suite (~1.5 min each on 2 cores) runs on SUITE_CASES only: the renders whose code
-paths differ. Python in the template has no Jinja except the package name in test imports, so what can change the
-suite's outcome is the package name, the task/metric and n_folds rendered into configs, and the optional files
-(notebook, sweep). Each of those is varied in one suite render, combined rather than one by one to keep `make test`
-well under its 15-minute budget: defaults; binary + code competition; multilabel + no wandb; regression with an
-explicit metric, non-default names and numbers.
+The generated project's own test suite runs on SUITE_CASES only: the renders whose code paths differ. Python in the
+template has no Jinja except the package name in test imports, so what can change the suite's outcome is the package
+name, the task/metric/n_folds rendered into configs/*.yaml (the generated tests load the shipped configs), and the
+optional files (notebook, sweep) being there or not. Each of those is varied in some suite render, combined rather
+than one by one to keep `make test` within its 15-minute budget on 2 cores:
+- the whole suite, its own e2e runs included (~3 min each): the defaults, and a render with every other answer
+  non-default that the e2e runs can see (package name -> `python -m <package>` and torchrun, code competition on);
+- the suite without its e2e-marked tests (~25 s each): binary without wandb, multilabel without wandb with the
+  code-competition files. The generated e2e tests parametrise over every task themselves and write their own
+  configs, so they do not read these answers; running them again would repeat the same work.
 """
 
 from __future__ import annotations
@@ -69,19 +73,28 @@ CASES: dict[str, dict[str, Any]] = {
     "backbone": {"backbone": "convnext_tiny.fb_in22k"},
     "ints_from_python_api": {"n_folds": 3, "image_size": 224},
 }
-SUITE_CASES: dict[str, dict[str, Any]] = {
-    "defaults": {},
-    "binary,code_competition": {"task": "binary", "code_competition": True},
-    "multilabel,no_wandb": {"task": "multilabel", "use_wandb": False},
-    "regression,names": {
-        "task": "regression",
-        "metric": "mae",
-        "n_folds": "3",
-        "image_size": "128",
-        "backbone": "resnet10t",
-        **NAMES,
-    },
+FULL, UNIT = [], ["-m", "not e2e"]  # pytest arguments: the whole generated suite, or all but its e2e tests
+SUITE_CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "defaults": ({}, FULL),
+    "regression,code_competition,names": (
+        {
+            "task": "regression",
+            "metric": "mae",
+            "code_competition": True,
+            "n_folds": "3",
+            "image_size": "128",
+            "backbone": "resnet10t",
+            **NAMES,
+        },
+        FULL,
+    ),
+    "binary,no_wandb": ({"task": "binary", "use_wandb": False}, UNIT),
+    "multilabel,no_wandb,code_competition": (
+        {"task": "multilabel", "use_wandb": False, "code_competition": True},
+        UNIT,
+    ),
 }
+SUITE_TIMEOUT_S = 600  # a hung generated test (e.g. a distributed run waiting for a peer) fails instead of blocking CI
 # Files post-gen removes when their option is off, and the cases that vary those options.
 OPTIONAL = {"notebooks": "code_competition", "configs/sweep.yaml": "use_wandb"}
 POST_GEN_CASES = ["defaults", "no_wandb", "code_competition", "no_wandb,code_competition", "cli_strings"]
@@ -241,11 +254,12 @@ def test_ruff_is_clean_in_the_render(rendered, ctx, command):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("ctx", list(SUITE_CASES.values()), ids=list(SUITE_CASES))
-def test_generated_test_suite_passes(rendered, ctx, tmp_path):
+@pytest.mark.parametrize(("ctx", "selection"), list(SUITE_CASES.values()), ids=list(SUITE_CASES))
+def test_generated_test_suite_passes(rendered, ctx, selection, tmp_path):
     # A copy, so that what the suite writes (data, outputs, wandb runs) never reaches the renders other tests check.
     project = Path(shutil.copytree(rendered(**ctx), tmp_path / rendered(**ctx).name))
-    proc = run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"], cwd=project, timeout=900)
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *selection]
+    proc = run(command, cwd=project, timeout=SUITE_TIMEOUT_S)
     assert proc.returncode == 0, f"generated tests failed in {project}:\n{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"
 
 
@@ -290,3 +304,10 @@ def test_cases_cover_every_prompt_and_choice():
     assert {m for _, m in valid_pairs()} == set(METRICS)
     for option in OPTIONAL.values():
         assert {expected_answers(ctx)[option] for ctx in CASES.values()} == {True, False}
+    suite = [(expected_answers(ctx), selection) for ctx, selection in SUITE_CASES.values()]
+    assert {a["task"] for a, _ in suite} == set(TASKS)
+    for option in OPTIONAL.values():
+        assert {a[option] for a, _ in suite} == {True, False}
+    defaults = expected_answers({})
+    assert any(a["package_name"] != defaults["package_name"] and sel == FULL for a, sel in suite)
+    assert any(a["code_competition"] and sel == FULL for a, sel in suite)

@@ -1,5 +1,7 @@
 """Folds: stratified within one row per class, groups kept whole, multilabel balanced, seeded, written once."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,17 +38,13 @@ def test_rewrite_is_a_no_op_a_different_split_needs_force(multiclass):
     before = fold_table(multiclass)
     path, h, written = folds.write_folds(multiclass)
     assert not written and h == folds.folds_hash(before["id"], before["fold"])
-    other = config.load(multiclass_config_path(multiclass), ["folds.seed=7"])
+    other = config.load(Path(multiclass.folds.path).parents[1] / "configs" / "exp.yaml", ["folds.seed=7"])
     with pytest.raises(UserError, match="different split.*--force"):
         folds.write_folds(other)
     pd.testing.assert_frame_equal(fold_table(multiclass), before)  # nothing overwritten
     _, h2, written = folds.write_folds(other, force=True)
     assert written and h2 != h
     folds.write_folds(multiclass, force=True)  # restore for the other tests
-
-
-def multiclass_config_path(cfg):
-    return cfg.folds.path.replace("data/folds.csv", "configs/exp.yaml")
 
 
 def test_edited_or_stale_folds_are_caught(tmp_path, new_project):

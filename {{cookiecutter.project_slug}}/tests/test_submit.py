@@ -119,7 +119,7 @@ def test_score_matches_sklearn(projects, task):
 
 def test_binary_label_metric_writes_labels_at_a_tuned_threshold(projects):
     base = projects["binary"]
-    cfg = config.load(Path(base.output_dir).parent / "exp.yaml", ["metric=accuracy"])
+    cfg = config.load(Path(base.output_dir).parent / "configs" / "exp.yaml", ["metric=accuracy"])
     seen = []
     sub = read(submit.make_submission(cfg, "noisy", name="noisy_acc", log=seen.append))
     assert set(sub["label"]) <= {0, 1} and pd.api.types.is_integer_dtype(sub["label"])
@@ -135,7 +135,7 @@ def test_regression_clip_and_qwk_rounding(projects):
     pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"], "label"]
     np.testing.assert_allclose(sub["label"], np.clip(pred, 0.0, 9.0))
     assert (pred < 0).any() and (pred > 9).any()  # so the clip did something
-    qwk_cfg = config.load(Path(cfg.output_dir).parent / "exp.yaml", ["metric=qwk"])
+    qwk_cfg = config.load(Path(cfg.output_dir).parent / "configs" / "exp.yaml", ["metric=qwk"])
     path = submit.make_submission(qwk_cfg, "noisy", name="noisy_qwk", log=quiet)
     sub = read(path)
     assert pd.api.types.is_integer_dtype(sub["label"]) and set(sub["label"]) <= set(range(10))
@@ -147,7 +147,7 @@ def test_regression_clip_and_qwk_rounding(projects):
 def test_multilabel_rows_never_empty(projects):
     base = projects["multilabel"]
     cfg = config.load(
-        Path(base.output_dir).parent / "exp.yaml", ["submit.threshold=0.999", "submit.tune_thresholds=false"]
+        Path(base.output_dir).parent / "configs" / "exp.yaml", ["submit.threshold=0.999", "submit.tune_thresholds=false"]
     )
     sub = read(submit.make_submission(cfg, "noisy", name="strict", log=quiet))
     pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"]]
@@ -164,7 +164,7 @@ def test_probs_columns_follow_the_sample(projects, tmp_path):
         sample[str(c)] = 0.1
     sample.to_csv(tmp_path / "sample_probs.csv", index=False)
     override = f"data.sample_submission={tmp_path / 'sample_probs.csv'}"
-    cfg = config.load(Path(base.output_dir).parent / "exp.yaml", [override])
+    cfg = config.load(Path(base.output_dir).parent / "configs" / "exp.yaml", [override])
     sub = read(submit.make_submission(cfg, "noisy", name="probs", out_dir=tmp_path, log=quiet))
     assert list(sub.columns) == ["id", *[str(c) for c in reversed(range(10))]]
     pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"]]

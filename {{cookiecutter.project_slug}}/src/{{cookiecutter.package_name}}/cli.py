@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import Config, load
 from .errors import UserError
@@ -216,13 +217,19 @@ def _score_flags(p: argparse.ArgumentParser) -> None:
 
 @command("score", "score a submission against a solution file with the config's metric", _score_flags)
 def _score(args: argparse.Namespace) -> None:
+    from .artefacts import read_json
     from .config import metric_name
     from .labels import data_path
     from .submit import score_submission
 
     cfg = config_of(args)
     value = score_submission(cfg, args.file, args.solution or data_path(cfg, "solution.csv"))
-    print(f"{args.file}: {metric_name(cfg)} = {value:.5f}")
+    line = f"{args.file}: {metric_name(cfg)} = {value:.5f}"
+    cv_path = Path(cfg.output_dir) / Path(args.file).stem / "cv.json"  # the experiment the file was made from
+    if cv_path.is_file():
+        cv = read_json(cv_path)
+        line += f"  |  OOF CV {cv['cv']:.5f}" + (f" (with TTA {cv['cv_tta']:.5f})" if "cv_tta" in cv else "")
+    print(line)
 
 
 def _upload_flags(p: argparse.ArgumentParser) -> None:
@@ -244,6 +251,21 @@ def _upload(args: argparse.Namespace) -> None:
     print(f"dataset folder: {folder}")
     if not args.dry_run:
         print(dataset_create_or_version(folder, args.message))
+
+
+def _notebook_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="the upload dataset the kernel reads, <user>/<slug>")
+    p.add_argument("--kernel", help="kernel id, <user>/<slug> (default: <dataset user>/<competition>-inference)")
+    p.add_argument("--title", help="kernel title (default: from the kernel slug)")
+    p.add_argument("--folder", default="notebooks", help="kernel folder: the script + kernel-metadata.json")
+    p.add_argument("--dry-run", action="store_true", help="write kernel-metadata.json only; push nothing")
+
+
+@command("push-notebook", "fill notebooks/kernel-metadata.json and push the inference notebook", _notebook_flags)
+def _push_notebook(args: argparse.Namespace) -> None:
+    from .notebook import push_notebook
+
+    push_notebook(config_of(args), args.dataset, args.kernel, args.title, args.folder, args.dry_run)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -124,7 +124,8 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
     optimizer = build_optimizer(model, cfg.optim, total_steps, backbone_lr_mult=cfg.model.backbone_lr_mult)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)  # bf16 needs no loss scaling
-    ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
+    # EMA decay warms up from 0 towards train.ema_decay, so short runs average over a sensible window too.
+    ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     train_model = DistributedDataParallel(model) if world_size() > 1 else model
     if cfg.model.compile:
         train_model = torch.compile(train_model)
@@ -223,7 +224,7 @@ def train_epoch(cfg: Config, s: FoldSetup, model: nn.Module, optimizer, schedule
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             if ema is not None:
-                ema.update(getattr(model, "module", model))
+                ema.update(getattr(model, "module", model), step=scheduler.last_epoch)
         loss = losses["loss"].item()
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at epoch {epoch + 1} batch {i}: lower optim.lr or set amp=off")

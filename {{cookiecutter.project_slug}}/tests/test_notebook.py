@@ -1,0 +1,202 @@
+"""The code-competition notebook (notebooks/inference.py) run as Kaggle runs it: a separate Python that imports the
+package from the upload dataset only, reads the competition folder and writes submission.csv in a working folder,
+the dataset left untouched. And push-notebook: kernel-metadata.json filled in, pushed unless --dry-run."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY, write_config
+
+from {{ cookiecutter.package_name }} import cli, ensemble, errors, kaggle_api, notebook, submit
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+COMPETITION = "digit-recognizer"
+EXTRA = TINY + f"tta:\n  views: [identity, vflip]\ncompetition: {COMPETITION}\n"
+QUIET = {"log": lambda line: None}
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"id": str})
+
+
+def snapshot(folder: Path) -> list[tuple[str, int, int]]:
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, new_project):
+    """Two trained experiments (2 folds x 1 epoch), their test predictions, their mean blend and its submission,
+    made locally by the package as a user would."""
+    root = tmp_path_factory.mktemp("project")
+    cfg = new_project(root, "multiclass", n_folds=2, extra=EXTRA)
+    exp2 = write_config(root, "multiclass", n_folds=2, extra=EXTRA + "seed: 7\n", name="exp2")
+    for path in (root / "configs" / "exp.yaml", exp2):
+        assert cli.main(["train", "-c", str(path)]) == 0
+        assert cli.main(["predict", "-c", str(path), "--no-oof-tta"]) == 0
+    ensemble.blend(cfg, ["exp", "exp2"], "mean", "blend", **QUIET)
+    local = submit.make_submission(cfg, "blend", name="local", out_dir=root / "local", **QUIET)
+    return root, cfg, local
+
+
+def run_notebook(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    work = tmp_path / "working"
+    work.mkdir()
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the project's src must not be importable
+    base |= {"INFER_WORK_DIR": str(work), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, str(NOTEBOOKS / "inference.py")]
+    done = subprocess.run(cmd, cwd=work, env=base | env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kaggle_layout", [False, True], ids=["env-vars", "kaggle-input"])
+def test_notebook_reproduces_the_local_submission_offline(project, tmp_path, kaggle_layout):
+    """Two packaged experiments are averaged; a packaged ensemble is recomputed from its packaged members. Either
+    way the submission is the one `make-submission` wrote locally for the mean blend."""
+    root, cfg, local = project
+    if kaggle_layout:  # found as Kaggle mounts them: /kaggle/input/<dataset-slug>, /kaggle/input/<competition>
+        kaggle_input, exps, final = tmp_path / "input", ["blend"], "blend"
+        (kaggle_input / COMPETITION).parent.mkdir()
+        (kaggle_input / COMPETITION).symlink_to(root / "data")
+        dataset_dir, env = kaggle_input / "digit-models", {"KAGGLE_INPUT": str(kaggle_input)}
+    else:
+        exps, final, dataset_dir = ["exp", "exp2"], notebook.MEAN_NAME, tmp_path / "dataset"
+        env = {"INFER_DATASET_DIR": str(dataset_dir), "INFER_DATA_DIR": str(root / "data")}
+        env["KAGGLE_INPUT"] = str(tmp_path / "nothing-here")
+    dataset = kaggle_api.package_for_dataset(cfg, exps, dataset_dir, "me/digit-models", "Digit models")
+    before = snapshot(dataset)
+    done = run_notebook(tmp_path, env)
+
+    assert f"package {notebook.__package__} from {dataset / 'src'}" in done.stdout
+    assert snapshot(dataset) == before  # read-only on Kaggle: nothing written there
+    work = tmp_path / "working"
+    sub, sample = read(work / "submission.csv"), read(root / "data" / "sample_submission.csv")
+    assert sub.columns.tolist() == sample.columns.tolist() and sub["id"].tolist() == sample["id"].tolist()
+    pd.testing.assert_frame_equal(sub, read(local))
+    ours, theirs = read(work / "outputs" / final / "test_pred.csv"), read(root / "outputs" / "blend" / "test_pred.csv")
+    assert ours["id"].tolist() == theirs["id"].tolist()
+    np.testing.assert_allclose(ours.iloc[:, 1:].to_numpy(), theirs.iloc[:, 1:].to_numpy(), rtol=0, atol=1e-6)
+    solution = root / "data" / "solution.csv"
+    assert submit.score_submission(cfg, work / "submission.csv", solution) == submit.score_submission(
+        cfg, local, solution
+    )
+    assert not list(work.rglob("*.pt"))  # checkpoint links are dropped once used: the kernel's output stays small
+
+
+def make_dataset(root: Path, runs: dict[str, list[str]]) -> Path:
+    """A packaged dataset's run folders only: name -> ensemble members ([] for an experiment)."""
+    for name, members in runs.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "classes.json").write_text('{"classes": ["0", "1"]}')
+        if members:
+            (root / name / "weights.json").write_text(json.dumps({"members": members, "weights": [1.0]}))
+        else:
+            (root / name / "config.yaml").write_text(f"exp: {name}\ncompetition: {COMPETITION}\n")
+    return root
+
+
+def test_packaged_experiments_leave_out_ensemble_members(tmp_path):
+    dataset = make_dataset(tmp_path, {"exp1": [], "exp2": [], "exp3": [], "blend": ["exp2", "inner"], "inner": ["exp3"]})
+    assert notebook.packaged_experiments(dataset) == ["blend", "exp1"]
+    assert notebook.config_path(dataset, "blend") == dataset / "exp2" / "config.yaml"
+    with pytest.raises(errors.UserError, match="no packaged experiment"):
+        notebook.packaged_experiments(tmp_path / "empty")
+
+
+def test_find_data_dir(tmp_path):
+    dataset = make_dataset(tmp_path / "models", {"exp1": []})
+    root = tmp_path / "input"
+    newer = root / "competitions" / COMPETITION  # another mount layout: found by the sample submission
+    newer.mkdir(parents=True)
+    (newer / "sample_submission.csv").write_text("id,label\n")
+    (root / "other-dataset").mkdir()
+    (root / "other-dataset" / "sample_submission.csv").write_text("id,label\n")
+    assert notebook.find_data_dir(dataset, "exp1", root) == newer
+    (root / COMPETITION).mkdir()
+    (root / COMPETITION / "sample_submission.csv").write_text("id,label\n")
+    assert notebook.find_data_dir(dataset, "exp1", root) == root / COMPETITION
+    shutil.rmtree(newer.parent)
+    shutil.rmtree(root / COMPETITION)
+    (root / "third").mkdir()
+    (root / "third" / "sample_submission.csv").write_text("id,label\n")
+    with pytest.raises(errors.UserError, match="INFER_DATA_DIR"):
+        notebook.find_data_dir(dataset, "exp1", root)
+
+
+class FakeApi:
+    """kaggle.api's kernels_push, recording the folder and the metadata it would have sent."""
+
+    def __init__(self):
+        self.pushed = []
+
+    def kernels_push(self, folder):
+        self.pushed.append((folder, json.loads((Path(folder) / "kernel-metadata.json").read_text())))
+        return types.SimpleNamespace(error="", url="https://www.kaggle.com/code/me/kernel")
+
+
+@pytest.fixture
+def kaggle(monkeypatch):
+    """The one network place replaced; `clients` counts how often the Kaggle client was asked for."""
+    api, clients = FakeApi(), []
+    monkeypatch.setattr(kaggle_api, "_client", lambda: clients.append(1) or api)
+    api.clients = clients
+    return api
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    folder = tmp_path / "kernel"
+    shutil.copytree(NOTEBOOKS, folder)
+    exp = write_config(tmp_path, extra=f"competition: {COMPETITION}\n")
+    return folder, exp
+
+
+FILLED = ("id", "title", "dataset_sources", "competition_sources")
+
+
+def test_push_notebook_dry_run_fills_the_metadata_and_sends_nothing(kernel, kaggle, capsys):
+    folder, exp = kernel
+    template = json.loads((NOTEBOOKS / "kernel-metadata.json").read_text())
+    args = ["push-notebook", "-c", str(exp), "--dataset", "me/digit-models", "--folder", str(folder), "--dry-run"]
+    assert cli.main(args) == 0
+    meta = json.loads((folder / "kernel-metadata.json").read_text())
+    assert meta["id"] == f"me/{COMPETITION}-inference" and meta["title"] == f"{COMPETITION.replace('-', ' ')} inference"
+    assert meta["dataset_sources"] == ["me/digit-models"] and meta["competition_sources"] == [COMPETITION]
+    assert {k: v for k, v in meta.items() if k not in FILLED} == {k: v for k, v in template.items() if k not in FILLED}
+    assert meta["enable_internet"] is False and meta["code_file"] == "inference.py" and meta["kernel_type"] == "script"
+    assert (folder / "inference.py").read_bytes() == (NOTEBOOKS / "inference.py").read_bytes()
+    assert kaggle.clients == [] and "dry run" in capsys.readouterr().out
+
+
+def test_push_notebook_pushes_the_folder(kernel, kaggle, capsys):
+    folder, exp = kernel
+    args = ["push-notebook", "-c", str(exp), "--dataset", "me/digit-models", "--folder", str(folder)]
+    assert cli.main([*args, "--kernel", "me/my-infer-kernel", "--title", "My infer kernel"]) == 0
+    [(pushed, meta)] = kaggle.pushed
+    assert pushed == str(folder)
+    assert (meta["id"], meta["title"], meta["dataset_sources"]) == ("me/my-infer-kernel", "My infer kernel", ["me/digit-models"])
+    assert "https://www.kaggle.com/code/me/kernel" in capsys.readouterr().out
+
+
+def test_push_notebook_refusals(kernel, kaggle, tmp_path, capsys):
+    folder, exp = kernel
+    no_comp = write_config(tmp_path, name="nocomp")
+    cases = [
+        (exp, "my-models", folder, "--dataset"),
+        (exp, "me/digit-models", tmp_path / "empty", "inference.py not found"),
+        (no_comp, "me/digit-models", folder, "competition"),
+    ]
+    for cfg_path, dataset, where, message in cases:
+        assert cli.main(["push-notebook", "-c", str(cfg_path), "--dataset", dataset, "--folder", str(where)]) == 2
+        assert message in capsys.readouterr().err
+    assert kaggle.clients == []
+    assert (folder / "kernel-metadata.json").read_bytes() == (NOTEBOOKS / "kernel-metadata.json").read_bytes()
