@@ -96,7 +96,11 @@ SUITE_CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
 }
 SUITE_TIMEOUT_S = 600  # a hung generated test (e.g. a distributed run waiting for a peer) fails instead of blocking CI
 # Files post-gen removes when their option is off, and the cases that vary those options.
-OPTIONAL = {"notebooks": "code_competition", "configs/sweep.yaml": "use_wandb"}
+OPTIONAL = {
+    "notebooks": "code_competition",
+    "tests/test_notebook.py": "code_competition",
+    "configs/sweep.yaml": "use_wandb",
+}
 POST_GEN_CASES = ["defaults", "no_wandb", "code_competition", "no_wandb,code_competition", "cli_strings"]
 JINJA_OPENERS = ("{{", "{%", "{#")
 # In Python (and notebook cells), `}}` closes nested dict/set literals and `%}` ends an f-string percent format

@@ -1,10 +1,17 @@
 """Shared test set-up: everything offline, and small demo competitions written on demand."""
 
+import dataclasses
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from sklearn.datasets import load_digits
+from sklearn.utils import Bunch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -12,9 +19,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from {{ cookiecutter.package_name }} import config, demo, folds  # noqa: E402
+from {{ cookiecutter.package_name }} import config, demo, fold_data, folds, labels, metrics, models, teachers
+from {{ cookiecutter.package_name }}.artefacts import atomic_torch_save
 
 # Tiny tensors on a 2-core machine: threads cost more than they bring, and one thread keeps runs bit-exact.
 torch.set_num_threads(1)
@@ -72,3 +80,161 @@ def make_project(root: Path, task: str = "multiclass", metric: str = "auto", n_f
 def new_project():
     """`new_project(root, task, ...)` -> Config of a fresh demo competition (see make_project)."""
     return make_project
+
+
+# --- synthetic experiments (ensembling, submissions) -----------------------------------------------------------------
+
+
+def encode_truth(cfg: config.Config, table: pd.DataFrame) -> tuple[np.ndarray, list[str], str | None]:
+    """The encoded targets of `table`, with the classes and the positive class derived from the training table."""
+    train = labels.read_train(cfg)
+    classes = labels.derive_classes(cfg, train)
+    positive = labels.binary_positive(cfg, train) if cfg.task == "binary" else None
+    return labels.encode_targets(cfg, table, classes, positive), classes, positive
+
+
+def noisy_predictions(y: np.ndarray, task: str, n_cols: int, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """(N, C) predictions of a model whose error grows with `noise`; noise 0 ranks/labels everything right."""
+    if task == "regression":
+        return (y + noise * rng.standard_normal(len(y)))[:, None]
+    if task == "multiclass":
+        logits = 3.0 * np.eye(n_cols)[y] + noise * rng.standard_normal((len(y), n_cols))
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+    t = y.reshape(len(y), -1)
+    return 1 / (1 + np.exp(-(3.0 * (2 * t - 1) + noise * rng.standard_normal(t.shape))))
+
+
+def fake_experiment(
+    cfg: config.Config, exp: str, noise: float, seed: int = 0, shuffle: bool = False, cv: float | None = None
+) -> Path:
+    """outputs/<exp>/{oof.csv, test_pred.csv (rows in test.csv order), cv.json, classes.json} in the training stage's
+    formats, of a model whose error grows with `noise`. `shuffle`: oof.csv in another row order; `cv` stands in for
+    the OOF score in cv.json."""
+    rng, id_col, run = np.random.default_rng(seed), cfg.data.id_col, Path(cfg.output_dir) / exp
+    fold_df, h = folds.read_folds(cfg)
+    train = labels.read_train(cfg).merge(fold_df[[id_col, "fold"]], on=id_col)
+    y, classes, positive = encode_truth(cfg, train)
+    oof = pd.DataFrame(noisy_predictions(y, cfg.task, len(classes), noise, rng), columns=classes)
+    oof.insert(0, "fold", train["fold"].to_numpy())
+    oof.insert(0, id_col, train[id_col].to_numpy())
+    test_ids = labels.read_table(Path(cfg.data.dir) / "test.csv", id_col)[id_col]
+    solution = labels.read_table(Path(cfg.data.dir) / "solution.csv", id_col).set_index(id_col).loc[test_ids]
+    y_test = encode_truth(cfg, solution)[0]
+    test = pd.DataFrame(noisy_predictions(y_test, cfg.task, len(classes), noise, rng), columns=classes)
+    test.insert(0, id_col, test_ids.to_numpy())
+    run.mkdir(parents=True, exist_ok=True)
+    (oof.sample(frac=1.0, random_state=seed) if shuffle else oof).to_csv(run / "oof.csv", index=False)
+    test.to_csv(run / "test_pred.csv", index=False)
+    name = config.metric_name(cfg)
+    if cv is None:
+        pred = oof[classes].to_numpy()
+        cv = metrics.score(name, y, pred[:, 0] if cfg.task in ("binary", "regression") else pred, cfg.task)
+    info = {"exp": exp, "task": cfg.task, "metric": name, "higher_is_better": metrics.get_metric(name).higher_is_better}
+    info.update(cv=cv, folds={}, folds_hash=h, pred_cols=classes)
+    (run / "cv.json").write_text(json.dumps(info))
+    (run / "classes.json").write_text(json.dumps({"task": cfg.task, "classes": classes, "positive": positive}))
+    return run
+
+
+def on_other_folds(cfg: config.Config, exp: str) -> None:
+    """Makes the experiment `exp` look trained on another split: folds hash 0123456789abcdef in its cv.json."""
+    path = Path(cfg.output_dir) / exp / "cv.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "folds_hash": "0123456789abcdef"}))
+
+
+# --- teacher-student projects (pseudo-labelling, distillation) -------------------------------------------------------
+
+# TINY with smaller batches, a fixed normalisation and a single TTA view (and two folds, see small_config).
+SMALL_CHANGES = """
+data:
+  cache_images: true
+augment:
+  mean: [0.5]
+  std: [0.5]
+train:
+  batch_size: 16
+  limit_batches: 2
+tta:
+  views: [identity]
+wandb:
+  mode: disabled
+"""
+SMALL = OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.create(TINY), OmegaConf.create(SMALL_CHANGES)))
+
+
+def small_config(root: Path, name: str = "exp", overrides: list[str] | tuple[str, ...] = ()) -> config.Config:
+    """Writes the SMALL config `name` for the project in `root` (two folds) and loads it with `overrides`."""
+    return config.load(write_config(root, n_folds=2, extra=SMALL, name=name), overrides)
+
+
+def small_digits(per_class: int = 16) -> Bunch:
+    """The first `per_class` images of each digit, in load_digits' format."""
+    d = load_digits()
+    rows = np.concatenate([np.flatnonzero(d.target == c)[:per_class] for c in range(10)])
+    return Bunch(data=d.data[rows], target=d.target[rows])
+
+
+@pytest.fixture(scope="module")
+def small_project(tmp_path_factory) -> Iterator[Path]:
+    """The root of a small multiclass demo competition (128 train, 32 test images) and its two folds; wandb off.
+    Configs: `small_config(root, name, overrides)`."""
+    root = tmp_path_factory.mktemp("small")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(demo, "load_digits", small_digits)
+        make_project(root, n_folds=2, extra=SMALL)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "disabled")
+        yield root
+
+
+def fingerprint_teacher(cfg: config.Config, name: str, offset: int = 0) -> None:
+    """A fake trained multiclass teacher whose fold j model outputs the logits 5 * onehot(j + offset) for any image
+    (zero weights, a bias): logits of any other origin than fold k's models show up in fold k."""
+    tcfg = dataclasses.replace(cfg, exp=name)
+    problem = fold_data.load_problem(cfg)
+    n_classes = len(problem.classes)
+    for j in range(cfg.folds.n_folds):
+        model = models.build_model(tcfg, n_classes, pretrained=False)
+        with torch.no_grad():
+            model.get_classifier().weight.zero_()
+            model.get_classifier().bias.copy_(5.0 * torch.eye(n_classes)[j + offset])
+        atomic_torch_save(tcfg.run_dir / f"fold{j}" / "best.pt", {"model": model.state_dict()})
+    config.save(tcfg, tcfg.run_dir / "config.yaml")
+    info = {"task": "multiclass", "classes": problem.classes, "positive": None}
+    (tcfg.run_dir / "classes.json").write_text(json.dumps(info))
+    cv = {"exp": name, "task": "multiclass", "folds_hash": problem.folds_hash, "pred_cols": problem.classes}
+    (tcfg.run_dir / "cv.json").write_text(json.dumps(cv))
+
+
+def weighted_teacher(cfg: config.Config, name: str, members: list[str], weights: list[float]) -> None:
+    """outputs/<name>: a weighted blend of the teachers `members` as the ensemble stage leaves it (weights.json, and
+    the members' cv.json)."""
+    ens = Path(cfg.output_dir) / name
+    ens.mkdir()
+    (ens / "weights.json").write_text(json.dumps({"method": "weighted", "members": members, "weights": weights}))
+    (ens / "cv.json").write_text((Path(cfg.output_dir) / members[0] / "cv.json").read_text())
+
+
+def spy_on_training(monkeypatch) -> dict:
+    """Record what each fold's student is given, instead of training it."""
+    seen: dict = {}
+    monkeypatch.setattr(teachers, "train_one_fold", lambda cfg, fold, data, step: seen.setdefault(fold, data))
+    monkeypatch.setattr(teachers, "summarize", lambda cfg: {"cv": 0.0})
+    monkeypatch.setattr(teachers, "predict_test", lambda cfg: None)
+    return seen
+
+
+def check_fold(cfg: config.Config, k: int, data: fold_data.FoldData, one_hot: bool) -> tuple:
+    """Fold k's training rows (and only they) carry labels, the other training part holds none of the training
+    images; its validation rows are untouched. `one_hot`: labelled targets are one-hot rows, not class indices.
+    Returns the labelled and the unlabelled training parts."""
+    problem = fold_data.load_problem(cfg)
+    train_rows, valid_rows = problem.rows(k, valid=False), problem.rows(k, valid=True)
+    assert data.valid_ids == [problem.ids[i] for i in valid_rows]
+    np.testing.assert_array_equal(data.y_valid, problem.y[valid_rows])
+    labelled, unlabelled = data.train.datasets
+    assert labelled.paths == [problem.paths[i] for i in train_rows]
+    np.testing.assert_array_equal(labelled.targets.argmax(1) if one_hot else labelled.targets, problem.y[train_rows])
+    assert not set(unlabelled.paths) & set(problem.paths)
+    return labelled, unlabelled

@@ -55,7 +55,7 @@ def test_target_col_may_be_a_list_only_for_multilabel(tmp_path):
     path.write_text("task: multilabel\ndata:\n  target_col: [a, b]\n")
     assert config.load(path).target_cols == ["a", "b"]
     path.write_text("task: multiclass\ndata:\n  target_col: [a, b]\n")
-    with pytest.raises(UserError, match="data.target_col"):
+    with pytest.raises(UserError, match=r"data\.target_col"):
         config.load(path)
 
 

@@ -1,8 +1,6 @@
 """Distillation: the loss against Hinton's formula for every task; provenance (fold k's student only ever sees
 fold k's teachers' logits), the on-disk cache; one real teacher -> student run end to end on a small demo."""
 
-import dataclasses
-import json
 import os
 import re
 from pathlib import Path
@@ -12,46 +10,17 @@ import pandas as pd
 import pytest
 import torch
 from scipy.special import expit, log_softmax
-from sklearn.datasets import load_digits
-from sklearn.utils import Bunch
 from torch import nn
 
-from {{ cookiecutter.package_name }} import config, demo, distill, fold_data, folds, models, teachers
-from {{ cookiecutter.package_name }}.artefacts import atomic_torch_save, read_json
+from {{ cookiecutter.package_name }} import config, distill, fold_data, teachers
+from {{ cookiecutter.package_name }}.artefacts import read_json
 from {{ cookiecutter.package_name }}.config import LossConfig
 from {{ cookiecutter.package_name }}.errors import UserError
 from {{ cookiecutter.package_name }}.losses import build_loss
 
+from conftest import check_fold, fingerprint_teacher, on_other_folds, small_config, spy_on_training, weighted_teacher
+
 N_FOLDS, N_CLASSES, N_TEST = 2, 10, 32
-CONFIG = """task: multiclass
-output_dir: {root}/outputs
-data:
-  dir: {root}/data
-  num_workers: 0
-  cache_images: true
-folds:
-  n_folds: 2
-  path: {root}/data/folds.csv
-model:
-  backbone: test_resnet
-  pretrained: false
-  in_chans: 1
-augment:
-  image_size: 16
-  preset: light
-  hflip: false
-  mean: [0.5]
-  std: [0.5]
-train:
-  epochs: 1
-  batch_size: 16
-  limit_batches: 2
-  ema: false
-tta:
-  views: [identity]
-wandb:
-  mode: disabled
-"""
 
 
 # --- the loss --------------------------------------------------------------------------------------------------------
@@ -119,83 +88,23 @@ def test_distillation_gradient_vanishes_when_the_student_matches_the_teacher():
     ("override", "key"), [("distill.alpha=1.5", "distill.alpha"), ("distill.temperature=0", "distill.temperature")]
 )
 def test_bad_settings_name_their_key(tmp_path, override, key):
-    (tmp_path / "exp.yaml").write_text(CONFIG.format(root=tmp_path))
     with pytest.raises(UserError, match=re.escape(key)):
-        distill.check_distill_config(config.load(tmp_path / "exp.yaml", [override]))
+        distill.check_distill_config(small_config(tmp_path, "exp", [override]))
 
 
 # --- provenance ------------------------------------------------------------------------------------------------------
 
 
-def small_digits(per_class: int = 16) -> Bunch:
-    d = load_digits()
-    rows = np.concatenate([np.flatnonzero(d.target == c)[:per_class] for c in range(N_CLASSES)])
-    return Bunch(data=d.data[rows], target=d.target[rows])
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A small demo competition (128 train, 32 test images), its folds, and a base config."""
-    root = tmp_path_factory.mktemp("distill")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(demo, "load_digits", small_digits)
-        demo.write_demo(root / "data", "multiclass", size=16)
-    (root / "exp001.yaml").write_text(CONFIG.format(root=root))
-    folds.write_folds(config.load(root / "exp001.yaml"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "disabled")
-        yield root
-
-
-def student(root: Path, name: str, overrides: list[str]) -> config.Config:
-    path = root / f"{name}.yaml"
-    path.write_text(CONFIG.format(root=root))
-    return config.load(path, overrides)
-
-
-def fingerprint_teacher(cfg: config.Config, name: str, offset: int = 0) -> None:
-    """A fake trained teacher whose fold j model outputs the logits 5 * onehot(j + offset) for any image (zero
-    weights, a bias): logits of any other origin than fold k's models show up in fold k."""
-    tcfg = dataclasses.replace(cfg, exp=name)
-    problem = fold_data.load_problem(cfg)
-    for j in range(N_FOLDS):
-        model = models.build_model(tcfg, N_CLASSES, pretrained=False)
-        with torch.no_grad():
-            model.get_classifier().weight.zero_()
-            model.get_classifier().bias.copy_(5.0 * torch.eye(N_CLASSES)[j + offset])
-        atomic_torch_save(tcfg.run_dir / f"fold{j}" / "best.pt", {"model": model.state_dict()})
-    config.save(tcfg, tcfg.run_dir / "config.yaml")
-    info = {"task": "multiclass", "classes": problem.classes, "positive": None}
-    (tcfg.run_dir / "classes.json").write_text(json.dumps(info))
-    cv = {"exp": name, "task": "multiclass", "folds_hash": problem.folds_hash, "pred_cols": problem.classes}
-    (tcfg.run_dir / "cv.json").write_text(json.dumps(cv))
-
-
-def spy_on_training(monkeypatch) -> dict:
-    """Record what each fold's student is given, instead of training it."""
-    seen: dict = {}
-    monkeypatch.setattr(teachers, "train_one_fold", lambda cfg, fold, data, step: seen.setdefault(fold, data))
-    monkeypatch.setattr(teachers, "summarize", lambda cfg: {"cv": 0.0})
-    monkeypatch.setattr(teachers, "predict_test", lambda cfg: None)
-    return seen
-
-
 def fold_parts(cfg: config.Config, k: int, data) -> tuple:
-    """Fold k's training rows (and only they) carry labels; its validation rows are untouched."""
-    problem = fold_data.load_problem(cfg)
-    train_rows, valid_rows = problem.rows(k, valid=False), problem.rows(k, valid=True)
-    assert data.valid_ids == [problem.ids[i] for i in valid_rows]
-    np.testing.assert_array_equal(data.y_valid, problem.y[valid_rows])
-    labelled, test_rows = data.train.datasets
-    assert labelled.paths == [problem.paths[i] for i in train_rows]
-    np.testing.assert_array_equal(labelled.targets, problem.y[train_rows])
+    """Fold k's labelled training rows carry class indices, every test image comes along without a label."""
+    labelled, test_rows = check_fold(cfg, k, data, one_hot=False)
     assert (labelled.extras["labelled"] == 1).all() and (test_rows.extras["labelled"] == 0).all()
-    assert len(test_rows) == N_TEST and not set(test_rows.paths) & set(problem.paths)
+    assert len(test_rows) == N_TEST
     return labelled, test_rows
 
 
-def test_fold_k_student_gets_fold_k_teacher_logits_only(project, monkeypatch):
-    cfg = student(project, "prov_distill", ["distill.use_test=true"])
+def test_fold_k_student_gets_fold_k_teacher_logits_only(small_project, monkeypatch):
+    cfg = small_config(small_project, "prov_distill", ["distill.use_test=true"])
     fingerprint_teacher(cfg, "fp_teacher")
     seen = spy_on_training(monkeypatch)
     distill.run_distill(cfg, ["fp_teacher"], log=lambda s: None)
@@ -211,16 +120,12 @@ def test_fold_k_student_gets_fold_k_teacher_logits_only(project, monkeypatch):
             assert cache["ids"].tolist() == [problem.ids[i] for i in problem.rows(k, valid=False)]
 
 
-def test_ensemble_of_teachers_averages_fold_k_logits(project, monkeypatch):
-    cfg = student(project, "prov_ens", [])
+def test_ensemble_of_teachers_averages_fold_k_logits(small_project, monkeypatch):
+    cfg = small_config(small_project, "prov_ens")
     fingerprint_teacher(cfg, "fp_a", offset=0)
     fingerprint_teacher(cfg, "fp_b", offset=5)
     fingerprint_teacher(cfg, "fp_c", offset=3)
-    ens = Path(cfg.output_dir) / "fp_ens"
-    ens.mkdir()
-    weights = {"method": "weighted", "members": ["fp_a", "fp_b"], "weights": [0.25, 0.75]}
-    (ens / "weights.json").write_text(json.dumps(weights))
-    (ens / "cv.json").write_text((Path(cfg.output_dir) / "fp_a" / "cv.json").read_text())
+    weighted_teacher(cfg, "fp_ens", ["fp_a", "fp_b"], [0.25, 0.75])
     seen = spy_on_training(monkeypatch)
     distill.run_distill(cfg, ["fp_ens", "fp_c"], log=lambda s: None)  # two teachers: half each
     for k, data in seen.items():
@@ -229,8 +134,8 @@ def test_ensemble_of_teachers_averages_fold_k_logits(project, monkeypatch):
     assert read_json(cfg.run_dir / "lineage.json")["teacher_weights"] == {"fp_a": 0.125, "fp_b": 0.375, "fp_c": 0.5}
 
 
-def test_teacher_logits_are_cached_until_the_teacher_changes(project, monkeypatch):
-    cfg = student(project, "cache_student", [])
+def test_teacher_logits_are_cached_until_the_teacher_changes(small_project, monkeypatch):
+    cfg = small_config(small_project, "cache_student")
     fingerprint_teacher(cfg, "fp_cached")
     spy_on_training(monkeypatch)
     distill.run_distill(cfg, ["fp_cached"], log=lambda s: None)
@@ -246,11 +151,10 @@ def test_teacher_logits_are_cached_until_the_teacher_changes(project, monkeypatc
         distill.run_distill(cfg, ["fp_cached"], log=lambda s: None, force=True)
 
 
-def test_bad_teachers_are_refused(project, monkeypatch):
-    cfg = student(project, "prov_bad", [])
+def test_bad_teachers_are_refused(small_project, monkeypatch):
+    cfg = small_config(small_project, "prov_bad")
     fingerprint_teacher(cfg, "fp_other_folds")
-    cv_path = Path(cfg.output_dir) / "fp_other_folds" / "cv.json"
-    cv_path.write_text(json.dumps({**read_json(cv_path), "folds_hash": "0123456789abcdef"}))
+    on_other_folds(cfg, "fp_other_folds")
     spy_on_training(monkeypatch)
     with pytest.raises(UserError, match="folds hash"):
         distill.run_distill(cfg, ["fp_other_folds"], log=lambda s: None)
@@ -263,12 +167,12 @@ def test_bad_teachers_are_refused(project, monkeypatch):
 # --- end to end ------------------------------------------------------------------------------------------------------
 
 
-def test_distillation_end_to_end(project, tmp_path):
+def test_distillation_end_to_end(small_project, tmp_path):
     from {{ cookiecutter.package_name }} import submit, train
 
-    teacher = config.load(project / "exp001.yaml")
+    teacher = small_config(small_project, "exp001")
     train.train_folds(teacher, list(range(N_FOLDS)))
-    cfg = student(project, "exp003", ["model.backbone=test_efficientnet", "distill.use_test=true"])
+    cfg = small_config(small_project, "exp003", ["model.backbone=test_efficientnet", "distill.use_test=true"])
     result = distill.run_distill(cfg, ["exp001"], log=lambda s: None)
     assert result["exp"] == "exp003" and set(result["folds"]) == {"0", "1"}
     assert read_json(cfg.run_dir / "cv.json")["cv"] == result["cv"]

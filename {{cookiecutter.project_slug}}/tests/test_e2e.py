@@ -11,9 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, write_config
 
 from {{ cookiecutter.package_name }} import cli
+
+from conftest import TINY, write_config
 
 PKG = cli.__package__
 SRC = str(Path(cli.__file__).parents[1])

@@ -8,64 +8,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, mean_squared_error, roc_auc_score
 
-from {{ cookiecutter.package_name }} import config, demo, ensemble, folds, labels, metrics
+from {{ cookiecutter.package_name }} import ensemble, labels
 from {{ cookiecutter.package_name }}.errors import UserError
 
+from conftest import encode_truth, fake_experiment, on_other_folds
+
 N_FOLDS = 3
-
-
-
-
-def truth(cfg: config.Config, table: pd.DataFrame) -> tuple[np.ndarray, list[str], str | None]:
-    train = labels.read_train(cfg)
-    classes = labels.derive_classes(cfg, train)
-    positive = labels.binary_positive(cfg, train) if cfg.task == "binary" else None
-    return labels.encode_targets(cfg, table, classes, positive), classes, positive
-
-
-def noisy(y: np.ndarray, task: str, n_cols: int, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """Predictions of a model whose error grows with `noise` (noise 0: perfect), as (N, C)."""
-    if task == "regression":
-        return (y + noise * rng.standard_normal(len(y)))[:, None]
-    if task == "multiclass":
-        logits = 3.0 * np.eye(n_cols)[y] + noise * rng.standard_normal((len(y), n_cols))
-        e = np.exp(logits - logits.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
-    t = y.reshape(len(y), -1)
-    return 1 / (1 + np.exp(-(3.0 * (2 * t - 1) + noise * rng.standard_normal(t.shape))))
-
-
-def fake_experiment(cfg: config.Config, exp: str, noise: float, seed: int, shuffle: bool = False) -> Path:
-    """outputs/<exp>/{oof.csv, test_pred.csv, cv.json, classes.json} in the training stage's formats."""
-    rng = np.random.default_rng(seed)
-    id_col, run = cfg.data.id_col, Path(cfg.output_dir) / exp
-    fold_df, h = folds.read_folds(cfg)
-    train = labels.read_train(cfg).merge(fold_df[[id_col, "fold"]], on=id_col)
-    y, classes, positive = truth(cfg, train)
-    oof = pd.DataFrame(noisy(y, cfg.task, len(classes), noise, rng), columns=classes)
-    oof.insert(0, "fold", train["fold"].to_numpy())
-    oof.insert(0, id_col, train[id_col].to_numpy())
-    solution = labels.read_table(Path(cfg.data.dir) / "solution.csv", id_col)
-    test = pd.DataFrame(noisy(truth(cfg, solution)[0], cfg.task, len(classes), noise, rng), columns=classes)
-    test.insert(0, id_col, solution[id_col].to_numpy())
-    run.mkdir(parents=True)
-    (oof.sample(frac=1.0, random_state=seed) if shuffle else oof).to_csv(run / "oof.csv", index=False)
-    test.to_csv(run / "test_pred.csv", index=False)
-    name = config.metric_name(cfg)
-    pred = oof[classes].to_numpy()[:, 0] if cfg.task in ("binary", "regression") else oof[classes].to_numpy()
-    cv = {
-        "exp": exp,
-        "task": cfg.task,
-        "metric": name,
-        "higher_is_better": metrics.get_metric(name).higher_is_better,
-        "cv": metrics.score(name, y, pred, cfg.task),
-        "folds": {},
-        "folds_hash": h,
-        "pred_cols": classes,
-    }
-    (run / "cv.json").write_text(json.dumps(cv))
-    (run / "classes.json").write_text(json.dumps({"task": cfg.task, "classes": classes, "positive": positive}))
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +46,7 @@ def test_mean_is_the_arithmetic_mean_aligned_by_id(projects):
     np.testing.assert_allclose(got[expected.columns].sum(1), 1.0, atol=1e-9)  # rows stay normalised
     tests = [read_by_id(run / m / "test_pred.csv") for m in MEMBERS]
     np.testing.assert_allclose(read_by_id(run / "ens_mean" / "test_pred.csv").to_numpy(), (sum(tests) / 3).to_numpy())
-    y = truth(cfg, labels.read_train(cfg).set_index("id").loc[got.index].reset_index())[0]
+    y = encode_truth(cfg, labels.read_train(cfg).set_index("id").loc[got.index].reset_index())[0]
     assert result["cv"] == pytest.approx(accuracy_score(y, got[expected.columns].to_numpy().argmax(1)))
     assert result["weights"] == pytest.approx([1 / 3] * 3)
 
@@ -161,7 +109,7 @@ def test_every_method_writes_a_complete_blendable_experiment(projects, method):
     assert json.loads((out / "classes.json").read_text()) == member_classes
     oof = pd.read_csv(out / "oof.csv", dtype={"id": str})
     assert list(oof.columns) == ["id", "fold", "label"]
-    y = truth(cfg, labels.read_train(cfg).set_index("id").loc[oof["id"]].reset_index())[0]
+    y = encode_truth(cfg, labels.read_train(cfg).set_index("id").loc[oof["id"]].reset_index())[0]
     assert roc_auc_score(y, oof["label"]) == pytest.approx(cv["cv"])
     test_ids = pd.read_csv(Path(cfg.data.dir) / "test.csv", dtype=str)["id"]
     assert pd.read_csv(out / "test_pred.csv", dtype={"id": str})["id"].tolist() == test_ids.tolist()
@@ -176,10 +124,8 @@ def test_rank_refused_for_accuracy(projects):
 
 def test_different_folds_refused_naming_both(projects, tmp_path):
     cfg = projects["multiclass"]
-    run = fake_experiment(cfg, "other_split", 2.0, seed=7)
-    cv = json.loads((run / "cv.json").read_text())
-    cv["folds_hash"] = "0123456789abcdef"
-    (run / "cv.json").write_text(json.dumps(cv))
+    fake_experiment(cfg, "other_split", 2.0, seed=7)
+    on_other_folds(cfg, "other_split")
     h = json.loads((Path(cfg.output_dir) / "m0" / "cv.json").read_text())["folds_hash"]
     with pytest.raises(UserError) as err:
         ensemble.blend(cfg, ["m0", "other_split"], "mean", "ens_bad", log=lambda s: None)

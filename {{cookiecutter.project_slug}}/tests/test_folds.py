@@ -36,10 +36,10 @@ def test_same_seed_same_folds_other_seed_other_folds(multiclass):
 
 def test_rewrite_is_a_no_op_a_different_split_needs_force(multiclass):
     before = fold_table(multiclass)
-    path, h, written = folds.write_folds(multiclass)
+    _, h, written = folds.write_folds(multiclass)
     assert not written and h == folds.folds_hash(before["id"], before["fold"])
     other = config.load(Path(multiclass.folds.path).parents[1] / "configs" / "exp.yaml", ["folds.seed=7"])
-    with pytest.raises(UserError, match="different split.*--force"):
+    with pytest.raises(UserError, match=r"different split.*--force"):
         folds.write_folds(other)
     pd.testing.assert_frame_equal(fold_table(multiclass), before)  # nothing overwritten
     _, h2, written = folds.write_folds(other, force=True)
@@ -61,7 +61,7 @@ def test_edited_or_stale_folds_are_caught(tmp_path, new_project):
 
 
 def test_groups_never_straddle_folds(tmp_path, new_project):
-    cfg = new_project(tmp_path, "multiclass", n_folds=4, images=False)
+    new_project(tmp_path, "multiclass", n_folds=4, images=False)
     csv = tmp_path / "data" / "train.csv"
     train = pd.read_csv(csv, dtype={"id": str})
     train["patient"] = [f"p{i // 7}" for i in range(len(train))]  # 7 images per patient

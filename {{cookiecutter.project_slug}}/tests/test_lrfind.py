@@ -11,15 +11,6 @@ from torch import nn
 from {{ cookiecutter.package_name }} import lrfind
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread start-up costs more than the maths, badly so on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _problem(seed: int = 0):
     """3-class softmax regression target on 10 features, learnt by a tiny MLP with BatchNorm and dropout
     (buffers and RNG that lr_find must put back)."""

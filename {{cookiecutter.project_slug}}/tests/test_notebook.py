@@ -4,6 +4,7 @@ the dataset left untouched. And push-notebook: kernel-metadata.json filled in, p
 
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY, write_config
 
-from {{ cookiecutter.package_name }} import cli, ensemble, errors, kaggle_api, notebook, submit
+from {{ cookiecutter.package_name }} import cli, config, ensemble, errors, infer, kaggle_api, notebook, submit
+
+from conftest import TINY, write_config
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 COMPETITION = "digit-recognizer"
@@ -40,45 +42,19 @@ def project(tmp_path_factory, new_project):
     exp2 = write_config(root, "multiclass", n_folds=2, extra=EXTRA + "seed: 7\n", name="exp2")
     for path in (root / "configs" / "exp.yaml", exp2):
         assert cli.main(["train", "-c", str(path)]) == 0
-        assert cli.main(["predict", "-c", str(path), "--no-oof-tta"]) == 0
+        infer.predict_test(config.load(path))
     ensemble.blend(cfg, ["exp", "exp2"], "mean", "blend", **QUIET)
     local = submit.make_submission(cfg, "blend", name="local", out_dir=root / "local", **QUIET)
     return root, cfg, local
 
 
-def run_notebook(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    work = tmp_path / "working"
-    work.mkdir()
+def notebook_env(work: Path, env: dict[str, str]) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the project's src must not be importable
-    base |= {"INFER_WORK_DIR": str(work), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, str(NOTEBOOKS / "inference.py")]
-    done = subprocess.run(cmd, cwd=work, env=base | env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return base | {"INFER_WORK_DIR": str(work), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"} | env
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize("kaggle_layout", [False, True], ids=["env-vars", "kaggle-input"])
-def test_notebook_reproduces_the_local_submission_offline(project, tmp_path, kaggle_layout):
-    """Two packaged experiments are averaged; a packaged ensemble is recomputed from its packaged members. Either
-    way the submission is the one `make-submission` wrote locally for the mean blend."""
-    root, cfg, local = project
-    if kaggle_layout:  # found as Kaggle mounts them: /kaggle/input/<dataset-slug>, /kaggle/input/<competition>
-        kaggle_input, exps, final = tmp_path / "input", ["blend"], "blend"
-        (kaggle_input / COMPETITION).parent.mkdir()
-        (kaggle_input / COMPETITION).symlink_to(root / "data")
-        dataset_dir, env = kaggle_input / "digit-models", {"KAGGLE_INPUT": str(kaggle_input)}
-    else:
-        exps, final, dataset_dir = ["exp", "exp2"], notebook.MEAN_NAME, tmp_path / "dataset"
-        env = {"INFER_DATASET_DIR": str(dataset_dir), "INFER_DATA_DIR": str(root / "data")}
-        env["KAGGLE_INPUT"] = str(tmp_path / "nothing-here")
-    dataset = kaggle_api.package_for_dataset(cfg, exps, dataset_dir, "me/digit-models", "Digit models")
-    before = snapshot(dataset)
-    done = run_notebook(tmp_path, env)
-
-    assert f"package {notebook.__package__} from {dataset / 'src'}" in done.stdout
-    assert snapshot(dataset) == before  # read-only on Kaggle: nothing written there
-    work = tmp_path / "working"
+def check_submission(root: Path, cfg, local: Path, work: Path, final: str) -> None:
+    """work/submission.csv has the sample's ids and columns, and is the local submission: same predictions, score."""
     sub, sample = read(work / "submission.csv"), read(root / "data" / "sample_submission.csv")
     assert sub.columns.tolist() == sample.columns.tolist() and sub["id"].tolist() == sample["id"].tolist()
     pd.testing.assert_frame_equal(sub, read(local))
@@ -90,6 +66,43 @@ def test_notebook_reproduces_the_local_submission_offline(project, tmp_path, kag
         cfg, local, solution
     )
     assert not list(work.rglob("*.pt"))  # checkpoint links are dropped once used: the kernel's output stays small
+
+
+@pytest.mark.e2e
+def test_notebook_averages_the_packaged_experiments_offline(project, tmp_path):
+    """A separate Python, as on Kaggle: the package comes from the dataset's src/ only, the dataset stays untouched,
+    and the mean of the two packaged experiments gives the submission `make-submission` wrote for their mean blend."""
+    root, cfg, local = project
+    dataset = kaggle_api.package_for_dataset(cfg, ["exp", "exp2"], tmp_path / "ds", "me/digit-models", "Digit models")
+    work = tmp_path / "working"
+    work.mkdir()
+    env = {"INFER_DATASET_DIR": str(dataset), "INFER_DATA_DIR": str(root / "data"), "KAGGLE_INPUT": str(tmp_path)}
+    before = snapshot(dataset)
+    cmd = [sys.executable, str(NOTEBOOKS / "inference.py")]
+    done = subprocess.run(cmd, cwd=work, env=notebook_env(work, env), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"package {notebook.__package__} from {dataset / 'src'}" in done.stdout
+    assert snapshot(dataset) == before  # read-only on Kaggle: nothing may be written there
+    check_submission(root, cfg, local, work, notebook.MEAN_NAME)
+
+
+@pytest.mark.e2e
+def test_notebook_finds_kaggle_inputs_and_recomputes_a_packaged_ensemble(project, tmp_path, monkeypatch):
+    """In this process (the import from src/ is checked above): with no settings, the dataset and the competition
+    are found where Kaggle mounts them, /kaggle/input/<dataset-slug> and /kaggle/input/<competition>, and a
+    packaged ensemble is recomputed from its packaged members and recorded weights."""
+    root, cfg, local = project
+    kaggle_input, work = tmp_path / "input", tmp_path / "working"
+    work.mkdir()
+    kaggle_input.mkdir()
+    (kaggle_input / COMPETITION).symlink_to(root / "data")
+    kaggle_api.package_for_dataset(cfg, ["blend"], kaggle_input / "digit-models", "me/digit-models", "Digit models")
+    for key, value in notebook_env(work, {"KAGGLE_INPUT": str(kaggle_input)}).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the notebook puts the dataset's src/ first
+    monkeypatch.chdir(work)
+    runpy.run_path(str(NOTEBOOKS / "inference.py"), run_name="__main__")
+    check_submission(root, cfg, local, work, "blend")
 
 
 def make_dataset(root: Path, runs: dict[str, list[str]]) -> Path:
@@ -105,7 +118,8 @@ def make_dataset(root: Path, runs: dict[str, list[str]]) -> Path:
 
 
 def test_packaged_experiments_leave_out_ensemble_members(tmp_path):
-    dataset = make_dataset(tmp_path, {"exp1": [], "exp2": [], "exp3": [], "blend": ["exp2", "inner"], "inner": ["exp3"]})
+    runs = {"exp1": [], "exp2": [], "exp3": [], "blend": ["exp2", "inner"], "inner": ["exp3"]}
+    dataset = make_dataset(tmp_path, runs)
     assert notebook.packaged_experiments(dataset) == ["blend", "exp1"]
     assert notebook.config_path(dataset, "blend") == dataset / "exp2" / "config.yaml"
     with pytest.raises(errors.UserError, match="no packaged experiment"):
@@ -183,7 +197,8 @@ def test_push_notebook_pushes_the_folder(kernel, kaggle, capsys):
     assert cli.main([*args, "--kernel", "me/my-infer-kernel", "--title", "My infer kernel"]) == 0
     [(pushed, meta)] = kaggle.pushed
     assert pushed == str(folder)
-    assert (meta["id"], meta["title"], meta["dataset_sources"]) == ("me/my-infer-kernel", "My infer kernel", ["me/digit-models"])
+    assert meta["id"] == "me/my-infer-kernel" and meta["title"] == "My infer kernel"
+    assert meta["dataset_sources"] == ["me/digit-models"] and meta["competition_sources"] == [COMPETITION]
     assert "https://www.kaggle.com/code/me/kernel" in capsys.readouterr().out
 
 

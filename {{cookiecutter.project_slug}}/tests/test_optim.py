@@ -12,15 +12,6 @@ from {{ cookiecutter.package_name }} import config, optim
 from {{ cookiecutter.package_name }}.errors import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread start-up costs more than the maths, badly so on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(**kw) -> config.OptimConfig:
     return dataclasses.replace(config.OptimConfig(), **kw)
 

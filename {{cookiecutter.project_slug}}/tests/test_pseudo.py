@@ -2,7 +2,6 @@
 student only ever sees fold k's teacher); one real round pair end to end on a small demo competition."""
 
 import dataclasses
-import json
 import math
 import re
 from pathlib import Path
@@ -12,46 +11,17 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.utils import Bunch
 from torch import nn
 
-from {{ cookiecutter.package_name }} import config, demo, fold_data, folds, models, pseudo, teachers
-from {{ cookiecutter.package_name }}.artefacts import atomic_torch_save, read_json
+from {{ cookiecutter.package_name }} import config, fold_data, pseudo
+from {{ cookiecutter.package_name }}.artefacts import read_json
 from {{ cookiecutter.package_name }}.config import LossConfig
 from {{ cookiecutter.package_name }}.errors import UserError
 from {{ cookiecutter.package_name }}.losses import build_loss
 
+from conftest import check_fold, fingerprint_teacher, on_other_folds, small_config, spy_on_training, weighted_teacher
+
 N_FOLDS, N_CLASSES = 2, 10
-CONFIG = """task: multiclass
-output_dir: {root}/outputs
-data:
-  dir: {root}/data
-  num_workers: 0
-  cache_images: true
-folds:
-  n_folds: 2
-  path: {root}/data/folds.csv
-model:
-  backbone: test_resnet
-  pretrained: false
-  in_chans: 1
-augment:
-  image_size: 16
-  preset: light
-  hflip: false
-  mean: [0.5]
-  std: [0.5]
-train:
-  epochs: 1
-  batch_size: 16
-  limit_batches: 2
-  ema: false
-tta:
-  views: [identity]
-wandb:
-  mode: disabled
-"""
 
 
 # --- selection and targets -------------------------------------------------------------------------------------------
@@ -189,14 +159,12 @@ def test_pseudo_step_is_labelled_loss_plus_weighted_pseudo_loss():
     ],
 )
 def test_bad_settings_name_their_key(tmp_path, override, key):
-    (tmp_path / "exp.yaml").write_text(CONFIG.format(root=tmp_path))
     with pytest.raises(UserError, match=re.escape(key)):
-        pseudo.check_pseudo_config(config.load(tmp_path / "exp.yaml", [override]))
+        pseudo.check_pseudo_config(small_config(tmp_path, "exp", [override]))
 
 
 def test_regression_has_no_confidence_to_rank(tmp_path):
-    (tmp_path / "exp.yaml").write_text(CONFIG.format(root=tmp_path))
-    cfg = config.load(tmp_path / "exp.yaml", ["task=regression", "pseudo.threshold=0.5"])
+    cfg = small_config(tmp_path, "exp", ["task=regression", "pseudo.threshold=0.5"])
     with pytest.raises(UserError, match="regression"):
         pseudo.check_pseudo_config(cfg)
 
@@ -204,97 +172,43 @@ def test_regression_has_no_confidence_to_rank(tmp_path):
 # --- provenance ------------------------------------------------------------------------------------------------------
 
 
-def small_digits(per_class: int = 16) -> Bunch:
-    d = load_digits()
-    rows = np.concatenate([np.flatnonzero(d.target == c)[:per_class] for c in range(N_CLASSES)])
-    return Bunch(data=d.data[rows], target=d.target[rows])
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A small demo competition (128 train, 32 test images), its folds, and a base config."""
-    root = tmp_path_factory.mktemp("pseudo")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(demo, "load_digits", small_digits)
-        demo.write_demo(root / "data", "multiclass", size=16)
-    (root / "data" / "extra").mkdir()
-    for p in sorted((root / "data" / "test").glob("*.png"))[:5]:  # an extra unlabelled image folder
-        (root / "data" / "extra" / f"x_{p.name}").write_bytes(p.read_bytes())
-    (root / "exp001.yaml").write_text(CONFIG.format(root=root))
-    folds.write_folds(config.load(root / "exp001.yaml"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "disabled")
-        yield root
+def project(small_project):
+    """The small demo competition with an extra unlabelled image folder (copies of five test images)."""
+    (small_project / "data" / "extra").mkdir()
+    for p in sorted((small_project / "data" / "test").glob("*.png"))[:5]:
+        (small_project / "data" / "extra" / f"x_{p.name}").write_bytes(p.read_bytes())
+    return small_project
 
 
-def student(root: Path, name: str, overrides: list[str]) -> config.Config:
-    path = root / f"{name}.yaml"
-    path.write_text(CONFIG.format(root=root))
-    return config.load(path, overrides)
-
-
-def fingerprint_teacher(cfg: config.Config, name: str, offset: int = 0) -> None:
+def predicting_teacher(cfg: config.Config, name: str, offset: int = 0) -> None:
     """A fake trained teacher whose every artefact names its source: fold j's model predicts class j + offset
     for any image (zero weights, a bias), fold j's test_pred.csv says class j + offset, and the all-fold
     test_pred.csv says class 9. Labels of any other origin than fold k's model show up in fold k."""
-    tcfg = dataclasses.replace(cfg, exp=name)
-    problem = fold_data.load_problem(cfg)
-    test_ids = pd.read_csv(Path(cfg.data.dir) / "test.csv", dtype={"id": str})["id"]
-    for j in range(N_FOLDS):
-        model = models.build_model(tcfg, N_CLASSES, pretrained=False)
-        with torch.no_grad():
-            model.get_classifier().weight.zero_()
-            model.get_classifier().bias.copy_(5.0 * torch.eye(N_CLASSES)[j + offset])
-        atomic_torch_save(tcfg.run_dir / f"fold{j}" / "best.pt", {"model": model.state_dict()})
+    fingerprint_teacher(cfg, name, offset)
+    run, problem = Path(cfg.output_dir) / name, fold_data.load_problem(cfg)
+    test_ids = list(pd.read_csv(Path(cfg.data.dir) / "test.csv", dtype={"id": str})["id"])
+
+    def write_test_pred(path: Path, cls: int) -> None:
         probs = np.full((len(test_ids), N_CLASSES), 0.05)
-        probs[:, j + offset] = 0.55
-        fold_data.pred_frame(list(test_ids), probs, problem.classes, "id").to_csv(
-            tcfg.run_dir / f"fold{j}" / "test_pred.csv", index=False
-        )
-    wrong = np.full((len(test_ids), N_CLASSES), 0.05)
-    wrong[:, 9] = 0.55
-    fold_data.pred_frame(list(test_ids), wrong, problem.classes, "id").to_csv(
-        tcfg.run_dir / "test_pred.csv", index=False
-    )
-    config.save(tcfg, tcfg.run_dir / "config.yaml")
-    info = {"task": "multiclass", "classes": problem.classes, "positive": None}
-    (tcfg.run_dir / "classes.json").write_text(json.dumps(info))
-    cv = {"exp": name, "task": "multiclass", "folds_hash": problem.folds_hash, "pred_cols": problem.classes}
-    (tcfg.run_dir / "cv.json").write_text(json.dumps(cv))
+        probs[:, cls] = 0.55
+        fold_data.pred_frame(test_ids, probs, problem.classes, "id").to_csv(path, index=False)
 
-
-def spy_on_training(monkeypatch) -> dict:
-    """Record what each fold's student is given, instead of training it."""
-    seen: dict = {}
-    monkeypatch.setattr(teachers, "train_one_fold", lambda cfg, fold, data, step: seen.setdefault(fold, data))
-    monkeypatch.setattr(teachers, "summarize", lambda cfg: {"cv": 0.0})
-    monkeypatch.setattr(teachers, "predict_test", lambda cfg: None)
-    return seen
-
-
-def check_fold(cfg: config.Config, k: int, data) -> tuple:
-    """Fold k's training rows (and only they) are labelled; its validation rows are untouched."""
-    problem = fold_data.load_problem(cfg)
-    train_rows, valid_rows = problem.rows(k, valid=False), problem.rows(k, valid=True)
-    assert data.valid_ids == [problem.ids[i] for i in valid_rows]
-    np.testing.assert_array_equal(data.y_valid, problem.y[valid_rows])
-    labelled, pseudo_rows = data.train.datasets
-    assert labelled.paths == [problem.paths[i] for i in train_rows]
-    np.testing.assert_array_equal(labelled.targets.argmax(1), problem.y[train_rows])
-    assert not set(pseudo_rows.paths) & set(problem.paths)
-    return labelled, pseudo_rows
+    for j in range(N_FOLDS):
+        write_test_pred(run / f"fold{j}" / "test_pred.csv", j + offset)
+    write_test_pred(run / "test_pred.csv", 9)
 
 
 @pytest.mark.parametrize("tta", [True, False])
 def test_fold_k_pseudo_labels_come_from_fold_k_teacher_only(project, monkeypatch, tta):
-    cfg = student(project, "prov_pseudo", [f"pseudo.tta={tta}", "pseudo.extra_images=extra", "pseudo.soft=false"])
-    fingerprint_teacher(cfg, "fp_teacher")
+    cfg = small_config(project, "prov_pseudo", [f"pseudo.tta={tta}", "pseudo.extra_images=extra", "pseudo.soft=false"])
+    predicting_teacher(cfg, "fp_teacher")
     seen = spy_on_training(monkeypatch)
     pseudo.run_pseudo(cfg, "fp_teacher", log=lambda s: None)
     lineage = read_json(cfg.run_dir / "lineage.json")
     assert sorted(seen) == list(range(N_FOLDS))
     for k, data in seen.items():
-        _, rows = check_fold(cfg, k, data)
+        _, rows = check_fold(cfg, k, data, one_hot=True)
         assert len(rows) == 32 + 5  # every test image and every extra image, all labelled ...
         assert (rows.targets.argmax(1) == k).all()  # ... by fold k's model, not the fold average (9) or another fold
         assert lineage["folds"][str(k)]["sources"] == [["fp_teacher", k]]
@@ -304,18 +218,14 @@ def test_fold_k_pseudo_labels_come_from_fold_k_teacher_only(project, monkeypatch
 
 
 def test_ensemble_teacher_blends_the_members_fold_k_predictions(project, monkeypatch):
-    cfg = student(project, "prov_ens", [])
-    fingerprint_teacher(cfg, "fp_a", offset=0)
-    fingerprint_teacher(cfg, "fp_b", offset=5)
-    ens = Path(cfg.output_dir) / "fp_ens"
-    ens.mkdir()
-    weights = {"method": "weighted", "members": ["fp_a", "fp_b"], "weights": [0.25, 0.75]}
-    (ens / "weights.json").write_text(json.dumps(weights))
-    (ens / "cv.json").write_text((Path(cfg.output_dir) / "fp_a" / "cv.json").read_text())
+    cfg = small_config(project, "prov_ens")
+    predicting_teacher(cfg, "fp_a", offset=0)
+    predicting_teacher(cfg, "fp_b", offset=5)
+    weighted_teacher(cfg, "fp_ens", ["fp_a", "fp_b"], [0.25, 0.75])
     seen = spy_on_training(monkeypatch)
     pseudo.run_pseudo(cfg, "fp_ens", log=lambda s: None)
     for k, data in seen.items():
-        _, rows = check_fold(cfg, k, data)
+        _, rows = check_fold(cfg, k, data, one_hot=True)
         expected = np.full(N_CLASSES, 0.05)
         expected[k] += 0.25 * 0.5
         expected[k + 5] += 0.75 * 0.5
@@ -324,10 +234,9 @@ def test_ensemble_teacher_blends_the_members_fold_k_predictions(project, monkeyp
 
 
 def test_teacher_on_other_folds_is_refused(project, monkeypatch):
-    cfg = student(project, "prov_hash", [])
-    fingerprint_teacher(cfg, "fp_other_folds")
-    cv_path = Path(cfg.output_dir) / "fp_other_folds" / "cv.json"
-    cv_path.write_text(json.dumps({**read_json(cv_path), "folds_hash": "0123456789abcdef"}))
+    cfg = small_config(project, "prov_hash")
+    predicting_teacher(cfg, "fp_other_folds")
+    on_other_folds(cfg, "fp_other_folds")
     spy_on_training(monkeypatch)
     with pytest.raises(UserError, match="folds hash"):
         pseudo.run_pseudo(cfg, "fp_other_folds", log=lambda s: None)
@@ -339,9 +248,9 @@ def test_teacher_on_other_folds_is_refused(project, monkeypatch):
 def test_two_pseudo_rounds_end_to_end(project, tmp_path):
     from {{ cookiecutter.package_name }} import submit, train
 
-    teacher = config.load(project / "exp001.yaml")
+    teacher = small_config(project, "exp001")
     train.train_folds(teacher, list(range(N_FOLDS)))  # no test predictions yet: pseudo makes them
-    cfg = student(project, "exp002", ["pseudo.rounds=2", "pseudo.top_fraction=0.5", "pseudo.max_per_class=2"])
+    cfg = small_config(project, "exp002", ["pseudo.rounds=2", "pseudo.top_fraction=0.5", "pseudo.max_per_class=2"])
     result = pseudo.run_pseudo(cfg, "exp001", log=lambda s: None)
     lineage = [(r["round"], r["exp"], r["teacher"]) for r in result["rounds"]]
     assert lineage == [(1, "exp002", "exp001"), (2, "exp002_r2", "exp002")]

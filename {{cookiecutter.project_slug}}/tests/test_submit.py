@@ -1,6 +1,5 @@
 """Submission files for every task, from the demo competition's own sample submission and solution."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -8,56 +7,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
 
-from {{ cookiecutter.package_name }} import config, demo, folds, kaggle_api, labels, metrics, submit
+from {{ cookiecutter.package_name }} import config, kaggle_api, submit
 from {{ cookiecutter.package_name }}.errors import UserError
+
+from conftest import fake_experiment
 
 BEST = {"accuracy": 1.0, "roc_auc": 1.0, "f1_micro": 1.0, "rmse": 0.0}
 quiet = lambda s: None  # noqa: E731
-
-
-
-
-def encoded(cfg: config.Config, table: pd.DataFrame) -> tuple[np.ndarray, list[str], str | None]:
-    train = labels.read_train(cfg)
-    classes = labels.derive_classes(cfg, train)
-    positive = labels.binary_positive(cfg, train) if cfg.task == "binary" else None
-    return labels.encode_targets(cfg, table, classes, positive), classes, positive
-
-
-def predictions(y: np.ndarray, task: str, n_cols: int, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """(N, C) predictions of a model whose error grows with `noise`; noise 0 ranks/labels everything right."""
-    if task == "regression":
-        return (y + noise * rng.standard_normal(len(y)))[:, None]
-    if task == "multiclass":
-        logits = 3.0 * np.eye(n_cols)[y] + noise * rng.standard_normal((len(y), n_cols))
-        e = np.exp(logits - logits.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
-    t = y.reshape(len(y), -1)
-    return 1 / (1 + np.exp(-(3.0 * (2 * t - 1) + noise * rng.standard_normal(t.shape))))
-
-
-def fake_experiment(cfg: config.Config, exp: str, noise: float, seed: int = 0) -> Path:
-    """outputs/<exp>/ with oof.csv, test_pred.csv (rows in test.csv order), cv.json, classes.json."""
-    rng, id_col, run = np.random.default_rng(seed), cfg.data.id_col, Path(cfg.output_dir) / exp
-    fold_df, h = folds.read_folds(cfg)
-    train = labels.read_train(cfg).merge(fold_df[[id_col, "fold"]], on=id_col)
-    y, classes, positive = encoded(cfg, train)
-    oof = pd.DataFrame(predictions(y, cfg.task, len(classes), noise, rng), columns=classes)
-    oof.insert(0, "fold", train["fold"].to_numpy())
-    oof.insert(0, id_col, train[id_col].to_numpy())
-    test_ids = labels.read_table(Path(cfg.data.dir) / "test.csv", id_col)[id_col]
-    solution = labels.read_table(Path(cfg.data.dir) / "solution.csv", id_col).set_index(id_col).loc[test_ids]
-    test = pd.DataFrame(predictions(encoded(cfg, solution)[0], cfg.task, len(classes), noise, rng), columns=classes)
-    test.insert(0, id_col, test_ids.to_numpy())
-    run.mkdir(parents=True, exist_ok=True)
-    oof.to_csv(run / "oof.csv", index=False)
-    test.to_csv(run / "test_pred.csv", index=False)
-    name = config.metric_name(cfg)
-    cv = {"exp": exp, "task": cfg.task, "metric": name, "cv": 0.12345, "folds_hash": h, "pred_cols": classes}
-    cv["higher_is_better"] = metrics.get_metric(name).higher_is_better
-    (run / "cv.json").write_text(json.dumps(cv))
-    (run / "classes.json").write_text(json.dumps({"task": cfg.task, "classes": classes, "positive": positive}))
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +21,8 @@ def projects(tmp_path_factory, new_project):
     out = {}
     for task in ("multiclass", "binary", "multilabel", "regression"):
         cfg = new_project(tmp_path_factory.mktemp(task), task, images=False, size=8)
-        fake_experiment(cfg, "perfect", 0.0)
-        fake_experiment(cfg, "noisy", 2.5 if task != "regression" else 2.0, seed=1)
+        fake_experiment(cfg, "perfect", 0.0, cv=0.12345)
+        fake_experiment(cfg, "noisy", 2.5 if task != "regression" else 2.0, seed=1, cv=0.12345)
         out[task] = cfg
     return out
 
@@ -147,7 +103,8 @@ def test_regression_clip_and_qwk_rounding(projects):
 def test_multilabel_rows_never_empty(projects):
     base = projects["multilabel"]
     cfg = config.load(
-        Path(base.output_dir).parent / "configs" / "exp.yaml", ["submit.threshold=0.999", "submit.tune_thresholds=false"]
+        Path(base.output_dir).parent / "configs" / "exp.yaml",
+        ["submit.threshold=0.999", "submit.tune_thresholds=false"],
     )
     sub = read(submit.make_submission(cfg, "noisy", name="strict", log=quiet))
     pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"]]

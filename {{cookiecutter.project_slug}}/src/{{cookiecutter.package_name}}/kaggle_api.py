@@ -154,7 +154,8 @@ def _copy_experiment(run_dir: Path, out: Path) -> None:
     for ckpt in checkpoints:
         (out / ckpt.parent.name).mkdir(exist_ok=True)
         shutil.copy2(ckpt, out / ckpt.parent.name / ckpt.name)
-    for name in ("config.yaml", "classes.json", "cv.json", "weights.json"):
+    # oof.csv travels too: thresholds and QWK cuts tuned on OOF are re-tuned offline exactly as here.
+    for name in ("config.yaml", "classes.json", "cv.json", "weights.json", "oof.csv"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out / name)
 
@@ -195,6 +196,10 @@ def package_for_dataset(cfg: Config, exps: Iterable[str], dest: str | Path, data
             raise UserError(f"{run_dir} not found: no experiment {exp!r} under output_dir={cfg.output_dir}")
         _copy_experiment(run_dir, dest / exp)
         queue.extend(_members(run_dir))
+    if Path(cfg.folds.path).is_file():  # the split the OOF predictions belong to
+        shutil.copy2(cfg.folds.path, dest / "folds.csv")
+        if Path(cfg.folds.path).with_suffix(".json").is_file():
+            shutil.copy2(Path(cfg.folds.path).with_suffix(".json"), dest / "folds.json")
     metadata = {"title": title, "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}
     atomic_write_json(dest / METADATA, metadata)
     return dest

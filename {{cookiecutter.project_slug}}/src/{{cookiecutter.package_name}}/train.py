@@ -117,6 +117,9 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
     out = fold_dir(cfg.run_dir, fold)
     out.mkdir(parents=True, exist_ok=True)
     s = setup_fold(cfg, fold, data)
+    if is_main():
+        save(cfg, cfg.run_dir / "config.yaml")  # the resolved config, before anything can go wrong
+        save_classes(cfg, s.problem)
     model, metric = s.model, metrics.get_metric(metric_name(cfg))
     step = step or (lambda m, b, c: supervised_step(m, b, c, s.mixer))
 
@@ -191,8 +194,6 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
     oof.insert(1, "fold", fold)
     atomic_write_json(out / "history.json", state.history)
     atomic_write_csv(out / "oof.csv", oof)  # written last: its presence marks the fold as finished
-    save_classes(cfg, s.problem)
-    save(cfg, cfg.run_dir / "config.yaml")
     tracker.summary({"best_score": final, "best_source": state.best_source})
     tracker.finish()
     return {"fold": fold, "score": final, "history": state.history}
