@@ -142,7 +142,11 @@ def _predict(args: argparse.Namespace) -> None:
     print(f"{cfg.run_dir / 'test_pred.csv'}: {len(df)} rows")
     if list(cfg.tta.views) != ["identity"] and not args.no_oof_tta:
         predict_oof_tta(cfg)
-    summarize(cfg)
+    result = summarize(cfg)
+    sign = 1 if result["higher_is_better"] else -1
+    if "cv_tta" in result and sign * result["cv_tta"] < sign * result["cv"]:  # TTA is chosen on OOF, not on test
+        print(f"warning: TTA {list(cfg.tta.views)} scores worse on OOF ({result['cv_tta']:.5f}) than one view "
+              f"({result['cv']:.5f}); try other tta.views, or tta.views=[identity]")  # fmt: skip
 
 
 @command(
