@@ -9,7 +9,7 @@ import timm
 import torch
 
 from {{ cookiecutter.package_name }} import augment
-from {{ cookiecutter.package_name }}.config import AugmentConfig
+from {{ cookiecutter.package_name }}.config import CHOICES, AugmentConfig
 from {{ cookiecutter.package_name }}.errors import UserError
 
 SIZE = 24
@@ -24,8 +24,6 @@ def _image(chans: int, h: int = 30, w: int = 20, seed: int = 0) -> np.ndarray:
 
 
 def test_presets_match_config_choices():
-    from {{ cookiecutter.package_name }}.config import CHOICES
-
     assert sorted(CHOICES["augment.preset"]) == augment.list_presets()
 
 

@@ -12,7 +12,7 @@ import torch
 from scipy.special import expit, log_softmax
 from torch import nn
 
-from {{ cookiecutter.package_name }} import config, distill, fold_data, teachers
+from {{ cookiecutter.package_name }} import config, distill, fold_data, submit, teachers, train
 from {{ cookiecutter.package_name }}.artefacts import read_json
 from {{ cookiecutter.package_name }}.config import LossConfig
 from {{ cookiecutter.package_name }}.errors import UserError
@@ -168,8 +168,6 @@ def test_bad_teachers_are_refused(small_project, monkeypatch):
 
 
 def test_distillation_end_to_end(small_project, tmp_path):
-    from {{ cookiecutter.package_name }} import submit, train
-
     teacher = small_config(small_project, "exp001")
     train.train_folds(teacher, list(range(N_FOLDS)))
     cfg = small_config(small_project, "exp003", ["model.backbone=test_efficientnet", "distill.use_test=true"])

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from {{ cookiecutter.package_name }} import config, fold_data, pseudo
+from {{ cookiecutter.package_name }} import config, fold_data, pseudo, submit, train
 from {{ cookiecutter.package_name }}.artefacts import read_json
 from {{ cookiecutter.package_name }}.config import LossConfig
 from {{ cookiecutter.package_name }}.errors import UserError
@@ -246,8 +246,6 @@ def test_teacher_on_other_folds_is_refused(project, monkeypatch):
 
 
 def test_two_pseudo_rounds_end_to_end(project, tmp_path):
-    from {{ cookiecutter.package_name }} import submit, train
-
     teacher = small_config(project, "exp001")
     train.train_folds(teacher, list(range(N_FOLDS)))  # no test predictions yet: pseudo makes them
     cfg = small_config(project, "exp002", ["pseudo.rounds=2", "pseudo.top_fraction=0.5", "pseudo.max_per_class=2"])

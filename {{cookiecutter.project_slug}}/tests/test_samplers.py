@@ -7,6 +7,7 @@ import pytest
 from torch.utils.data import WeightedRandomSampler
 
 from {{ cookiecutter.package_name }} import samplers
+from {{ cookiecutter.package_name }}.config import CHOICES
 from {{ cookiecutter.package_name }}.errors import UserError
 
 # 3 classes of sizes 7, 2, 4 with non-contiguous ids and shuffled order
@@ -14,8 +15,6 @@ LABELS = np.array([5, 0, 5, 2, 5, 2, 5, 0, 5, 2, 5, 2, 5])
 
 
 def test_samplers_match_config_choices():
-    from {{ cookiecutter.package_name }}.config import CHOICES
-
     assert sorted(CHOICES["train.sampler"]) == samplers.list_samplers()
 
 
