@@ -73,19 +73,26 @@ def fold_models(cfg: Config) -> list[int]:
     return found
 
 
-def predict_test(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
-    """Average of the fold models' TTA-merged test predictions -> outputs/<exp>/test_pred.csv."""
+def _predictor(cfg: Config, n_classes: int) -> tuple[nn.Module, torch.device, torch.dtype | None, tuple, tuple]:
+    """An untrained model of the experiment's shape on its device, its autocast dtype and input normalisation;
+    fold checkpoints are loaded into it one after the other."""
     from .augment import resolve_normalization
-    from .fold_data import pred_frame, test_dataset
     from .models import build_model, num_outputs
     from .runtime import amp_dtype, resolve_device
 
     device = resolve_device(cfg.device)
-    dtype = amp_dtype(cfg.train.amp, device)
+    model = build_model(cfg, num_outputs(cfg.task, n_classes), pretrained=False).to(device)
+    mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
+    return model, device, amp_dtype(cfg.train.amp, device), mean, std
+
+
+def predict_test(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
+    """Average of the fold models' TTA-merged test predictions -> outputs/<exp>/test_pred.csv."""
+    from .fold_data import pred_frame, test_dataset
+
     folds = folds if folds is not None else fold_models(cfg)
     classes = load_classes(cfg)
-    model = build_model(cfg, num_outputs(cfg.task, len(classes)), pretrained=False).to(device)
-    mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
+    model, device, dtype, mean, std = _predictor(cfg, len(classes))
     ids, dataset = test_dataset(cfg, mean, std)
     loader = DataLoader(dataset, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
     total = None
@@ -102,16 +109,10 @@ def predict_test(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
 
 def predict_oof_tta(cfg: Config) -> pd.DataFrame:
     """Re-predict each fold's validation rows with the TTA views, so the views are chosen on OOF, not on test."""
-    from .augment import resolve_normalization
     from .fold_data import build_fold_data, load_problem, pred_frame
-    from .models import build_model, num_outputs
-    from .runtime import amp_dtype, resolve_device
 
-    device = resolve_device(cfg.device)
-    dtype = amp_dtype(cfg.train.amp, device)
     problem = load_problem(cfg)
-    model = build_model(cfg, num_outputs(cfg.task, len(problem.classes)), pretrained=False).to(device)
-    mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
+    model, device, dtype, mean, std = _predictor(cfg, len(problem.classes))
     frames = []
     for k in fold_models(cfg):
         data = build_fold_data(cfg, problem, k, mean, std)

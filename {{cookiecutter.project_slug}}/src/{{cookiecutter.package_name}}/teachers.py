@@ -32,7 +32,7 @@ from .infer import load_classes, predict_loader, predict_test
 from .labels import data_path, read_table
 from .models import build_model, num_outputs
 from .runtime import amp_dtype, resolve_device, world_size
-from .train import Step, train_one_fold
+from .train import Step, fold_pending, train_one_fold
 
 Source = tuple[str, int]  # (teacher experiment, fold): the one model an array of teacher outputs came from
 Log = Callable[[str], None]
@@ -280,13 +280,8 @@ def train_students(
         raise UserError("pseudo and distill run in one process: start them without torchrun")
     trained = False
     for k in range(cfg.folds.n_folds) if folds is None else folds:
-        out = fold_dir(cfg.run_dir, k)
-        if (out / "oof.csv").exists() and not force:
-            log(f"fold {k}: already trained ({out / 'oof.csv'}); --force to retrain")
+        if not fold_pending(cfg, k, force, log):
             continue
-        if force:
-            for name in ("last.pt", "best.pt", "oof.csv"):
-                (out / name).unlink(missing_ok=True)
         data, record = build(k)
         lineage["folds"][str(k)] = record
         atomic_write_json(cfg.run_dir / "lineage.json", lineage)

@@ -244,19 +244,26 @@ def evaluate(cfg: Config, s: FoldSetup, model: nn.Module) -> tuple[float, float]
     return loss, metrics.score(metric_name(cfg), s.data.y_valid, probs, cfg.task)
 
 
+def fold_pending(cfg: Config, fold: int, force: bool, log: Callable[[str], None] = print) -> bool:
+    """Whether `fold` still needs training: a finished fold (its oof.csv) is skipped unless `force`, which first
+    removes its checkpoints so nothing resumes from them."""
+    out = fold_dir(cfg.run_dir, fold)
+    if (out / "oof.csv").exists() and not force:
+        log(f"fold {fold}: already trained ({out / 'oof.csv'}); --force retrains it")
+        return False
+    if force and is_main():
+        for name in ("last.pt", "best.pt", "oof.csv"):
+            (out / name).unlink(missing_ok=True)
+    barrier()
+    return True
+
+
 def train_folds(cfg: Config, folds: list[int], force: bool = False) -> dict:
     """Train the given folds in order (finished ones are skipped unless `force`), then the CV summary."""
     from .cv import summarize
 
     init_distributed()
     for k in folds:
-        done = fold_dir(cfg.run_dir, k) / "oof.csv"
-        if done.exists() and not force:
-            print(f"fold {k}: already trained ({done}); --force retrains it")
-            continue
-        if force and is_main():
-            for name in ("last.pt", "best.pt", "oof.csv"):
-                (fold_dir(cfg.run_dir, k) / name).unlink(missing_ok=True)
-        barrier()
-        train_one_fold(cfg, k)
+        if fold_pending(cfg, k, force):
+            train_one_fold(cfg, k)
     return summarize(cfg) if is_main() else {}
