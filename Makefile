@@ -1,7 +1,7 @@
 # Two commands for a new machine (see README.md):
 #   make demo   render the template with its defaults and run the generated repo end to end on its demo data
 #   make test   the template's tests: render every option that matters, lint, run each render's own tests
-# Each creates .venv and installs what it needs on first use.
+# Each creates .venv and installs what it needs on first use (so do the others). `make help` lists every target.
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +11,10 @@ DEMO_SLUG := digit-recognizer
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test bench clean
+.PHONY: help demo test test-fast lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,17 +24,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q .
 	touch $@
 
-demo: $(STAMP)
+demo: $(STAMP)  ## render the template with its defaults, run the generated repo end to end on its demo data
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/cookiecutter --no-input -o $(DEMO_DIR) .
 	$(PY) -m pip install -q --no-deps -e $(DEMO_DIR)/$(DEMO_SLUG)
 	$(MAKE) -C $(DEMO_DIR)/$(DEMO_SLUG) demo PY=$(abspath $(PY))
 
-test: $(STAMP)
+test: $(STAMP)  ## the template's tests: every render that matters, lint, each render's own test suite
 	$(PY) -m pytest
 
-bench: $(STAMP)
+test-fast: $(STAMP)  ## the template's tests without the e2e runs (the generated suites inside renders)
+	$(PY) -m pytest -m "not e2e"
+
+lint: $(STAMP)  ## ruff check + format check of hooks/, tests/, benchmarks/ (the template folder is linted per render)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)  ## benchmarks/run.py: timings of the generated pipeline, as ratios
 	$(PY) benchmarks/run.py
 
-clean:
+clean:  ## remove build/ (the demo render) and the pytest cache
 	rm -rf build .pytest_cache

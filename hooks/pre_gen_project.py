@@ -8,15 +8,19 @@ import keyword
 import re
 import sys
 
-# Double-encoded so that any answer (quotes, backslashes, newlines) is a valid Python string literal here.
-ANSWERS = json.loads({{ cookiecutter | jsonify | jsonify }})
+# The answers as JSON inside a raw string literal, so that this file is Python before it is rendered too (ruff lints
+# it). JSON escapes every quote and backslash inside its strings and never has three quotes in a row, so no answer
+# (quotes, backslashes, newlines, a user's path) can end the literal early.
+ANSWERS = json.loads(r"""{{ cookiecutter | jsonify }}""")
 
 # Names the generated package must not take: it would shadow a dependency or a module the code imports.
+# fmt: off
 DEPENDENCIES = {
     "torch", "torchvision", "timm", "albumentations", "sklearn", "scipy", "numpy", "pandas", "PIL", "omegaconf",
     "pytorch_optimizer", "iterstrat", "wandb", "matplotlib", "tqdm", "kaggle", "cookiecutter", "pytest", "ruff",
     "yaml", "test", "tests", "src", "configs", "scripts", "data", "outputs",
 }
+# fmt: on
 # Which metrics make sense for which task (the generated metrics registry holds the same table; a test checks it).
 METRIC_TASKS = {
     "auto": {"multiclass", "binary", "multilabel", "regression"},
@@ -43,9 +47,10 @@ def check() -> None:
     a = ANSWERS
     for key in ("competition_name", "author"):
         if not a[key].strip() or not SAFE_TEXT.match(a[key]):
-            fail(key, a[key], 'expected plain text without quotes, backslashes, newlines or any of `$<>|;{}')
-    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", a["competition_id"]) or len(a["competition_id"]) > 60:
-        fail("competition_id", a["competition_id"], "expected a Kaggle slug: lowercase letters, digits and single hyphens")
+            fail(key, a[key], "expected plain text without quotes, backslashes, newlines or any of `$<>|;{}")
+    slug = a["competition_id"]
+    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", slug) or len(slug) > 60:
+        fail("competition_id", slug, "expected a Kaggle slug: lowercase letters, digits and single hyphens")
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", a["project_slug"]):
         fail("project_slug", a["project_slug"], "expected a folder name of lowercase letters, digits, '.', '_', '-'")
     pkg = a["package_name"]
