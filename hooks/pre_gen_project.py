@@ -35,7 +35,11 @@ METRIC_TASKS = {
     "mae": {"regression"},
     "map_at_3": {"multiclass"},
 }
-SAFE_TEXT = re.compile(r"^[^\"\\\n\r\t`$<>|;{}]*$")
+# Free-text answers are escaped where they are rendered (pyproject.toml strings, the README's Markdown title, a
+# Makefile comment; answers in configs/*.yaml are quoted), so any one line of printable text is fine. What no one-line
+# field can hold is refused: nothing, line breaks, tabs and other control or invisible characters (str.isprintable()),
+# which TOML and YAML strings could not hold unescaped either.
+FREE_TEXT = ("competition_name", "author")
 
 
 def fail(prompt: str, value: object, allowed: str) -> None:
@@ -43,11 +47,17 @@ def fail(prompt: str, value: object, allowed: str) -> None:
     sys.exit(1)
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' or '٢٥٦', which int() rejects or YAML reads as text. Leading
+    zeros are fine: the configs render the value through Jinja's int filter (YAML would read 010 as octal 8)."""
+    return re.fullmatch(r"[0-9]+", text) is not None
+
+
 def check() -> None:
     a = ANSWERS
-    for key in ("competition_name", "author"):
-        if not a[key].strip() or not SAFE_TEXT.match(a[key]):
-            fail(key, a[key], "expected plain text without quotes, backslashes, newlines or any of `$<>|;{}")
+    for key in FREE_TEXT:
+        if not a[key].strip() or not a[key].isprintable():
+            fail(key, a[key], "expected one line of printable text (no line breaks, tabs or control characters)")
     slug = a["competition_id"]
     if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", slug) or len(slug) > 60:
         fail("competition_id", slug, "expected a Kaggle slug: lowercase letters, digits and single hyphens")
@@ -63,9 +73,9 @@ def check() -> None:
     if a["task"] not in METRIC_TASKS[a["metric"]]:
         valid = sorted(m for m, tasks in METRIC_TASKS.items() if a["task"] in tasks)
         fail("metric", a["metric"], f"not valid for task={a['task']}; valid: {', '.join(valid)}")
-    if not a["image_size"].isdigit() or int(a["image_size"]) <= 0 or int(a["image_size"]) % 8:
+    if not is_number(a["image_size"]) or int(a["image_size"]) <= 0 or int(a["image_size"]) % 8:
         fail("image_size", a["image_size"], "expected a positive multiple of 8 (e.g. 224, 256, 384)")
-    if not a["n_folds"].isdigit() or not 2 <= int(a["n_folds"]) <= 20:
+    if not is_number(a["n_folds"]) or not 2 <= int(a["n_folds"]) <= 20:
         fail("n_folds", a["n_folds"], "expected a whole number from 2 to 20")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", a["backbone"]):
         fail("backbone", a["backbone"], "expected a timm model name such as efficientnet_b0 or convnext_tiny.fb_in22k")
