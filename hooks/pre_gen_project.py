@@ -18,7 +18,7 @@ ANSWERS = json.loads(r"""{{ cookiecutter | jsonify }}""")
 DEPENDENCIES = {
     "torch", "torchvision", "timm", "albumentations", "sklearn", "scipy", "numpy", "pandas", "PIL", "omegaconf",
     "pytorch_optimizer", "iterstrat", "wandb", "matplotlib", "tqdm", "kaggle", "cookiecutter", "pytest", "ruff",
-    "yaml", "test", "tests", "src", "configs", "scripts", "data", "outputs",
+    "yaml", "six", "test", "tests", "src", "configs", "scripts", "data", "outputs",
 }
 # fmt: on
 # Which metrics make sense for which task (the generated metrics registry holds the same table; a test checks it).
