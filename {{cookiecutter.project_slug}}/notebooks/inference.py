@@ -14,7 +14,7 @@
 # | variable | default |
 # | --- | --- |
 # | KAGGLE_INPUT | /kaggle/input (where Kaggle mounts the competition and the datasets) |
-# | INFER_DATASET_DIR | the dataset under /kaggle/input that holds `src/<package>/notebook.py` |
+# | INFER_DATASET_DIR | the dataset under /kaggle/input that holds `src/<package>/kaggle/offline.py` |
 # | INFER_DATA_DIR | /kaggle/input/<competition> (the `competition` of the packaged config) |
 # | INFER_WORK_DIR | /kaggle/working (where submission.csv must be) |
 # | INFER_EXPERIMENTS | every experiment the dataset packaged (space or comma separated names) |
@@ -43,10 +43,10 @@ for key, value in {"WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1", "H
 
 # %%
 def find_dataset(root: Path) -> Path:
-    """The one mounted dataset holding src/<package>/notebook.py (datasets mount one to three levels down)."""
+    """The one mounted dataset holding src/<package>/kaggle/offline.py (datasets mount one to three levels down)."""
     if os.environ.get("INFER_DATASET_DIR"):
         return Path(os.environ["INFER_DATASET_DIR"])
-    hits = sorted({p.parents[2] for depth in (1, 2, 3) for p in root.glob("*/" * depth + "src/*/notebook.py")})
+    hits = sorted({p.parents[3] for depth in (1, 2, 3) for p in root.glob("*/" * depth + "src/*/kaggle/offline.py")})
     if len(hits) != 1:
         raise SystemExit(f"{len(hits)} upload datasets found under {root} {hits}: set INFER_DATASET_DIR")
     return hits[0]
@@ -57,8 +57,8 @@ PACKAGES = sorted(p.parent.name for p in (DATASET_DIR / "src").glob("*/__init__.
 if len(PACKAGES) != 1:
     raise SystemExit(f"{DATASET_DIR / 'src'} must hold exactly one package, found {PACKAGES}")
 sys.path.insert(0, str(DATASET_DIR / "src"))
-notebook = importlib.import_module(f"{PACKAGES[0]}.notebook")
-print(f"package {PACKAGES[0]} from {Path(notebook.__file__).parent}")
+notebook = importlib.import_module(f"{PACKAGES[0]}.kaggle.offline")
+print(f"package {PACKAGES[0]} from {Path(notebook.__file__).parents[1]}")
 
 # %% [markdown]
 # ## Experiments and the competition's files

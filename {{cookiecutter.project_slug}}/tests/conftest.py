@@ -21,8 +21,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
 
-from {{ cookiecutter.package_name }} import config, demo, fold_data, folds, labels, metrics, models, teachers
-from {{ cookiecutter.package_name }}.artefacts import atomic_torch_save
+from {{ cookiecutter.package_name }} import config
+from {{ cookiecutter.package_name }}.core.runs import atomic_torch_save
+from {{ cookiecutter.package_name }}.data import demo, folds
+from {{ cookiecutter.package_name }}.data import problem as fold_data
+from {{ cookiecutter.package_name }}.data import tables as labels
+from {{ cookiecutter.package_name }}.modeling import metrics, models
+from {{ cookiecutter.package_name }}.students import teachers
 
 # Tiny tensors on a 2-core machine: threads cost more than they bring, and one thread keeps runs bit-exact.
 torch.set_num_threads(1)
@@ -199,7 +204,8 @@ def fingerprint_teacher(cfg: config.Config, name: str, offset: int = 0) -> None:
         with torch.no_grad():
             model.get_classifier().weight.zero_()
             model.get_classifier().bias.copy_(5.0 * torch.eye(n_classes)[j + offset])
-        atomic_torch_save(tcfg.run_dir / f"fold{j}" / "best.pt", {"model": model.state_dict()})
+        atomic_torch_save(tcfg.run.fold(j).best, {"model": model.state_dict()})
+        tcfg.run.fold(j).oof.write_text(f"{cfg.data.id_col},fold\n")  # a finished fold has both
     config.save(tcfg, tcfg.run_dir / "config.yaml")
     info = {"task": "multiclass", "classes": problem.classes, "positive": None}
     (tcfg.run_dir / "classes.json").write_text(json.dumps(info))

@@ -8,9 +8,9 @@ import pytest
 import timm
 import torch
 
-from {{ cookiecutter.package_name }} import augment
 from {{ cookiecutter.package_name }}.config import CHOICES, AugmentConfig
-from {{ cookiecutter.package_name }}.errors import UserError
+from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.data import augment
 
 SIZE = 24
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from {{ cookiecutter.package_name }} import config
-from {{ cookiecutter.package_name }}.errors import UserError
+from {{ cookiecutter.package_name }}.modeling import metrics
+from {{ cookiecutter.package_name }}.core.errors import UserError
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -15,7 +16,7 @@ def test_shipped_configs_load_and_name_the_experiment(name):
     cfg = config.load(CONFIGS / f"{name}.yaml")
     assert cfg.exp == name
     assert cfg.run_dir == Path("outputs") / name
-    assert config.metric_name(cfg) in __import__(config.__package__ + ".metrics", fromlist=["x"]).list_metrics(cfg.task)
+    assert config.metric_name(cfg) in metrics.list_metrics(cfg.task)
 
 
 def test_overrides_win_over_the_file_and_keep_types(tmp_path):

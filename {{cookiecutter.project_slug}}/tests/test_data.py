@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from {{ cookiecutter.package_name }} import config, data, labels
-from {{ cookiecutter.package_name }}.errors import UserError
+from {{ cookiecutter.package_name }} import config
+from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.data import images as data
+from {{ cookiecutter.package_name }}.data import tables as labels
 
 
 def cfg_for(tmp_path, yaml: str) -> config.Config:

@@ -12,11 +12,14 @@ import torch
 from scipy.special import expit, log_softmax
 from torch import nn
 
-from {{ cookiecutter.package_name }} import config, distill, fold_data, submit, teachers, train
-from {{ cookiecutter.package_name }}.artefacts import read_json
+from {{ cookiecutter.package_name }} import config, train
+from {{ cookiecutter.package_name }} import submission as submit
 from {{ cookiecutter.package_name }}.config import LossConfig
-from {{ cookiecutter.package_name }}.errors import UserError
-from {{ cookiecutter.package_name }}.losses import build_loss
+from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.core.runs import read_json
+from {{ cookiecutter.package_name }}.data import problem as fold_data
+from {{ cookiecutter.package_name }}.modeling.losses import build_loss
+from {{ cookiecutter.package_name }}.students import distill, teachers
 
 from conftest import check_fold, fingerprint_teacher, on_other_folds, small_config, spy_on_training, weighted_teacher
 
@@ -87,9 +90,9 @@ def test_distillation_gradient_vanishes_when_the_student_matches_the_teacher():
 @pytest.mark.parametrize(
     ("override", "key"), [("distill.alpha=1.5", "distill.alpha"), ("distill.temperature=0", "distill.temperature")]
 )
-def test_bad_settings_name_their_key(tmp_path, override, key):
+def test_bad_settings_stop_at_load_naming_their_key(tmp_path, override, key):
     with pytest.raises(UserError, match=re.escape(key)):
-        distill.check_distill_config(small_config(tmp_path, "exp", [override]))
+        small_config(tmp_path, "exp", [override])
 
 
 # --- provenance ------------------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, mean_squared_error, roc_auc_score
 
-from {{ cookiecutter.package_name }} import ensemble, labels
-from {{ cookiecutter.package_name }}.errors import UserError
+from {{ cookiecutter.package_name }} import ensemble
+from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.data import tables as labels
 
 from conftest import encode_truth, fake_experiment, on_other_folds
 

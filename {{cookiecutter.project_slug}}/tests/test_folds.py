@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from {{ cookiecutter.package_name }} import config, folds, labels
-from {{ cookiecutter.package_name }}.errors import UserError
+from {{ cookiecutter.package_name }} import config
+from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.data import folds
+from {{ cookiecutter.package_name }}.data import tables as labels
 
 
 def fold_table(cfg):

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.package_name }} import config, kaggle_api
-from {{ cookiecutter.package_name }}.errors import UserError
+from {{ cookiecutter.package_name }} import config
+from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
+from {{ cookiecutter.package_name }}.kaggle import offline
 
 
 class Response:
@@ -74,11 +76,11 @@ def test_download_unzips_and_removes_the_zip(api, tmp_path):
 def test_submit_sends_file_message_and_competition(api, tmp_path):
     file = tmp_path / "sub.csv"
     file.write_text("id,label\na,1\n")
-    assert kaggle_api.submit("digit-recognizer", file, "exp001 CV accuracy=0.99") == "Successfully submitted"
+    assert kaggle_api.competition_submit("digit-recognizer", file, "exp001 CV accuracy=0.99") == "Successfully submitted"
     kwargs = {"file_name": str(file), "message": "exp001 CV accuracy=0.99", "competition": "digit-recognizer"}
     assert api.calls == [("competition_submit", (), kwargs)]
     with pytest.raises(UserError, match="not found"):
-        kaggle_api.submit("digit-recognizer", tmp_path / "missing.csv", "m")
+        kaggle_api.competition_submit("digit-recognizer", tmp_path / "missing.csv", "m")
     assert len(api.calls) == 1
 
 
@@ -117,7 +119,7 @@ def test_api_errors_become_one_line_user_errors(monkeypatch, tmp_path):
     file = tmp_path / "sub.csv"
     file.write_text("id\n")
     with pytest.raises(UserError, match="accept the competition rules"):
-        kaggle_api.submit("c", file, "m")
+        kaggle_api.competition_submit("c", file, "m")
     response = Response(error="The requested slug is already in use")
     monkeypatch.setattr(FakeApi, "dataset_create_new", lambda self, *a, **k: response)
     monkeypatch.setattr(kaggle_api, "_client", lambda: FakeApi())
@@ -146,11 +148,14 @@ def test_client_without_credentials_names_the_fix_not_the_secret(monkeypatch):
 
 
 def fake_run(root: Path, exp: str, folds: int = 2) -> Path:
+    """`folds` finished folds (best.pt + oof.csv), and one more killed mid-training (best.pt only)."""
     run = root / "outputs" / exp
-    for k in range(folds):
+    for k in range(folds + 1):
         (run / f"fold{k}").mkdir(parents=True)
         (run / f"fold{k}" / "best.pt").write_bytes(f"{exp} fold {k}".encode())
         (run / f"fold{k}" / "last.pt").write_bytes(b"not uploaded")
+        if k < folds:
+            (run / f"fold{k}" / "oof.csv").write_text("id,fold,0,1\n")
     (run / "config.yaml").write_text(f"exp: {exp}\n")
     (run / "classes.json").write_text('{"task": "multiclass", "classes": ["0", "1"], "positive": null}')
     return run
@@ -170,7 +175,7 @@ def test_package_for_dataset_layout(cfg, tmp_path, capsys):
     ens.mkdir()
     (ens / "weights.json").write_text(json.dumps({"method": "mean", "members": ["exp002"], "weights": [1.0]}))
     (ens / "classes.json").write_text("{}")
-    dest = kaggle_api.package_for_dataset(cfg, ["exp001", "blend1"], tmp_path / "upload", "me/my-models", "My models")
+    dest = offline.package_for_dataset(cfg, ["exp001", "blend1"], tmp_path / "upload", "me/my-models", "My models")
     files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     files = [f for f in files if not f.startswith("src/")]
     assert files == [
@@ -180,20 +185,28 @@ def test_package_for_dataset_layout(cfg, tmp_path, capsys):
         "exp001/classes.json",
         "exp001/config.yaml",
         "exp001/fold0/best.pt",
+        "exp001/fold0/oof.csv",
         "exp001/fold1/best.pt",
+        "exp001/fold1/oof.csv",
         "exp002/classes.json",
         "exp002/config.yaml",
         "exp002/fold0/best.pt",
-    ]
+        "exp002/fold0/oof.csv",
+    ]  # the unfinished fold (exp001/fold2, exp002/fold1) stays home
     assert (dest / "exp001" / "fold1" / "best.pt").read_bytes() == b"exp001 fold 1"
-    package = Path(kaggle_api.__file__).parent
+    package = Path(kaggle_api.__file__).parents[1]
     copied = dest / "src" / package.name
-    assert sorted(p.name for p in copied.glob("*.py")) == sorted(p.name for p in package.glob("*.py"))
+
+    def python_files(root: Path) -> list[str]:
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+    assert python_files(copied) == python_files(package)
+    assert {p.suffix for p in copied.rglob("*") if p.is_file()} == {".py"}
     assert not list(copied.rglob("__pycache__"))
     meta = json.loads((dest / "dataset-metadata.json").read_text())
     assert meta == {"title": "My models", "id": "me/my-models", "licenses": [{"name": "CC0-1.0"}]}
     assert capsys.readouterr().out == ""
-    again = kaggle_api.package_for_dataset(cfg, ["exp002"], dest, "me/my-models", "My models")  # a rebuild replaces it
+    again = offline.package_for_dataset(cfg, ["exp002"], dest, "me/my-models", "My models")  # a rebuild replaces it
     assert not (again / "exp001").exists() and (again / "exp002" / "fold0" / "best.pt").is_file()
 
 
@@ -201,17 +214,17 @@ def test_package_for_dataset_refusals(cfg, tmp_path):
     fake_run(tmp_path, "exp001")
     for bad_id in ("my-models", "me/abc", "me/Has_Caps"):
         with pytest.raises(UserError, match="dataset id"):
-            kaggle_api.package_for_dataset(cfg, ["exp001"], tmp_path / "up", bad_id, "My models")
+            offline.package_for_dataset(cfg, ["exp001"], tmp_path / "up", bad_id, "My models")
     with pytest.raises(UserError, match="title"):
-        kaggle_api.package_for_dataset(cfg, ["exp001"], tmp_path / "up", "me/my-models", "abc")
+        offline.package_for_dataset(cfg, ["exp001"], tmp_path / "up", "me/my-models", "abc")
     with pytest.raises(UserError, match="not found"):
-        kaggle_api.package_for_dataset(cfg, ["exp009"], tmp_path / "up", "me/my-models", "My models")
+        offline.package_for_dataset(cfg, ["exp009"], tmp_path / "up", "me/my-models", "My models")
     (tmp_path / "outputs" / "untrained").mkdir()
     with pytest.raises(UserError, match=r"best\.pt"):
-        kaggle_api.package_for_dataset(cfg, ["untrained"], tmp_path / "up2", "me/my-models", "My models")
+        offline.package_for_dataset(cfg, ["untrained"], tmp_path / "up2", "me/my-models", "My models")
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
     with pytest.raises(UserError, match="not an upload folder"):
-        kaggle_api.package_for_dataset(cfg, ["exp001"], precious, "me/my-models", "My models")
+        offline.package_for_dataset(cfg, ["exp001"], precious, "me/my-models", "My models")
     assert (precious / "notes.txt").read_text() == "keep me"

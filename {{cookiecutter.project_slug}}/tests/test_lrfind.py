@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from {{ cookiecutter.package_name }} import lrfind
+from {{ cookiecutter.package_name }} import lr_find as lrfind
 
 
 def _problem(seed: int = 0):

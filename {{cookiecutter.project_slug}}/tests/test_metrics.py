@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from {{ cookiecutter.package_name }} import metrics
-from {{ cookiecutter.package_name }}.errors import UserError
+from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.modeling import metrics
 
 N, C, L = 60, 4, 3
 

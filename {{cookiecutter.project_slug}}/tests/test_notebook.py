@@ -15,7 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from {{ cookiecutter.package_name }} import cli, config, ensemble, errors, infer, kaggle_api, notebook, submit
+from {{ cookiecutter.package_name }} import cli, config, ensemble
+from {{ cookiecutter.package_name }} import predict as infer
+from {{ cookiecutter.package_name }} import submission as submit
+from {{ cookiecutter.package_name }}.core import errors
+from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
+from {{ cookiecutter.package_name }}.kaggle import offline as notebook
 
 from conftest import TINY, write_config
 
@@ -73,7 +78,7 @@ def test_notebook_averages_the_packaged_experiments_offline(project, tmp_path):
     """A separate Python, as on Kaggle: the package comes from the dataset's src/ only, the dataset stays untouched,
     and the mean of the two packaged experiments gives the submission `make-submission` wrote for their mean blend."""
     root, cfg, local = project
-    dataset = kaggle_api.package_for_dataset(cfg, ["exp", "exp2"], tmp_path / "ds", "me/digit-models", "Digit models")
+    dataset = notebook.package_for_dataset(cfg, ["exp", "exp2"], tmp_path / "ds", "me/digit-models", "Digit models")
     work = tmp_path / "working"
     work.mkdir()
     env = {"INFER_DATASET_DIR": str(dataset), "INFER_DATA_DIR": str(root / "data"), "KAGGLE_INPUT": str(tmp_path)}
@@ -81,7 +86,8 @@ def test_notebook_averages_the_packaged_experiments_offline(project, tmp_path):
     cmd = [sys.executable, str(NOTEBOOKS / "inference.py")]
     done = subprocess.run(cmd, cwd=work, env=notebook_env(work, env), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"package {notebook.__package__} from {dataset / 'src'}" in done.stdout
+    package = notebook.__package__.split(".")[0]
+    assert f"package {package} from {dataset / 'src' / package}\n" in done.stdout
     assert snapshot(dataset) == before  # read-only on Kaggle: nothing may be written there
     check_submission(root, cfg, local, work, notebook.MEAN_NAME)
 
@@ -96,7 +102,7 @@ def test_notebook_finds_kaggle_inputs_and_recomputes_a_packaged_ensemble(project
     work.mkdir()
     kaggle_input.mkdir()
     (kaggle_input / COMPETITION).symlink_to(root / "data")
-    kaggle_api.package_for_dataset(cfg, ["blend"], kaggle_input / "digit-models", "me/digit-models", "Digit models")
+    notebook.package_for_dataset(cfg, ["blend"], kaggle_input / "digit-models", "me/digit-models", "Digit models")
     for key, value in notebook_env(work, {"KAGGLE_INPUT": str(kaggle_input)}).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(sys, "path", list(sys.path))  # the notebook puts the dataset's src/ first

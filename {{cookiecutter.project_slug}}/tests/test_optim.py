@@ -8,8 +8,9 @@ import timm
 import torch
 from torch import nn
 
-from {{ cookiecutter.package_name }} import config, optim
-from {{ cookiecutter.package_name }}.errors import UserError
+from {{ cookiecutter.package_name }} import config
+from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.modeling import optim
 
 
 def _cfg(**kw) -> config.OptimConfig:

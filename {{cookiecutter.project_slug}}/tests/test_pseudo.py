@@ -13,11 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from {{ cookiecutter.package_name }} import config, fold_data, pseudo, submit, train
-from {{ cookiecutter.package_name }}.artefacts import read_json
+from {{ cookiecutter.package_name }} import config, train
+from {{ cookiecutter.package_name }} import submission as submit
 from {{ cookiecutter.package_name }}.config import LossConfig
-from {{ cookiecutter.package_name }}.errors import UserError
-from {{ cookiecutter.package_name }}.losses import build_loss
+from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.core.runs import read_json
+from {{ cookiecutter.package_name }}.data import problem as fold_data
+from {{ cookiecutter.package_name }}.modeling.losses import build_loss
+from {{ cookiecutter.package_name }}.students import pseudo
 
 from conftest import check_fold, fingerprint_teacher, on_other_folds, small_config, spy_on_training, weighted_teacher
 
@@ -122,11 +125,14 @@ def test_ratio_batch_sampler(n_lab, n_ps, batch, ratio):
     assert list(again) == epochs[1]
 
 
-def test_batch_ratio_that_leaves_no_room_is_an_error():
-    with pytest.raises(UserError, match=r"pseudo\.batch_ratio"):
+def test_batch_ratio_that_leaves_no_room_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"batch_ratio"):
         pseudo.RatioBatchSampler(10, 10, 4, 0.05)
-    with pytest.raises(UserError, match=r"pseudo\.batch_ratio"):
+    with pytest.raises(ValueError, match=r"batch_ratio"):
         pseudo.RatioBatchSampler(10, 10, 4, 0.9)
+    for ratio in (0.05, 0.9):  # and the config says so when it is loaded
+        with pytest.raises(UserError, match=r"pseudo\.batch_ratio"):
+            small_config(tmp_path, "exp", ["train.batch_size=4", f"pseudo.batch_ratio={ratio}"])
 
 
 def test_pseudo_step_is_labelled_loss_plus_weighted_pseudo_loss():
@@ -158,15 +164,14 @@ def test_pseudo_step_is_labelled_loss_plus_weighted_pseudo_loss():
         ("pseudo.weight=-1", "pseudo.weight"),
     ],
 )
-def test_bad_settings_name_their_key(tmp_path, override, key):
+def test_bad_settings_stop_at_load_naming_their_key(tmp_path, override, key):
     with pytest.raises(UserError, match=re.escape(key)):
-        pseudo.check_pseudo_config(small_config(tmp_path, "exp", [override]))
+        small_config(tmp_path, "exp", [override])
 
 
 def test_regression_has_no_confidence_to_rank(tmp_path):
-    cfg = small_config(tmp_path, "exp", ["task=regression", "pseudo.threshold=0.5"])
     with pytest.raises(UserError, match="regression"):
-        pseudo.check_pseudo_config(cfg)
+        small_config(tmp_path, "exp", ["task=regression", "metric=auto", "pseudo.threshold=0.5"])
 
 
 # --- provenance ------------------------------------------------------------------------------------------------------

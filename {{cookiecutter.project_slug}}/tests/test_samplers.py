@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from torch.utils.data import WeightedRandomSampler
 
-from {{ cookiecutter.package_name }} import samplers
 from {{ cookiecutter.package_name }}.config import CHOICES
-from {{ cookiecutter.package_name }}.errors import UserError
+from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.data import samplers
 
 # 3 classes of sizes 7, 2, 4 with non-contiguous ids and shuffled order
 LABELS = np.array([5, 0, 5, 2, 5, 2, 5, 0, 5, 2, 5, 2, 5])

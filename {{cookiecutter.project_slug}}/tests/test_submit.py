@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
 
-from {{ cookiecutter.package_name }} import config, kaggle_api, submit
-from {{ cookiecutter.package_name }}.errors import UserError
+from {{ cookiecutter.package_name }} import config
+from {{ cookiecutter.package_name }} import submission as submit
+from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
 
 from conftest import fake_experiment
 
@@ -188,7 +190,7 @@ def test_submit_message_and_client_call(projects, monkeypatch):
         raise AssertionError("dry run must not reach Kaggle")
 
     monkeypatch.setattr(kaggle_api, "_client", no_network)
-    message = submit.submit(cfg, path, dry_run=True, competition="digit-recognizer", log=quiet)
+    message = kaggle_api.submit(cfg, path, dry_run=True, competition="digit-recognizer", log=quiet)
     assert message == "noisy CV accuracy=0.12345"
 
     calls = []
@@ -199,5 +201,5 @@ def test_submit_message_and_client_call(projects, monkeypatch):
             return type("Response", (), {"message": "Successfully submitted"})()
 
     monkeypatch.setattr(kaggle_api, "_client", FakeApi)
-    assert submit.submit(cfg, path, "my note", competition="digit-recognizer", log=quiet) == "my note"
+    assert kaggle_api.submit(cfg, path, "my note", competition="digit-recognizer", log=quiet) == "my note"
     assert calls == [{"file_name": str(path), "message": "my note", "competition": "digit-recognizer"}]

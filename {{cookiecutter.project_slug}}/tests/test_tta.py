@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }} import tta
-from {{ cookiecutter.package_name }}.errors import UserError
+from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.modeling import tta
 
 
 def _image(h: int = 5, w: int = 7) -> torch.Tensor:
@@ -13,9 +13,10 @@ def _image(h: int = 5, w: int = 7) -> torch.Tensor:
     return torch.arange(2 * 3 * h * w, dtype=torch.float32).view(2, 3, h, w)
 
 
-def test_fixed_views_are_d4():
-    assert sorted(tta.d4_views()) == tta.list_tta_views()
-    assert len(set(tta.d4_views())) == 8
+def test_fixed_views_are_the_eight_symmetries_of_the_square():
+    x = _image(6, 6)
+    outs = {tuple(tta.get_view(name).apply(x).flatten().tolist()) for name in tta.list_tta_views()}
+    assert len(tta.list_tta_views()) == 8 and len(outs) == 8
 
 
 @pytest.mark.parametrize("name", tta.list_tta_views())
@@ -38,7 +39,7 @@ def test_views_permute_pixels(name):
 
 def test_d4_views_are_distinct():
     x = _image(6, 6)
-    outs = {name: tta.get_view(name).apply(x) for name in tta.d4_views()}
+    outs = {name: tta.get_view(name).apply(x) for name in tta.list_tta_views()}
     names = list(outs)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -79,7 +80,7 @@ def test_invariant_model_same_output_on_every_d4_view():
     x = torch.randint(0, 100, (4, 3, 8, 8), generator=torch.Generator().manual_seed(0)).float()
     model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     ref = model(x)
-    for name in tta.d4_views():
+    for name in tta.list_tta_views():
         assert torch.equal(model(tta.get_view(name).apply(x)), ref), name
 
 
@@ -89,7 +90,7 @@ def test_d4_views_are_spatially_consistent_for_segmentation():
     conv = torch.nn.Conv2d(3, 2, kernel_size=1)
     with torch.no_grad():
         ref = conv(x)
-        for name in tta.d4_views():
+        for name in tta.list_tta_views():
             view = tta.get_view(name)
             torch.testing.assert_close(view.invert(conv(view.apply(x))), ref)
 

@@ -8,16 +8,12 @@ Bad input ends with one line, `error: ...`, and exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from .config import Config, load
-from .errors import UserError
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would query PyPI on import
+from .core.errors import UserError
 
 
 @dataclass
@@ -82,14 +78,14 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
 
 @command("demo-data", "write the demo competition (scikit-learn digits) in Kaggle layout", _demo_flags, config=False)
 def _demo_data(args: argparse.Namespace) -> None:
-    from .demo import write_demo
+    from .data.demo import write_demo
 
     print(f"demo competition written to {write_demo(args.out, task=args.task, size=args.size, rgb=args.rgb)}")
 
 
 @command("download", "download and unzip the competition's files into data.dir (needs Kaggle credentials)")
 def _download(args: argparse.Namespace) -> None:
-    from .kaggle_api import download
+    from .kaggle.api import download
 
     cfg = config_of(args)
     if not cfg.competition:
@@ -99,7 +95,7 @@ def _download(args: argparse.Namespace) -> None:
 
 @command("folds", "write the folds once (refuses to change an existing split without --force)", force)
 def _folds(args: argparse.Namespace) -> None:
-    from .folds import write_folds
+    from .data.folds import write_folds
 
     path, h, written = write_folds(config_of(args), force=args.force)
     print(f"{path}: {'written' if written else 'unchanged, already'} (hash {h})")
@@ -122,7 +118,7 @@ def _cv(args: argparse.Namespace) -> None:
 
 @command("lr-find", "LR range test on one fold; prints the suggestion, saves lr_find.png", fold)
 def _lr_find(args: argparse.Namespace) -> None:
-    from .lrfind_run import run_lr_find
+    from .lr_find import run_lr_find
 
     cfg = config_of(args)
     run_lr_find(cfg, parse_folds(args.fold if args.fold != "all" else "0", cfg)[0])
@@ -134,26 +130,16 @@ def _predict_flags(p: argparse.ArgumentParser) -> None:
 
 @command("predict", "fold models x TTA views -> outputs/<exp>/test_pred.csv (and OOF with TTA)", _predict_flags)
 def _predict(args: argparse.Namespace) -> None:
-    from .cv import summarize
-    from .infer import predict_oof_tta, predict_test
+    from .predict import run_predict
 
-    cfg = config_of(args)
-    df = predict_test(cfg)
-    print(f"{cfg.run_dir / 'test_pred.csv'}: {len(df)} rows")
-    if list(cfg.tta.views) != ["identity"] and not args.no_oof_tta:
-        predict_oof_tta(cfg)
-    result = summarize(cfg)
-    sign = 1 if result["higher_is_better"] else -1
-    if "cv_tta" in result and sign * result["cv_tta"] < sign * result["cv"]:  # TTA is chosen on OOF, not on test
-        print(f"warning: TTA {list(cfg.tta.views)} scores worse on OOF ({result['cv_tta']:.5f}) than one view "
-              f"({result['cv']:.5f}); try other tta.views, or tta.views=[identity]")  # fmt: skip
+    run_predict(config_of(args), oof_tta=not args.no_oof_tta)
 
 
 @command(
     "pseudo", "pseudo-label rounds: fold k's teacher labels the test images for fold k's student", teacher, fold, force
 )
 def _pseudo(args: argparse.Namespace) -> None:
-    from .pseudo import run_pseudo
+    from .students.pseudo import run_pseudo
 
     cfg = config_of(args)
     if len(args.teacher) != 1:
@@ -163,7 +149,7 @@ def _pseudo(args: argparse.Namespace) -> None:
 
 @command("distill", "teacher(s) -> student distillation, fold k's teachers only", teacher, fold, force)
 def _distill(args: argparse.Namespace) -> None:
-    from .distill import run_distill
+    from .students.distill import run_distill
 
     cfg = config_of(args)
     run_distill(cfg, args.teacher, folds=parse_folds(args.fold, cfg), force=args.force)
@@ -190,7 +176,7 @@ def _submission_flags(p: argparse.ArgumentParser) -> None:
 
 @command("make-submission", "test predictions -> submissions/<name>.csv, validated", _submission_flags)
 def _make_submission(args: argparse.Namespace) -> None:
-    from .submit import make_submission
+    from .submission import make_submission
 
     cfg = config_of(args)
     make_submission(cfg, args.exp or cfg.exp, args.name)
@@ -208,7 +194,7 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
 
 @command("submit", "validate a submission and send it with `kaggle competitions submit`", _submit_flags)
 def _submit(args: argparse.Namespace) -> None:
-    from .submit import submit
+    from .kaggle.api import submit
 
     cfg = config_of(args)
     submit(cfg, args.file, args.message, args.dry_run, competition=cfg.competition)
@@ -221,19 +207,9 @@ def _score_flags(p: argparse.ArgumentParser) -> None:
 
 @command("score", "score a submission against a solution file with the config's metric", _score_flags)
 def _score(args: argparse.Namespace) -> None:
-    from .artefacts import read_json
-    from .config import metric_name
-    from .labels import data_path
-    from .submit import score_submission
+    from .submission import score_line
 
-    cfg = config_of(args)
-    value = score_submission(cfg, args.file, args.solution or data_path(cfg, "solution.csv"))
-    line = f"{args.file}: {metric_name(cfg)} = {value:.5f}"
-    cv_path = Path(cfg.output_dir) / Path(args.file).stem / "cv.json"  # the experiment the file was made from
-    if cv_path.is_file():
-        cv = read_json(cv_path)
-        line += f"  |  OOF CV {cv['cv']:.5f}" + (f" (with TTA {cv['cv_tta']:.5f})" if "cv_tta" in cv else "")
-    print(line)
+    print(score_line(config_of(args), args.file, args.solution))
 
 
 def _upload_flags(p: argparse.ArgumentParser) -> None:
@@ -247,7 +223,8 @@ def _upload_flags(p: argparse.ArgumentParser) -> None:
 
 @command("upload", "package src/, checkpoints and configs as a Kaggle dataset; create or version it", _upload_flags)
 def _upload(args: argparse.Namespace) -> None:
-    from .kaggle_api import dataset_create_or_version, package_for_dataset
+    from .kaggle.api import dataset_create_or_version
+    from .kaggle.offline import package_for_dataset
 
     cfg = config_of(args)
     title = args.title or args.dataset.split("/")[-1]
@@ -267,7 +244,7 @@ def _notebook_flags(p: argparse.ArgumentParser) -> None:
 
 @command("push-notebook", "fill notebooks/kernel-metadata.json and push the inference notebook", _notebook_flags)
 def _push_notebook(args: argparse.Namespace) -> None:
-    from .notebook import push_notebook
+    from .kaggle.offline import push_notebook
 
     push_notebook(config_of(args), args.dataset, args.kernel, args.title, args.folder, args.dry_run)
 
@@ -286,8 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_overrides(args: argparse.Namespace) -> argparse.Namespace:
+    """A list flag (--teacher A B, --exps A B) takes every word after it, `key=value` overrides too: those belong
+    to the overrides (experiment names never hold '=')."""
+    for name, value in vars(args).items():
+        if name != "overrides" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            moved = [v for v in value if "=" in v]
+            if moved:
+                setattr(args, name, [v for v in value if "=" not in v])
+                args.overrides = [*moved, *getattr(args, "overrides", [])]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = split_overrides(build_parser().parse_args(argv))
     try:
         COMMANDS[args.command].run(args)
     except UserError as e:

@@ -1,23 +1,33 @@
 """The experiment config: a dataclass schema, loaded from YAML with dotted command-line overrides.
 
 `configs/<exp>.yaml` holds only what differs from the defaults below; the experiment's name is the file's stem.
-OmegaConf's struct mode turns an unknown key or a wrong type into an error that names the key.
+`base: exp001.yaml` (a path relative to the file) merges another config first, so a later experiment states only
+what it changes. OmegaConf's struct mode turns an unknown key or a wrong type into an error that names the key;
+every range and combination check then runs here, at load time, so a bad config stops before any data is read.
+Config keys that name a registry entry (loss, optimizer, schedule, metric, preset, sampler) take their allowed
+values from that registry.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from .errors import UserError
-
-TASKS = ("multiclass", "binary", "multilabel", "regression")
+from .core.errors import UserError
+from .core.runs import Run, atomic_write_text
+from .core.tasks import TASKS
+from .data import folds as folds_module
+from .data.augment import PRESETS
+from .data.samplers import SAMPLERS
+from .modeling import losses, metrics, tta
+from .modeling.optim import OPTIMIZERS, SCHEDULES
 
 
 @dataclass
@@ -186,20 +196,29 @@ class Config:
         return Path(self.output_dir) / self.exp
 
     @property
+    def run(self) -> Run:
+        """This experiment's run folder: every artefact path (core/runs.py)."""
+        return Run(self.run_dir)
+
+    @property
     def target_cols(self) -> list[str]:
         t = self.data.target_col
         return [t] if isinstance(t, str) else list(t)
 
 
-CHOICES = {
+# Allowed values of the keys that name a choice; those a registry holds come from the registry.
+CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS,
-    "folds.method": ("auto", "stratified", "multilabel", "group", "stratified_group", "binned", "kfold"),
-    "augment.preset": ("none", "light", "medium", "heavy"),
+    "metric": ("auto", *metrics.list_metrics()),
+    "folds.method": folds_module.METHODS,
+    "augment.preset": tuple(PRESETS.names()),
+    "loss.name": ("auto", *losses.list_losses()),
     "loss.class_weight": ("none", "balanced"),
-    "optim.schedule": ("one_cycle", "flat_cos", "cosine", "constant"),
+    "optim.name": tuple(OPTIMIZERS.names()),
+    "optim.schedule": tuple(SCHEDULES.names()),
     "train.amp": ("auto", "bf16", "fp16", "off"),
-    "train.sampler": ("none", "weighted", "upsample", "downsample"),
-    "tta.merge": ("mean", "gmean", "max"),
+    "train.sampler": tuple(SAMPLERS.names()),
+    "tta.merge": tta.MERGES,
     "wandb.mode": ("online", "offline", "disabled"),
     "submit.format": ("auto", "label", "probs", "tags", "value"),
 }
@@ -207,28 +226,46 @@ CHOICES = {
 DEFAULT_METRIC = {"multiclass": "accuracy", "binary": "roc_auc", "multilabel": "f1_micro", "regression": "rmse"}
 
 
-def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- YAML file <- `key=value` overrides, checked against the schema."""
-    path = Path(path)
+def _read_yaml(path: Path, trail: tuple[Path, ...] = ()) -> Any:
+    """The file's YAML with its `base:` chain merged underneath (paths relative to the file that names them)."""
     if not path.is_file():
-        raise UserError(f"config file {path} not found")
-    schema = OmegaConf.structured(Config)
+        where = f" (named by 'base' in {trail[-1]})" if trail else ""
+        raise UserError(f"config file {path} not found{where}")
+    if path.resolve() in {p.resolve() for p in trail}:
+        raise UserError(f"{trail[0]}: 'base' chain loops back to {path}")
     try:
-        file_cfg = OmegaConf.load(path)
+        node = OmegaConf.load(path)
     except Exception as e:  # yaml.YAMLError and friends
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(node, DictConfig):
+        raise UserError(f"{path}: expected a mapping of config keys at the top level")
+    base = node.pop("base", None)
+    if base is None:
+        return node
+    if not isinstance(base, str) or not base:
+        raise UserError(f"{path}: 'base' must name another config file, e.g. base: exp001.yaml")
+    return OmegaConf.merge(_read_yaml(path.parent / base, (*trail, path)), node)
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- base YAML <- YAML file <- `key=value` overrides, checked against the schema and validated."""
+    path = Path(path)
+    file_cfg = _read_yaml(path)
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key=value (e.g. train.epochs=3)")
     try:
-        merged = OmegaConf.merge(schema, file_cfg, OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(OmegaConf.structured(Config), file_cfg, OmegaConf.from_dotlist(list(overrides)))
         if OmegaConf.is_missing(merged, "exp"):
             merged.exp = path.stem
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise UserError(f"{path}: {_describe(e)}") from None
     assert isinstance(cfg, Config)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
     return cfg
 
 
@@ -265,7 +302,13 @@ def get(cfg: Config, dotted: str) -> Any:
     return value
 
 
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise UserError(f"config key '{key}' is {value!r}; expected {expected}")
+
+
 def validate(cfg: Config) -> None:
+    """Every check that the config alone can answer: choices, ranges, and keys that must agree."""
     for key, allowed in CHOICES.items():
         value = get(cfg, key)
         if value not in allowed:
@@ -275,10 +318,70 @@ def validate(cfg: Config) -> None:
         raise UserError(f"config key 'data.target_col' must be a column name or a list of names, got {tc!r}")
     if isinstance(tc, list) and cfg.task != "multilabel" and len(tc) > 1:
         raise UserError(f"config key 'data.target_col' lists {len(tc)} columns; only task=multilabel takes several")
-    if not 2 <= cfg.folds.n_folds <= 20:
-        raise UserError(f"config key 'folds.n_folds' is {cfg.folds.n_folds}; expected 2..20")
-    if cfg.augment.image_size <= 0 or cfg.train.batch_size <= 0 or cfg.optim.grad_accum <= 0:
-        raise UserError("config keys 'augment.image_size', 'train.batch_size', 'optim.grad_accum' must be > 0")
+    if metric_name(cfg) not in metrics.list_metrics(cfg.task):
+        raise UserError(
+            f"config key 'metric' is {cfg.metric!r}, which is not defined for task={cfg.task}; "
+            f"metrics for {cfg.task}: {', '.join(metrics.list_metrics(cfg.task))}"
+        )
+    t, o, a, p, d = cfg.train, cfg.optim, cfg.augment, cfg.pseudo, cfg.distill
+    checks = [
+        (2 <= cfg.folds.n_folds <= 20, "folds.n_folds", cfg.folds.n_folds, "2..20"),
+        (cfg.folds.n_bins >= 2, "folds.n_bins", cfg.folds.n_bins, ">= 2"),
+        (cfg.data.num_workers >= 0, "data.num_workers", cfg.data.num_workers, ">= 0"),
+        (cfg.model.in_chans in (1, 3), "model.in_chans", cfg.model.in_chans, "1 (grayscale) or 3 (RGB)"),
+        (0 <= cfg.model.drop_rate < 1, "model.drop_rate", cfg.model.drop_rate, "0 <= value < 1"),
+        (0 <= cfg.model.drop_path_rate < 1, "model.drop_path_rate", cfg.model.drop_path_rate, "0 <= value < 1"),
+        (cfg.model.freeze_backbone_epochs >= 0, "model.freeze_backbone_epochs", cfg.model.freeze_backbone_epochs,
+         ">= 0"),
+        (cfg.model.backbone_lr_mult >= 0, "model.backbone_lr_mult", cfg.model.backbone_lr_mult, ">= 0"),
+        (a.image_size > 0, "augment.image_size", a.image_size, "> 0"),
+        (a.mixup_alpha >= 0, "augment.mixup_alpha", a.mixup_alpha, ">= 0 (0 = off)"),
+        (a.cutmix_alpha >= 0, "augment.cutmix_alpha", a.cutmix_alpha, ">= 0 (0 = off)"),
+        (0 <= a.mix_prob <= 1, "augment.mix_prob", a.mix_prob, "0..1"),
+        (0 <= a.switch_prob <= 1, "augment.switch_prob", a.switch_prob, "0..1"),
+        (math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "a number > 0 (try `lr-find`)"),
+        (o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0"),
+        (0 <= o.momentum < 1, "optim.momentum", o.momentum, "0 <= value < 1"),
+        (0 < o.pct_start < 1, "optim.pct_start", o.pct_start, "0 < value < 1"),
+        (o.div_factor >= 1, "optim.div_factor", o.div_factor, ">= 1"),
+        (o.final_div_factor >= 1, "optim.final_div_factor", o.final_div_factor, ">= 1"),
+        (0 <= o.flat_pct <= 1, "optim.flat_pct", o.flat_pct, "0..1"),
+        (0 <= o.warmup_pct < 1, "optim.warmup_pct", o.warmup_pct, "0 <= value < 1"),
+        (o.grad_accum >= 1, "optim.grad_accum", o.grad_accum, ">= 1"),
+        (o.clip_grad >= 0, "optim.clip_grad", o.clip_grad, ">= 0 (0 = off)"),
+        (t.epochs >= 1, "train.epochs", t.epochs, ">= 1"),
+        (t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1"),
+        (0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "0 < value < 1"),
+        (t.early_stopping >= 0, "train.early_stopping", t.early_stopping, ">= 0 (0 = off)"),
+        (t.sampler_power >= 0, "train.sampler_power", t.sampler_power, ">= 0"),
+        (t.limit_batches >= 0, "train.limit_batches", t.limit_batches, ">= 0 (0 = every batch)"),
+        (cfg.tta.batch_size >= 1, "tta.batch_size", cfg.tta.batch_size, ">= 1"),
+        (len(cfg.tta.views) >= 1, "tta.views", list(cfg.tta.views), "at least one view, e.g. [identity]"),
+        (0 <= cfg.submit.threshold <= 1, "submit.threshold", cfg.submit.threshold, "0..1"),
+        (p.rounds >= 1, "pseudo.rounds", p.rounds, ">= 1"),
+        (0 <= p.threshold <= 1, "pseudo.threshold", p.threshold, "0..1"),
+        (0 < p.top_fraction <= 1, "pseudo.top_fraction", p.top_fraction, "> 0 and <= 1"),
+        (p.max_per_class >= 0, "pseudo.max_per_class", p.max_per_class, ">= 0 (0 = no cap)"),
+        (p.weight >= 0, "pseudo.weight", p.weight, ">= 0"),
+        (0 <= p.batch_ratio < 1, "pseudo.batch_ratio", p.batch_ratio, "0 <= value < 1"),
+        (0 <= d.alpha <= 1, "distill.alpha", d.alpha, "0..1 (weight of the distillation term)"),
+        (d.temperature > 0, "distill.temperature", d.temperature, "> 0"),
+    ]  # fmt: skip
+    for ok, key, value, expected in checks:
+        _check(ok, key, value, expected)
+    for view in cfg.tta.views:
+        tta.get_view(view)  # an unknown view names itself and the choices
+    if cfg.task == "regression" and (p.threshold > 0 or p.top_fraction < 1 or p.max_per_class > 0):
+        raise UserError("pseudo.threshold / top_fraction / max_per_class rank confidences; task=regression has none")
+    n_pseudo = round(t.batch_size * p.batch_ratio)
+    if p.batch_ratio > 0 and t.batch_size > 1 and not 0 < n_pseudo < t.batch_size:
+        raise UserError(
+            f"config key 'pseudo.batch_ratio'={p.batch_ratio} gives {n_pseudo} pseudo rows in a batch of "
+            f"train.batch_size={t.batch_size}; expected at least 1 pseudo and 1 labelled row"
+        )
+    losses.check_options(cfg.loss, cfg.task)
+    if cfg.train.sampler != "none" and cfg.task == "regression":
+        raise UserError("config key 'train.sampler' balances classes; task=regression has none (use none)")
 
 
 def metric_name(cfg: Config) -> str:
@@ -290,6 +393,4 @@ def to_yaml(cfg: Config) -> str:
 
 
 def save(cfg: Config, path: str | Path) -> None:
-    from .artefacts import atomic_write_text
-
     atomic_write_text(path, to_yaml(cfg))

@@ -1,16 +1,79 @@
-"""The cross-validation summary: fold OOF files -> oof.csv, cv.json, a printed table and PNG figures."""
+"""The cross-validation summary: the finished folds' OOF files -> oof.csv, cv.json, a printed table, and the PNG
+figures a person would rather look at than a table (learning curves, fold scores, confusion matrix), also logged
+to wandb.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import matplotlib
 import numpy as np
 import pandas as pd
 
-from . import metrics, plots
-from .artefacts import atomic_write_csv, atomic_write_json, fold_dir, read_json
 from .config import Config, metric_name
-from .errors import UserError
-from .fold_data import load_problem
-from .tracking import Tracker
+from .core.errors import UserError
+from .core.runs import atomic_savefig, atomic_write_csv, atomic_write_json, read_derived, read_json
+from .core.tracking import Tracker
+from .data.problem import load_problem
+from .modeling import metrics
+from .predict import folds_source
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def learning_curves(histories: dict[str, list[dict]], metric: str, path: Path) -> Path:
+    """One line per fold: train loss, valid loss, and the metric, against epoch."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for fold, rows in histories.items():
+        epochs = [r["epoch"] for r in rows]
+        axes[0].plot(epochs, [r["train_loss"] for r in rows], label=f"fold {fold}")
+        axes[1].plot(epochs, [r["valid_loss"] for r in rows], label=f"fold {fold}")
+        axes[2].plot(epochs, [r["score"] for r in rows], label=f"fold {fold}")
+    for ax, title in zip(axes, ("train loss", "valid loss", metric), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    return _save(fig, path)
+
+
+def fold_scores(scores: dict[str, float], cv: float, metric: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(1.2 * len(scores) + 2, 3.5))
+    ax.bar(list(scores), list(scores.values()), color="tab:blue")
+    ax.axhline(cv, color="tab:red", linestyle="--", label=f"OOF CV {cv:.4f}")
+    lo, hi = min(*scores.values(), cv), max(*scores.values(), cv)
+    pad = max(hi - lo, 1e-3)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_title(f"{metric} per fold")
+    ax.legend()
+    return _save(fig, path)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], path: Path) -> Path:
+    n = len(classes)
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    fig, ax = plt.subplots(figsize=(0.5 * n + 3, 0.5 * n + 2.5))
+    ax.imshow(cm, cmap="Blues")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("OOF confusion matrix")
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    try:
+        return atomic_savefig(path, fig)
+    finally:
+        plt.close(fig)
 
 
 def score_oof(cfg: Config, oof: pd.DataFrame) -> tuple[dict[str, float], float, np.ndarray, np.ndarray]:
@@ -30,10 +93,12 @@ def score_oof(cfg: Config, oof: pd.DataFrame) -> tuple[dict[str, float], float, 
 
 
 def summarize(cfg: Config) -> dict:
-    files = sorted(cfg.run_dir.glob("fold*/oof.csv"))
-    if not files:
-        raise UserError(f"{cfg.run_dir}: no fold*/oof.csv yet; train a fold first")
-    oof = pd.concat([pd.read_csv(f, dtype={cfg.data.id_col: str}) for f in files], ignore_index=True)
+    run = cfg.run
+    folds = run.finished_folds()
+    if not folds:
+        raise UserError(f"{run.path}: no finished fold (fold<k>/oof.csv) yet; train a fold first")
+    frames = [pd.read_csv(run.fold(k).oof, dtype={cfg.data.id_col: str}) for k in folds]
+    oof = pd.concat(frames, ignore_index=True)
     per_fold, cv, y_true, pred = score_oof(cfg, oof)
     name = metric_name(cfg)
     problem = load_problem(cfg)
@@ -48,13 +113,13 @@ def summarize(cfg: Config) -> dict:
         "folds_hash": problem.folds_hash,
         "pred_cols": problem.classes,
     }
-    tta_path = cfg.run_dir / "oof_tta.csv"
-    if tta_path.exists():
-        tta_oof = pd.read_csv(tta_path, dtype={cfg.data.id_col: str})
+    # OOF with TTA counts only if made with the configured views from these very checkpoints.
+    tta_oof = read_derived(run.oof_tta, folds_source(cfg, folds), cfg.data.id_col)
+    if tta_oof is not None:
         result["cv_tta"] = score_oof(cfg, tta_oof)[1]
         result["tta_views"] = list(cfg.tta.views)
-    atomic_write_csv(cfg.run_dir / "oof.csv", oof)
-    atomic_write_json(cfg.run_dir / "cv.json", result)
+    atomic_write_csv(run.oof, oof)
+    atomic_write_json(run.cv, result)
     print(format_table(result))
     _figures(cfg, result, y_true, pred, problem.classes)
     return result
@@ -70,20 +135,18 @@ def format_table(result: dict) -> str:
 
 
 def _figures(cfg: Config, result: dict, y_true: np.ndarray, pred: np.ndarray, classes: list[str]) -> None:
-    histories = {}
+    run, histories = cfg.run, {}
     for k in result["folds"]:
-        path = fold_dir(cfg.run_dir, int(k)) / "history.json"
+        path = run.fold(int(k)).history
         if path.exists():
             histories[k] = read_json(path)
     made = {
-        "learning_curves": plots.learning_curves(histories, result["metric"], cfg.run_dir / "learning_curves.png"),
-        "fold_scores": plots.fold_scores(
-            result["folds"], result["cv"], result["metric"], cfg.run_dir / "fold_scores.png"
-        ),
+        "learning_curves": learning_curves(histories, result["metric"], run.figure("learning_curves")),
+        "fold_scores": fold_scores(result["folds"], result["cv"], result["metric"], run.figure("fold_scores")),
     }
     if cfg.task == "multiclass":
-        made["confusion_matrix"] = plots.confusion_matrix(
-            y_true.astype(int), pred.argmax(1), classes, cfg.run_dir / "confusion_matrix.png"
+        made["confusion_matrix"] = confusion_matrix(
+            y_true.astype(int), pred.argmax(1), classes, run.figure("confusion_matrix")
         )
     tracker = Tracker(cfg, "cv", "cv")
     for key, path in made.items():

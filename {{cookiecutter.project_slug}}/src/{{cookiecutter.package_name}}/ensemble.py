@@ -21,15 +21,142 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import minimize
+from scipy.stats import rankdata
 
-from . import metrics
-from .artefacts import atomic_write_csv, atomic_write_json, read_json
-from .blend_methods import BLEND_METHODS, RANK_METRICS, BlendMethod, Objective, combine, to_ranks
-from .blend_methods import list_blend_methods as list_blend_methods  # re-exported: ensemble.list_blend_methods()
 from .config import Config, metric_name
-from .errors import UserError
-from .folds import read_folds
-from .labels import encode_targets, read_train
+from .core.errors import UserError
+from .core.registry import Registry
+from .core.runs import Run, atomic_write_csv, atomic_write_json, read_pred_csv
+from .data.problem import oof_truth
+from .modeling import metrics
+
+HILL_CLIMB_MAX_ITER = 100
+
+
+@dataclass
+class Objective:
+    """The metric on some OOF rows, as a `gain` that is larger when better whatever the metric's direction."""
+
+    metric: str
+    task: str
+    y: np.ndarray
+    higher: bool
+
+    def score(self, pred: np.ndarray) -> float:
+        return metrics.score(self.metric, self.y, _task_format(pred, self.task), self.task)
+
+    def gain(self, pred: np.ndarray) -> float:
+        s = self.score(pred)
+        return -np.inf if np.isnan(s) else (s if self.higher else -s)
+
+    def subset(self, rows: np.ndarray) -> Objective:
+        return Objective(self.metric, self.task, self.y[rows], self.higher)
+
+
+FitFn = Callable[[np.ndarray, Objective, "list[float] | None"], np.ndarray]
+
+
+@dataclass(frozen=True)
+class BlendMethod:
+    fit: FitFn  # (member predictions (M, N, C), objective, user weights) -> weights (M,) summing to 1
+    tuned: bool = False  # weights are fit on the OOF rows: report a nested estimate too
+    rank: bool = False  # blend per-column ranks instead of the values
+
+
+BLEND_METHODS: Registry[FitFn] = Registry("blend method")
+
+
+def get_blend_method(name: str) -> BlendMethod:
+    return BlendMethod(BLEND_METHODS.get(name), **BLEND_METHODS.meta(name))
+
+
+def list_blend_methods() -> list[str]:
+    return BLEND_METHODS.names()
+
+
+def _task_format(pred: np.ndarray, task: str) -> np.ndarray:
+    return pred[:, 0] if task in ("binary", "regression") else pred
+
+
+def combine(preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted arithmetic mean over members: (M, N, C) x (M,) -> (N, C)."""
+    return np.tensordot(np.asarray(weights, dtype=np.float64), preds, axes=1)
+
+
+def to_ranks(preds: np.ndarray) -> np.ndarray:
+    """Each member's each column -> its ranks scaled to (0, 1] (ties share the average rank)."""
+    return rankdata(preds, axis=1) / preds.shape[1]
+
+
+def _equal(preds: np.ndarray, obj: Objective, weights: list[float] | None) -> np.ndarray:
+    return np.full(len(preds), 1.0 / len(preds))
+
+
+def _weighted(preds: np.ndarray, obj: Objective, weights: list[float] | None) -> np.ndarray:
+    if weights is None or len(weights) != len(preds):
+        raise UserError(f"method=weighted needs one weight per experiment ({len(preds)}), got {weights}")
+    w = np.asarray(weights, dtype=np.float64)
+    if (w < 0).any() or w.sum() <= 0:
+        raise UserError(f"blend weights must be >= 0 with a positive sum, got {weights}")
+    return w / w.sum()
+
+
+def _hill_climb(preds: np.ndarray, obj: Objective, weights: list[float] | None) -> np.ndarray:
+    """Caruana et al. (2004) ensemble selection with replacement, starting from the best single model:
+    add the member that improves the blend most, stop when none does. Weights = selection counts / total."""
+    gains = [obj.gain(p) for p in preds]
+    counts = np.zeros(len(preds))
+    best = int(np.argmax(gains))
+    counts[best], total, current = 1, preds[best].astype(np.float64), gains[best]
+    for _ in range(HILL_CLIMB_MAX_ITER):
+        n = counts.sum()
+        trial = [obj.gain((total + p) / (n + 1)) for p in preds]
+        pick = int(np.argmax(trial))
+        if not trial[pick] > current + 1e-12:
+            break
+        counts[pick], total, current = counts[pick] + 1, total + preds[pick], trial[pick]
+    return counts / counts.sum()
+
+
+def _surrogate(obj: Objective) -> Callable[[np.ndarray], float]:
+    """A smooth loss for label metrics (accuracy, F1, QWK, MAP@k are step functions of the weights, where a
+    simplex search stalls on the first plateau): cross-entropy for classification, squared error for regression."""
+    y, eps = obj.y, 1e-7
+    if obj.task == "multiclass":
+        return lambda p: float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], eps, 1.0))))
+    if obj.task == "regression":
+        return lambda p: float(np.mean((p[:, 0] - y) ** 2))
+    t = y.reshape(len(y), -1)
+    return lambda p: float(-np.mean(t * np.log(np.clip(p, eps, 1)) + (1 - t) * np.log(np.clip(1 - p, eps, 1))))
+
+
+def _softmax(theta: np.ndarray) -> np.ndarray:
+    e = np.exp(theta - theta.max())
+    return e / e.sum()
+
+
+def _optimize(preds: np.ndarray, obj: Objective, weights: list[float] | None) -> np.ndarray:
+    """scipy Nelder-Mead over softmax-parametrised weights (always on the simplex; member 0's logit fixed at 0).
+    Nelder-Mead needs no gradient, so AUC, MAE and RMSE are optimised as they are; label metrics through the
+    smooth surrogate of `_surrogate`. Starts from equal weights."""
+    if len(preds) == 1:
+        return np.ones(1)
+    loss = (lambda p: -obj.gain(p)) if obj.metric not in metrics.label_metrics() else _surrogate(obj)
+    result = minimize(
+        lambda th: loss(combine(preds, _softmax(np.r_[0.0, th]))),
+        np.zeros(len(preds) - 1),
+        method="Nelder-Mead",
+        options={"xatol": 1e-4, "fatol": 1e-9, "maxiter": 200 * len(preds)},
+    )
+    return _softmax(np.r_[0.0, result.x])
+
+
+BLEND_METHODS.register("mean", _equal)
+BLEND_METHODS.register("weighted", _weighted)
+BLEND_METHODS.register("rank", _equal, rank=True)
+BLEND_METHODS.register("hill_climb", _hill_climb, tuned=True)
+BLEND_METHODS.register("optimize", _optimize, tuned=True)
 
 
 @dataclass
@@ -45,18 +172,6 @@ class Members:
     test: np.ndarray | None
 
 
-def read_pred_csv(path: Path, id_col: str, columns: list[str]) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path} not found: train (oof.csv) and predict (test_pred.csv) the experiment first")
-    df = pd.read_csv(path, dtype={id_col: str})
-    missing = [c for c in (id_col, *columns) if c not in df.columns]
-    if missing:
-        raise UserError(f"{path}: column(s) {missing} not found; columns are {list(df.columns)}")
-    if df[columns].isna().any().any():
-        raise UserError(f"{path}: NaN predictions in {df[columns].columns[df[columns].isna().any()].tolist()}")
-    return df
-
-
 def _check_same(names: list[str], infos: list[dict], key: str, what: str) -> None:
     for name, info in zip(names[1:], infos[1:], strict=True):
         if info.get(key) != infos[0].get(key):
@@ -68,52 +183,30 @@ def _check_same(names: list[str], infos: list[dict], key: str, what: str) -> Non
 
 def load_members(cfg: Config, exps: list[str]) -> Members:
     id_col = cfg.data.id_col
-    dirs = [Path(cfg.output_dir) / e for e in exps]
-    for d in dirs:
-        if not (d / "cv.json").is_file():
-            raise UserError(f"{d / 'cv.json'} not found: train experiment {d.name!r} first")
-    cvs = [read_json(d / "cv.json") for d in dirs]
+    runs = [Run.named(cfg.output_dir, e) for e in exps]
+    cvs = [run.read_cv() for run in runs]
     _check_same(exps, cvs, "folds_hash", "folds (folds_hash)")
     _check_same(exps, cvs, "pred_cols", "prediction columns (pred_cols)")
     if cvs[0].get("task") != cfg.task:
         raise UserError(f"experiment {exps[0]!r} is task={cvs[0].get('task')}, the config says task={cfg.task}")
     cols = list(cvs[0]["pred_cols"])
-    oofs = [read_pred_csv(d / "oof.csv", id_col, ["fold", *cols]) for d in dirs]
+    oofs = [read_pred_csv(run.oof, id_col, ["fold", *cols]) for run in runs]
     ids = oofs[0][id_col].tolist()
     for name, df in zip(exps, oofs, strict=True):
         if set(df[id_col]) != set(ids):
             raise UserError(f"{name}/oof.csv and {exps[0]}/oof.csv cover different ids: train the same folds first")
     oof = np.stack([df.set_index(id_col).loc[ids, cols].to_numpy(np.float64) for df in oofs])
-    have_test = [(d / "test_pred.csv").is_file() for d in dirs]
+    have_test = [run.test_pred.is_file() for run in runs]
     test_ids, test = None, None
     if any(have_test):
-        tests = [read_pred_csv(d / "test_pred.csv", id_col, cols) for d in dirs]  # all or none
+        tests = [read_pred_csv(run.test_pred, id_col, cols) for run in runs]  # all or none
         test_ids = tests[0][id_col].tolist()
         for name, df in zip(exps, tests, strict=True):
             if set(df[id_col]) != set(test_ids):
                 raise UserError(f"{name}/test_pred.csv and {exps[0]}/test_pred.csv cover different test ids")
         test = np.stack([df.set_index(id_col).loc[test_ids, cols].to_numpy(np.float64) for df in tests])
-    classes = read_json(dirs[0] / "classes.json")
+    classes = runs[0].read_classes()
     return Members(exps, cvs, classes, ids, oof, test_ids, test)
-
-
-def oof_truth(cfg: Config, members: Members) -> tuple[np.ndarray, np.ndarray, str]:
-    """Targets and folds (from data/folds.csv) of the OOF ids; and the folds hash, which must be the members'."""
-    train = read_train(cfg)
-    folds, folds_hash = read_folds(cfg, train)
-    if members.cv[0].get("folds_hash") != folds_hash:
-        raise UserError(
-            f"experiment {members.names[0]!r} was trained on folds hash {members.cv[0].get('folds_hash')} but "
-            f"{cfg.folds.path} has hash {folds_hash}: retrain it on the current folds"
-        )
-    id_col = cfg.data.id_col
-    unknown = set(members.ids) - set(train[id_col])
-    if unknown:
-        raise UserError(f"{members.names[0]}/oof.csv has ids not in {cfg.data.train_csv}, e.g. {sorted(unknown)[:3]}")
-    rows = train.set_index(id_col).loc[members.ids].reset_index()
-    y = encode_targets(cfg, rows, list(members.classes["classes"]), members.classes.get("positive"))
-    fold = folds.set_index(id_col).loc[members.ids, "fold"].to_numpy(np.int64)
-    return y, fold, folds_hash
 
 
 def _nested(method: BlendMethod, preds: np.ndarray, obj: Objective, fold: np.ndarray, weights) -> dict[str, float]:
@@ -135,11 +228,12 @@ def blend(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Blend `exps` with `method` into outputs/<name>/ and return its cv.json."""
-    blender = BLEND_METHODS.get(method)
+    blender = get_blend_method(method)
     metric = metric_name(cfg)
     _check_request(cfg, exps, blender, method, metric, name, weights)
     members = load_members(cfg, exps)
-    y, fold, folds_hash = oof_truth(cfg, members)
+    y, fold, folds_hash = oof_truth(cfg, members.ids, members.classes, trained_on=members.cv[0].get("folds_hash"),
+                                    where=f"{members.names[0]}/oof.csv")  # fmt: skip
     obj = Objective(metric, cfg.task, y, metrics.get_metric(metric).higher_is_better)
     preds = to_ranks(members.oof) if blender.rank else members.oof
     member_cv = {e: obj.score(p) for e, p in zip(exps, preds, strict=True)}
@@ -183,35 +277,36 @@ def _check_request(cfg: Config, exps: list[str], blender: BlendMethod, method: s
         raise UserError(f"experiments listed twice: {sorted({e for e in exps if exps.count(e) > 1})}")
     if weights is not None and method != "weighted":
         raise UserError(f"weights are only used by method=weighted, not method={method}")
-    if blender.rank and metric not in RANK_METRICS:
+    if blender.rank and metric not in metrics.rank_metrics():
         raise UserError(
             f"method=rank averages ranks, which keeps the meaning of rank metrics only "
-            f"({', '.join(sorted(RANK_METRICS))}); the metric is {metric}: use mean, weighted, hill_climb or optimize"
+            f"({', '.join(sorted(metrics.rank_metrics()))}); the metric is {metric}: "
+            "use mean, weighted, hill_climb or optimize"
         )
-    out = Path(cfg.output_dir) / name
-    if name in exps or (out.exists() and not (out / "weights.json").is_file()):
+    out = Run.named(cfg.output_dir, name)
+    if name in exps or (out.path.exists() and not out.is_ensemble()):
         raise UserError(f"{out} is an experiment, not an ensemble: choose another ensemble name")
 
 
 def _write(cfg: Config, name: str, members: Members, fold, oof, w, blender: BlendMethod, result: dict) -> None:
-    out, id_col, cols = Path(cfg.output_dir) / name, cfg.data.id_col, result["pred_cols"]
+    out, id_col, cols = Run.named(cfg.output_dir, name), cfg.data.id_col, result["pred_cols"]
     frame = pd.DataFrame(oof, columns=cols)
     frame.insert(0, "fold", fold)
     frame.insert(0, id_col, members.ids)
-    atomic_write_csv(out / "oof.csv", frame)
+    atomic_write_csv(out.oof, frame)
     if members.test is not None:
         test = combine(to_ranks(members.test) if blender.rank else members.test, w)
         frame = pd.DataFrame(test, columns=cols)
         frame.insert(0, id_col, members.test_ids)
-        atomic_write_csv(out / "test_pred.csv", frame)
+        atomic_write_csv(out.test_pred, frame)
     else:
-        (out / "test_pred.csv").unlink(missing_ok=True)  # a stale one would not match these weights
+        out.test_pred.unlink(missing_ok=True)  # a stale one would not match these weights
     info = {
         "method": result["method"],
         "members": result["members"],
         "weights": result["weights"],
         "rank": blender.rank,
     }
-    atomic_write_json(out / "weights.json", info)
-    atomic_write_json(out / "classes.json", members.classes)
-    atomic_write_json(out / "cv.json", result)
+    atomic_write_json(out.weights, info)
+    atomic_write_json(out.classes, members.classes)
+    atomic_write_json(out.cv, result)

@@ -23,18 +23,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from . import metrics
-from .artefacts import atomic_torch_save, atomic_write_csv, atomic_write_json, fold_dir
-from .augment import MixBatch, build_mixup, resolve_normalization
-from .checkpoint import load_best, load_last, rng_state, save_last, set_rng_state
 from .config import Config, metric_name, save
-from .data import make_loader, reseed
-from .fold_data import FoldData, Problem, build_fold_data, load_problem, pred_frame, save_classes
-from .infer import activate, predict_loader
-from .losses import build_loss
-from .models import build_model, checkpoint_state, num_outputs, set_backbone_trainable
-from .optim import build_optimizer, build_scheduler, total_updates
-from .runtime import (
+from .core.runs import (
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_json,
+    load_best,
+    load_last,
+    remove_stale_tmp,
+    rng_state,
+    save_last,
+    set_rng_state,
+)
+from .core.runtime import (
     ShardedSampler,
     amp_dtype,
     autocast,
@@ -42,12 +43,21 @@ from .runtime import (
     init_distributed,
     is_main,
     resolve_device,
+    seed_everything,
     sync_buffers,
     world_size,
 )
-from .samplers import build_sampler
-from .seed import seed_everything
-from .tracking import Tracker
+from .core.tasks import num_outputs
+from .core.tracking import Tracker
+from .data.augment import MixBatch, build_mixup, resolve_normalization
+from .data.images import make_loader, reseed
+from .data.problem import FoldData, Problem, build_fold_data, load_problem, pred_frame, save_classes
+from .data.samplers import build_sampler
+from .modeling import metrics
+from .modeling.losses import build_loss
+from .modeling.models import build_model, checkpoint_state, set_backbone_trainable
+from .modeling.optim import build_optimizer, build_scheduler, total_updates
+from .predict import activate, predict_loader
 
 Step = Callable[[nn.Module, dict, nn.Module], dict[str, torch.Tensor]]
 
@@ -114,11 +124,12 @@ class FoldState:
 
 
 def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: Step | None = None) -> dict:
-    out = fold_dir(cfg.run_dir, fold)
-    out.mkdir(parents=True, exist_ok=True)
+    out = cfg.run.fold(fold)
+    out.path.mkdir(parents=True, exist_ok=True)
     s = setup_fold(cfg, fold, data)
     if is_main():
-        save(cfg, cfg.run_dir / "config.yaml")  # the resolved config, before anything can go wrong
+        remove_stale_tmp(out.path)  # a killed checkpoint write leaves its temporary file behind
+        save(cfg, cfg.run.config)  # the resolved config, before anything can go wrong
         save_classes(cfg, s.problem)
     model, metric = s.model, metrics.get_metric(metric_name(cfg))
     step = step or (lambda m, b, c: supervised_step(m, b, c, s.mixer))
@@ -135,16 +146,15 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
 
     state = FoldState()
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema}
-    if (out / "last.pt").exists():  # an interrupted run: carry on exactly where it stopped
-        extra = load_last(out / "last.pt", **stateful)
-        state = extra["state"]
+    if out.last.exists():  # an interrupted run: carry on exactly where it stopped
+        extra = load_last(out.last, **stateful)
+        state = FoldState(**extra["state"])
         set_rng_state(extra["rng"], s.generator)
         print(f"fold {fold}: resuming after epoch {state.epoch}")
 
     tracker = Tracker(cfg, f"fold{fold}", f"fold{fold}")
     sign = 1.0 if metric.higher_is_better else -1.0
     for epoch in tqdm(range(state.epoch, cfg.train.epochs), desc=f"fold {fold}", disable=None):
-        set_backbone_trainable(model, epoch >= cfg.model.freeze_backbone_epochs)
         for sampler in (s.loader.sampler, s.loader.batch_sampler):
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
@@ -165,7 +175,7 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
             if is_main():
                 weights = checkpoint_state(ema.module if source == "ema" else model)
                 best = {"model": weights, "epoch": epoch + 1, "score": score, "source": source}
-                atomic_torch_save(out / "best.pt", best | {"classes": s.problem.classes})
+                atomic_torch_save(out.best, best | {"classes": s.problem.classes})
         else:
             state.bad_epochs += 1
         speed = s.n_batches * cfg.train.batch_size / seconds
@@ -178,7 +188,7 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
         print(f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs} train_loss {train_loss:.4f} valid_loss "
               f"{valid_loss:.4f} {metric.name} {score:.5f} ({source}) {row['images_per_s']:.0f} img/s")  # fmt: skip
         if is_main():
-            save_last(out / "last.pt", **stateful, state=state, rng=rng_state(s.generator))
+            save_last(out.last, **stateful, state=dataclasses.asdict(state), rng=rng_state(s.generator))
         if cfg.train.early_stopping and state.bad_epochs >= cfg.train.early_stopping:
             print(f"fold {fold}: early stop, no improvement for {state.bad_epochs} epochs")
             break
@@ -187,13 +197,13 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
     barrier()
     if not is_main():
         return {"fold": fold}
-    model.load_state_dict(load_best(out / "best.pt")["model"])
+    model.load_state_dict(load_best(out.best)["model"])
     probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} oof")
     final = metrics.score(metric.name, s.data.y_valid, probs, cfg.task)
     oof = pred_frame(s.data.valid_ids, probs, s.problem.classes, cfg.data.id_col)
     oof.insert(1, "fold", fold)
-    atomic_write_json(out / "history.json", state.history)
-    atomic_write_csv(out / "oof.csv", oof)  # written last: its presence marks the fold as finished
+    atomic_write_json(out.history, state.history)
+    atomic_write_csv(out.oof, oof)  # written last: its presence marks the fold as finished
     tracker.summary({"best_score": final, "best_source": state.best_source})
     tracker.finish()
     return {"fold": fold, "score": final, "history": state.history}
@@ -204,6 +214,9 @@ def train_epoch(cfg: Config, s: FoldSetup, model: nn.Module, optimizer, schedule
     """One pass over the training loader; returns the mean loss. The schedule steps once per optimizer update,
     so gradient accumulation and the last, partial group of batches are counted right."""
     model.train()
+    # The first model.freeze_backbone_epochs train the head alone (after model.train(): frozen BatchNorm layers
+    # go back to eval mode, so their running statistics stay those of the pretrained backbone).
+    set_backbone_trainable(model, epoch >= cfg.model.freeze_backbone_epochs)
     accum, n_batches, total, seen = cfg.optim.grad_accum, s.n_batches, 0.0, 0
     bar = tqdm(s.loader, total=n_batches, desc=f"epoch {epoch + 1}", leave=False, disable=None)
     for i, batch in enumerate(bar):
@@ -247,13 +260,12 @@ def evaluate(cfg: Config, s: FoldSetup, model: nn.Module) -> tuple[float, float]
 def fold_pending(cfg: Config, fold: int, force: bool, log: Callable[[str], None] = print) -> bool:
     """Whether `fold` still needs training: a finished fold (its oof.csv) is skipped unless `force`, which first
     removes its checkpoints so nothing resumes from them."""
-    out = fold_dir(cfg.run_dir, fold)
-    if (out / "oof.csv").exists() and not force:
-        log(f"fold {fold}: already trained ({out / 'oof.csv'}); --force retrains it")
+    out = cfg.run.fold(fold)
+    if out.finished() and not force:
+        log(f"fold {fold}: already trained ({out.oof}); --force retrains it")
         return False
     if force and is_main():
-        for name in ("last.pt", "best.pt", "oof.csv"):
-            (out / name).unlink(missing_ok=True)
+        out.clear()
     barrier()
     return True
 

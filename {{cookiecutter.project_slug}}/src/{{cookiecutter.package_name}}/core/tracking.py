@@ -1,0 +1,68 @@
+"""wandb, one run per fold: group = experiment, job_type = fold<k>. Offline and disabled modes need no login.
+
+`cfg` is the experiment's Config (duck-typed: core imports nothing above it).
+
+Everything goes through `Tracker`, so the training loop never imports wandb and never breaks because of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from .runtime import is_main
+
+
+class Tracker:
+    def __init__(self, cfg: Any, name: str, job_type: str) -> None:
+        self.run: Any = None
+        mode = os.environ.get("WANDB_MODE", cfg.wandb.mode)
+        if mode == "disabled" or not is_main():
+            return
+        import wandb
+
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run = wandb.init(
+                project=cfg.wandb.project,
+                entity=cfg.wandb.entity,
+                group=cfg.exp,
+                job_type=job_type,
+                name=f"{cfg.exp}-{name}",
+                tags=list(cfg.wandb.tags),
+                config=dataclasses.asdict(cfg),
+                dir=str(cfg.run_dir),
+                mode=mode,
+                reinit="finish_previous",
+            )
+        except Exception as e:  # not logged in, no network...: train anyway, say why once
+            print(f"wandb: not logging ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            self.run = None
+
+    def log(self, values: dict[str, Any], step: int | None = None) -> None:
+        if self.run is not None:
+            self.run.log(values, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.summary.update(values)
+
+    def image(self, key: str, path: Path) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path))})
+
+    def confusion(self, y_true: list[int], y_pred: list[int], class_names: list[str]) -> None:
+        if self.run is not None:
+            import wandb
+
+            plot = wandb.plot.confusion_matrix(y_true=y_true, preds=y_pred, class_names=class_names)
+            self.run.log({"confusion_matrix": plot})
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None

@@ -1,0 +1,205 @@
+"""Image augmentation: albumentations presets (none / light / medium / heavy) and mixup / cutmix on batches.
+
+Transforms take a numpy HWC uint8 image with 1 or 3 channels (grayscale is HxWx1) and return a normalised float32
+CHW tensor. Flips and 90-degree rotations are only added when the config allows them: a mirrored digit is another
+class. Colour transforms that need RGB are skipped for grayscale.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks PyPI for a newer version on import
+
+import albumentations as A
+from albumentations.pytorch import ToTensorV2
+from timm.data.mixup import Mixup, mixup_target
+
+from ..core.errors import UserError
+from ..core.registry import Registry
+
+if TYPE_CHECKING:
+    from ..config import AugmentConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# A preset maps (config, number of channels) to the training transforms before Normalize + ToTensorV2.
+PresetFn = Callable[["AugmentConfig", int], list[Any]]
+PRESETS: Registry[PresetFn] = Registry("augment preset")
+
+
+def list_presets() -> list[str]:
+    return PRESETS.names()
+
+
+# ----------------------------------------------------------------------------------------------- normalisation
+
+
+def resolve_normalization(
+    cfg_aug: AugmentConfig, model_or_pretrained_cfg: Any, in_chans: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) with one value per input channel, on the 0..1 pixel scale.
+
+    Explicit `augment.mean` / `augment.std` win; else the timm model's `pretrained_cfg` (a model or the dict itself);
+    else ImageNet's. Three values are averaged into one for grayscale (timm sums the RGB stem weights for
+    in_chans=1, so the grey input should look like the mean of the channels) and repeated for more channels.
+    """
+    pcfg = getattr(model_or_pretrained_cfg, "pretrained_cfg", model_or_pretrained_cfg)
+    pcfg = pcfg if isinstance(pcfg, dict) else {}
+    mean = cfg_aug.mean if cfg_aug.mean is not None else pcfg.get("mean", IMAGENET_MEAN)
+    std = cfg_aug.std if cfg_aug.std is not None else pcfg.get("std", IMAGENET_STD)
+    mean_out = _adapt_channels(mean, in_chans, "augment.mean")
+    std_out = _adapt_channels(std, in_chans, "augment.std")
+    if any(s <= 0 for s in std_out):
+        raise UserError(f"config key 'augment.std' must be > 0 for every channel, got {list(std_out)}")
+    return mean_out, std_out
+
+
+def _adapt_channels(values: Sequence[float], in_chans: int, key: str) -> tuple[float, ...]:
+    vals = [float(v) for v in values]
+    if in_chans < 1:
+        raise UserError(f"config key 'model.in_chans' must be >= 1, got {in_chans}")
+    if len(vals) == in_chans:
+        return tuple(vals)
+    if len(vals) == 1:
+        return tuple(vals * in_chans)
+    if in_chans == 1:
+        return (sum(vals) / len(vals),)
+    if len(vals) == 3 and in_chans > 3:
+        reps = -(-in_chans // 3)  # ceil: cycle R, G, B like timm's adapt_input_conv repeats the stem weights
+        return tuple((vals * reps)[:in_chans])
+    raise UserError(f"config key '{key}' has {len(vals)} values; expected 1, 3 or model.in_chans={in_chans}")
+
+
+# ----------------------------------------------------------------------------------------------- transforms
+
+
+def build_transforms(cfg_aug: AugmentConfig, train: bool, mean: Sequence[float], std: Sequence[float]) -> A.Compose:
+    """The full pipeline: (train preset | deterministic resize) -> Normalize -> ToTensorV2.
+
+    The number of channels is len(mean): it decides whether RGB-only colour transforms are used.
+    """
+    n_chans = len(mean)
+    if len(std) != n_chans:
+        raise UserError(f"normalisation has {n_chans} mean values but {len(std)} std values")
+    size = cfg_aug.image_size
+    steps = PRESETS.get(cfg_aug.preset)(cfg_aug, n_chans) if train else [A.Resize(size, size)]
+    steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(steps)
+
+
+def _flips(cfg_aug: AugmentConfig) -> list[Any]:
+    out: list[Any] = []
+    if cfg_aug.hflip:
+        out.append(A.HorizontalFlip(p=0.5))
+    if cfg_aug.vflip:
+        out.append(A.VerticalFlip(p=0.5))
+    if cfg_aug.rotate90:
+        out.append(A.RandomRotate90(p=1.0))  # k drawn in 0..3, so the identity is one of the four outcomes
+    return out
+
+
+@PRESETS.register("none")
+def _preset_none(cfg_aug: AugmentConfig, n_chans: int) -> list[Any]:
+    return [A.Resize(cfg_aug.image_size, cfg_aug.image_size)]
+
+
+@PRESETS.register("light")
+def _preset_light(cfg_aug: AugmentConfig, n_chans: int) -> list[Any]:
+    s = cfg_aug.image_size
+    affine = A.Affine(scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), rotate=(-10, 10), p=0.5)
+    return [A.Resize(s, s), affine, *_flips(cfg_aug)]
+
+
+@PRESETS.register("medium")
+def _preset_medium(cfg_aug: AugmentConfig, n_chans: int) -> list[Any]:
+    s = cfg_aug.image_size
+    return [
+        A.RandomResizedCrop(size=(s, s), scale=(0.7, 1.0), ratio=(0.85, 1.18)),
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), rotate=(-15, 15), p=0.5),
+        *_flips(cfg_aug),
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.06))], p=0.3),
+        A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.1), hole_width_range=(0.05, 0.1), p=0.3),
+    ]
+
+
+@PRESETS.register("heavy")
+def _preset_heavy(cfg_aug: AugmentConfig, n_chans: int) -> list[Any]:
+    s = cfg_aug.image_size
+    color: list[Any] = [A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=0.7)]
+    if n_chans == 3:  # hue / saturation only exist for RGB
+        color.append(A.HueSaturationValue(hue_shift_limit=15, sat_shift_limit=25, val_shift_limit=15, p=0.5))
+    return [
+        A.RandomResizedCrop(size=(s, s), scale=(0.5, 1.0), ratio=(0.75, 1.33)),
+        A.Affine(scale=(0.8, 1.2), translate_percent=(-0.1, 0.1), rotate=(-30, 30), shear=(-10, 10), p=0.7),
+        *_flips(cfg_aug),
+        *color,
+        A.OneOf(
+            [A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 7)), A.GaussNoise(std_range=(0.03, 0.1))],
+            p=0.5,
+        ),
+        A.CoarseDropout(num_holes_range=(1, 8), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15), p=0.5),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------- mixup / cutmix
+
+
+class MixBatch:
+    """Mixup / cutmix of a training batch, for every task type, on top of one `timm.data.Mixup`.
+
+    `__call__(x, target) -> (x, soft_target)`; `x` (N,C,H,W) is mixed IN PLACE. The batch size must be even
+    (timm asserts it): build the training loader with `drop_last=True`.
+      multiclass: int targets (N,) -> (N,C) smoothed soft targets from timm; already-soft (N,C) float targets
+                  (pseudo labels) are smoothed and mixed with the same pairing.
+      binary / multilabel / regression: the images are mixed by timm's batch mode (sample i with sample N-1-i,
+                  one lam per batch) and the float targets linearly with that lam and pairing. Label smoothing
+                  pulls binary / multilabel targets towards 0.5 (as timm's multi_label does); regression has none.
+    The loss must take soft targets and must not smooth them again.
+    `last_lam` holds the lam of the last call (cutmix: corrected for the clipped box area).
+    """
+
+    def __init__(self, cfg_aug: AugmentConfig, task: str, num_classes: int, label_smoothing: float = 0.0) -> None:
+        self.task = task
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.last_lam = 1.0
+        self.mixup = Mixup(
+            mixup_alpha=cfg_aug.mixup_alpha,
+            cutmix_alpha=cfg_aug.cutmix_alpha,
+            prob=cfg_aug.mix_prob,
+            switch_prob=cfg_aug.switch_prob,
+            mode="batch",
+            label_smoothing=label_smoothing,  # timm's default is 0.1
+            num_classes=num_classes,  # timm's default is 1000
+        )
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(x) % 2:
+            raise ValueError(f"mixup/cutmix needs an even batch size, got {len(x)}: use drop_last=True")
+        # timm's batch mode, as Mixup.__call__ runs it, but keeping lam: x = lam * x + (1 - lam) * x.flip(0),
+        # or (cutmix) a box of x.flip(0) pasted in, lam corrected to the box's true area.
+        lam = float(self.mixup._mix_batch(x))
+        self.last_lam = lam
+        ls = self.label_smoothing
+        if self.task == "multiclass" and not torch.is_floating_point(target):
+            return x, mixup_target(target, self.num_classes, lam, ls)  # one-hot, smoothed, mixed: (N, C)
+        t = target.float()
+        if self.task == "multiclass":  # already soft (N, C): smooth like timm's one-hot would be
+            t = t * (1.0 - ls) + ls / self.num_classes
+        elif self.task in ("binary", "multilabel"):
+            t = t * (1.0 - ls) + 0.5 * ls
+        return x, t * lam + t.flip(0) * (1.0 - lam)
+
+
+def build_mixup(cfg_aug: AugmentConfig, task: str, num_classes: int, label_smoothing: float = 0.0) -> MixBatch | None:
+    """A MixBatch when mixup or cutmix is on (alpha > 0), else None. (config.validate checks the ranges.)"""
+    if cfg_aug.mixup_alpha <= 0 and cfg_aug.cutmix_alpha <= 0:
+        return None
+    return MixBatch(cfg_aug, task, num_classes, label_smoothing)

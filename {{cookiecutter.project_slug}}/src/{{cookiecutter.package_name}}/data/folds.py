@@ -1,0 +1,165 @@
+"""Cross-validation folds, written once to data/folds.csv: every later stage reads them, none recomputes them.
+
+The split's hash is stored beside it (folds.json) and copied into every run's cv.json, so OOF predictions from
+different splits are never blended, and an edited or stale folds.csv is caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+from ..core.errors import UserError
+from ..core.runs import atomic_write_csv, atomic_write_json, read_json
+from .tables import derive_classes, encode_targets, read_train
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+METHODS = ("auto", "stratified", "multilabel", "group", "stratified_group", "binned", "kfold")
+
+
+def resolve_method(cfg: Config) -> str:
+    method, grouped = cfg.folds.method, cfg.folds.group_col is not None
+    if method != "auto":
+        if method in ("group", "stratified_group") and not grouped:
+            raise UserError(f"folds.method={method} needs folds.group_col (the column whose rows must stay together)")
+        return method
+    if cfg.task == "multilabel":
+        return "group" if grouped else "multilabel"
+    if cfg.task == "regression":
+        return "stratified_group" if grouped else "binned"
+    return "stratified_group" if grouped else "stratified"
+
+
+def quantile_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Regression targets -> quantile bin ids, so each fold sees the whole range of the target."""
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, n_bins + 1)[1:-1]))
+    return np.digitize(values, edges)
+
+
+def assign_folds(
+    y: np.ndarray,
+    method: str,
+    n_folds: int,
+    seed: int,
+    groups: np.ndarray | None = None,
+    task: str = "multiclass",
+    n_bins: int = 10,
+) -> np.ndarray:
+    """Fold index per row. `y` is the encoded target (see labels.encode_targets)."""
+    strat = quantile_bins(y, n_bins) if task == "regression" else y
+    if task == "binary":
+        strat = (y > 0.5).astype(int)
+    if task == "multilabel" and method == "stratified_group":
+        raise UserError("folds.method=stratified_group is not defined for multilabel; use group or multilabel")
+    dummy = np.zeros(len(y))
+    if method == "multilabel":
+        if task != "multilabel":
+            raise UserError(f"folds.method=multilabel needs task=multilabel, not {task}")
+        splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(dummy, y)
+    elif method in ("stratified", "binned"):
+        splits = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(dummy, strat)
+    elif method == "stratified_group":
+        splits = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(dummy, strat, groups)
+    elif method == "group":
+        splits = GroupKFold(n_folds, shuffle=True, random_state=seed).split(dummy, groups=groups)
+    else:
+        splits = KFold(n_folds, shuffle=True, random_state=seed).split(dummy)
+    fold = np.full(len(y), -1, dtype=np.int64)
+    for k, (_, valid) in enumerate(splits):
+        fold[valid] = k
+    return fold
+
+
+def folds_hash(ids: pd.Series, fold: pd.Series) -> str:
+    """A hash of the (id, fold) pairs, independent of row order."""
+    pairs = sorted(zip(ids.astype(str), fold.astype(int), strict=True))
+    text = "\n".join(f"{i},{k}" for i, k in pairs)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def meta_path(cfg: Config) -> Path:
+    return Path(cfg.folds.path).with_suffix(".json")
+
+
+def make_folds(cfg: Config) -> pd.DataFrame:
+    df = read_train(cfg)
+    classes = derive_classes(cfg, df)
+    y = encode_targets(cfg, df, classes)
+    groups = None
+    if cfg.folds.group_col is not None:
+        if cfg.folds.group_col not in df.columns:
+            raise UserError(f"{cfg.data.train_csv}: folds.group_col '{cfg.folds.group_col}' is not a column")
+        groups = df[cfg.folds.group_col].astype(str).to_numpy()
+    method = resolve_method(cfg)
+    n_groups = len(np.unique(groups)) if groups is not None else len(df)
+    if n_groups < cfg.folds.n_folds:
+        raise UserError(f"folds.n_folds={cfg.folds.n_folds} but only {n_groups} rows/groups to split")
+    fold = assign_folds(y, method, cfg.folds.n_folds, cfg.folds.seed, groups, cfg.task, cfg.folds.n_bins)
+    keep = [cfg.data.id_col, *[c for c in cfg.target_cols if c in df.columns]]
+    if cfg.folds.group_col is not None:
+        keep.append(cfg.folds.group_col)
+    out = df[list(dict.fromkeys(keep))].copy()
+    out.insert(1, "fold", fold)
+    return out
+
+
+def write_folds(cfg: Config, force: bool = False) -> tuple[Path, str, bool]:
+    """Write folds.csv + folds.json; refuse to replace a different existing split unless `force`.
+
+    Returns (path, hash, written)."""
+    folds = make_folds(cfg)
+    new_hash = folds_hash(folds[cfg.data.id_col], folds["fold"])
+    path, meta = Path(cfg.folds.path), meta_path(cfg)
+    if path.exists() and not force:
+        old = pd.read_csv(path, dtype={cfg.data.id_col: str})
+        old_hash = folds_hash(old[cfg.data.id_col], old["fold"]) if "fold" in old else "?"
+        if old_hash == new_hash:
+            return path, new_hash, False
+        raise UserError(
+            f"{path} already holds a different split (hash {old_hash} != {new_hash}); OOF predictions depend on it. "
+            "Pass --force to overwrite it (and retrain every experiment)"
+        )
+    info = {
+        "hash": new_hash,
+        "method": resolve_method(cfg),
+        "n_folds": cfg.folds.n_folds,
+        "seed": cfg.folds.seed,
+        "n_rows": len(folds),
+        "group_col": cfg.folds.group_col,
+        "train_csv": cfg.data.train_csv,
+    }
+    atomic_write_csv(path, folds)
+    atomic_write_json(meta, info)
+    return path, new_hash, True
+
+
+def read_folds(cfg: Config, train: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
+    """Load folds.csv, check it was not edited since it was written and still matches train.csv."""
+    path, id_col = Path(cfg.folds.path), cfg.data.id_col
+    if not path.is_file():
+        raise UserError(f"{path} not found: run the `folds` command first (make folds)")
+    folds = pd.read_csv(path, dtype={id_col: str})
+    if id_col not in folds.columns or "fold" not in folds.columns:
+        raise UserError(f"{path}: expected columns '{id_col}' and 'fold', found {list(folds.columns)}")
+    h = folds_hash(folds[id_col], folds["fold"])
+    meta = meta_path(cfg)
+    if meta.is_file() and read_json(meta).get("hash") != h:
+        raise UserError(f"{path} was changed after it was written (hash {h} != {meta}); rerun `folds --force`")
+    if train is not None:
+        stale = set(train[id_col]) ^ set(folds[id_col])
+        if stale:
+            raise UserError(
+                f"{path} is out of date with {cfg.data.train_csv}: {len(stale)} ids differ "
+                f"(e.g. {sorted(stale)[:3]}); rerun `folds --force`"
+            )
+    return folds, h

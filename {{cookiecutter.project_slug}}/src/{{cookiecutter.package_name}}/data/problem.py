@@ -1,0 +1,136 @@
+"""What a fold trains and validates on: the competition's table, its folds, targets and image Datasets.
+
+`load_problem` reads and checks everything once (files, columns, labels, images, folds) so that bad input fails
+before a model is built; `build_fold_data` cuts it into fold k's training and validation sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from torch.utils.data import Dataset, Sampler
+
+from ..core.errors import UserError
+from ..core.runs import atomic_write_json
+from .augment import build_transforms
+from .folds import read_folds
+from .images import ImageDataset, image_paths
+from .tables import (
+    binary_positive,
+    class_counts,
+    data_path,
+    derive_classes,
+    encode_targets,
+    read_table,
+    read_train,
+    stratify_labels,
+)
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+@dataclass
+class Problem:
+    """The training table joined with its folds, and the task's encoded targets in the same row order."""
+
+    ids: list[str]
+    folds: np.ndarray
+    y: np.ndarray
+    paths: list[Path]
+    classes: list[str]
+    positive: str | None
+    folds_hash: str
+
+    def rows(self, fold: int, valid: bool) -> np.ndarray:
+        return np.flatnonzero((self.folds == fold) if valid else (self.folds != fold))
+
+
+@dataclass
+class FoldData:
+    train: Dataset
+    valid: Dataset
+    valid_ids: list[str]
+    y_valid: np.ndarray
+    sampler_labels: np.ndarray | None  # 1-D class ids of the training rows, for balancing samplers
+    class_counts: np.ndarray | None  # data.tables.class_counts of the training rows (None for regression)
+    batch_sampler: Sampler | None = None  # composes whole training batches (pseudo-labelling's batch ratio)
+
+
+def load_problem(cfg: Config) -> Problem:
+    train = read_train(cfg)
+    folds, h = read_folds(cfg, train)
+    id_col = cfg.data.id_col
+    train = train.merge(folds[[id_col, "fold"]], on=id_col, how="left", validate="one_to_one")
+    classes = derive_classes(cfg, train)
+    positive = binary_positive(cfg, train) if cfg.task == "binary" else None
+    y = encode_targets(cfg, train, classes, positive)
+    ids = train[id_col].tolist()
+    paths = image_paths(data_path(cfg, cfg.data.train_images), ids, cfg.data.image_ext, "train_images")
+    return Problem(ids, train["fold"].to_numpy(np.int64), y, paths, classes, positive, h)
+
+
+def build_fold_data(cfg: Config, problem: Problem, fold: int, mean: tuple, std: tuple) -> FoldData:
+    tr, va = problem.rows(fold, valid=False), problem.rows(fold, valid=True)
+    in_chans, cache = cfg.model.in_chans, cfg.data.cache_images
+    train_tf = build_transforms(cfg.augment, True, mean, std)
+    valid_tf = build_transforms(cfg.augment, False, mean, std)
+    paths = problem.paths
+    train_ds = ImageDataset([paths[i] for i in tr], problem.y[tr], train_tf, in_chans, cache)
+    valid_ds = ImageDataset([paths[i] for i in va], problem.y[va], valid_tf, in_chans, cache)
+    labels = stratify_labels(cfg, problem.y[tr]) if cfg.train.sampler != "none" else None
+    return FoldData(
+        train=train_ds,
+        valid=valid_ds,
+        valid_ids=[problem.ids[i] for i in va],
+        y_valid=problem.y[va],
+        sampler_labels=labels,
+        class_counts=class_counts(problem.y[tr], cfg.task, len(problem.classes)),
+    )
+
+
+def test_dataset(cfg: Config, mean: tuple, std: tuple) -> tuple[list[str], ImageDataset]:
+    test = read_table(data_path(cfg, cfg.data.test_csv), cfg.data.id_col)
+    ids = test[cfg.data.id_col].tolist()
+    paths = image_paths(data_path(cfg, cfg.data.test_images), ids, cfg.data.image_ext, "test_images")
+    tf = build_transforms(cfg.augment, False, mean, std)
+    return ids, ImageDataset(paths, None, tf, cfg.model.in_chans, cfg.data.cache_images)
+
+
+def save_classes(cfg: Config, problem: Problem) -> None:
+    info = {"task": cfg.task, "classes": problem.classes, "positive": problem.positive}
+    atomic_write_json(cfg.run.classes, info)
+
+
+def pred_frame(ids: list[str], probs: np.ndarray, classes: list[str], id_col: str) -> pd.DataFrame:
+    """Predictions as a table: the id, then one column per class/label/target (see README, 'Artefacts')."""
+    probs = probs.reshape(len(ids), -1)
+    df = pd.DataFrame(probs, columns=classes)
+    df.insert(0, id_col, ids)
+    return df
+
+
+def oof_truth(
+    cfg: Config, ids: list[str], classes: dict, trained_on: str | None, where: str
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Targets and folds (from folds.csv) of the OOF rows `ids`, encoded with the run's `classes` (classes.json),
+    and the folds hash, which must be the one the run was trained on (`trained_on`, from its cv.json)."""
+    train = read_train(cfg)
+    folds, folds_hash = read_folds(cfg, train)
+    if trained_on != folds_hash:
+        raise UserError(
+            f"{where} was trained on folds hash {trained_on} but {cfg.folds.path} has hash {folds_hash}: "
+            "retrain it on the current folds"
+        )
+    id_col = cfg.data.id_col
+    unknown = set(ids) - set(train[id_col])
+    if unknown:
+        raise UserError(f"{where} has ids not in {cfg.data.train_csv}, e.g. {sorted(unknown)[:3]}")
+    rows = train.set_index(id_col).loc[ids].reset_index()
+    y = encode_targets(cfg, rows, list(classes["classes"]), classes.get("positive"))
+    fold = folds.set_index(id_col).loc[ids, "fold"].to_numpy(np.int64)
+    return y, fold, folds_hash

@@ -1,0 +1,157 @@
+"""Reading the competition's tables and turning its target column(s) into arrays, for every task type.
+
+Class names and their order are derived here, once, from the training table; every prediction file uses
+them as column names (see `pred_columns`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ..core.errors import UserError
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+def data_path(cfg: Config, name: str) -> Path:
+    p = Path(name)
+    return p if p.is_absolute() else Path(cfg.data.dir) / p
+
+
+def read_table(path: Path, id_col: str, required: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV with the id column as string; a missing file or column is a one-line error."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (check data.dir and the data.* file keys)")
+    df = pd.read_csv(path, dtype={id_col: str}, keep_default_na=False, na_values=[""])
+    missing = [c for c in (id_col, *required) if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: column(s) {missing} not found; columns are {list(df.columns)}")
+    dup = df[id_col][df[id_col].duplicated()]
+    if len(dup):
+        raise UserError(f"{path}: {len(dup)} duplicate ids in column '{id_col}', first: {list(dup[:3])}")
+    return df
+
+
+def read_train(cfg: Config) -> pd.DataFrame:
+    path = data_path(cfg, cfg.data.train_csv)
+    df = read_table(path, cfg.data.id_col, cfg.target_cols)
+    for col in cfg.target_cols:
+        bad = df.index[df[col].isna()]
+        if len(bad):
+            raise UserError(f"{path}: column '{col}' has {len(bad)} empty/NaN labels, first at row {bad[0] + 2}")
+    return df
+
+
+def _sort_classes(values: list) -> list[str]:
+    """Numeric labels sort as numbers (2 before 10), the rest as strings."""
+    try:
+        return [str(v) for v in sorted(values, key=float)]
+    except (TypeError, ValueError):
+        return sorted(str(v) for v in values)
+
+
+def _as_label_str(series: pd.Series) -> pd.Series:
+    """Labels as strings, with 1.0 read as '1' so float-parsed integer columns match their classes."""
+
+    def norm(v: object) -> str:
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        return str(v)
+
+    return series.map(norm)
+
+
+def _is_multi_hot(cfg: Config) -> bool:
+    return cfg.task == "multilabel" and not isinstance(cfg.data.target_col, str)
+
+
+def derive_classes(cfg: Config, df: pd.DataFrame) -> list[str]:
+    """Prediction column names, in order: classes (multiclass), labels (multilabel), the target (binary, regression)."""
+    col = cfg.target_cols[0]
+    if cfg.task in ("binary", "regression"):
+        return [col]
+    if _is_multi_hot(cfg):
+        return list(cfg.target_cols)
+    if cfg.task == "multilabel":
+        tags = {t for cell in df[col].astype(str) for t in _split_tags(cell, cfg.data.label_sep)}
+        return _sort_classes(list(tags))
+    return _sort_classes(list(_as_label_str(df[col]).unique()))
+
+
+def _split_tags(cell: str, sep: str) -> list[str]:
+    return [t for t in (cell.split(sep) if sep.strip() else cell.split()) if t]
+
+
+def binary_positive(cfg: Config, df: pd.DataFrame) -> str:
+    """The positive class of a binary target: the larger of its two values (1, True, 'yes' after sorting)."""
+    col = cfg.target_cols[0]
+    values = _sort_classes(list(_as_label_str(df[col]).unique()))
+    if len(values) > 2:
+        raise UserError(f"column '{col}' has {len(values)} distinct values {values[:5]}...; task=binary expects 2")
+    return values[-1]
+
+
+def encode_targets(cfg: Config, df: pd.DataFrame, classes: list[str], positive: str | None = None) -> np.ndarray:
+    """The task's target array for the rows of `df` (formats: see README, 'Task formats')."""
+    col = cfg.target_cols[0]
+    where = f"{cfg.data.train_csv}: column '{col}'"
+    if cfg.task == "multiclass":
+        index = {c: i for i, c in enumerate(classes)}
+        labels = _as_label_str(df[col])
+        unknown = sorted(set(labels) - set(index))
+        if unknown:
+            raise UserError(f"{where} has labels {unknown[:5]} not among the classes {classes[:10]}")
+        return labels.map(index).to_numpy(np.int64)
+    if cfg.task == "binary":
+        positive = positive if positive is not None else binary_positive(cfg, df)
+        return (_as_label_str(df[col]) == positive).to_numpy(np.float32)
+    if cfg.task == "regression":
+        values = pd.to_numeric(df[col], errors="coerce")
+        if values.isna().any():
+            raise UserError(f"{where} has non-numeric values, first: {df[col][values.isna()].iloc[0]!r}")
+        return values.to_numpy(np.float32)
+    if _is_multi_hot(cfg):
+        block = df[list(classes)]
+        if not block.isin([0, 1]).all().all():
+            raise UserError(f"{cfg.data.train_csv}: columns {list(classes)} must hold only 0/1 for task=multilabel")
+        return block.to_numpy(np.float32)
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.zeros((len(df), len(classes)), np.float32)
+    for r, cell in enumerate(df[col].astype(str)):
+        for tag in _split_tags(cell, cfg.data.label_sep):
+            if tag not in index:
+                raise UserError(f"{where} row {r + 2} has tag {tag!r} not among the labels {classes[:10]}")
+            y[r, index[tag]] = 1.0
+    return y
+
+
+def class_counts(y: np.ndarray, task: str, n_classes: int) -> np.ndarray | None:
+    """How often each class occurs in targets `y` (soft targets count fractionally): multiclass (C,) rows per
+    class; binary and multilabel (2, L) negatives then positives per output (L = 1 for binary); regression None.
+    The loss's `class_weight: balanced` and the balancing samplers both count with this."""
+    y = np.asarray(y, dtype=np.float64)
+    if task == "multiclass":
+        return y.sum(0) if y.ndim == 2 else np.bincount(y.astype(np.int64), minlength=n_classes).astype(np.float64)
+    if task in ("binary", "multilabel"):
+        y = y.reshape(len(y), -1)
+        return np.stack([len(y) - y.sum(0), y.sum(0)])
+    return None
+
+
+def stratify_labels(cfg: Config, y: np.ndarray) -> np.ndarray:
+    """A 1-D integer label per row for samplers: class (multiclass/binary), rarest positive label (multilabel)."""
+    if cfg.task == "multiclass":
+        return y.astype(np.int64)
+    if cfg.task == "binary":
+        return (y > 0.5).astype(np.int64)
+    if cfg.task == "multilabel":
+        freq = y.sum(0)
+        rarity = np.where(y > 0.5, freq[None, :], np.inf)
+        rarest = rarity.argmin(1)
+        return np.where(np.isinf(rarity.min(1)), len(freq), rarest).astype(np.int64)
+    raise UserError("train.sampler balances classes; task=regression has none (use train.sampler=none)")

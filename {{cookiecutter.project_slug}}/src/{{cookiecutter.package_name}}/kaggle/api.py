@@ -1,0 +1,153 @@
+"""Every network call to Kaggle, in one place (the upload folder itself is built in offline.py).
+
+`import kaggle` reads the credentials as it is imported, so it happens only inside `_client()`: the rest of the
+package (and its tests) never needs a Kaggle account. Nothing here prints, logs or writes a credential.
+Dataset uploads use `dir_mode="zip"`: Kaggle's default ("skip") silently drops sub-folders such as `src/`.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..core.errors import UserError
+from ..core.runs import read_json
+from ..submission import check_submission_file, default_message
+
+CREDENTIALS_HELP = (
+    "Kaggle credentials not found or not accepted: set KAGGLE_API_TOKEN (or ~/.kaggle/access_token), or "
+    "KAGGLE_USERNAME and KAGGLE_KEY (or ~/.kaggle/kaggle.json); see kaggle.com > Settings > API"
+)
+DATASET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]{4,48}[a-z0-9]$")
+METADATA = "dataset-metadata.json"  # the upload folder's own file, read by `kaggle datasets create`
+
+
+def _client() -> Any:
+    """The authenticated `kaggle.api` object: the single place that imports (and so authenticates) kaggle."""
+    try:
+        import kaggle
+
+        api = kaggle.api
+        # kaggle >= 2 swallows a failed authentication at import; older versions raise there instead.
+        if not getattr(api, "_authenticated", True):
+            api.authenticate()
+    except (Exception, SystemExit) as e:  # authenticate() calls exit(1) when nothing is configured
+        raise UserError(f"{CREDENTIALS_HELP} ({type(e).__name__})") from None
+    return api
+
+
+def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one API call; an HTTP or API error becomes a one-line UserError (the text holds no credentials)."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError:
+        raise
+    except (Exception, SystemExit) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        hint = ""
+        if any(code in first for code in ("401", "403")):
+            hint = " (accept the competition rules on kaggle.com first, and check the credentials)"
+        raise UserError(f"kaggle {what} failed: {first}{hint}") from None
+
+
+def _check_response(what: str, response: Any) -> None:
+    error = getattr(response, "error", None)
+    if error:
+        raise UserError(f"kaggle {what} failed: {error}")
+
+
+def download(competition: str, dest_dir: str | Path) -> Path:
+    """Download the competition's files into `dest_dir`, unzipped, the zip removed. Returns `dest_dir`."""
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    api = _client()
+    # Unzipped here rather than with unzip=True, which older kaggle versions lack.
+    _call("download", api.competition_download_files, competition, path=str(dest), quiet=False)
+    archive = dest / f"{competition}.zip"
+    if archive.is_file():
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(dest)  # zipfile drops absolute paths and '..' parts
+        archive.unlink()
+    return dest
+
+
+def competition_submit(competition: str, file: str | Path, message: str) -> str:
+    """Submit `file` to `competition`; returns Kaggle's answer (empty when it says nothing)."""
+    file = Path(file)
+    if not file.is_file():
+        raise UserError(f"{file}: submission file not found")
+    api = _client()
+    response = _call("submit", api.competition_submit, file_name=str(file), message=message, competition=competition)
+    return str(getattr(response, "message", "") or "")
+
+
+def submit(
+    cfg: Config,
+    path: str | Path,
+    message: str | None = None,
+    dry_run: bool = False,
+    competition: str | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
+    """Check the file against the sample submission, then send it to Kaggle with the CV in the message.
+
+    `competition` defaults to the config's `competition` key."""
+    path = Path(path)
+    check_submission_file(cfg, path)
+    message = message if message is not None else default_message(cfg, path.stem)
+    competition = competition or cfg.competition
+    if dry_run:
+        log(f"dry run: would submit {path} to {competition or '(no competition set)'} with message {message!r}")
+        return message
+    if not competition:
+        raise UserError("no competition id to submit to: set the config key 'competition' (the Kaggle slug)")
+    answer = competition_submit(competition, path, message)
+    log(f"submitted {path} to {competition}: {message}" + (f" ({answer})" if answer else ""))
+    return message
+
+
+def dataset_create_or_version(folder: str | Path, message: str) -> str:
+    """Create the dataset described by `folder/dataset-metadata.json`, or add a version if it exists.
+
+    Returns the dataset's URL."""
+    folder = Path(folder)
+    meta = folder / METADATA
+    if not meta.is_file():
+        raise UserError(f"{meta} not found: build the folder with package_for_dataset first")
+    dataset_id = read_json(meta).get("id", "")
+    api = _client()
+    try:
+        api.dataset_status(dataset_id)  # raises (HTTP 404) when the dataset does not exist yet
+        exists = True
+    except Exception:
+        exists = False
+    if exists:
+        response = _call(
+            "datasets version",
+            api.dataset_create_version,
+            str(folder),
+            version_notes=message,
+            quiet=False,
+            dir_mode="zip",
+        )
+    else:
+        response = _call(
+            "datasets create", api.dataset_create_new, str(folder), public=False, quiet=False, dir_mode="zip"
+        )
+    _check_response("datasets create/version", response)
+    return str(getattr(response, "url", "") or f"https://www.kaggle.com/datasets/{dataset_id}")
+
+
+def kernel_push(folder: str | Path) -> str:
+    """Push the notebook in `folder` (with its kernel-metadata.json); returns the kernel's URL."""
+    folder = Path(folder)
+    if not (folder / "kernel-metadata.json").is_file():
+        raise UserError(f"{folder / 'kernel-metadata.json'} not found: the folder must hold the kernel's metadata")
+    api = _client()
+    response = _call("kernels push", api.kernels_push, str(folder))
+    _check_response("kernels push", response)
+    return str(getattr(response, "url", "") or "")

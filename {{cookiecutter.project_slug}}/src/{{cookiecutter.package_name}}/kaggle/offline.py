@@ -1,0 +1,318 @@
+"""The offline inference notebook of a code competition (notebooks/inference.py) and `push-notebook`.
+
+The upload dataset (`package_for_dataset`, below; `upload` sends it) holds the package's Python files, the packaged
+runs and the folds. On Kaggle it is mounted read-only, so each packaged experiment is staged into a writable folder
+(its small files copied, its checkpoints linked) where the ordinary `predict.predict_test` and
+`submission.make_submission` run unchanged: the notebook predicts exactly as `make predict` and `make-submission`
+do locally.
+
+    notebooks/inference.py          the notebook (percent format), the single source of the Kaggle kernel
+    notebooks/kernel-metadata.json  kernel id, title, dataset and competition, internet off (push-notebook fills it)
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import Config, load
+from ..core.errors import UserError
+from ..core.runs import PACKAGED, Run, atomic_write_csv, atomic_write_json, folds_meta_path, read_json, read_pred_csv
+from ..ensemble import combine, to_ranks
+from ..predict import predict_test
+from ..submission import make_submission
+from . import api as kaggle_api
+from .api import DATASET_ID, METADATA
+
+PACKAGED_FOLDS = "folds.csv"  # in the upload dataset's root
+KERNEL_METADATA = "kernel-metadata.json"
+CODE_FILE = "inference.py"
+MEAN_NAME = "notebook-mean"
+KERNEL_SLUG_MAX = 50
+
+
+def packaged_experiments(dataset_dir: str | Path) -> list[str]:
+    """What `upload --exps` packaged: every run folder, less the members of a packaged ensemble (they are there
+    only so that the ensemble can be recomputed)."""
+    dataset_dir = Path(dataset_dir)
+    runs = sorted(p.name for p in dataset_dir.glob("*") if Run(p).classes.is_file())
+    used = {m for r in runs for m in Run(dataset_dir / r).members()}
+    found = [r for r in runs if r not in used]
+    if not found:
+        raise UserError(f"{dataset_dir}: no packaged experiment (<exp>/classes.json); build it with `upload`")
+    return found
+
+
+def config_path(dataset_dir: str | Path, exp: str) -> Path:
+    """The experiment's resolved config.yaml; for an ensemble (which has none) its first member's."""
+    run = Run(Path(dataset_dir) / exp)
+    if run.is_experiment():
+        return run.config
+    members = run.members()
+    if not members:
+        raise UserError(f"{run.path}: neither {run.config.name} nor {run.weights.name}; not a packaged experiment")
+    return config_path(dataset_dir, members[0])
+
+
+def find_data_dir(dataset_dir: str | Path, exp: str, root: str | Path = "/kaggle/input") -> Path:
+    """The competition's folder under `root`: root/<competition> (the config's `competition`), else the one folder
+    (up to three levels down) holding the sample submission."""
+    cfg, root = load(config_path(dataset_dir, exp)), Path(root)
+    sample = Path(cfg.data.sample_submission).name
+    if cfg.competition and (root / cfg.competition / sample).is_file():
+        return root / cfg.competition
+    hits = sorted({p.parent for depth in (1, 2, 3) for p in root.glob("*/" * depth + sample)})
+    named = [h for h in hits if cfg.competition and cfg.competition in h.parts]
+    if len(named) == 1 or len(hits) == 1:
+        return (named or hits)[0]
+    raise UserError(f"{len(hits)} folders under {root} hold {sample} ({hits[:3]}); set INFER_DATA_DIR")
+
+
+def load_packaged_config(
+    dataset_dir: str | Path, exp: str, data_dir: str | Path, output_dir: str | Path, overrides: Sequence[str] = ()
+) -> Config:
+    """A packaged experiment's config, pointed at the competition data and a writable output_dir; wandb off,
+    device auto. `overrides` (key=value) come last and win."""
+    base = [f"data.dir={data_dir}", f"output_dir={output_dir}", "wandb.mode=disabled", "device=auto"]
+    folds = Path(dataset_dir) / PACKAGED_FOLDS
+    if folds.is_file():  # only read to tune thresholds on OOF, when the upload carries the folds
+        base.append(f"folds.path={folds}")
+    return load(config_path(dataset_dir, exp), [*base, *overrides])
+
+
+def stage_run(src: Run, dest: Run) -> Run:
+    """A writable stand-in for the read-only run folder `src`: small files copied, fold checkpoints linked
+    (copied where the file system has no links)."""
+    dest.path.mkdir(parents=True, exist_ok=True)
+    for name in PACKAGED:
+        if (src.path / name).is_file():
+            shutil.copy2(src.path / name, dest.path / name)
+    for k in src.fold_numbers():
+        ckpt, link = src.fold(k).best, dest.fold(k).best
+        if not ckpt.is_file():
+            continue
+        link.parent.mkdir(exist_ok=True)
+        link.unlink(missing_ok=True)
+        try:
+            link.symlink_to(ckpt.resolve())
+        except OSError:
+            shutil.copy2(ckpt, link)
+        if src.fold(k).oof.is_file():  # marks the fold finished, as in the run it was packaged from
+            shutil.copy2(src.fold(k).oof, dest.fold(k).oof)
+    return dest
+
+
+def predict_packaged(
+    dataset_dir: str | Path,
+    exp: str,
+    data_dir: str | Path,
+    output_dir: str | Path,
+    overrides: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+    _done: dict[str, Config] | None = None,
+) -> Config:
+    """output_dir/<exp>/test_pred.csv from the packaged experiment: its fold models x TTA views, as `predict` does;
+    an ensemble predicts its members, then blends them with its recorded weights. Returns the config used."""
+    done = {} if _done is None else _done
+    if exp in done:
+        return done[exp]
+    dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
+    run = stage_run(Run(dataset_dir / exp), Run(output_dir / exp))
+    members = run.members()
+    if members:
+        cfgs = [predict_packaged(dataset_dir, m, data_dir, output_dir, overrides, log, done) for m in members]
+        info = run.read_weights()
+        blend_test(cfgs[0], exp, members, info["weights"], bool(info.get("rank", False)))
+        cfg = cfgs[0]
+    else:
+        cfg = load_packaged_config(dataset_dir, exp, data_dir, output_dir, overrides)
+        predict_test(cfg)
+        for k in run.fold_numbers():  # only needed to predict; keeps the kernel's output small
+            run.fold(k).best.unlink(missing_ok=True)
+    log(f"{exp}: {run.test_pred}")
+    done[exp] = cfg
+    return cfg
+
+
+def blend_test(cfg: Config, name: str, members: list[str], weights: Sequence[float], rank: bool = False) -> Path:
+    """output_dir/<name>/test_pred.csv: the members' test predictions combined as `ensemble.blend` does."""
+    runs, id_col = [Run.named(cfg.output_dir, m) for m in members], cfg.data.id_col
+    cols = list(runs[0].read_classes()["classes"])
+    tests = [read_pred_csv(r.test_pred, id_col, cols) for r in runs]
+    ids = tests[0][id_col].tolist()
+    preds = np.stack([t.set_index(id_col).loc[ids, cols].to_numpy(np.float64) for t in tests])
+    frame = pd.DataFrame(combine(to_ranks(preds) if rank else preds, np.asarray(weights)), columns=cols)
+    frame.insert(0, id_col, ids)
+    return atomic_write_csv(Run.named(cfg.output_dir, name).test_pred, frame)
+
+
+def average(cfg: Config, exps: Sequence[str], name: str = MEAN_NAME) -> str:
+    """One experiment: itself. Several: their equally weighted mean, written as an ensemble folder `name`."""
+    exps = list(exps)
+    if len(exps) == 1:
+        return exps[0]
+    classes = [Run.named(cfg.output_dir, e).read_classes() for e in exps]
+    if any(c["classes"] != classes[0]["classes"] for c in classes):
+        raise UserError(f"experiments {exps} predict different columns; only like experiments can be averaged")
+    out = Run.named(cfg.output_dir, name)
+    atomic_write_json(out.classes, classes[0])
+    atomic_write_json(out.weights, {"method": "mean", "members": exps, "weights": [1 / len(exps)]})
+    blend_test(cfg, name, exps, [1.0 / len(exps)] * len(exps))
+    return name
+
+
+def write_submission(cfg: Config, exp: str, work_dir: str | Path, log: Callable[[str], None] = print) -> Path:
+    """work_dir/submission.csv from output_dir/<exp>/test_pred.csv, validated against the sample submission."""
+    try:
+        return make_submission(cfg, exp, name="submission", out_dir=work_dir, log=log)
+    except UserError as e:
+        if Run.named(cfg.output_dir, exp).oof.is_file():
+            raise
+        raise UserError(
+            f"{e} (the upload has no oof.csv for {exp!r}: thresholds tuned on OOF cannot be recomputed here; "
+            "set INFER_OVERRIDES='submit.tune_thresholds=false' or upload the OOF predictions)"
+        ) from None
+
+
+def _check_id(value: str, what: str, flag: str) -> None:
+    if not DATASET_ID.match(value):
+        raise UserError(f"{flag} {value!r}: a {what} id looks like '<kaggle-user>/<slug>', slug 6-50 of a-z 0-9 -")
+
+
+def kernel_metadata(cfg: Config, base: dict, dataset_id: str, kernel_id: str | None, title: str | None) -> dict:
+    """`base` (the folder's kernel-metadata.json) with the kernel's id and title, the upload dataset and the
+    competition filled in. Internet stays off: code competitions refuse kernels that have it on."""
+    if not cfg.competition:
+        raise UserError("config key 'competition' is empty; set it to the Kaggle competition slug")
+    _check_id(dataset_id, "dataset", "--dataset")
+    if kernel_id is None:
+        slug = re.sub(r"[^a-z0-9-]+", "-", f"{cfg.competition.lower()}-inference")[:KERNEL_SLUG_MAX].strip("-")
+        kernel_id = f"{dataset_id.split('/')[0]}/{slug}"
+    _check_id(kernel_id, "kernel", "--kernel")
+    meta = dict(base)
+    meta.update(
+        id=kernel_id,
+        title=title or kernel_id.split("/")[1].replace("-", " "),  # Kaggle derives the slug from the title
+        code_file=base.get("code_file", CODE_FILE),
+        enable_internet=False,
+        dataset_sources=[dataset_id],
+        competition_sources=[cfg.competition],
+    )
+    return meta
+
+
+def push_notebook(
+    cfg: Config,
+    dataset_id: str,
+    kernel_id: str | None = None,
+    title: str | None = None,
+    folder: str | Path = "notebooks",
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Refresh folder/kernel-metadata.json and, unless `dry_run`, push the folder's notebook to Kaggle.
+    Returns the metadata file."""
+    folder = Path(folder)
+    path = folder / KERNEL_METADATA
+    base = read_json(path) if path.is_file() else {"language": "python", "kernel_type": "script", "is_private": True}
+    code = folder / base.get("code_file", CODE_FILE)
+    if not code.is_file():
+        raise UserError(f"{code} not found: --folder must hold the notebook (render with code_competition=True)")
+    meta = kernel_metadata(cfg, base, dataset_id, kernel_id, title)
+    atomic_write_json(path, meta)
+    log(f"{path}: kernel {meta['id']}, dataset {dataset_id}, competition {cfg.competition}")
+    if dry_run:
+        log(f"dry run: would push {folder} (kaggle kernels push -p {folder})")
+    else:
+        log(kaggle_api.kernel_push(folder))
+    return path
+
+
+# --- the upload dataset --------------------------------------------------------------------------------------
+
+
+def check_dataset_id(dataset_id: str, title: str) -> None:
+    """Kaggle's own rules, checked before packaging gigabytes: id '<user>/<slug>', slug and title 6-50 characters."""
+    if not DATASET_ID.match(dataset_id):
+        raise UserError(
+            f"dataset id {dataset_id!r} must look like '<kaggle-user>/<slug>', "
+            "the slug 6-50 characters of a-z, 0-9 and '-'"
+        )
+    if not 6 <= len(title) <= 50:
+        raise UserError(f"dataset title {title!r} must be 6-50 characters long (Kaggle's limit)")
+
+
+def _copy_run(run: Run, out: Run) -> None:
+    """The finished folds' checkpoints and the run's small files (runs.PACKAGED)."""
+    checkpoints = run.checkpoints()
+    if not checkpoints and not run.is_ensemble():
+        raise UserError(f"{run.path}: no finished fold (fold<k>/best.pt + oof.csv); train the experiment first")
+    out.path.mkdir(parents=True, exist_ok=True)
+    for k, ckpt in checkpoints.items():  # with its oof.csv, which marks the fold finished
+        out.fold(k).path.mkdir(exist_ok=True)
+        shutil.copy2(ckpt, out.fold(k).best)
+        shutil.copy2(run.fold(k).oof, out.fold(k).oof)
+    for name in PACKAGED:
+        if (run.path / name).is_file():
+            shutil.copy2(run.path / name, out.path / name)
+
+
+def _copy_python_files(package: Path, dest: Path) -> None:
+    """The package's Python files only: nothing else that sits in the source tree (a stray .env, notes, caches)."""
+    for src in sorted(package.rglob("*.py")):
+        if "__pycache__" in src.parts:
+            continue
+        target = dest / src.relative_to(package)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+
+
+def _fresh_dir(dest: Path) -> None:
+    """Empty `dest` only when it is a previous package (has dataset-metadata.json): never a random folder."""
+    if dest.exists():
+        if not dest.is_dir() or (any(dest.iterdir()) and not (dest / METADATA).is_file()):
+            raise UserError(f"{dest} exists and is not an upload folder made by this command; choose another path")
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+
+
+def package_for_dataset(cfg: Config, exps: Iterable[str], dest: str | Path, dataset_id: str, title: str) -> Path:
+    """Build a Kaggle dataset folder for offline inference:
+
+    dest/src/<package>/...              this package's Python files
+    dest/<exp>/fold<k>/best.pt          each experiment's finished folds' checkpoints
+    dest/<exp>/...                      its small files (runs.PACKAGED; an ensemble's members follow it)
+    dest/folds.csv (+ folds.json)       the split the OOF predictions belong to
+    dest/dataset-metadata.json          {"title", "id", "licenses"}
+    """
+    exps = list(exps)
+    if not exps:
+        raise UserError("upload needs at least one experiment name")
+    check_dataset_id(dataset_id, title)
+    dest = Path(dest)
+    _fresh_dir(dest)
+    package = Path(__file__).resolve().parents[1]
+    _copy_python_files(package, dest / "src" / package.name)
+    queue, seen = list(exps), set()
+    while queue:  # an ensemble brings its members along, so its test predictions can be recomputed offline
+        exp = queue.pop(0)
+        if exp in seen:
+            continue
+        seen.add(exp)
+        run = Run.named(cfg.output_dir, exp)
+        if not run.path.is_dir():
+            raise UserError(f"{run.path} not found: no experiment {exp!r} under output_dir={cfg.output_dir}")
+        _copy_run(run, Run(dest / exp))
+        queue.extend(run.members())
+    if Path(cfg.folds.path).is_file():  # the split the OOF predictions belong to
+        shutil.copy2(cfg.folds.path, dest / PACKAGED_FOLDS)
+        if folds_meta_path(cfg.folds.path).is_file():
+            shutil.copy2(folds_meta_path(cfg.folds.path), folds_meta_path(dest / PACKAGED_FOLDS))
+    metadata = {"title": title, "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}
+    atomic_write_json(dest / METADATA, metadata)
+    return dest

@@ -1,0 +1,79 @@
+"""The model factory: any timm backbone, its head sized for the task; the classifier head, and freezing."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import timm
+import torch
+from torch import nn
+
+from ..core.errors import UserError
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+def build_model(cfg: Config, n_outputs: int, pretrained: bool | None = None) -> nn.Module:
+    m = cfg.model
+    try:
+        model = timm.create_model(
+            m.backbone,
+            pretrained=m.pretrained if pretrained is None else pretrained,
+            num_classes=n_outputs,
+            in_chans=m.in_chans,
+            drop_rate=m.drop_rate,
+            drop_path_rate=m.drop_path_rate or None,
+        )
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise UserError(f"model.backbone={m.backbone!r} is not a timm model (see timm.list_models())") from None
+        raise
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside torch.compile / DistributedDataParallel wrappers (their names carry prefixes)."""
+    model = getattr(model, "_orig_mod", model)
+    if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def head_modules(model: nn.Module) -> list[nn.Module]:
+    """timm's classifier head: `get_classifier()`, which distilled ViTs return as a tuple (head, head_dist).
+    A model without `get_classifier()` is all head (nothing to freeze, one learning rate)."""
+    model = unwrap(model)
+    get = getattr(model, "get_classifier", None)
+    if get is None:
+        return [model]
+    heads = get()
+    heads = heads if isinstance(heads, tuple | list) else (heads,)
+    return [h for h in heads if isinstance(h, nn.Module)]
+
+
+def head_parameter_ids(model: nn.Module) -> set[int]:
+    """id() of every parameter of the classifier head (freezing and the optimizer's parameter groups share it)."""
+    return {id(p) for h in head_modules(model) for p in h.parameters()}
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze (or unfreeze) everything but the classifier head. A frozen backbone's normalisation layers are put in
+    eval mode too, so their running statistics stay as they were; call it after `model.train()`."""
+    model = unwrap(model)
+    head_ids = head_parameter_ids(model)
+    head_module_ids = {id(m) for h in head_modules(model) for m in h.modules()}
+    for p in model.parameters():
+        if id(p) not in head_ids:
+            p.requires_grad_(trainable)
+    if not trainable:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) and id(m) not in head_module_ids:
+                m.eval()
+
+
+def checkpoint_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict of the underlying model, whatever wraps it (DDP, torch.compile)."""
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    return {k: v.detach().cpu() for k, v in inner.state_dict().items()}

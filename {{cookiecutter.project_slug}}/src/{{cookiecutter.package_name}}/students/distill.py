@@ -1,0 +1,95 @@
+"""Knowledge distillation: a student (any timm model) learns from the outputs of teacher experiments.
+
+    distill -c configs/exp003.yaml --teacher exp001 [exp002 ...]
+
+Leak-free by construction: fold k's student trains on fold k's training rows, and their teacher logits come from
+fold k's teacher models only (teachers.py: finding them, the provenance checks, the cache, the lineage record).
+The ensemble teacher's logits are the weighted mean of its members' fold-k logits, computed once, without TTA.
+
+Loss: alpha * T^2 * KL(p_teacher,T || p_student,T) + (1 - alpha) * task loss (multiclass); the sigmoid/BCE analogue
+for binary and multilabel; MSE to the teacher's value for regression (losses.distillation_loss).
+With `distill.use_test` the test images join training with the teacher's soft outputs only (no task loss on them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset
+
+from ..config import Config
+from ..core.errors import UserError
+from ..data.problem import FoldData, Problem, build_fold_data, load_problem
+from ..modeling.losses import distillation_loss
+from ..train import Step
+from .teachers import (
+    Log,
+    start_lineage,
+    student_normalization,
+    student_rows,
+    teacher_logits,
+    train_students,
+    unlabelled_images,
+)
+
+# --- distillation ----------------------------------------------------------------------------------------------------
+
+
+def distill_step(task: str, alpha: float, temperature: float) -> Step:
+    """alpha * distillation loss on every row + (1 - alpha) * task loss on the labelled rows."""
+
+    def step(model: torch.nn.Module, batch: dict, criterion: torch.nn.Module) -> dict[str, torch.Tensor]:
+        logits = model(batch["image"])
+        kd = distillation_loss(logits, batch["teacher"], task, temperature)
+        labelled = batch["labelled"] > 0.5
+        if bool(labelled.any()):
+            task_loss = criterion(logits[labelled], batch["target"][labelled])
+        else:
+            task_loss = logits.sum() * 0.0
+        return {"loss": alpha * kd + (1 - alpha) * task_loss, "kd": kd.detach(), "task": task_loss.detach()}
+
+    return step
+
+
+def build_distill_fold(
+    cfg: Config, problem: Problem, fold: int, leaves: dict[str, float], mean: tuple, std: tuple
+) -> tuple[FoldData, dict]:
+    """Fold k's data with each training row's teacher logits (from fold k's teachers), + test rows if use_test."""
+    data = build_fold_data(cfg, problem, fold, mean, std)
+    ids = [problem.ids[i] for i in problem.rows(fold, valid=False)]
+    teach = teacher_logits(cfg, leaves, fold, ids, "train")
+    teach.check_fold(fold)
+    data.train.extras.update(teacher=teach.values, labelled=np.ones(len(ids), np.float32))
+    record: dict = {"train_rows": len(ids), "sources": teach.sources, "test_rows": 0}
+    if not cfg.distill.use_test:
+        return data, record
+    test = unlabelled_images(cfg)  # the test set
+    soft = teacher_logits(cfg, leaves, fold, test.ids, "test")
+    soft.check_fold(fold)
+    dummy = np.zeros((len(test.ids), *problem.y.shape[1:]), problem.y.dtype)  # never scored: labelled = 0
+    labelled = np.zeros(len(test.ids), np.float32)
+    test_rows = student_rows(cfg, test.paths, dummy, mean, std, teacher=soft.values, labelled=labelled)
+    record.update(test_rows=len(test.ids), test_sources=soft.sources)
+    # The class-balancing sampler knows the labelled rows only; the test rows are drawn like the rest.
+    return dataclasses.replace(data, train=ConcatDataset([data.train, test_rows]), sampler_labels=None), record
+
+
+def run_distill(
+    cfg: Config, teachers: Sequence[str] = (), log: Log = print, folds: Sequence[int] | None = None, force: bool = False
+) -> dict:
+    """Train the student `cfg` on every fold (or `folds`) from `teachers` (default: distill.teachers);
+    outputs/<exp>/ gets the usual experiment files plus lineage.json. Returns the cv.json summary."""
+    names = list(teachers) or list(cfg.distill.teachers)
+    if not names:
+        raise UserError("distill needs a teacher: --teacher EXP [EXP ...] or config key 'distill.teachers'")
+    problem = load_problem(cfg)
+    settings = dataclasses.asdict(dataclasses.replace(cfg.distill, teachers=names))
+    leaves, lineage = start_lineage(cfg, problem, "distill", names, settings, force)
+    mean, std = student_normalization(cfg, problem)
+    log(f"{cfg.exp}: distilling {cfg.model.backbone} from {', '.join(f'{e} ({w:.3f})' for e, w in leaves.items())}")
+    step = distill_step(cfg.task, cfg.distill.alpha, cfg.distill.temperature)
+    build = lambda k: build_distill_fold(cfg, problem, k, leaves, mean, std)  # noqa: E731
+    return train_students(cfg, folds, lineage, build, step, force, log)

@@ -1,0 +1,292 @@
+"""What a teacher gives fold k: its predictions and logits, provenance-checked; and the student loop around them.
+
+Shared by pseudo-labelling and distillation. A teacher is an experiment or an ensemble folder (its members weighted
+as in its weights.json, recursively); several teachers count equally. Fold k's student learns from fold k's teacher
+models only: they never saw fold k's validation rows (another fold's model, or one trained on all the data, did, and
+would make the student's CV lie). So teachers share the student's folds (cv.json `folds_hash`), and teacher outputs
+carry the (experiment, fold) models they came from (TeacherOutput), recorded per fold in the student's lineage.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from ..config import Config, load
+from ..core.errors import UserError
+from ..core.runs import (
+    Run,
+    atomic_save_npz,
+    atomic_write_json,
+    load_best,
+    read_derived,
+    read_json,
+    read_pred_csv,
+    stamp,
+)
+from ..core.runtime import amp_dtype, resolve_device, world_size
+from ..core.tasks import num_outputs
+from ..cv import summarize
+from ..data.augment import build_transforms, resolve_normalization
+from ..data.images import IMAGE_EXTS, ImageDataset, image_paths
+from ..data.problem import FoldData, Problem
+from ..data.tables import data_path, read_table
+from ..modeling.models import build_model
+from ..predict import predict_loader, predict_test, prediction_source
+from ..train import Step, fold_pending, train_one_fold
+
+Source = tuple[str, int]  # (teacher experiment, fold): the one model an array of teacher outputs came from
+Log = Callable[[str], None]
+FoldBuilder = Callable[[int], tuple[FoldData, dict]]  # fold k -> its training data, and its record for lineage.json
+
+# --- teachers and their fold-k outputs -------------------------------------------------------------------------------
+
+
+@dataclass
+class TeacherOutput:
+    """Teacher outputs for some images, and the fold models they were computed with (the provenance)."""
+
+    ids: list[str]
+    values: np.ndarray  # (N, outputs): logits (distillation) or predictions in the task's format (pseudo labels)
+    sources: list[Source]
+
+    def check_fold(self, fold: int) -> None:
+        """Fold `fold`'s student may only see outputs of fold `fold`'s models."""
+        bad = [s for s in self.sources if s[1] != fold]
+        if bad:
+            raise RuntimeError(f"fold {fold} was given outputs of {bad}, models that saw its validation rows")
+
+
+def teacher_leaves(cfg: Config, names: Sequence[str]) -> dict[str, float]:
+    """Teacher names -> {experiment: weight}, ensembles expanded into their members; the weights sum to 1."""
+    leaves: dict[str, float] = {}
+
+    def add(name: str, weight: float, trail: tuple[str, ...]) -> None:
+        run = Run.named(cfg.output_dir, name)
+        if name in trail:
+            raise UserError(f"ensemble {trail[0]!r} contains itself (via {' -> '.join((*trail, name))})")
+        if run.is_ensemble():
+            info = run.read_weights()
+            for member, w in zip(info["members"], info["weights"], strict=True):
+                add(member, weight * float(w), (*trail, name))
+        elif run.is_experiment():
+            leaves[name] = leaves.get(name, 0.0) + weight
+        else:
+            raise UserError(f"{run}: no config.yaml (experiment) or weights.json (ensemble): train teacher {name!r}")
+
+    for name in names:
+        add(name, 1.0 / len(names), ())
+    return {e: w for e, w in leaves.items() if w > 0}  # hill climbing leaves members at weight 0
+
+
+def check_teachers(cfg: Config, problem: Problem, names: Sequence[str], leaves: dict[str, float]) -> None:
+    """Every teacher is another experiment, of the same task and classes, trained on the same folds."""
+    for name in dict.fromkeys([*names, *leaves]):
+        if name == cfg.exp:
+            raise UserError(f"experiment {name!r} cannot be its own teacher: give the student another config name")
+        info = Run.named(cfg.output_dir, name).read_cv()
+        if info.get("folds_hash") != problem.folds_hash:
+            raise UserError(
+                f"teacher {name!r} was trained on folds hash {info.get('folds_hash')}, {cfg.folds.path} has "
+                f"{problem.folds_hash}: its fold-k models saw the student's fold-k validation rows; retrain it"
+            )
+        if info.get("task") != cfg.task or list(info.get("pred_cols", [])) != problem.classes:
+            raise UserError(
+                f"teacher {name!r} predicts {info.get('task')} {info.get('pred_cols')}, the student {cfg.task} "
+                f"{problem.classes}"
+            )
+
+
+def teacher_config(cfg: Config, exp: str) -> Config:
+    """The teacher's saved config, run on the student's device, workers and output folder."""
+    tcfg = load(Run.named(cfg.output_dir, exp).config)
+    data = dataclasses.replace(tcfg.data, num_workers=cfg.data.num_workers)
+    return dataclasses.replace(tcfg, exp=exp, output_dir=cfg.output_dir, device=cfg.device, data=data)
+
+
+def checkpoint(tcfg: Config, fold: int) -> Path:
+    path = tcfg.run.fold(fold).best
+    if not tcfg.run.fold(fold).finished():
+        raise UserError(f"{path} not found: teacher {tcfg.exp!r} has no fold {fold} model (train its fold {fold})")
+    return path
+
+
+@dataclass
+class Unlabelled:
+    """Images a teacher labels: the test set, then any extra images (ids extra/<file>)."""
+
+    ids: list[str]
+    paths: list[Path]
+    n_test: int
+
+
+def unlabelled_images(cfg: Config, extra_images: str = "") -> Unlabelled:
+    """The test images (data.test_csv, data.test_images), + those under `extra_images` (pseudo.extra_images)."""
+    ids = read_table(data_path(cfg, cfg.data.test_csv), cfg.data.id_col)[cfg.data.id_col].tolist()
+    paths = image_paths(data_path(cfg, cfg.data.test_images), ids, cfg.data.image_ext, "test_images")
+    extra: list[Path] = []
+    if extra_images:
+        folder = data_path(cfg, extra_images)
+        if not folder.is_dir():
+            raise UserError(f"{folder}: folder not found (config key pseudo.extra_images, relative to data.dir)")
+        extra = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        if not extra:
+            raise UserError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTS))}) (config key pseudo.extra_images)")
+        ids += [f"extra/{p.relative_to(folder).as_posix()}" for p in extra]
+    return Unlabelled(ids, paths + extra, len(paths))
+
+
+def split_paths(tcfg: Config, split: str, ids: list[str]) -> list[Path]:
+    """The teacher's own copy of the images (its data config may point at other folders or preprocessing)."""
+    key = "train_images" if split == "train" else "test_images"
+    return image_paths(data_path(tcfg, getattr(tcfg.data, key)), ids, tcfg.data.image_ext, key)
+
+
+def predict_fold(
+    cfg: Config, tcfg: Config, fold: int, paths: list[Path], views: Sequence[str] = ("identity",), activation=False
+) -> np.ndarray:
+    """(N, outputs) of teacher `tcfg`'s fold-`fold` model on `paths`: logits, or TTA-merged predictions."""
+    device = resolve_device(cfg.device)
+    model = build_model(tcfg, num_outputs(tcfg.task, len(tcfg.run.read_classes()["classes"])), pretrained=False).to(
+        device
+    )
+    model.load_state_dict(load_best(checkpoint(tcfg, fold))["model"])
+    mean, std = resolve_normalization(tcfg.augment, model, tcfg.model.in_chans)
+    dataset = ImageDataset(paths, None, build_transforms(tcfg.augment, False, mean, std), tcfg.model.in_chans)
+    loader = DataLoader(dataset, batch_size=tcfg.tta.batch_size, num_workers=cfg.data.num_workers)
+    dtype, desc = amp_dtype(cfg.train.amp, device), f"teacher {tcfg.exp} fold {fold}"
+    out = predict_loader(model, loader, tcfg.task, device, dtype, views, tcfg.tta.merge, activation, desc=desc)
+    return out.reshape(len(paths), -1)
+
+
+def cached(path: Path, ids: list[str], key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """`compute()` once; reused while the ids and the key (teachers, checkpoints, views) are the same."""
+    text = json.dumps(key, sort_keys=True)
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) == text and z["ids"].tolist() == list(ids):
+                return z["values"]
+    values = np.asarray(compute(), dtype=np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_npz(path, ids=np.asarray(ids, dtype=str), values=values, key=np.asarray(text))
+    return values
+
+
+def teacher_logits(cfg: Config, leaves: dict[str, float], fold: int, ids: list[str], split: str) -> TeacherOutput:
+    """The weighted mean of the leaves' fold-`fold` logits on images `ids` of `split` (train | test), cached
+    (without TTA) in outputs/<student>/teacher/fold<k>[_test].npz."""
+    tcfgs = {e: teacher_config(cfg, e) for e in leaves}
+    stamps = [[e, w, stamp(checkpoint(tcfgs[e], fold))] for e, w in leaves.items()]
+    key = {"split": split, "fold": fold, "teachers": stamps}
+
+    def compute() -> np.ndarray:
+        parts = [w * predict_fold(cfg, tcfgs[e], fold, split_paths(tcfgs[e], split, ids)) for e, w in leaves.items()]
+        return np.sum(parts, axis=0)
+
+    name = f"fold{fold}" if split == "train" else f"fold{fold}_{split}"
+    values = cached(cfg.run.teacher_cache(name), ids, key, compute)
+    return TeacherOutput(list(ids), values, [(e, fold) for e in leaves])
+
+
+def _predicted(cfg: Config, tcfg: Config, fold: int, ids: list[str], paths: list[Path], split: str) -> np.ndarray:
+    views = list(tcfg.tta.views) if cfg.pseudo.tta else ["identity"]
+    key = {"split": split, "fold": fold, "views": views, "model": stamp(checkpoint(tcfg, fold))}
+    path = cfg.run.teacher_cache(f"{tcfg.exp}_fold{fold}_{split}")
+    return cached(path, ids, key, lambda: predict_fold(cfg, tcfg, fold, paths, views, activation=True))
+
+
+def _test_predictions(cfg: Config, tcfg: Config, fold: int, ids: list[str], log: Log) -> np.ndarray:
+    """Fold `fold`'s TTA-merged test predictions, as `predict` saved them: made again when missing or made with
+    other views or another checkpoint than the teacher has now."""
+    if not cfg.pseudo.tta:
+        return _predicted(cfg, tcfg, fold, ids, split_paths(tcfg, "test", ids), "test")
+    path, id_col = tcfg.run.fold(fold).test_pred, cfg.data.id_col
+    if read_derived(path, prediction_source(tcfg, fold), id_col) is None:
+        log(f"teacher {tcfg.exp}: {path} missing or out of date, predicting its test set first")
+        predict_test(tcfg)
+    classes = list(tcfg.run.read_classes()["classes"])
+    df = read_pred_csv(path, id_col, classes).set_index(id_col)
+    missing = sorted(set(ids) - set(df.index))
+    if missing:
+        raise UserError(f"{path} lacks {len(missing)} test ids, e.g. {missing[:3]}: predict teacher {tcfg.exp!r} again")
+    return df.loc[ids, classes].to_numpy(np.float32)
+
+
+def teacher_predictions(cfg: Config, leaves: dict[str, float], fold: int, unl: Unlabelled, log: Log) -> TeacherOutput:
+    """The weighted blend of the leaves' fold-`fold` predictions on the unlabelled images; on the test images
+    those `predict` saved, TTA-merged (one view if not `pseudo.tta`: then predicted now, cached)."""
+    total: np.ndarray | float = 0.0
+    for exp, weight in leaves.items():
+        tcfg = teacher_config(cfg, exp)
+        parts = [_test_predictions(cfg, tcfg, fold, unl.ids[: unl.n_test], log)]
+        if len(unl.ids) > unl.n_test:
+            parts.append(_predicted(cfg, tcfg, fold, unl.ids[unl.n_test :], unl.paths[unl.n_test :], "extra"))
+        total = total + weight * np.concatenate(parts)
+    return TeacherOutput(list(unl.ids), np.asarray(total, dtype=np.float32), [(e, fold) for e in leaves])
+
+
+# --- the student's training loop -------------------------------------------------------------------------------------
+
+
+def student_normalization(cfg: Config, problem: Problem) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) train_one_fold and predict_test will use: they come from the built model's pretrained_cfg."""
+    model = build_model(cfg, num_outputs(cfg.task, len(problem.classes)), pretrained=False)
+    return resolve_normalization(cfg.augment, model, cfg.model.in_chans)
+
+
+def student_rows(cfg: Config, paths: list[Path], y: np.ndarray, mean: tuple, std: tuple, **extras) -> ImageDataset:
+    """Rows that join fold k's training set next to its labelled rows: same augmentation, per-row `extras`."""
+    tf = build_transforms(cfg.augment, True, mean, std)
+    return ImageDataset(paths, y, tf, cfg.model.in_chans, cfg.data.cache_images, extras=extras)
+
+
+def start_lineage(
+    cfg: Config, problem: Problem, kind: str, names: Sequence[str], settings: dict, force: bool, **extra
+) -> tuple[dict[str, float], dict]:
+    """Teachers `names` as checked {experiment: weight}, and the record for outputs/<exp>/lineage.json: what the
+    student learns from (+ per-fold records). A folder whose finished folds learnt from other teachers or settings
+    is not mixed with this run unless `force`."""
+    leaves = teacher_leaves(cfg, names)
+    check_teachers(cfg, problem, names, leaves)
+    header = {"kind": kind, "exp": cfg.exp, **extra, "teachers": list(names), "teacher_weights": leaves}
+    header.update(settings=settings, backbone=cfg.model.backbone, folds_hash=problem.folds_hash)
+    header = json.loads(json.dumps(header))  # tuples -> lists, as they read back
+    path = cfg.run.lineage
+    old = read_json(path) if path.is_file() else None
+    if old is not None and not force:
+        if {k: v for k, v in old.items() if k != "folds"} == header:
+            return leaves, old
+        if cfg.run.finished_folds():
+            raise UserError(
+                f"{cfg.run_dir} holds folds trained from {old.get('teachers')} with other settings than now "
+                f"(see {path}); pass --force to retrain, or use another experiment name"
+            )
+    return leaves, dict(header, folds={})
+
+
+def train_students(
+    cfg: Config, folds: Sequence[int] | None, lineage: dict, build: FoldBuilder, step: Step, force: bool, log: Log
+) -> dict:
+    """Train each fold (default: every fold) on the data `build(fold)` returns (its record goes to lineage.json),
+    then the CV summary and the test predictions, so the student is an experiment like any other."""
+    if world_size() > 1:  # the batch sampler and the per-fold records are not shared out between ranks
+        raise UserError("pseudo and distill run in one process: start them without torchrun")
+    trained = False
+    for k in range(cfg.folds.n_folds) if folds is None else folds:
+        if not fold_pending(cfg, k, force, log):
+            continue
+        data, record = build(k)
+        lineage["folds"][str(k)] = record
+        atomic_write_json(cfg.run.lineage, lineage)
+        train_one_fold(cfg, k, data, step)
+        trained = True
+    result = summarize(cfg)
+    if trained or not cfg.run.test_pred.is_file():
+        predict_test(cfg)
+    return result

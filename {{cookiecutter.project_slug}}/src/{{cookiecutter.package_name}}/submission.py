@@ -1,0 +1,376 @@
+"""Submission files: built from an experiment's test predictions in the competition's format, validated against
+sample_submission.csv before they are written, scored locally against a solution file, and sent to Kaggle.
+
+The formats and the columns each one holds are in submission_format.py; thresholds tuned on OOF in thresholds.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+
+from .config import Config, metric_name
+from .core.errors import UserError
+from .core.runs import Run, atomic_write_csv, read_json, read_pred_csv, submission_path
+from .data.problem import oof_truth
+from .data.tables import binary_positive, data_path, derive_classes, encode_targets, read_table, read_train
+from .modeling import metrics
+
+
+def tune_f1_thresholds(y: np.ndarray, p: np.ndarray, default: float) -> np.ndarray:
+    """Per column of (N, L) probabilities, the threshold among the default and 99 quantiles maximising F1."""
+    out = np.full(p.shape[1], default)
+    for j in range(p.shape[1]):
+        cand = np.unique(np.r_[default, np.quantile(p[:, j], np.linspace(0.01, 0.99, 99))])
+        pred, truth = p[:, j, None] >= cand[None, :], y[:, j, None] > 0.5
+        tp, fp, fn = (pred & truth).sum(0), (pred & ~truth).sum(0), (~pred & truth).sum(0)
+        f1 = np.divide(2.0 * tp, 2.0 * tp + fp + fn, out=np.zeros(len(cand)), where=(2 * tp + fp + fn) > 0)
+        out[j] = cand[int(np.argmax(f1))]
+    return out
+
+
+def tune_binary_threshold(y: np.ndarray, p: np.ndarray, metric: str, default: float) -> float:
+    cand = np.unique(np.r_[default, np.quantile(p, np.linspace(0.01, 0.99, 99))])
+    scores = [metrics.score(metric, y, (p >= t).astype(np.float64), "binary") for t in cand]
+    return float(cand[int(np.nanargmax(scores))])
+
+
+def tune_rounding(y: np.ndarray, p: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """QWK: thresholds between the sorted target values, from the midpoints, tuned by Nelder-Mead on OOF."""
+
+    def qwk(t: np.ndarray) -> float:
+        s = metrics.score("qwk", y, values[np.digitize(p, np.sort(t))], "regression")
+        return -1.0 if np.isnan(s) else s
+
+    start = (values[1:] + values[:-1]) / 2
+    res = minimize(lambda t: -qwk(t), start, method="Nelder-Mead", options={"maxiter": 400, "xatol": 1e-3})
+    return np.sort(res.x) if qwk(res.x) >= qwk(start) else start
+
+
+def oof_predictions(cfg: Config, exp: str) -> tuple[np.ndarray, np.ndarray]:
+    """The experiment's OOF targets and predictions (N, C), aligned by id."""
+    run = Run.named(cfg.output_dir, exp)
+    classes = run.read_classes()
+    oof = read_pred_csv(run.oof, cfg.data.id_col, list(classes["classes"]))
+    ids = oof[cfg.data.id_col].tolist()
+    y, _, _ = oof_truth(cfg, ids, classes, trained_on=run.read_cv().get("folds_hash"), where=str(run.oof))
+    return y, oof[list(classes["classes"])].to_numpy(np.float64)
+
+
+def binary_threshold(cfg: Config, exp: str, log: Callable[[str], None]) -> float:
+    """submit.threshold, or tuned on OOF when submit.tune_thresholds is on and the metric counts labels."""
+    t = cfg.submit.threshold
+    if cfg.submit.tune_thresholds and metric_name(cfg) in metrics.label_metrics():
+        y, oof = oof_predictions(cfg, exp)
+        t = tune_binary_threshold(y, oof[:, 0], metric_name(cfg), t)
+        log(f"binary threshold tuned on OOF for {metric_name(cfg)}: {t:.4f}")
+    return t
+
+
+def label_thresholds(cfg: Config, exp: str, classes: list[str], log: Callable[[str], None]) -> np.ndarray:
+    """Multilabel: per-label thresholds maximising each label's F1 on OOF, or submit.threshold for all."""
+    if not cfg.submit.tune_thresholds:
+        return np.full(len(classes), cfg.submit.threshold)
+    y, oof = oof_predictions(cfg, exp)
+    thresholds = tune_f1_thresholds(y, oof, cfg.submit.threshold)
+    log(
+        "per-label thresholds tuned on OOF F1: "
+        + ", ".join(f"{c}={t:.3f}" for c, t in zip(classes, thresholds, strict=True))
+    )
+    return thresholds
+
+
+def rounding_cuts(cfg: Config, exp: str, levels: np.ndarray, log: Callable[[str], None]) -> np.ndarray:
+    """QWK regression: the cuts between `levels` (the sorted target values) tuned on OOF."""
+    y, oof = oof_predictions(cfg, exp)
+    cuts = tune_rounding(y, oof[:, 0], levels)
+    log("QWK rounding thresholds tuned on OOF: " + ", ".join(f"{c:.3f}" for c in cuts))
+    return cuts
+
+
+FORMAT_TASKS = {
+    "label": ("multiclass", "binary"),
+    "probs": ("multiclass", "binary", "multilabel"),
+    "tags": ("multilabel",),
+    "value": ("regression",),
+}
+
+
+def cell_text(v: object) -> str:
+    """A cell as the text of a label or id: 3.0 -> '3' (pandas reads an int column with gaps as floats)."""
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    return bool(pd.to_numeric(values, errors="coerce").notna().all())
+
+
+def resolve_format(cfg: Config, sample: pd.DataFrame, classes: list[str]) -> str:
+    fmt, task, value_cols = cfg.submit.format, cfg.task, list(sample.columns[1:])
+    if fmt != "auto":
+        if task not in FORMAT_TASKS[fmt]:
+            raise UserError(f"submit.format={fmt} does not fit task={task}; it takes {', '.join(FORMAT_TASKS[fmt])}")
+        return fmt
+    if task == "regression":
+        return "value"
+    if len(value_cols) > 1:
+        return "probs"
+    if task == "multiclass":
+        return "label"
+    if task == "multilabel":
+        return "probs" if value_cols == classes else "tags"
+    label_metric = metric_name(cfg) in metrics.label_metrics()
+    return "label" if label_metric or not _is_numeric(sample[value_cols[0]]) else "probs"
+
+
+def _cast_like(labels: np.ndarray, train_col: pd.Series) -> np.ndarray:
+    """Class names (strings) back to the training labels' type: ints stay ints, floats floats."""
+    if pd.api.types.is_bool_dtype(train_col):
+        return labels == "True"
+    if pd.api.types.is_integer_dtype(train_col):
+        return labels.astype(np.int64)
+    if pd.api.types.is_float_dtype(train_col):
+        return labels.astype(np.float64)
+    return labels
+
+
+def _label_values(cfg, exp, pred, classes, positive, train, log) -> tuple[np.ndarray, list[str]]:
+    col = train[cfg.target_cols[0]]
+    if cfg.task == "multiclass":
+        metric = metric_name(cfg)
+        k = int(metric.rsplit("_", 1)[1]) if metric.startswith("map_at_") else 1
+        if k > 1:  # MAP@k: the k most probable classes, best first
+            top = np.argsort(-pred, axis=1, kind="stable")[:, :k]
+            return np.array([" ".join(classes[i] for i in row) for row in top]), classes
+        return _cast_like(np.array(classes)[pred.argmax(1)], col), classes
+    negative = next(cell_text(v) for v in col.unique() if cell_text(v) != positive)
+    t = binary_threshold(cfg, exp, log)
+    return _cast_like(np.where(pred[:, 0] >= t, positive, negative), col), [negative, str(positive)]
+
+
+def _tag_values(cfg: Config, pred: np.ndarray, classes: list[str], thresholds: np.ndarray) -> np.ndarray:
+    chosen = pred >= thresholds[None, :]
+    chosen[np.arange(len(pred)), pred.argmax(1)] |= ~chosen.any(1)  # never an empty row: the most probable label
+    sep = cfg.data.label_sep if cfg.data.label_sep.strip() else " "
+    return np.array([sep.join(c for c, on in zip(classes, row, strict=True) if on) for row in chosen])
+
+
+def _regression_values(cfg: Config, exp: str, pred: np.ndarray, train: pd.DataFrame, log) -> np.ndarray:
+    target = pd.to_numeric(train[cfg.target_cols[0]], errors="coerce").to_numpy(np.float64)
+    values = pred[:, 0]
+    if cfg.submit.clip:
+        values = np.clip(values, np.nanmin(target), np.nanmax(target))
+    if metric_name(cfg) == "qwk":
+        levels = np.unique(np.rint(target))
+        cuts = rounding_cuts(cfg, exp, levels, log)
+        return levels[np.digitize(values, cuts)].astype(np.int64)
+    return values
+
+
+def format_values(
+    cfg: Config,
+    exp: str,
+    fmt: str,
+    pred: np.ndarray,
+    value_cols: list[str],
+    classes: list[str],
+    positive: str | None,
+    train: pd.DataFrame,
+    log: Callable[[str], None],
+) -> tuple[pd.DataFrame, list[str]]:
+    """The submission's value columns (no id column) in format `fmt`, and the labels a label/tags cell may hold.
+    Multi-column probs need `value_cols` to be the prediction columns `classes` in some order."""
+    if fmt == "probs" and len(value_cols) > 1:
+        cols = pd.DataFrame(pred, columns=classes)[value_cols]
+        if (
+            cfg.task == "multilabel" and metric_name(cfg) in metrics.label_metrics()
+        ):  # a label metric scores 0/1 columns
+            thresholds = pd.Series(label_thresholds(cfg, exp, classes, log), index=classes)[value_cols]
+            cols = (cols >= thresholds.to_numpy()[None, :]).astype(np.int64)
+        return cols, classes
+    if fmt == "probs":
+        return pd.DataFrame({value_cols[0]: pred[:, 0]}), classes
+    if fmt == "label":
+        labels, allowed = _label_values(cfg, exp, pred, classes, positive, train, log)
+        return pd.DataFrame({value_cols[0]: labels}), allowed
+    if fmt == "tags":
+        tags = _tag_values(cfg, pred, classes, label_thresholds(cfg, exp, classes, log))
+        return pd.DataFrame({value_cols[0]: tags}), classes
+    return pd.DataFrame({value_cols[0]: _regression_values(cfg, exp, pred, train, log)}), classes
+
+
+def submissions_dir(cfg: Config) -> Path:
+    """`submissions/` beside the outputs folder (the project root for the default output_dir=outputs)."""
+    return Path(cfg.output_dir).parent / "submissions"
+
+
+def check_submission_file(cfg: Config, path: str | Path) -> pd.DataFrame:
+    """A submission file as it will be sent: same columns, ids and order as the sample submission, no NaN."""
+    sub = read_table(Path(path), cfg.data.id_col)
+    sample = read_table(data_path(cfg, cfg.data.sample_submission), cfg.data.id_col)
+    validate_submission(sub, sample, cfg.data.id_col, where=str(path))
+    return sub
+
+
+def make_submission(
+    cfg: Config,
+    exp: str,
+    name: str | None = None,
+    out_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """outputs/<exp>/test_pred.csv -> submissions/<name or exp>.csv in the sample submission's format."""
+    run, id_col = Run.named(cfg.output_dir, exp), cfg.data.id_col
+    info = run.read_classes()
+    classes, positive = list(info["classes"]), info.get("positive")
+    test = read_pred_csv(run.test_pred, id_col, classes)
+    sample_path = data_path(cfg, cfg.data.sample_submission)
+    sample = read_table(sample_path, id_col)
+    train = read_train(cfg)
+    fmt = resolve_format(cfg, sample, classes)
+    pred, value_cols = test[classes].to_numpy(np.float64), list(sample.columns[1:])
+    if fmt == "probs" and len(value_cols) > 1 and sorted(value_cols) != sorted(classes):
+        raise UserError(f"{sample_path}: columns {value_cols} are not the prediction columns {classes}")
+    values, allowed = format_values(cfg, exp, fmt, pred, value_cols, classes, positive, train, log)
+    values.insert(0, id_col, test[id_col].to_numpy())
+    if set(values[id_col]) == set(sample[id_col]):  # else the validator names the missing / extra ids
+        values = values.set_index(id_col).loc[sample[id_col]].reset_index()
+    path = submission_path(out_dir if out_dir is not None else submissions_dir(cfg), name or exp)
+    validate_submission(values, sample, id_col, kind=fmt, labels=allowed, where=str(path))
+    atomic_write_csv(path, values)
+    log(f"{path}: {len(values)} rows, format {fmt}")
+    return path
+
+
+def validate_submission(
+    df: pd.DataFrame,
+    sample: pd.DataFrame,
+    id_col: str,
+    kind: str | None = None,
+    labels: list[str] | None = None,
+    where: str = "submission",
+) -> None:
+    """Same columns in the same order as the sample, the same ids in the same order, no NaN, values in range
+    (kind probs: numbers in [0, 1]; value: finite numbers; label/tags: among `labels`)."""
+    if list(df.columns) != list(sample.columns):
+        extra = [c for c in df.columns if c not in sample.columns]
+        missing = [c for c in sample.columns if c not in df.columns]
+        raise UserError(
+            f"{where}: columns {list(df.columns)} != the sample's {list(sample.columns)} "
+            f"(extra {extra}, missing {missing}; the order must match too)"
+        )
+    got, want = df[id_col].map(cell_text).tolist(), sample[id_col].map(cell_text).tolist()
+    if got != want:
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        if missing or extra or len(got) != len(want):
+            raise UserError(
+                f"{where}: column '{id_col}' has {len(got)} ids, the sample {len(want)}; missing {missing[:3]} "
+                f"({len(missing)}), not in the sample {extra[:3]} ({len(extra)})"
+            )
+        row = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
+        raise UserError(
+            f"{where}: ids are not in the sample's order: row {row + 2} is {got[row]!r}, expected {want[row]!r}"
+        )
+    for col in df.columns[1:]:
+        bad = df.index[df[col].isna()]
+        if len(bad):
+            raise UserError(f"{where}: column '{col}' has {len(bad)} NaN/empty values, first at row {bad[0] + 2}")
+        _check_values(df[col], kind, labels, f"{where}: column '{col}'")
+
+
+def _check_values(col: pd.Series, kind: str | None, labels: list[str] | None, where: str) -> None:
+    if kind in ("probs", "value"):
+        num = pd.to_numeric(col, errors="coerce")
+        if num.isna().any() or not np.isfinite(num).all():
+            raise UserError(f"{where} must hold finite numbers; found {col[num.isna()].iloc[:3].tolist()}")
+        if kind == "probs" and ((num < 0) | (num > 1)).any():
+            raise UserError(f"{where} must hold probabilities in [0, 1]; found {num.min()}..{num.max()}")
+    elif kind in ("label", "tags") and labels is not None:
+        known = set(map(str, labels))
+        unknown = sorted({t for v in col for t in cell_text(v).split() if t not in known})
+        if unknown:
+            raise UserError(f"{where} has values {unknown[:5]} that are not among the labels {sorted(known)[:10]}")
+
+
+def parse_submission(
+    cfg: Config,
+    sub: pd.DataFrame,
+    classes: list[str],
+    positive: str | None = None,
+    label_values: set[str] = frozenset(),
+) -> np.ndarray:
+    """A submission back in the task's prediction format (labels -> one-hot probabilities, tags -> 0/1, ...).
+
+    Binary: a column holding only training label values (`label_values`, as strings) is labels, compared with
+    `positive`; anything else is read as the probability of the positive class."""
+    cols = list(sub.columns[1:])
+    where = f"submission column '{cols[0]}'"
+    if cfg.task == "regression":
+        return pd.to_numeric(sub[cols[0]], errors="raise").to_numpy(np.float64)
+    if len(cols) > 1:
+        if sorted(map(str, cols)) != sorted(classes):
+            raise UserError(f"submission columns {cols} are not the prediction columns {classes}")
+        return sub[classes].to_numpy(np.float64)
+    cells = sub[cols[0]].map(lambda v: "" if pd.isna(v) else cell_text(v))
+    if cfg.task == "binary":
+        if set(cells) <= set(label_values):
+            return (cells == positive).to_numpy(np.float64)
+        return pd.to_numeric(sub[cols[0]], errors="raise").to_numpy(np.float64)
+    index = {c: i for i, c in enumerate(classes)}
+    out = np.zeros((len(sub), len(classes)))
+    for r, cell in enumerate(cells):
+        tokens = cell.split() if cfg.task == "multiclass" else [t for t in cell.split(cfg.data.label_sep) if t]
+        for rank, tok in enumerate(tokens):
+            if tok not in index:
+                raise UserError(f"{where} row {r + 2}: {tok!r} is not among the labels {classes[:10]}")
+            # multiclass: one label -> one-hot; MAP@k's ranked labels -> decreasing scores
+            out[r, index[tok]] = 1.0 if cfg.task == "multilabel" else 1.0 / (rank + 1)
+    if cfg.task == "multiclass":
+        out /= np.maximum(out.sum(1, keepdims=True), 1e-12)
+    return out
+
+
+def score_submission(cfg: Config, submission_path: str | Path, solution_path: str | Path) -> float:
+    """The config's metric of a submission file against a solution file (id + target, as in train.csv)."""
+    id_col = cfg.data.id_col
+    sub = read_table(Path(submission_path), id_col)
+    sol = read_table(Path(solution_path), id_col, cfg.target_cols)
+    if set(sub[id_col]) != set(sol[id_col]):
+        diff = sorted(set(sub[id_col]) ^ set(sol[id_col]))
+        raise UserError(
+            f"{submission_path} and {solution_path} have different ids ({len(diff)} differ, e.g. {diff[:3]})"
+        )
+    sol = sol.set_index(id_col).loc[sub[id_col]].reset_index()
+    train = read_train(cfg)
+    classes = derive_classes(cfg, train)
+    positive = binary_positive(cfg, train) if cfg.task == "binary" else None
+    y = encode_targets(cfg, sol, classes, positive)
+    label_values = {cell_text(v) for v in train[cfg.target_cols[0]].unique()}
+    pred = parse_submission(cfg, sub, classes, positive, label_values)
+    return metrics.score(metric_name(cfg), y, pred, cfg.task)
+
+
+def cv_of(cfg: Config, exp: str) -> dict | None:
+    """cv.json of the experiment a submission file was made from (its file name), if there is one."""
+    run = Run.named(cfg.output_dir, exp)
+    return read_json(run.cv) if run.cv.is_file() else None
+
+
+def default_message(cfg: Config, exp: str) -> str:
+    cv = cv_of(cfg, exp)
+    return exp if cv is None else f"{exp} CV {cv.get('metric', metric_name(cfg))}={cv['cv']:.5f}"
+
+
+def score_line(cfg: Config, file: str | Path, solution: str | Path | None = None) -> str:
+    """The `score` command's line: the file's score against the solution (data.dir/solution.csv, which the demo
+    ships), beside the OOF CV of the experiment it was made from."""
+    solution = solution or data_path(cfg, "solution.csv")
+    line = f"{file}: {metric_name(cfg)} = {score_submission(cfg, file, solution):.5f}"
+    cv = cv_of(cfg, Path(file).stem)
+    if cv is not None:
+        line += f"  |  OOF CV {cv['cv']:.5f}" + (f" (with TTA {cv['cv_tta']:.5f})" if "cv_tta" in cv else "")
+    return line
