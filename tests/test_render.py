@@ -186,7 +186,7 @@ def test_post_gen_keeps_optional_files_only_when_their_option_is_on(rendered, ct
         assert not present, f"{optional} should be removed when {OPTIONAL[optional]} is off"
         return
     if not (TEMPLATE_DIR / optional).exists():
-        pytest.xfail(f"the template has no {optional} yet (DESIGN.md lists it); this asserts it is kept once added")
+        pytest.xfail(f"the template has no {optional} yet; this asserts it is kept once added")
     assert present, f"{optional} should be kept when {OPTIONAL[optional]} is on"
 
 
@@ -268,12 +268,12 @@ def test_generated_test_suite_passes(rendered, ctx, selection, tmp_path):
 
 
 REGISTRY_PROBE = """
-metrics = importlib.import_module(PKG + ".metrics")
+metrics = importlib.import_module(PKG + ".modeling.metrics")
 config = importlib.import_module(PKG + ".config")
 offered = json.loads(sys.argv[1])
 print(json.dumps({
     "tasks_of": {m: sorted(metrics.get_metric(m).tasks) for m in offered if m in metrics.list_metrics()},
-    "listed": {t: sorted(set(metrics.list_metrics(t)) & set(offered)) for t in config.TASKS},
+    "listed": {t: sorted(set(metrics.list_metrics(t)) & set(offered)) for t in config.CHOICES["task"]},
     "all_tasks": list(config.TASKS),
     "default_metric": config.DEFAULT_METRIC,
 }))

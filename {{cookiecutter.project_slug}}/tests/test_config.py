@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from {{ cookiecutter.package_name }} import config
-from {{ cookiecutter.package_name }}.modeling import metrics
 from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.modeling import metrics
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

@@ -76,7 +76,9 @@ def test_download_unzips_and_removes_the_zip(api, tmp_path):
 def test_submit_sends_file_message_and_competition(api, tmp_path):
     file = tmp_path / "sub.csv"
     file.write_text("id,label\na,1\n")
-    assert kaggle_api.competition_submit("digit-recognizer", file, "exp001 CV accuracy=0.99") == "Successfully submitted"
+    assert (
+        kaggle_api.competition_submit("digit-recognizer", file, "exp001 CV accuracy=0.99") == "Successfully submitted"
+    )
     kwargs = {"file_name": str(file), "message": "exp001 CV accuracy=0.99", "competition": "digit-recognizer"}
     assert api.calls == [("competition_submit", (), kwargs)]
     with pytest.raises(UserError, match="not found"):
