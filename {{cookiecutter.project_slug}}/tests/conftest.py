@@ -23,9 +23,8 @@ import torch
 
 from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.core.runs import atomic_torch_save
-from {{ cookiecutter.package_name }}.data import demo, folds
+from {{ cookiecutter.package_name }}.data import demo, folds, tables
 from {{ cookiecutter.package_name }}.data import problem as fold_data
-from {{ cookiecutter.package_name }}.data import tables as labels
 from {{ cookiecutter.package_name }}.modeling import metrics, models
 from {{ cookiecutter.package_name }}.students import teachers
 
@@ -92,10 +91,10 @@ def new_project():
 
 def encode_truth(cfg: config.Config, table: pd.DataFrame) -> tuple[np.ndarray, list[str], str | None]:
     """The encoded targets of `table`, with the classes and the positive class derived from the training table."""
-    train = labels.read_train(cfg)
-    classes = labels.derive_classes(cfg, train)
-    positive = labels.binary_positive(cfg, train) if cfg.task == "binary" else None
-    return labels.encode_targets(cfg, table, classes, positive), classes, positive
+    train = tables.read_train(cfg)
+    classes = tables.derive_classes(cfg, train)
+    positive = tables.binary_positive(cfg, train) if cfg.task == "binary" else None
+    return tables.encode_targets(cfg, table, classes, positive), classes, positive
 
 
 def noisy_predictions(y: np.ndarray, task: str, n_cols: int, noise: float, rng: np.random.Generator) -> np.ndarray:
@@ -118,13 +117,13 @@ def fake_experiment(
     the OOF score in cv.json."""
     rng, id_col, run = np.random.default_rng(seed), cfg.data.id_col, Path(cfg.output_dir) / exp
     fold_df, h = folds.read_folds(cfg)
-    train = labels.read_train(cfg).merge(fold_df[[id_col, "fold"]], on=id_col)
+    train = tables.read_train(cfg).merge(fold_df[[id_col, "fold"]], on=id_col)
     y, classes, positive = encode_truth(cfg, train)
     oof = pd.DataFrame(noisy_predictions(y, cfg.task, len(classes), noise, rng), columns=classes)
     oof.insert(0, "fold", train["fold"].to_numpy())
     oof.insert(0, id_col, train[id_col].to_numpy())
-    test_ids = labels.read_table(Path(cfg.data.dir) / "test.csv", id_col)[id_col]
-    solution = labels.read_table(Path(cfg.data.dir) / "solution.csv", id_col).set_index(id_col).loc[test_ids]
+    test_ids = tables.read_table(Path(cfg.data.dir) / "test.csv", id_col)[id_col]
+    solution = tables.read_table(Path(cfg.data.dir) / "solution.csv", id_col).set_index(id_col).loc[test_ids]
     y_test = encode_truth(cfg, solution)[0]
     test = pd.DataFrame(noisy_predictions(y_test, cfg.task, len(classes), noise, rng), columns=classes)
     test.insert(0, id_col, test_ids.to_numpy())

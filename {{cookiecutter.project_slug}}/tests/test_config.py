@@ -6,7 +6,8 @@ import pytest
 
 from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.modeling import metrics
+from {{ cookiecutter.package_name }}.data import augment, samplers
+from {{ cookiecutter.package_name }}.modeling import losses, metrics, optim
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -68,3 +69,72 @@ def test_saved_config_reloads_identically(tmp_path):
     again = config.load(tmp_path / "out" / "config.yaml")
     assert again == cfg  # the experiment's name is stored, not re-derived from 'config.yaml'
     assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_base_is_merged_first_relative_to_the_file(tmp_path):
+    (tmp_path / "configs" / "sub").mkdir(parents=True)
+    (tmp_path / "configs" / "exp001.yaml").write_text("task: binary\ntrain:\n  epochs: 7\n  batch_size: 8\n")
+    (tmp_path / "configs" / "sub" / "exp002.yaml").write_text("base: ../exp001.yaml\ntrain:\n  epochs: 3\n")
+    (tmp_path / "configs" / "sub" / "exp003.yaml").write_text("base: exp002.yaml\noptim:\n  lr: 0.01\n")
+    cfg = config.load(tmp_path / "configs" / "sub" / "exp003.yaml", ["train.batch_size=4"])
+    assert (cfg.exp, cfg.task, cfg.train.epochs, cfg.optim.lr, cfg.train.batch_size) == ("exp003", "binary", 3, 0.01, 4)
+    assert "base" not in config.to_yaml(cfg)  # the resolved config stands alone
+
+
+def test_base_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(UserError, match=r"missing\.yaml not found \(named by 'base' in .*a\.yaml\)"):
+        config.load(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(UserError, match="loops back"):
+        config.load(tmp_path / "b.yaml")
+
+
+def test_shipped_student_configs_inherit_the_demo():
+    demo, student = config.load(CONFIGS / "demo.yaml"), config.load(CONFIGS / "demo_pseudo.yaml")
+    assert student.exp == "demo_pseudo" and student.pseudo.teacher == "demo"
+    assert (student.model, student.augment, student.data) == (demo.model, demo.augment, demo.data)
+
+
+@pytest.mark.parametrize(
+    ("key", "registry"),
+    [
+        ("loss.name", losses.LOSSES),
+        ("optim.name", optim.OPTIMIZERS),
+        ("optim.schedule", optim.SCHEDULES),
+        ("augment.preset", augment.PRESETS),
+        ("train.sampler", samplers.SAMPLERS),
+        ("metric", metrics.METRICS),
+    ],
+)
+def test_choices_come_from_the_registries(tmp_path, key, registry):
+    assert set(registry.names()) <= set(config.CHOICES[key])
+    path = tmp_path / "c.yaml"
+    path.write_text("{}\n")
+    for name in registry.names():  # every registered name loads (for a task it supports)
+        meta = registry.meta(name)
+        task = meta["tasks"][0] if "tasks" in meta else "multiclass"
+        assert config.get(config.load(path, [f"{key}={name}", f"task={task}"]), key) == name
+    with pytest.raises(UserError, match=rf"'{key}' is 'nope'; allowed: "):
+        config.load(path, [f"{key}=nope"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["task=regression"], "metric.*accuracy.*not defined for task=regression"),  # the file says accuracy
+        (["optim.lr=0"], "'optim.lr' is 0.0; expected a number > 0"),
+        (["optim.lr=-1e-3"], "'optim.lr' is -0.001"),
+        (["loss.name=bce"], "loss 'bce' does not support task 'multiclass'"),
+        (["loss.label_smoothing=0.1", "loss.name=focal", "task=regression", "metric=rmse"], "loss 'focal'"),
+        (["augment.mix_prob=2"], "'augment.mix_prob' is 2.0"),
+        (["tta.views=[identity,flipx]"], "TTA view 'flipx'"),
+        (["distill.temperature=0"], "'distill.temperature'"),
+    ],
+)
+def test_combinations_are_checked_at_load(tmp_path, overrides, match):
+    path = tmp_path / "c.yaml"
+    path.write_text("metric: accuracy\n")
+    with pytest.raises(UserError, match=match):
+        config.load(path, overrides)

@@ -64,9 +64,9 @@ def test_wandb_offline_run_per_fold_grouped_by_experiment(tmp_path, new_project,
     monkeypatch.setenv("WANDB_MODE", "offline")
     new_project(tmp_path, "multiclass", n_folds=2, extra=TINY)
     run("train", "-c", tmp_path / "configs" / "exp.yaml", "--fold", "0")
-    runs = sorted((tmp_path / "outputs" / "exp" / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(runs) == 2  # fold 0, then the CV summary
-    fold_run = runs[0].read_bytes()  # protobuf records: keys and names are stored as plain strings
+    runs = [p.read_bytes() for p in (tmp_path / "outputs" / "exp" / "wandb").glob("offline-run-*/run-*.wandb")]
+    assert len(runs) == 2  # fold 0, then the CV summary (both may start within one second: found by name)
+    (fold_run,) = [r for r in runs if b"exp-fold0" in r]  # protobuf records: keys and names are plain strings
     for key in (b"train_loss", b"valid_loss", b"score", b"lr", b"images_per_s", b"fold0", b"exp"):
         assert key in fold_run, key
 
@@ -115,3 +115,35 @@ def test_torchrun_two_processes_on_cpu(tmp_path, new_project):
     oof = read(tmp_path / "outputs" / "exp" / "fold0" / "oof.csv")
     folds = read(tmp_path / "data" / "folds.csv")
     assert sorted(oof["id"]) == sorted(folds.loc[folds["fold"] == 0, "id"])
+
+
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel"])
+def test_balanced_class_weights_train_every_classification_task(tmp_path, new_project, task):
+    new_project(tmp_path, task, n_folds=2, extra=TINY + "loss:\n  class_weight: balanced\n")
+    run("train", "-c", tmp_path / "configs" / "exp.yaml", "--fold", "0")
+    history = json.loads((tmp_path / "outputs" / "exp" / "fold0" / "history.json").read_text())
+    assert all(row["train_loss"] > 0 and row["valid_loss"] > 0 for row in history)
+
+
+def test_oof_with_tta_follows_the_views_it_was_made_with(tmp_path, new_project):
+    """cv.json's cv_tta is reported only for the views configured now: a stale oof_tta.csv is not reused."""
+    new_project(tmp_path, "multiclass", n_folds=2, extra=TINY)
+    path = tmp_path / "configs" / "exp.yaml"
+    run("train", "-c", path)
+    cv_json = tmp_path / "outputs" / "exp" / "cv.json"
+    run("predict", "-c", path, "tta.views=[identity,vflip]")
+    assert json.loads(cv_json.read_text())["tta_views"] == ["identity", "vflip"]
+    run("cv", "-c", path, "tta.views=[identity,hflip]")  # other views: the old OOF-with-TTA does not count
+    assert "cv_tta" not in json.loads(cv_json.read_text())
+    run("predict", "-c", path, "tta.views=[identity,hflip]")
+    cv = json.loads(cv_json.read_text())
+    assert cv["tta_views"] == ["identity", "hflip"] and "cv_tta" in cv
+
+
+def test_lr_find_from_the_command_line(tmp_path, new_project, capsys):
+    new_project(tmp_path, "binary", n_folds=2, extra=TINY)
+    run("lr-find", "-c", tmp_path / "configs" / "exp.yaml")
+    out = capsys.readouterr().out
+    assert "suggested optim.lr=" in out
+    assert (tmp_path / "outputs" / "exp" / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "outputs" / "exp" / "fold0" / "best.pt").exists()  # a range test trains nothing

@@ -10,7 +10,7 @@ from sklearn.metrics import accuracy_score, mean_squared_error, roc_auc_score
 
 from {{ cookiecutter.package_name }} import ensemble
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.data import tables as labels
+from {{ cookiecutter.package_name }}.data import tables
 
 from conftest import encode_truth, fake_experiment, on_other_folds
 
@@ -47,7 +47,7 @@ def test_mean_is_the_arithmetic_mean_aligned_by_id(projects):
     np.testing.assert_allclose(got[expected.columns].sum(1), 1.0, atol=1e-9)  # rows stay normalised
     tests = [read_by_id(run / m / "test_pred.csv") for m in MEMBERS]
     np.testing.assert_allclose(read_by_id(run / "ens_mean" / "test_pred.csv").to_numpy(), (sum(tests) / 3).to_numpy())
-    y = encode_truth(cfg, labels.read_train(cfg).set_index("id").loc[got.index].reset_index())[0]
+    y = encode_truth(cfg, tables.read_train(cfg).set_index("id").loc[got.index].reset_index())[0]
     assert result["cv"] == pytest.approx(accuracy_score(y, got[expected.columns].to_numpy().argmax(1)))
     assert result["weights"] == pytest.approx([1 / 3] * 3)
 
@@ -60,7 +60,7 @@ def test_weighted_normalises_the_given_weights(projects):
     a, b = (read_by_id(run / m / "oof.csv")["label"] for m in ("m0", "m1"))
     got = read_by_id(run / "ens_w" / "oof.csv")["label"]
     np.testing.assert_allclose(got, 0.25 * a + 0.75 * b, atol=1e-9)
-    y = labels.read_train(cfg).set_index("id").loc[got.index, "label"]
+    y = tables.read_train(cfg).set_index("id").loc[got.index, "label"]
     assert result["cv"] == pytest.approx(np.sqrt(mean_squared_error(y, got)))
     with pytest.raises(UserError, match="one weight per experiment"):
         ensemble.blend(cfg, MEMBERS, "weighted", "ens_w2", weights=[1, 2], log=lambda s: None)
@@ -110,7 +110,7 @@ def test_every_method_writes_a_complete_blendable_experiment(projects, method):
     assert json.loads((out / "classes.json").read_text()) == member_classes
     oof = pd.read_csv(out / "oof.csv", dtype={"id": str})
     assert list(oof.columns) == ["id", "fold", "label"]
-    y = encode_truth(cfg, labels.read_train(cfg).set_index("id").loc[oof["id"]].reset_index())[0]
+    y = encode_truth(cfg, tables.read_train(cfg).set_index("id").loc[oof["id"]].reset_index())[0]
     assert roc_auc_score(y, oof["label"]) == pytest.approx(cv["cv"])
     test_ids = pd.read_csv(Path(cfg.data.dir) / "test.csv", dtype=str)["id"]
     assert pd.read_csv(out / "test_pred.csv", dtype={"id": str})["id"].tolist() == test_ids.tolist()

@@ -8,8 +8,7 @@ import pytest
 
 from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.data import folds
-from {{ cookiecutter.package_name }}.data import tables as labels
+from {{ cookiecutter.package_name }}.data import folds, tables
 
 
 def fold_table(cfg):
@@ -30,7 +29,7 @@ def test_every_class_within_one_row_of_its_share(multiclass):
 
 
 def test_same_seed_same_folds_other_seed_other_folds(multiclass):
-    y = labels.encode_targets(multiclass, labels.read_train(multiclass), [str(i) for i in range(10)])
+    y = tables.encode_targets(multiclass, tables.read_train(multiclass), [str(i) for i in range(10)])
     a = folds.assign_folds(y, "stratified", 5, seed=1)
     np.testing.assert_array_equal(a, folds.assign_folds(y, "stratified", 5, seed=1))
     assert (a != folds.assign_folds(y, "stratified", 5, seed=2)).any()
@@ -51,7 +50,7 @@ def test_rewrite_is_a_no_op_a_different_split_needs_force(multiclass):
 
 def test_edited_or_stale_folds_are_caught(tmp_path, new_project):
     cfg = new_project(tmp_path, "binary", n_folds=3, images=False)
-    train = labels.read_train(cfg)
+    train = tables.read_train(cfg)
     folds.read_folds(cfg, train)
     with pytest.raises(UserError, match="out of date"):
         folds.read_folds(cfg, train.iloc[:-5])
@@ -78,9 +77,9 @@ def test_groups_never_straddle_folds(tmp_path, new_project):
 
 def test_multilabel_positives_balanced_per_label(tmp_path, new_project):
     cfg = new_project(tmp_path, "multilabel", n_folds=5, images=False)
-    train = labels.read_train(cfg)
-    classes = labels.derive_classes(cfg, train)
-    y = labels.encode_targets(cfg, train, classes)
+    train = tables.read_train(cfg)
+    classes = tables.derive_classes(cfg, train)
+    y = tables.encode_targets(cfg, train, classes)
     fold = fold_table(cfg).set_index("id").loc[train["id"], "fold"].to_numpy()
     per_fold = np.stack([y[fold == k].sum(0) for k in range(5)])
     share = y.sum(0) / 5

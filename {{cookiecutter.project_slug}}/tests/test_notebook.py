@@ -15,12 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from {{ cookiecutter.package_name }} import cli, config, ensemble
-from {{ cookiecutter.package_name }} import predict as infer
-from {{ cookiecutter.package_name }} import submission as submit
+from {{ cookiecutter.package_name }} import cli, config, ensemble, predict, submission
 from {{ cookiecutter.package_name }}.core import errors
 from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
-from {{ cookiecutter.package_name }}.kaggle import offline as notebook
+from {{ cookiecutter.package_name }}.kaggle import offline
 
 from conftest import TINY, write_config
 
@@ -47,9 +45,9 @@ def project(tmp_path_factory, new_project):
     exp2 = write_config(root, "multiclass", n_folds=2, extra=EXTRA + "seed: 7\n", name="exp2")
     for path in (root / "configs" / "exp.yaml", exp2):
         assert cli.main(["train", "-c", str(path)]) == 0
-        infer.predict_test(config.load(path))
+        predict.predict_test(config.load(path))
     ensemble.blend(cfg, ["exp", "exp2"], "mean", "blend", **QUIET)
-    local = submit.make_submission(cfg, "blend", name="local", out_dir=root / "local", **QUIET)
+    local = submission.make_submission(cfg, "blend", name="local", out_dir=root / "local", **QUIET)
     return root, cfg, local
 
 
@@ -67,7 +65,7 @@ def check_submission(root: Path, cfg, local: Path, work: Path, final: str) -> No
     assert ours["id"].tolist() == theirs["id"].tolist()
     np.testing.assert_allclose(ours.iloc[:, 1:].to_numpy(), theirs.iloc[:, 1:].to_numpy(), rtol=0, atol=1e-6)
     solution = root / "data" / "solution.csv"
-    assert submit.score_submission(cfg, work / "submission.csv", solution) == submit.score_submission(
+    assert submission.score_submission(cfg, work / "submission.csv", solution) == submission.score_submission(
         cfg, local, solution
     )
     assert not list(work.rglob("*.pt"))  # checkpoint links are dropped once used: the kernel's output stays small
@@ -78,7 +76,7 @@ def test_notebook_averages_the_packaged_experiments_offline(project, tmp_path):
     """A separate Python, as on Kaggle: the package comes from the dataset's src/ only, the dataset stays untouched,
     and the mean of the two packaged experiments gives the submission `make-submission` wrote for their mean blend."""
     root, cfg, local = project
-    dataset = notebook.package_for_dataset(cfg, ["exp", "exp2"], tmp_path / "ds", "me/digit-models", "Digit models")
+    dataset = offline.package_for_dataset(cfg, ["exp", "exp2"], tmp_path / "ds", "me/digit-models", "Digit models")
     work = tmp_path / "working"
     work.mkdir()
     env = {"INFER_DATASET_DIR": str(dataset), "INFER_DATA_DIR": str(root / "data"), "KAGGLE_INPUT": str(tmp_path)}
@@ -86,10 +84,10 @@ def test_notebook_averages_the_packaged_experiments_offline(project, tmp_path):
     cmd = [sys.executable, str(NOTEBOOKS / "inference.py")]
     done = subprocess.run(cmd, cwd=work, env=notebook_env(work, env), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    package = notebook.__package__.split(".")[0]
+    package = offline.__package__.split(".")[0]
     assert f"package {package} from {dataset / 'src' / package}\n" in done.stdout
     assert snapshot(dataset) == before  # read-only on Kaggle: nothing may be written there
-    check_submission(root, cfg, local, work, notebook.MEAN_NAME)
+    check_submission(root, cfg, local, work, offline.MEAN_NAME)
 
 
 @pytest.mark.e2e
@@ -102,7 +100,7 @@ def test_notebook_finds_kaggle_inputs_and_recomputes_a_packaged_ensemble(project
     work.mkdir()
     kaggle_input.mkdir()
     (kaggle_input / COMPETITION).symlink_to(root / "data")
-    notebook.package_for_dataset(cfg, ["blend"], kaggle_input / "digit-models", "me/digit-models", "Digit models")
+    offline.package_for_dataset(cfg, ["blend"], kaggle_input / "digit-models", "me/digit-models", "Digit models")
     for key, value in notebook_env(work, {"KAGGLE_INPUT": str(kaggle_input)}).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(sys, "path", list(sys.path))  # the notebook puts the dataset's src/ first
@@ -126,10 +124,10 @@ def make_dataset(root: Path, runs: dict[str, list[str]]) -> Path:
 def test_packaged_experiments_leave_out_ensemble_members(tmp_path):
     runs = {"exp1": [], "exp2": [], "exp3": [], "blend": ["exp2", "inner"], "inner": ["exp3"]}
     dataset = make_dataset(tmp_path, runs)
-    assert notebook.packaged_experiments(dataset) == ["blend", "exp1"]
-    assert notebook.config_path(dataset, "blend") == dataset / "exp2" / "config.yaml"
+    assert offline.packaged_experiments(dataset) == ["blend", "exp1"]
+    assert offline.config_path(dataset, "blend") == dataset / "exp2" / "config.yaml"
     with pytest.raises(errors.UserError, match="no packaged experiment"):
-        notebook.packaged_experiments(tmp_path / "empty")
+        offline.packaged_experiments(tmp_path / "empty")
 
 
 def test_find_data_dir(tmp_path):
@@ -140,16 +138,16 @@ def test_find_data_dir(tmp_path):
     (newer / "sample_submission.csv").write_text("id,label\n")
     (root / "other-dataset").mkdir()
     (root / "other-dataset" / "sample_submission.csv").write_text("id,label\n")
-    assert notebook.find_data_dir(dataset, "exp1", root) == newer
+    assert offline.find_data_dir(dataset, "exp1", root) == newer
     (root / COMPETITION).mkdir()
     (root / COMPETITION / "sample_submission.csv").write_text("id,label\n")
-    assert notebook.find_data_dir(dataset, "exp1", root) == root / COMPETITION
+    assert offline.find_data_dir(dataset, "exp1", root) == root / COMPETITION
     shutil.rmtree(newer.parent)
     shutil.rmtree(root / COMPETITION)
     (root / "third").mkdir()
     (root / "third" / "sample_submission.csv").write_text("id,label\n")
     with pytest.raises(errors.UserError, match="INFER_DATA_DIR"):
-        notebook.find_data_dir(dataset, "exp1", root)
+        offline.find_data_dir(dataset, "exp1", root)
 
 
 class FakeApi:

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from {{ cookiecutter.package_name }} import config, train
-from {{ cookiecutter.package_name }} import submission as submit
+from {{ cookiecutter.package_name }} import config, submission, train
 from {{ cookiecutter.package_name }}.config import LossConfig
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.core.runs import read_json
@@ -22,7 +21,7 @@ from {{ cookiecutter.package_name }}.data import problem as fold_data
 from {{ cookiecutter.package_name }}.modeling.losses import build_loss
 from {{ cookiecutter.package_name }}.students import pseudo
 
-from conftest import check_fold, fingerprint_teacher, on_other_folds, small_config, spy_on_training, weighted_teacher
+from conftest import check_fold, fingerprint_teacher, small_config, spy_on_training, weighted_teacher
 
 N_FOLDS, N_CLASSES = 2, 10
 
@@ -238,15 +237,6 @@ def test_ensemble_teacher_blends_the_members_fold_k_predictions(project, monkeyp
     assert read_json(cfg.run_dir / "lineage.json")["teacher_weights"] == {"fp_a": 0.25, "fp_b": 0.75}
 
 
-def test_teacher_on_other_folds_is_refused(project, monkeypatch):
-    cfg = small_config(project, "prov_hash")
-    predicting_teacher(cfg, "fp_other_folds")
-    on_other_folds(cfg, "fp_other_folds")
-    spy_on_training(monkeypatch)
-    with pytest.raises(UserError, match="folds hash"):
-        pseudo.run_pseudo(cfg, "fp_other_folds", log=lambda s: None)
-
-
 # --- end to end ------------------------------------------------------------------------------------------------------
 
 
@@ -273,5 +263,5 @@ def test_two_pseudo_rounds_end_to_end(project, tmp_path):
         assert len(pd.read_csv(run / "test_pred.csv")) == 32
         assert (run / "fold1" / "test_pred.csv").is_file()
     r2 = dataclasses.replace(cfg, exp="exp002_r2")
-    path = submit.make_submission(r2, "exp002_r2", out_dir=tmp_path, log=lambda s: None)
+    path = submission.make_submission(r2, "exp002_r2", out_dir=tmp_path, log=lambda s: None)
     assert len(pd.read_csv(path)) == 32

@@ -78,9 +78,14 @@ def teacher_leaves(cfg: Config, names: Sequence[str]) -> dict[str, float]:
         elif run.is_experiment():
             leaves[name] = leaves.get(name, 0.0) + weight
         else:
-            raise UserError(f"{run}: no config.yaml (experiment) or weights.json (ensemble): train teacher {name!r}")
+            raise UserError(
+                f"{run.path}: no {run.config.name} (experiment) or {run.weights.name} (ensemble): "
+                f"train teacher {name!r}"
+            )
 
     for name in names:
+        if name == cfg.exp:
+            raise UserError(f"experiment {name!r} cannot be its own teacher: give the student another config name")
         add(name, 1.0 / len(names), ())
     return {e: w for e, w in leaves.items() if w > 0}  # hill climbing leaves members at weight 0
 

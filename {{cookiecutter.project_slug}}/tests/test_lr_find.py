@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from {{ cookiecutter.package_name }} import lr_find as lrfind
+from {{ cookiecutter.package_name }} import lr_find
 
 
 def _problem(seed: int = 0):
@@ -35,7 +35,7 @@ def test_sweep_is_exponential_and_keeps_group_ratios():
         seen.append([g["lr"] for g in opt.param_groups])
         return loss_fn(b)
 
-    res = lrfind.lr_find(model, opt, batches, compute_loss, start_lr=1e-6, end_lr=1e-2, num_iter=40)
+    res = lr_find.lr_find(model, opt, batches, compute_loss, start_lr=1e-6, end_lr=1e-2, num_iter=40)
     assert not res.diverged and len(res.lrs) == len(res.losses) == 40  # 16 batches, cycled
     lrs = np.array(res.lrs)
     assert lrs[0] == pytest.approx(1e-6) and lrs[-1] == pytest.approx(1e-2)
@@ -56,7 +56,7 @@ def test_losses_are_smoothed_and_bias_corrected():
         raw.append(loss.item())
         return loss
 
-    res = lrfind.lr_find(model, opt, batches, compute_loss, start_lr=1e-9, end_lr=1e-8, num_iter=10, smooth=0.9)
+    res = lr_find.lr_find(model, opt, batches, compute_loss, start_lr=1e-9, end_lr=1e-8, num_iter=10, smooth=0.9)
     # Exponential moving average with weights 0.1 * 0.9**(i-j), divided by the weights' sum 1 - 0.9**(i+1).
     for i in range(10):
         w = np.array([0.1 * 0.9 ** (i - j) for j in range(i + 1)])
@@ -67,7 +67,7 @@ def test_losses_are_smoothed_and_bias_corrected():
 def test_stops_on_divergence_and_suggests_a_lr_that_trains(make_opt):
     model, batches, loss_fn = _problem()
     opt = make_opt(model.parameters())
-    res = lrfind.lr_find(model, opt, batches, loss_fn, start_lr=1e-7, end_lr=100.0, num_iter=100)
+    res = lr_find.lr_find(model, opt, batches, loss_fn, start_lr=1e-7, end_lr=100.0, num_iter=100)
     assert res.diverged and len(res.lrs) < 100
     assert res.losses[-1] > 4.0 * min(res.losses)
     best = res.lrs[int(np.argmin(res.losses))]
@@ -105,7 +105,7 @@ def test_model_optimizer_and_rng_are_restored_exactly():
         if with_find:
             before = {k: v.clone() for k, v in model.state_dict().items()}
             model.eval()
-            res = lrfind.lr_find(model, opt, batches, loss_fn, end_lr=100.0, num_iter=50)
+            res = lr_find.lr_find(model, opt, batches, loss_fn, end_lr=100.0, num_iter=50)
             assert res.diverged  # the sweep really wrecked the weights before they were restored
             assert not model.training
             model.train()
@@ -125,7 +125,7 @@ def test_grad_scaler_is_used_and_restored():
         model, batches, loss_fn = _problem()
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3) if use_scaler else None
-        results.append(lrfind.lr_find(model, opt, batches, loss_fn, end_lr=1.0, num_iter=30, scaler=scaler))
+        results.append(lr_find.lr_find(model, opt, batches, loss_fn, end_lr=1.0, num_iter=30, scaler=scaler))
         if scaler is not None:
             assert scaler.get_scale() == 2.0**10 and scaler.state_dict()["_growth_tracker"] == 0
     assert results[1].lrs == results[0].lrs
@@ -145,7 +145,7 @@ def test_restores_even_when_the_loss_raises():
         return loss_fn(b)
 
     with pytest.raises(RuntimeError, match="boom"):
-        lrfind.lr_find(model, opt, batches, failing, start_lr=1e-2, end_lr=10.0, num_iter=10)
+        lr_find.lr_find(model, opt, batches, failing, start_lr=1e-2, end_lr=10.0, num_iter=10)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert opt.param_groups[0]["lr"] == 0.1
 
@@ -154,9 +154,9 @@ def test_batches_that_cannot_be_cycled_fail_clearly():
     model, batches, loss_fn = _problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="no batch"):
-        lrfind.lr_find(model, opt, [], loss_fn)
+        lr_find.lr_find(model, opt, [], loss_fn)
     with pytest.raises(ValueError, match="cannot restart"):
-        lrfind.lr_find(model, opt, iter(batches[:2]), loss_fn, num_iter=5)
+        lr_find.lr_find(model, opt, iter(batches[:2]), loss_fn, num_iter=5)
 
 
 def test_valley_on_a_known_curve():
@@ -165,15 +165,15 @@ def test_valley_on_a_known_curve():
     descent = [1.0 - 0.04 * k for k in range(1, 22)]  # points 30..50
     rise = [0.16 + 0.1 * k for k in range(1, 11)]  # points 51..60
     # The valley: one plateau point + the 21 descent points, ending at point 50 -> points 29..50; 2/3 down: point 43.
-    assert lrfind.suggest_valley(lrs, plateau + descent + rise) == pytest.approx(lrs[43], rel=1e-9)
-    assert lrfind.suggest_valley(lrs[:1], [1.0]) is None
+    assert lr_find.suggest_valley(lrs, plateau + descent + rise) == pytest.approx(lrs[43], rel=1e-9)
+    assert lr_find.suggest_valley(lrs[:1], [1.0]) is None
 
 
 def test_plot_is_a_png(tmp_path):
     model, batches, loss_fn = _problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    res = lrfind.lr_find(model, opt, batches, loss_fn, end_lr=100.0, num_iter=60)
-    out = lrfind.plot_lr_find(res, tmp_path / "exp" / "lr_find.png")
+    res = lr_find.lr_find(model, opt, batches, loss_fn, end_lr=100.0, num_iter=60)
+    out = lr_find.plot_lr_find(res, tmp_path / "exp" / "lr_find.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(out) as im:
         im.verify()

@@ -8,8 +8,7 @@ from PIL import Image
 
 from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.data import images as data
-from {{ cookiecutter.package_name }}.data import tables as labels
+from {{ cookiecutter.package_name }}.data import images, tables
 
 
 def cfg_for(tmp_path, yaml: str) -> config.Config:
@@ -25,36 +24,36 @@ def write(tmp_path, df: pd.DataFrame, name: str = "train.csv") -> None:
 def test_numeric_classes_sort_as_numbers(tmp_path):
     write(tmp_path, pd.DataFrame({"id": list("abcd"), "label": [10, 2, 2, 1]}))
     cfg = cfg_for(tmp_path, "")
-    train = labels.read_train(cfg)
-    classes = labels.derive_classes(cfg, train)
+    train = tables.read_train(cfg)
+    classes = tables.derive_classes(cfg, train)
     assert classes == ["1", "2", "10"]
-    np.testing.assert_array_equal(labels.encode_targets(cfg, train, classes), [2, 1, 1, 0])
+    np.testing.assert_array_equal(tables.encode_targets(cfg, train, classes), [2, 1, 1, 0])
 
 
 def test_binary_string_labels_positive_is_the_larger(tmp_path):
     write(tmp_path, pd.DataFrame({"image_name": ["x", "y", "z"], "Target": ["no", "yes", "no"]}))
     cfg = cfg_for(tmp_path, "  id_col: image_name\n  target_col: Target\ntask: binary\n")
-    train = labels.read_train(cfg)
-    assert labels.binary_positive(cfg, train) == "yes"
-    np.testing.assert_array_equal(labels.encode_targets(cfg, train, ["Target"]), [0, 1, 0])
+    train = tables.read_train(cfg)
+    assert tables.binary_positive(cfg, train) == "yes"
+    np.testing.assert_array_equal(tables.encode_targets(cfg, train, ["Target"]), [0, 1, 0])
 
 
 def test_multilabel_tags_and_zero_one_columns_agree(tmp_path):
     tags = pd.DataFrame({"id": ["a", "b", "c"], "tags": ["cat dog", "dog", "bird cat"]})
     write(tmp_path, tags)
     cfg = cfg_for(tmp_path, "  target_col: tags\ntask: multilabel\n")
-    classes = labels.derive_classes(cfg, labels.read_train(cfg))
-    y_tags = labels.encode_targets(cfg, labels.read_train(cfg), classes)
+    classes = tables.derive_classes(cfg, tables.read_train(cfg))
+    y_tags = tables.encode_targets(cfg, tables.read_train(cfg), classes)
     assert classes == ["bird", "cat", "dog"]
     onehot = pd.DataFrame({"id": ["a", "b", "c"], **{c: y_tags[:, i].astype(int) for i, c in enumerate(classes)}})
     write(tmp_path, onehot)
     cfg2 = cfg_for(tmp_path, "  target_col: [bird, cat, dog]\ntask: multilabel\n")
-    y_cols = labels.encode_targets(cfg2, labels.read_train(cfg2), labels.derive_classes(cfg2, labels.read_train(cfg2)))
+    y_cols = tables.encode_targets(cfg2, tables.read_train(cfg2), tables.derive_classes(cfg2, tables.read_train(cfg2)))
     np.testing.assert_array_equal(y_tags, y_cols)
     # A custom separator.
     write(tmp_path, pd.DataFrame({"id": ["a"], "tags": ["cat|dog"]}))
     cfg3 = cfg_for(tmp_path, "  target_col: tags\n  label_sep: '|'\ntask: multilabel\n")
-    assert labels.derive_classes(cfg3, labels.read_train(cfg3)) == ["cat", "dog"]
+    assert tables.derive_classes(cfg3, tables.read_train(cfg3)) == ["cat", "dog"]
 
 
 @pytest.mark.parametrize(
@@ -71,8 +70,8 @@ def test_bad_tables_fail_with_one_line_naming_file_and_column(tmp_path, table, y
     write(tmp_path, table)
     cfg = cfg_for(tmp_path, yaml)
     with pytest.raises(UserError, match=message) as err:
-        train = labels.read_train(cfg)
-        labels.encode_targets(cfg, train, labels.derive_classes(cfg, train))
+        train = tables.read_train(cfg)
+        tables.encode_targets(cfg, train, tables.derive_classes(cfg, train))
     assert "\n" not in str(err.value)
     assert "train.csv" in str(err.value) or "column" in str(err.value)
 
@@ -81,22 +80,22 @@ def test_unknown_class_in_a_later_table_is_named(tmp_path):
     write(tmp_path, pd.DataFrame({"id": ["a", "b"], "label": ["cat", "dog"]}))
     cfg = cfg_for(tmp_path, "")
     with pytest.raises(UserError, match=r"labels \['cow'\] not among the classes"):
-        labels.encode_targets(cfg, pd.DataFrame({"id": ["c"], "label": ["cow"]}), ["cat", "dog"])
+        tables.encode_targets(cfg, pd.DataFrame({"id": ["c"], "label": ["cow"]}), ["cat", "dog"])
 
 
 def test_image_path_keeps_an_existing_extension(tmp_path):
-    assert data.image_path(tmp_path, "a", ".png").name == "a.png"
-    assert data.image_path(tmp_path, "a.JPG", ".png").name == "a.JPG"
-    assert data.image_path(tmp_path, "scan.v2", ".png").name == "scan.v2.png"  # '.v2' is not an image extension
+    assert images.image_path(tmp_path, "a", ".png").name == "a.png"
+    assert images.image_path(tmp_path, "a.JPG", ".png").name == "a.JPG"
+    assert images.image_path(tmp_path, "scan.v2", ".png").name == "scan.v2.png"  # '.v2' is not an image extension
 
 
 def test_missing_images_counted_and_listed(tmp_path):
     (tmp_path / "img").mkdir()
     Image.new("L", (4, 4)).save(tmp_path / "img" / "a.png")
-    with pytest.raises(UserError, match=r"2 of 3 images not found, first: \['b.png', 'c.png'\].*data.train_images"):
-        data.image_paths(tmp_path / "img", ["a", "b", "c"], ".png", "train_images")
+    with pytest.raises(UserError, match=r"2 of 3 images not found, first: \['b.png', 'c.png'\].*images.train_images"):
+        images.image_paths(tmp_path / "img", ["a", "b", "c"], ".png", "train_images")
     with pytest.raises(UserError, match="image folder not found"):
-        data.image_paths(tmp_path / "nope", ["a"], ".png", "train_images")
+        images.image_paths(tmp_path / "nope", ["a"], ".png", "train_images")
 
 
 FILE_MODES = [("png", m) for m in ("L", "RGB", "RGBA", "P", "I;16")] + [("jpeg", m) for m in ("L", "RGB")]
@@ -110,7 +109,7 @@ def test_any_image_mode_reads_as_hwc_uint8(tmp_path, mode, fmt, in_chans):
     img = Image.fromarray(arr).convert(mode) if mode != "I;16" else Image.fromarray(arr[..., 0].astype(np.uint16) * 200)
     path = tmp_path / f"x.{fmt}"
     img.save(path)
-    out = data.read_image(path, in_chans)
+    out = images.read_image(path, in_chans)
     assert out.shape == (6, 5, in_chans) and out.dtype == np.uint8
 
 
@@ -119,8 +118,8 @@ def test_dataset_items_and_cache_agree(tmp_path):
         Image.fromarray(np.full((4, 4), i * 50, np.uint8)).save(tmp_path / f"{i}.png")
     paths = [tmp_path / f"{i}.png" for i in range(3)]
     y = np.array([0, 1, 2])
-    plain = data.ImageDataset(paths, y, None, in_chans=1, extras={"w": np.array([0.5, 1.0, 2.0])})
-    cached = data.ImageDataset(paths, y, None, in_chans=1, cache=True)
+    plain = images.ImageDataset(paths, y, None, in_chans=1, extras={"w": np.array([0.5, 1.0, 2.0])})
+    cached = images.ImageDataset(paths, y, None, in_chans=1, cache=True)
     item = plain[2]
     assert item["image"].shape == (1, 4, 4) and int(item["image"].max()) == 100
     assert int(item["target"]) == 2 and float(item["w"]) == 2.0 and item["index"] == 2

@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
 
-from {{ cookiecutter.package_name }} import config
-from {{ cookiecutter.package_name }} import submission as submit
+from {{ cookiecutter.package_name }} import config, submission
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
 
@@ -40,7 +39,7 @@ def solution(cfg: config.Config) -> Path:
 @pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel", "regression"])
 def test_perfect_submission_scores_the_best_value(projects, task):
     cfg = projects[task]
-    path = submit.make_submission(cfg, "perfect", log=quiet)
+    path = submission.make_submission(cfg, "perfect", log=quiet)
     assert path == Path(cfg.output_dir).parent / "submissions" / "perfect.csv"
     sub, sample = read(path), read(Path(cfg.data.dir) / "sample_submission.csv")
     assert list(sub.columns) == list(sample.columns) and sub["id"].tolist() == sample["id"].tolist()
@@ -54,16 +53,16 @@ def test_perfect_submission_scores_the_best_value(projects, task):
     if task == "binary":  # roc_auc: probabilities of the positive class
         assert sub["label"].between(0, 1).all() and set(sub["label"]) - {0, 1}
     name = config.metric_name(cfg)
-    assert submit.score_submission(cfg, path, solution(cfg)) == pytest.approx(BEST[name])
+    assert submission.score_submission(cfg, path, solution(cfg)) == pytest.approx(BEST[name])
 
 
 @pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel"])
 def test_score_matches_sklearn(projects, task):
     cfg = projects[task]
-    path = submit.make_submission(cfg, "noisy", log=quiet)
+    path = submission.make_submission(cfg, "noisy", log=quiet)
     sub = read(path)
     truth = read(solution(cfg)).set_index("id").loc[sub["id"], "label"]
-    got = submit.score_submission(cfg, path, solution(cfg))
+    got = submission.score_submission(cfg, path, solution(cfg))
     if task == "multiclass":
         expected = accuracy_score(truth.astype(int), sub["label"])
     elif task == "binary":
@@ -79,36 +78,36 @@ def test_binary_label_metric_writes_labels_at_a_tuned_threshold(projects):
     base = projects["binary"]
     cfg = config.load(Path(base.output_dir).parent / "configs" / "exp.yaml", ["metric=accuracy"])
     seen = []
-    sub = read(submit.make_submission(cfg, "noisy", name="noisy_acc", log=seen.append))
+    sub = read(submission.make_submission(cfg, "noisy", name="noisy_acc", log=seen.append))
     assert set(sub["label"]) <= {0, 1} and pd.api.types.is_integer_dtype(sub["label"])
     assert any("threshold tuned" in s for s in seen)
     truth = read(solution(cfg)).set_index("id").loc[sub["id"], "label"]
     path = Path(cfg.output_dir).parent / "submissions" / "noisy_acc.csv"
-    assert submit.score_submission(cfg, path, solution(cfg)) == pytest.approx(accuracy_score(truth, sub["label"]))
+    assert submission.score_submission(cfg, path, solution(cfg)) == pytest.approx(accuracy_score(truth, sub["label"]))
 
 
 def test_regression_clip_and_qwk_rounding(projects):
     cfg = projects["regression"]
-    sub = read(submit.make_submission(cfg, "noisy", log=quiet))
+    sub = read(submission.make_submission(cfg, "noisy", log=quiet))
     pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"], "label"]
     np.testing.assert_allclose(sub["label"], np.clip(pred, 0.0, 9.0))
     assert (pred < 0).any() and (pred > 9).any()  # so the clip did something
     qwk_cfg = config.load(Path(cfg.output_dir).parent / "configs" / "exp.yaml", ["metric=qwk"])
-    path = submit.make_submission(qwk_cfg, "noisy", name="noisy_qwk", log=quiet)
+    path = submission.make_submission(qwk_cfg, "noisy", name="noisy_qwk", log=quiet)
     sub = read(path)
     assert pd.api.types.is_integer_dtype(sub["label"]) and set(sub["label"]) <= set(range(10))
     truth = read(solution(cfg)).set_index("id").loc[sub["id"], "label"].astype(int)
     expected = cohen_kappa_score(truth, sub["label"], weights="quadratic")
-    assert submit.score_submission(qwk_cfg, path, solution(cfg)) == pytest.approx(expected)
+    assert submission.score_submission(qwk_cfg, path, solution(cfg)) == pytest.approx(expected)
 
 
 def test_multilabel_rows_never_empty(projects):
     base = projects["multilabel"]
     cfg = config.load(
         Path(base.output_dir).parent / "configs" / "exp.yaml",
-        ["submit.threshold=0.999", "submit.tune_thresholds=false"],
+        ["submission.threshold=0.999", "submission.tune_thresholds=false"],
     )
-    sub = read(submit.make_submission(cfg, "noisy", name="strict", log=quiet))
+    sub = read(submission.make_submission(cfg, "noisy", name="strict", log=quiet))
     pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"]]
     assert (sub["label"].str.len() > 0).all()
     lonely = ~(pred.to_numpy() >= 0.999).any(1)
@@ -124,7 +123,7 @@ def test_probs_columns_follow_the_sample(projects, tmp_path):
     sample.to_csv(tmp_path / "sample_probs.csv", index=False)
     override = f"data.sample_submission={tmp_path / 'sample_probs.csv'}"
     cfg = config.load(Path(base.output_dir).parent / "configs" / "exp.yaml", [override])
-    sub = read(submit.make_submission(cfg, "noisy", name="probs", out_dir=tmp_path, log=quiet))
+    sub = read(submission.make_submission(cfg, "noisy", name="probs", out_dir=tmp_path, log=quiet))
     assert list(sub.columns) == ["id", *[str(c) for c in reversed(range(10))]]
     pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"]]
     np.testing.assert_allclose(sub.set_index("id")[pred.columns].to_numpy(), pred.to_numpy())
@@ -136,7 +135,7 @@ def test_validation_errors(projects, fault):
     sample = read(Path(cfg.data.dir) / "sample_submission.csv")
     df = sample.copy()
     df["label"] = 3
-    submit.validate_submission(df, sample, "id", kind="label", labels=[str(c) for c in range(10)])  # fine as it is
+    submission.validate_submission(df, sample, "id", kind="label", labels=[str(c) for c in range(10)])  # fine as it is
     if fault == "wrong order":
         df = df.iloc[::-1].reset_index(drop=True)
     elif fault == "missing id":
@@ -146,16 +145,18 @@ def test_validation_errors(projects, fault):
     else:
         df["extra"] = 1
     with pytest.raises(UserError, match=r"sub\.csv"):
-        submit.validate_submission(df, sample, "id", kind="label", labels=[str(c) for c in range(10)], where="sub.csv")
+        submission.validate_submission(
+            df, sample, "id", kind="label", labels=[str(c) for c in range(10)], where="sub.csv"
+        )
 
 
 def test_unknown_label_and_probability_out_of_range(projects):
     sample = read(Path(projects["multiclass"].data.dir) / "sample_submission.csv")
     df = sample.assign(label=11)
     with pytest.raises(UserError, match="not among the labels"):
-        submit.validate_submission(df, sample, "id", kind="label", labels=[str(c) for c in range(10)])
+        submission.validate_submission(df, sample, "id", kind="label", labels=[str(c) for c in range(10)])
     with pytest.raises(UserError, match=r"\[0, 1\]"):
-        submit.validate_submission(sample.assign(label=1.5), sample, "id", kind="probs")
+        submission.validate_submission(sample.assign(label=1.5), sample, "id", kind="probs")
 
 
 @pytest.mark.parametrize("fault", ["NaN", "missing id"])
@@ -170,21 +171,21 @@ def test_bad_predictions_leave_no_file(projects, tmp_path, fault):
     test = test.iloc[1:] if fault == "missing id" else test.assign(**{"3": [np.nan] + [0.1] * (len(test) - 1)})
     test.to_csv(bad / "test_pred.csv", index=False)
     with pytest.raises(UserError, match="test_pred.csv" if fault == "NaN" else "missing"):
-        submit.make_submission(cfg, bad.name, out_dir=tmp_path, log=quiet)
+        submission.make_submission(cfg, bad.name, out_dir=tmp_path, log=quiet)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_score_needs_the_same_ids(projects, tmp_path):
     cfg = projects["multiclass"]
-    path = submit.make_submission(cfg, "noisy", log=quiet)
+    path = submission.make_submission(cfg, "noisy", log=quiet)
     read(path).iloc[1:].to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(UserError, match="different ids"):
-        submit.score_submission(cfg, tmp_path / "short.csv", solution(cfg))
+        submission.score_submission(cfg, tmp_path / "short.csv", solution(cfg))
 
 
 def test_submit_message_and_client_call(projects, monkeypatch):
     cfg = projects["multiclass"]
-    path = submit.make_submission(cfg, "noisy", log=quiet)
+    path = submission.make_submission(cfg, "noisy", log=quiet)
 
     def no_network():
         raise AssertionError("dry run must not reach Kaggle")
