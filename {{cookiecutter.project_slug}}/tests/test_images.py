@@ -92,7 +92,7 @@ def test_image_path_keeps_an_existing_extension(tmp_path):
 def test_missing_images_counted_and_listed(tmp_path):
     (tmp_path / "img").mkdir()
     Image.new("L", (4, 4)).save(tmp_path / "img" / "a.png")
-    with pytest.raises(UserError, match=r"2 of 3 images not found, first: \['b.png', 'c.png'\].*images.train_images"):
+    with pytest.raises(UserError, match=r"2 of 3 images not found, first: \['b.png', 'c.png'\].*data.train_images"):
         images.image_paths(tmp_path / "img", ["a", "b", "c"], ".png", "train_images")
     with pytest.raises(UserError, match="image folder not found"):
         images.image_paths(tmp_path / "nope", ["a"], ".png", "train_images")

@@ -105,7 +105,7 @@ def test_multilabel_rows_never_empty(projects):
     base = projects["multilabel"]
     cfg = config.load(
         Path(base.output_dir).parent / "configs" / "exp.yaml",
-        ["submission.threshold=0.999", "submission.tune_thresholds=false"],
+        ["submit.threshold=0.999", "submit.tune_thresholds=false"],
     )
     sub = read(submission.make_submission(cfg, "noisy", name="strict", log=quiet))
     pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"]]
