@@ -1,7 +1,7 @@
 """Reading the competition's tables and turning its target column(s) into arrays, for every task type.
 
 Class names and their order are derived here, once, from the training table; every prediction file uses
-them as column names (see `pred_columns`).
+them as column names (`derive_classes`; recorded in the run's classes.json and cv.json `pred_cols`).
 """
 
 from __future__ import annotations
