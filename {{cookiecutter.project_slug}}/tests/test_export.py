@@ -1,6 +1,6 @@
 """`export` (TorchScript, ONNX, int8, pruned: each checked against torch, scored on OOF, sized and timed), prediction
-from the exported ONNX models (`predict.runtime=onnx`), and `predict --estimate N`, all through the CLI on a small
-demo competition with a tiny model."""
+from the exported ONNX models (`predict.runtime=onnx`), and `predict --estimate N`, through the CLI on a small demo
+competition with a tiny model trained for it (e2e); global pruning and the config checks on their own."""
 
 import json
 import re
@@ -53,6 +53,7 @@ def copy_experiment(root, name: str, overrides=()) -> config.Config:
     return small_config(root, name, overrides)
 
 
+@pytest.mark.e2e
 def test_export_writes_every_variant_checked_scored_sized_and_timed(exported):
     _, cfg, written = exported
     run = cfg.run
@@ -87,6 +88,7 @@ def test_export_writes_every_variant_checked_scored_sized_and_timed(exported):
     assert "pruned (50%)" in table
 
 
+@pytest.mark.e2e
 def test_onnx_probabilities_match_torch_on_validation_images(exported):
     """Independently of the export's own check: onnxruntime on model.onnx vs the checkpoint in torch, on every
     validation image of each fold, batch sizes other than the one it was traced with."""
@@ -105,6 +107,7 @@ def test_onnx_probabilities_match_torch_on_validation_images(exported):
             assert (ours - theirs).abs().max() <= 1e-4
 
 
+@pytest.mark.e2e
 def test_predict_runtime_onnx_matches_torch_with_tta_and_int8_runs(exported):
     """predict.runtime=onnx: test predictions and OOF with TTA views as with torch (within 1e-4); the int8 models
     predict too, close to fp32 but not equal to it."""
@@ -126,6 +129,7 @@ def test_predict_runtime_onnx_matches_torch_with_tta_and_int8_runs(exported):
     assert 0 < gap < 0.2
 
 
+@pytest.mark.e2e
 def test_predict_runtime_onnx_refuses_what_export_does_not_vouch_for(exported, capsys):
     root, _, _ = exported
     ran = lambda name, *extra: cli.main(["predict", "-c", str(config_path(root, name)), "predict.runtime=onnx", *extra])  # noqa: E731
@@ -150,6 +154,7 @@ def test_predict_runtime_onnx_refuses_what_export_does_not_vouch_for(exported, c
     assert "export.dynamic_size=true" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_a_partial_export_with_the_older_exporter_and_dynamic_sizes(small_project, exported, capsys):
     """export.variants=[onnx] with the tracing exporter and dynamic sizes: a resizing TTA view then runs in
     onnxruntime as in torch, and the int8 model, not exported, is refused by name."""
@@ -172,6 +177,7 @@ def test_a_partial_export_with_the_older_exporter_and_dynamic_sizes(small_projec
     assert "no exported onnx_int8 model" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_pruning_is_global_magnitude_and_the_fine_tune_keeps_the_zeros(exported):
     """The zeros are the smallest weights of the whole network; a fine-tune trains the other weights and leaves
     the zeros where pruning put them."""
@@ -210,6 +216,7 @@ class Counting(Predictor):
         return self.inner(x)
 
 
+@pytest.mark.e2e
 def test_estimate_projects_from_a_timed_pass_over_every_view(exported, capsys, monkeypatch):
     """The printed projection is its own arithmetic, folds x (load + N x per-image time), whatever N, the views
     and the runtime; the per-image time is measured with every configured view (counted here, never timed)."""
@@ -240,6 +247,29 @@ def test_estimate_projects_from_a_timed_pass_over_every_view(exported, capsys, m
     assert result["total_s"] == pytest.approx(2 * (result["load_s"] + 100 * result["ms_per_image"] / 1000))
     assert cli.main(["predict", "-c", str(path), "--estimate", "0"]) == 2
     assert "--estimate 0" in capsys.readouterr().err
+
+
+def test_global_pruning_zeroes_the_smallest_weights_of_the_whole_network():
+    """Conv and linear weights compete in one ranking: a layer of small weights loses most of them, one of large
+    weights keeps them; biases and BatchNorm are untouched; `make_permanent` leaves plain weights, zeros in place."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(), torch.nn.Linear(8, 4)
+    )
+    with torch.no_grad():
+        net[0].weight.mul_(0.01)  # 216 small weights
+        net[3].weight.copy_(torch.linspace(1, 2, 32).reshape(4, 8))  # 32 large ones
+    before = {n: t.clone() for n, t in net.state_dict().items()}
+    params = deploy.prune_global(net, 0.5)
+    assert [m for m, _ in params] == [net[0], net[3]]
+    deploy.make_permanent(params)
+    assert set(net.state_dict()) == set(before)  # no weight_orig / weight_mask left behind
+    assert int((net[0].weight == 0).sum()) == 124 and int((net[3].weight == 0).sum()) == 0  # round(0.5 * 248) = 124
+    assert deploy.sparsity_of(net) == pytest.approx(124 / 248)
+    kept = net[0].weight != 0
+    assert net[0].weight[kept].abs().min() >= before["0.weight"][~kept].abs().max()
+    for name in ("0.bias", "1.weight", "1.running_mean", "3.bias", "3.weight"):
+        assert torch.equal(net.state_dict()[name], before[name])
 
 
 @pytest.mark.parametrize(
