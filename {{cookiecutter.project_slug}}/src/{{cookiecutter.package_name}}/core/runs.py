@@ -33,6 +33,7 @@ permissions. Derived files carry what they were derived from in a `.source.json`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -155,7 +156,13 @@ def read_json(path: str | Path) -> Any:
 
 
 def checksum(path: Path) -> str:
-    """The file's content (sha256, 16 hex digits): unlike `stamp`, it survives a copy, an upload and an unzip."""
+    """The file's content (sha256, 16 hex digits): unlike `stamp`, it survives a copy, an upload and an unzip.
+    Remembered per path and stamp (a rewritten file has a new stamp), so a checkpoint is read once per run."""
+    return _checksum(str(Path(path).resolve()), stamp(Path(path)))
+
+
+@functools.lru_cache(maxsize=256)
+def _checksum(path: str, _stamp: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
