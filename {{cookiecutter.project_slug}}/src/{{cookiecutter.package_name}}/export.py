@@ -188,7 +188,8 @@ def calibration_batches(cfg: Config, problem: Problem, k: int, mean: tuple, std:
 
 def prune_model(cfg: Config, k: int, model: nn.Module) -> tuple[nn.Module, float]:
     """A copy of `model` with export.sparsity of its conv/linear weights zeroed, fine-tuned for
-    export.prune_finetune_epochs on fold k's training rows (zeros kept), on the CPU; and its measured sparsity."""
+    export.prune_finetune_epochs on fold k's training rows (zeros kept, on the configured device), returned on the
+    CPU with its measured sparsity."""
     pruned = copy.deepcopy(model)
     params = deploy.prune_global(pruned, cfg.export.sparsity)
     if cfg.export.prune_finetune_epochs > 0:
