@@ -19,6 +19,11 @@
 # | INFER_WORK_DIR | /kaggle/working (where submission.csv must be) |
 # | INFER_EXPERIMENTS | every experiment the dataset packaged (space or comma separated names) |
 # | INFER_OVERRIDES | none; config overrides, e.g. `tta.batch_size=128 data.num_workers=4` |
+#
+# To predict with the ONNX models `make export` wrote (uploaded with the checkpoints), in onnxruntime instead of
+# torch: INFER_OVERRIDES='predict.runtime=onnx' (add `predict.onnx_model=int8` for the int8 models). Kaggle's image
+# may lack onnxruntime: attach its wheel as a dataset and pip-install it offline (`pip install --no-index
+# --find-links /kaggle/input/<wheels> onnxruntime`) before the package is imported.
 
 # %%
 import importlib

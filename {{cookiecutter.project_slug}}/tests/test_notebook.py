@@ -109,6 +109,41 @@ def test_notebook_finds_kaggle_inputs_and_recomputes_a_packaged_ensemble(project
     check_submission(root, cfg, local, work, "blend")
 
 
+@pytest.mark.e2e
+def test_notebook_predicts_with_the_exported_onnx_models_as_with_torch(project, tmp_path):
+    """`export` each experiment, upload: the dataset carries export.json and the ONNX models (not TorchScript nor
+    pruned weights); the notebook run with predict.runtime=onnx writes the torch submission: the same labels,
+    probabilities within 1e-4, with the two TTA views applied before each onnxruntime call."""
+    root, cfg, local = project
+    for name in ("exp", "exp2"):  # the quicker exporter: the notebook runs whatever export wrote
+        args = ["export", "-c", str(root / "configs" / f"{name}.yaml"), "export.variants=[onnx]"]
+        assert cli.main([*args, "export.exporter=torchscript", "export.opset=17"]) == 0
+    (root / "outputs" / "exp" / "export" / "fold0" / "model.ts").write_bytes(b"TorchScript stays home")
+    dataset = notebook.package_for_dataset(cfg, ["exp", "exp2"], tmp_path / "ds", "me/digit-models", "Digit models")
+    exported = dataset / "exp" / "export"
+    assert sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*.*")) == [
+        "export.json",
+        "fold0/model.onnx",
+        "fold1/model.onnx",
+    ]
+    work = tmp_path / "working"
+    work.mkdir()
+    env = {"INFER_DATASET_DIR": str(dataset), "INFER_DATA_DIR": str(root / "data"), "KAGGLE_INPUT": str(tmp_path),
+           "INFER_OVERRIDES": "predict.runtime=onnx"}  # fmt: skip
+    cmd = [sys.executable, str(NOTEBOOKS / "inference.py")]
+    done = subprocess.run(cmd, cwd=work, env=notebook_env(work, env), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    source = json.loads((work / "outputs" / "exp" / "test_pred.csv.source.json").read_text())
+    assert {f["runtime"] for f in source["folds"].values()} == {"onnx fp32"}
+    sub = read(work / "submission.csv")
+    assert sub["id"].tolist() == read(local)["id"].tolist() and sub["label"].tolist() == read(local)["label"].tolist()
+    ours = read(work / "outputs" / notebook.MEAN_NAME / "test_pred.csv")
+    theirs = read(root / "outputs" / "blend" / "test_pred.csv")
+    assert ours["id"].tolist() == theirs["id"].tolist()
+    assert np.abs(ours.iloc[:, 1:].to_numpy() - theirs.iloc[:, 1:].to_numpy()).max() <= 1e-4
+    assert not list(work.rglob("*.pt")) and not list(work.rglob("*.onnx"))  # links dropped once used
+
+
 def make_dataset(root: Path, runs: dict[str, list[str]]) -> Path:
     """A packaged dataset's run folders only: name -> ensemble members ([] for an experiment)."""
     for name, members in runs.items():

@@ -126,13 +126,24 @@ def _lr_find(args: argparse.Namespace) -> None:
 
 def _predict_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-oof-tta", action="store_true", help="skip re-predicting the OOF rows with the TTA views")
+    p.add_argument("--estimate", type=int, metavar="N", help="predict nothing: project the time for N test images")
 
 
 @command("predict", "fold models x TTA views -> outputs/<exp>/test_pred.csv (and OOF with TTA)", _predict_flags)
 def _predict(args: argparse.Namespace) -> None:
-    from .predict import run_predict
+    from .predict import estimate, run_predict
 
-    run_predict(config_of(args), oof_tta=not args.no_oof_tta)
+    if args.estimate is not None:
+        estimate(config_of(args), args.estimate)
+    else:
+        run_predict(config_of(args), oof_tta=not args.no_oof_tta)
+
+
+@command("export", "each fold's best model -> TorchScript, ONNX, int8, pruned; parity, OOF, size, speed")
+def _export(args: argparse.Namespace) -> None:
+    from .export import run_export
+
+    run_export(config_of(args))
 
 
 @command(

@@ -27,7 +27,11 @@ from .data import folds as folds_module
 from .data.augment import PRESETS
 from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
+from .modeling.deploy import EXPORTERS
 from .modeling.optim import OPTIMIZERS, SCHEDULES
+from .modeling.predictors import ONNX_MODELS, RUNTIMES
+
+EXPORT_VARIANTS = ("torchscript", "onnx", "onnx_int8", "pruned")  # besides the fp32 torch model, always measured
 
 
 @dataclass
@@ -132,6 +136,27 @@ class TTAConfig:
 
 
 @dataclass
+class PredictConfig:
+    runtime: str = "torch"  # torch: the fold checkpoints | onnx: the models `export` wrote (onnxruntime)
+    onnx_model: str = "fp32"  # runtime onnx: fp32 (model.onnx) | int8 (model_int8.onnx)
+
+
+@dataclass
+class ExportConfig:
+    variants: list[str] = field(default_factory=lambda: list(EXPORT_VARIANTS))  # fp32 torch is always measured
+    exporter: str = "dynamo"  # dynamo (torch.export; needs onnxscript) | torchscript (older tracer, quicker)
+    opset: int = 18
+    dynamic_size: bool = False  # ONNX height/width dynamic too (TTA scale_* views resize the input)
+    tolerance: float = 1e-4  # max |probability difference| ONNX vs torch; beyond it the ONNX model is refused
+    check_batches: int = 4  # validation batches (tta.batch_size) for the parity check and the CPU images/s
+    calibration_batches: int = 8  # int8: batches of fold k's training images that set the activation ranges
+    per_channel: bool = True  # int8: one weight scale per output channel
+    sparsity: float = 0.5  # pruned: share of conv/linear weights zeroed (global magnitude pruning)
+    prune_finetune_epochs: int = 0  # pruned: epochs of fine-tuning with the zeros kept (0 = none)
+    prune_finetune_lr: float = 0.1  # ... at this share of optim.lr
+
+
+@dataclass
 class WandbConfig:
     mode: str = "offline"  # online | offline | disabled
     project: str = "kaggle"
@@ -186,6 +211,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -219,6 +246,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.sampler": tuple(SAMPLERS.names()),
     "tta.merge": tta.MERGES,
+    "predict.runtime": RUNTIMES,
+    "predict.onnx_model": ONNX_MODELS,
+    "export.exporter": EXPORTERS,
     "wandb.mode": ("online", "offline", "disabled"),
     "submit.format": ("auto", "label", "probs", "tags", "value"),
 }
@@ -323,7 +353,7 @@ def validate(cfg: Config) -> None:
             f"config key 'metric' is {cfg.metric!r}, which is not defined for task={cfg.task}; "
             f"metrics for {cfg.task}: {', '.join(metrics.list_metrics(cfg.task))}"
         )
-    t, o, a, p, d = cfg.train, cfg.optim, cfg.augment, cfg.pseudo, cfg.distill
+    t, o, a, p, d, x = cfg.train, cfg.optim, cfg.augment, cfg.pseudo, cfg.distill, cfg.export
     checks = [
         (2 <= cfg.folds.n_folds <= 20, "folds.n_folds", cfg.folds.n_folds, "2..20"),
         (cfg.folds.n_bins >= 2, "folds.n_bins", cfg.folds.n_bins, ">= 2"),
@@ -366,11 +396,27 @@ def validate(cfg: Config) -> None:
         (0 <= p.batch_ratio < 1, "pseudo.batch_ratio", p.batch_ratio, "0 <= value < 1"),
         (0 <= d.alpha <= 1, "distill.alpha", d.alpha, "0..1 (weight of the distillation term)"),
         (d.temperature > 0, "distill.temperature", d.temperature, "> 0"),
+        (x.opset >= (18 if x.exporter == "dynamo" else 13), "export.opset", x.opset,
+         ">= 18 with export.exporter=dynamo, >= 13 with torchscript"),
+        (x.tolerance > 0, "export.tolerance", x.tolerance, "> 0"),
+        (x.check_batches >= 1, "export.check_batches", x.check_batches, ">= 1"),
+        (x.calibration_batches >= 1, "export.calibration_batches", x.calibration_batches, ">= 1"),
+        (0 < x.sparsity < 1, "export.sparsity", x.sparsity, "0 < value < 1 (the share of weights zeroed)"),
+        (x.prune_finetune_epochs >= 0, "export.prune_finetune_epochs", x.prune_finetune_epochs, ">= 0 (0 = none)"),
+        (x.prune_finetune_lr > 0, "export.prune_finetune_lr", x.prune_finetune_lr, "> 0 (a share of optim.lr)"),
     ]  # fmt: skip
     for ok, key, value, expected in checks:
         _check(ok, key, value, expected)
     for view in cfg.tta.views:
         tta.get_view(view)  # an unknown view names itself and the choices
+    unknown = [v for v in x.variants if v not in EXPORT_VARIANTS]
+    if unknown or len(set(x.variants)) != len(x.variants):
+        raise UserError(f"config key 'export.variants' is {list(x.variants)}; expected distinct names among "
+                        f"{', '.join(EXPORT_VARIANTS)}")  # fmt: skip
+    if "onnx_int8" in x.variants and "onnx" not in x.variants:
+        raise UserError(
+            "config key 'export.variants' lists onnx_int8 without onnx: int8 is quantised from the ONNX model"
+        )
     if cfg.task == "regression" and (p.threshold > 0 or p.top_fraction < 1 or p.max_per_class > 0):
         raise UserError("pseudo.threshold / top_fraction / max_per_class rank confidences; task=regression has none")
     n_pseudo = round(t.batch_size * p.batch_ratio)

@@ -15,6 +15,9 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
         lineage.json                    students only: teachers, settings, per-fold provenance
         lr_find.png, learning_curves.png, fold_scores.png, confusion_matrix.png
         teacher/                        cached teacher outputs (students)
+        export/                         `export`: deployable forms of each fold's best.pt
+            export.json                 per fold and variant: OOF score, parity with torch, file size, CPU img/s
+            fold<k>/model.onnx model_int8.onnx model.ts pruned.pt
         fold<k>/                        FoldFiles
             best.pt  last.pt            weights to predict with; everything to resume exactly
             history.json oof.csv        per-epoch metrics; the fold's OOF rows (written last: fold finished)
@@ -30,6 +33,8 @@ permissions. Derived files carry what they were derived from in a `.source.json`
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import random
@@ -58,12 +63,20 @@ BEST = "best.pt"
 LAST = "last.pt"
 HISTORY = "history.json"
 PSEUDO_LABELS = "pseudo_labels.csv"
+EXPORT_DIR = "export"
+EXPORT_JSON = "export.json"
+ONNX = "model.onnx"
+ONNX_INT8 = "model_int8.onnx"
+TORCHSCRIPT = "model.ts"
+PRUNED = "pruned.pt"
 FOLDS_META_SUFFIX = ".json"  # data/folds.csv -> data/folds.json
 SOURCE_SUFFIX = ".source.json"
 TMP_SUFFIX = ".tmp"
 # What a packaged run (Kaggle dataset, offline notebook) carries besides its checkpoints: thresholds and QWK cuts
 # tuned on OOF are re-tuned offline exactly as here.
 PACKAGED = (CONFIG, CLASSES, CV, WEIGHTS, OOF)
+# ... and of its export/: the ONNX models `predict.runtime=onnx` runs (TorchScript and pruned weights stay home).
+PACKAGED_EXPORT = (ONNX, ONNX_INT8)
 
 
 # --------------------------------------------------------------------------------------------- atomic writes
@@ -102,6 +115,11 @@ def remove_stale_tmp(folder: Path) -> list[Path]:
     return stale
 
 
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Any writer that takes a file name (torch.jit.save, onnx.save, onnxruntime's quantiser), made atomic."""
+    return _atomic(path, write)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic(path, lambda tmp: Path(tmp).write_text(text))
 
@@ -135,6 +153,21 @@ def read_json(path: str | Path) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- derived files
+
+
+def checksum(path: Path) -> str:
+    """The file's content (sha256, 16 hex digits): unlike `stamp`, it survives a copy, an upload and an unzip.
+    Remembered per path and stamp (a rewritten file has a new stamp), so a checkpoint is read once per run."""
+    return _checksum(str(Path(path).resolve()), stamp(Path(path)))
+
+
+@functools.lru_cache(maxsize=256)
+def _checksum(path: str, _stamp: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def stamp(path: Path) -> str:
@@ -211,6 +244,18 @@ class FoldFiles:
 
 
 @dataclass(frozen=True)
+class ExportFiles:
+    """export/fold<k>/ of a run: fold k's best.pt in deployable forms."""
+
+    path: Path
+
+    onnx = property(lambda self: self.path / ONNX)
+    onnx_int8 = property(lambda self: self.path / ONNX_INT8)
+    torchscript = property(lambda self: self.path / TORCHSCRIPT)
+    pruned = property(lambda self: self.path / PRUNED)
+
+
+@dataclass(frozen=True)
 class Run:
     """An experiment's (or ensemble's) folder under output_dir."""
 
@@ -233,6 +278,12 @@ class Run:
     weights = property(lambda self: self.path / WEIGHTS)
     lineage = property(lambda self: self.path / LINEAGE)
     lr_find = property(lambda self: self.path / LR_FIND)
+
+    export_dir = property(lambda self: self.path / EXPORT_DIR)
+    export_json = property(lambda self: self.path / EXPORT_DIR / EXPORT_JSON)
+
+    def export_fold(self, k: int) -> ExportFiles:
+        return ExportFiles(self.path / EXPORT_DIR / f"fold{k}")
 
     def figure(self, name: str) -> Path:
         return self.path / f"{name}.png"

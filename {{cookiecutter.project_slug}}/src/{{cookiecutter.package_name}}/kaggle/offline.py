@@ -4,7 +4,8 @@ The upload dataset (`package_for_dataset`, below; `upload` sends it) holds the p
 runs and the folds. On Kaggle it is mounted read-only, so each packaged experiment is staged into a writable folder
 (its small files copied, its checkpoints linked) where the ordinary `predict.predict_test` and
 `submission.make_submission` run unchanged: the notebook predicts exactly as `make predict` and `make-submission`
-do locally.
+do locally. A run that was exported (`export`) brings its ONNX models too, so the notebook can predict with
+onnxruntime (INFER_OVERRIDES='predict.runtime=onnx', or predict.onnx_model=int8 for the int8 models).
 
     notebooks/inference.py          the notebook (percent format), the single source of the Kaggle kernel
     notebooks/kernel-metadata.json  kernel id, title, dataset and competition, internet off (push-notebook fills it)
@@ -22,7 +23,16 @@ import pandas as pd
 
 from ..config import Config, load
 from ..core.errors import UserError
-from ..core.runs import PACKAGED, Run, atomic_write_csv, atomic_write_json, folds_meta_path, read_json, read_pred_csv
+from ..core.runs import (
+    PACKAGED,
+    PACKAGED_EXPORT,
+    Run,
+    atomic_write_csv,
+    atomic_write_json,
+    folds_meta_path,
+    read_json,
+    read_pred_csv,
+)
 from ..ensemble import combine, to_ranks
 from ..predict import predict_test
 from ..submission import make_submission
@@ -85,23 +95,34 @@ def load_packaged_config(
     return load(config_path(dataset_dir, exp), [*base, *overrides])
 
 
+def _link(src: Path, link: Path) -> None:
+    """`link` -> `src` (a copy where the file system has no links)."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    try:
+        link.symlink_to(src.resolve())
+    except OSError:
+        shutil.copy2(src, link)
+
+
 def stage_run(src: Run, dest: Run) -> Run:
-    """A writable stand-in for the read-only run folder `src`: small files copied, fold checkpoints linked
-    (copied where the file system has no links)."""
+    """A writable stand-in for the read-only run folder `src`: small files copied, fold checkpoints and exported
+    models linked."""
     dest.path.mkdir(parents=True, exist_ok=True)
     for name in PACKAGED:
         if (src.path / name).is_file():
             shutil.copy2(src.path / name, dest.path / name)
+    if src.export_json.is_file():
+        dest.export_dir.mkdir(exist_ok=True)
+        shutil.copy2(src.export_json, dest.export_json)
     for k in src.fold_numbers():
-        ckpt, link = src.fold(k).best, dest.fold(k).best
+        ckpt = src.fold(k).best
         if not ckpt.is_file():
             continue
-        link.parent.mkdir(exist_ok=True)
-        link.unlink(missing_ok=True)
-        try:
-            link.symlink_to(ckpt.resolve())
-        except OSError:
-            shutil.copy2(ckpt, link)
+        _link(ckpt, dest.fold(k).best)
+        for name in PACKAGED_EXPORT:
+            if (src.export_fold(k).path / name).is_file():
+                _link(src.export_fold(k).path / name, dest.export_fold(k).path / name)
         if src.fold(k).oof.is_file():  # marks the fold finished, as in the run it was packaged from
             shutil.copy2(src.fold(k).oof, dest.fold(k).oof)
     return dest
@@ -134,6 +155,8 @@ def predict_packaged(
         predict_test(cfg)
         for k in run.fold_numbers():  # only needed to predict; keeps the kernel's output small
             run.fold(k).best.unlink(missing_ok=True)
+            for name in PACKAGED_EXPORT:
+                (run.export_fold(k).path / name).unlink(missing_ok=True)
     log(f"{exp}: {run.test_pred}")
     done[exp] = cfg
     return cfg
@@ -248,7 +271,8 @@ def check_dataset_id(dataset_id: str, title: str) -> None:
 
 
 def _copy_run(run: Run, out: Run) -> None:
-    """The finished folds' checkpoints and the run's small files (runs.PACKAGED)."""
+    """The finished folds' checkpoints, the run's small files (runs.PACKAGED) and, when it was exported, its
+    export.json and ONNX models (runs.PACKAGED_EXPORT)."""
     checkpoints = run.checkpoints()
     if not checkpoints and not run.is_ensemble():
         raise UserError(f"{run.path}: no finished fold (fold<k>/best.pt + oof.csv); train the experiment first")
@@ -257,6 +281,13 @@ def _copy_run(run: Run, out: Run) -> None:
         out.fold(k).path.mkdir(exist_ok=True)
         shutil.copy2(ckpt, out.fold(k).best)
         shutil.copy2(run.fold(k).oof, out.fold(k).oof)
+        for name in PACKAGED_EXPORT if run.export_json.is_file() else ():
+            if (run.export_fold(k).path / name).is_file():
+                out.export_fold(k).path.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(run.export_fold(k).path / name, out.export_fold(k).path / name)
+    if run.export_json.is_file():
+        out.export_dir.mkdir(exist_ok=True)
+        shutil.copy2(run.export_json, out.export_json)
     for name in PACKAGED:
         if (run.path / name).is_file():
             shutil.copy2(run.path / name, out.path / name)
@@ -286,6 +317,7 @@ def package_for_dataset(cfg: Config, exps: Iterable[str], dest: str | Path, data
 
     dest/src/<package>/...              this package's Python files
     dest/<exp>/fold<k>/best.pt          each experiment's finished folds' checkpoints
+    dest/<exp>/export/...               its export.json and ONNX models, when it was exported
     dest/<exp>/...                      its small files (runs.PACKAGED; an ensemble's members follow it)
     dest/folds.csv (+ folds.json)       the split the OOF predictions belong to
     dest/dataset-metadata.json          {"title", "id", "licenses"}

@@ -1,0 +1,275 @@
+"""`export`: every finished fold's best model in the forms a deployment takes, each checked and measured.
+
+    outputs/<exp>/export/fold<k>/model.ts          TorchScript (torch.jit.trace)
+                                 model.onnx        ONNX with a dynamic batch axis
+                                 model_int8.onnx   ONNX int8: static quantisation calibrated on fold k's training images
+                                 pruned.pt         globally magnitude-pruned weights (optionally fine-tuned)
+    outputs/<exp>/export/export.json               per fold and variant: OOF score on fold k's validation rows,
+                                                   max |probability difference| with torch, file size, CPU images/s;
+                                                   each variant's overall OOF score; the checkpoint it came from
+
+Each variant is scored like the fp32 torch model it came from: on the fold's validation rows (never seen in
+training, calibration or fine-tuning), so the table says what int8 or pruning costs in the competition's metric.
+Parity and speed are measured on the CPU (a code competition's notebook may have no GPU) on the first
+`export.check_batches` validation batches, decoded beforehand: images/s is the model's, not the loader's.
+An ONNX model further than `export.tolerance` from torch (on probabilities; relative to the largest value for
+regression) is recorded as failing and `predict.runtime=onnx` refuses it, as it refuses a model exported from
+another checkpoint than the fold has now.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .config import Config, metric_name
+from .core.errors import UserError
+from .core.runs import atomic_torch_save, atomic_write_json, checksum, load_best, read_json
+from .core.runtime import amp_dtype, resolve_device
+from .core.tasks import num_outputs
+from .cv import score_oof
+from .data.augment import build_transforms, resolve_normalization
+from .data.images import ImageDataset, reseed
+from .data.problem import Problem, build_fold_data, load_problem, pred_frame
+from .modeling import deploy, metrics
+from .modeling.models import build_model
+from .modeling.predictors import OnnxPredictor, Predictor, TorchPredictor
+from .predict import activate, fold_models, predict_loader
+
+REFERENCE = "torch"  # the fp32 checkpoint itself: every other variant is compared with it
+ONNX_VARIANT = {"fp32": "onnx", "int8": "onnx_int8"}  # predict.onnx_model -> its variant
+
+
+@dataclass
+class Variant:
+    """One deployable form of a fold's model: its file and how to run it on a device."""
+
+    name: str
+    path: Path
+    make: Callable[[torch.device], Predictor]
+    extra: dict = dataclasses.field(default_factory=dict)  # recorded as is (the pruned model's sparsity)
+
+
+def run_export(cfg: Config) -> dict:
+    """The `export` command: every finished fold, every variant in export.variants (and the fp32 torch model they
+    are compared with) -> export/, export.json, and a printed table."""
+    run, folds = cfg.run, fold_models(cfg)
+    problem = load_problem(cfg)
+    model = build_model(cfg, num_outputs(cfg.task, len(problem.classes)), pretrained=False)
+    mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
+    per_fold, oof = {}, {}
+    for k in folds:
+        print(f"fold {k}: exporting {', '.join(cfg.export.variants)}")
+        per_fold[str(k)], preds = export_fold(cfg, problem, k, model, mean, std)
+        for name, frame in preds.items():
+            oof.setdefault(name, []).append(frame)
+    overall = {name: score_oof(cfg, pd.concat(frames, ignore_index=True))[1] for name, frames in oof.items()}
+    name = metric_name(cfg)
+    info = {
+        "exp": cfg.exp,
+        "metric": name,
+        "higher_is_better": metrics.get_metric(name).higher_is_better,
+        "threads": torch.get_num_threads(),
+        "settings": dataclasses.asdict(cfg.export),
+        "overall": overall,
+        "folds": per_fold,
+    }
+    atomic_write_json(run.export_json, info)
+    print(format_table(info))
+    print(f"{run.export_json} written")
+    return info
+
+
+def export_fold(
+    cfg: Config, problem: Problem, k: int, model: nn.Module, mean: tuple, std: tuple
+) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """Fold k's variants: written, checked on the CPU against torch, timed, scored on fold k's validation rows.
+    Returns fold k's entry of export.json and each variant's OOF predictions."""
+    best, files, x = cfg.run.fold(k).best, cfg.run.export_fold(k), cfg.export
+    model.to("cpu").load_state_dict(load_best(best)["model"])
+    model.eval()
+    data = build_fold_data(cfg, problem, k, mean, std)
+    loader = DataLoader(data.valid, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
+    check = [batch["image"] for batch in islice(loader, x.check_batches)]
+    example = torch.cat([check[0], check[0]])[:2]  # two rows: torch.export would specialise a batch of one
+    device = resolve_device(cfg.device)
+    dtype = amp_dtype(cfg.train.amp, device)
+    cpu = torch.device("cpu")
+
+    def torch_variant(name: str, path: Path, module: nn.Module, extra: dict | None = None) -> Variant:
+        return Variant(name, path, lambda d: TorchPredictor(module, d, dtype if d.type != "cpu" else None), extra or {})
+
+    variants = [torch_variant(REFERENCE, best, model)]
+    if "torchscript" in x.variants:
+        deploy.export_torchscript(model, example, files.torchscript)
+        variants.append(
+            torch_variant("torchscript", files.torchscript, deploy.load_torchscript(files.torchscript, cpu))
+        )
+    if "onnx" in x.variants:
+        deploy.export_onnx(model, example, files.onnx, x.exporter, x.opset, x.dynamic_size)
+        variants.append(Variant("onnx", files.onnx, lambda d: OnnxPredictor(files.onnx, d)))
+    if "onnx_int8" in x.variants:
+        deploy.quantize_int8(
+            files.onnx, files.onnx_int8, calibration_batches(cfg, problem, k, mean, std), x.per_channel
+        )
+        variants.append(Variant("onnx_int8", files.onnx_int8, lambda d: OnnxPredictor(files.onnx_int8, d)))
+    if "pruned" in x.variants:
+        pruned, sparsity = prune_model(cfg, k, model)
+        atomic_torch_save(files.pruned, {"model": pruned.state_dict(), "sparsity": sparsity})
+        variants.append(torch_variant("pruned", files.pruned, pruned, {"sparsity": sparsity}))
+
+    entry, preds, reference = {"checkpoint": checksum(best), "variants": {}}, {}, None
+    for v in variants:
+        probs, images_per_s = timed_probs(v.make(cpu), check, cfg.task)
+        if reference is None:
+            reference = probs
+            # Probabilities lie in 0..1; regression values may be in the thousands, where float32 rounding alone
+            # exceeds an absolute 1e-4: there the tolerance is relative to the largest value.
+            tolerance = x.tolerance * (max(1.0, float(np.abs(probs).max())) if cfg.task == "regression" else 1.0)
+        oof = predict_loader(v.make(device), loader, cfg.task, desc=f"fold {k} {v.name}")
+        frame = pred_frame(data.valid_ids, oof, problem.classes, cfg.data.id_col)
+        frame.insert(1, "fold", k)
+        preds[v.name] = frame
+        diff = float(np.abs(probs - reference).max())
+        entry["variants"][v.name] = {
+            "file": v.path.relative_to(cfg.run.path).as_posix(),
+            "score": metrics.score(metric_name(cfg), data.y_valid, oof, cfg.task),
+            "max_abs_diff": diff,
+            "size_mb": v.path.stat().st_size / 2**20,
+            "zipped_mb": len(zlib.compress(v.path.read_bytes())) / 2**20,
+            "images_per_s": images_per_s,
+            **({"parity_ok": diff <= tolerance, "tolerance": tolerance} if v.name == "onnx" else {}),
+            **v.extra,
+        }
+    onnx = entry["variants"].get("onnx", {})
+    if not onnx.get("parity_ok", True):
+        print(
+            f"warning: fold {k}: ONNX probabilities differ from torch by up to {onnx['max_abs_diff']:.2e} > "
+            f"{tolerance:.2e} (export.tolerance); predict.runtime=onnx refuses it (try another export.exporter)"
+        )
+    model.to(cpu)
+    return entry, preds
+
+
+@torch.inference_mode()
+def timed_probs(predictor: Predictor, batches: list[torch.Tensor], task: str) -> tuple[np.ndarray, float]:
+    """Probabilities of `predictor` on `batches` (already decoded), and the images per second it took, after one
+    untimed warm-up batch (first-call allocations and kernel choices)."""
+    predictor(batches[0])
+    start = time.perf_counter()
+    out = [activate(predictor(b), task) for b in batches]
+    seconds = time.perf_counter() - start
+    return torch.cat(out).numpy(), sum(len(b) for b in batches) / max(seconds, 1e-9)
+
+
+def calibration_batches(cfg: Config, problem: Problem, k: int, mean: tuple, std: tuple) -> Iterator[np.ndarray]:
+    """export.calibration_batches batches of fold k's training images (a seeded random draw), transformed as at
+    prediction time: int8 ranges must never see the validation rows the int8 model is scored on."""
+    rows = problem.rows(k, valid=False)
+    n = min(len(rows), cfg.export.calibration_batches * cfg.tta.batch_size)
+    rows = np.random.default_rng(cfg.seed + k).choice(rows, size=n, replace=False)
+    tf = build_transforms(cfg.augment, False, mean, std)
+    dataset = ImageDataset([problem.paths[i] for i in rows], None, tf, cfg.model.in_chans)
+    for batch in DataLoader(dataset, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers):
+        yield batch["image"].numpy()
+
+
+def prune_model(cfg: Config, k: int, model: nn.Module) -> tuple[nn.Module, float]:
+    """A copy of `model` with export.sparsity of its conv/linear weights zeroed, fine-tuned for
+    export.prune_finetune_epochs on fold k's training rows (zeros kept, on the configured device), returned on the
+    CPU with its measured sparsity."""
+    pruned = copy.deepcopy(model)
+    params = deploy.prune_global(pruned, cfg.export.sparsity)
+    if cfg.export.prune_finetune_epochs > 0:
+        finetune(cfg, k, pruned)
+    deploy.make_permanent(params)
+    return pruned.to("cpu").eval(), deploy.sparsity_of(pruned)
+
+
+def finetune(cfg: Config, k: int, model: nn.Module) -> None:
+    """A short training run of `model` on fold k's training rows with train.py's own loop (augmentation, loss,
+    mixup, AMP as configured): export.prune_finetune_epochs epochs at export.prune_finetune_lr x optim.lr, no EMA,
+    nothing frozen, the validation rows untouched."""
+    from .modeling.optim import build_optimizer, build_scheduler, total_updates
+    from .train import setup_fold, supervised_step, train_epoch
+
+    x = cfg.export
+    ft = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, pretrained=False, freeze_backbone_epochs=0),
+        optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr * x.prune_finetune_lr),
+        train=dataclasses.replace(cfg.train, epochs=x.prune_finetune_epochs, ema=False),
+    )
+    s = setup_fold(ft, k)  # seeded for fold k; it builds a model of its own, unused here
+    model.to(s.device)
+    steps = total_updates(s.n_batches, ft.optim.grad_accum, x.prune_finetune_epochs)
+    optimizer = build_optimizer(model, ft.optim, steps, backbone_lr_mult=ft.model.backbone_lr_mult)
+    scheduler = build_scheduler(optimizer, ft.optim, steps)
+    scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)
+    step = lambda m, b, c: supervised_step(m, b, c, s.mixer)  # noqa: E731
+    for epoch in range(x.prune_finetune_epochs):
+        reseed(s.data.train, cfg.seed * 1000 + k * 100 + epoch)
+        loss = train_epoch(ft, s, model, optimizer, scheduler, scaler, None, step, epoch)
+        print(f"fold {k} pruned fine-tune epoch {epoch + 1}/{x.prune_finetune_epochs} train_loss {loss:.4f}")
+    model.eval()
+
+
+def format_table(info: dict) -> str:
+    """One row per variant: overall OOF score and its difference with torch, the largest probability difference
+    with torch over the folds, and the per-fold means of file size and CPU images/s."""
+    folds = list(info["folds"].values())
+    names = list(info["overall"])
+    sign = "higher" if info["higher_is_better"] else "lower"
+    header = ("OOF score", 11), ("vs torch", 11), ("max|dp|", 10), ("size MB", 10), ("zipped MB", 11), ("img/s", 9)
+    lines = [
+        f"{info['exp']}: export of {len(folds)} fold(s); {info['metric']} on OOF ({sign} is better); "
+        f"CPU images/s with {info['threads']} thread(s)",
+        f"  {'variant':<14}" + "".join(f"{title:>{width}}" for title, width in header),
+    ]
+    ref = info["overall"][REFERENCE]
+    for name in names:
+        rows = [f["variants"][name] for f in folds]
+        label = name + (f" ({100 * rows[0]['sparsity']:.0f}%)" if "sparsity" in rows[0] else "")
+        flag = "" if all(r.get("parity_ok", True) for r in rows) else "  PARITY FAILED"
+        lines.append(
+            f"  {label:<14}{info['overall'][name]:>11.5f}{info['overall'][name] - ref:>+11.5f}"
+            f"{max(r['max_abs_diff'] for r in rows):>10.1e}{np.mean([r['size_mb'] for r in rows]):>10.2f}"
+            f"{np.mean([r['zipped_mb'] for r in rows]):>11.2f}{np.mean([r['images_per_s'] for r in rows]):>9.0f}{flag}"
+        )
+    return "\n".join(lines)
+
+
+def exported_onnx(cfg: Config, fold: int, which: str = "fp32") -> Path:
+    """Fold `fold`'s exported ONNX model (`which`: fp32 | int8) for predict.runtime=onnx, after checking that
+    export.json vouches for it: exported from the checkpoint the fold has now, fp32 parity with torch held."""
+    run, variant = cfg.run, ONNX_VARIANT[which]
+    path = run.export_fold(fold).onnx if which == "fp32" else run.export_fold(fold).onnx_int8
+    if not run.export_json.is_file():
+        raise UserError(f"{run.export_json} not found: predict.runtime=onnx runs the models that `export` writes; "
+                        f"run `make export EXP={cfg.exp}` first (or set predict.runtime=torch)")  # fmt: skip
+    entry = read_json(run.export_json)["folds"].get(str(fold), {})
+    if variant not in entry.get("variants", {}) or not path.is_file():
+        raise UserError(f"{path}: fold {fold} has no exported {variant} model; export it again with {variant} "
+                        f"in export.variants (predict.onnx_model={which})")  # fmt: skip
+    if entry["checkpoint"] != checksum(run.fold(fold).best):
+        raise UserError(f"{path} was exported from another {run.fold(fold).best.name} than fold {fold} has now "
+                        f"(retrained since?): run `make export EXP={cfg.exp}` again")  # fmt: skip
+    onnx = entry["variants"].get("onnx", {})
+    if not onnx.get("parity_ok", False):
+        raise UserError(f"{run.export_json}: fold {fold}'s ONNX model differs from torch by "
+                        f"{onnx.get('max_abs_diff', float('nan')):.2e} > {onnx.get('tolerance', float('nan')):.2e} "
+                        "(export.tolerance); use predict.runtime=torch "
+                        "or export again with another export.exporter")  # fmt: skip
+    return path
