@@ -124,6 +124,21 @@ def _lr_find(args: argparse.Namespace) -> None:
     run_lr_find(cfg, parse_folds(args.fold if args.fold != "all" else "0", cfg)[0])
 
 
+def _aug_preview_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", type=int, default=6, help="training images, one per row (default 6)")
+    p.add_argument("--draws", type=int, default=8, help="augmented draws per image (default 8)")
+
+
+@command("aug-preview", "a grid of training images x augmented draws -> outputs/<exp>/aug_preview.png",
+         _aug_preview_flags)  # fmt: skip
+def _aug_preview(args: argparse.Namespace) -> None:
+    from .aug_preview import run_aug_preview
+
+    if args.images < 1 or args.draws < 1:
+        raise UserError(f"--images {args.images} --draws {args.draws}: expected at least 1 of each")
+    run_aug_preview(config_of(args), args.images, args.draws)
+
+
 def _predict_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-oof-tta", action="store_true", help="skip re-predicting the OOF rows with the TTA views")
 

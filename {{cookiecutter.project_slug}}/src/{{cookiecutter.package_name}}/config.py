@@ -24,7 +24,7 @@ from .core.errors import UserError
 from .core.runs import Run, atomic_write_text
 from .core.tasks import TASKS
 from .data import folds as folds_module
-from .data.augment import PRESETS
+from .data.augment import PRESETS, RANDAUGMENT_MAX_M, aug_ops
 from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
 from .modeling.optim import OPTIMIZERS, SCHEDULES
@@ -72,7 +72,9 @@ class ModelConfig:
 @dataclass
 class AugmentConfig:
     image_size: int = 256
-    preset: str = "light"  # none | light | medium | heavy
+    preset: str = "light"  # none | light | medium | heavy | trivial | randaugment (PRESETS in data/augment.py)
+    randaugment_n: int = 2  # randaugment: ops per image
+    randaugment_m: float = 9.0  # randaugment: their level, 0..10
     hflip: bool = True
     vflip: bool = False
     rotate90: bool = False
@@ -335,6 +337,10 @@ def validate(cfg: Config) -> None:
          ">= 0"),
         (cfg.model.backbone_lr_mult >= 0, "model.backbone_lr_mult", cfg.model.backbone_lr_mult, ">= 0"),
         (a.image_size > 0, "augment.image_size", a.image_size, "> 0"),
+        (1 <= a.randaugment_n <= len(aug_ops(cfg.model.in_chans)), "augment.randaugment_n", a.randaugment_n,
+         f"1..{len(aug_ops(cfg.model.in_chans))} (the ops for model.in_chans={cfg.model.in_chans})"),
+        (0 <= a.randaugment_m <= RANDAUGMENT_MAX_M, "augment.randaugment_m", a.randaugment_m,
+         f"0..{RANDAUGMENT_MAX_M}"),
         (a.mixup_alpha >= 0, "augment.mixup_alpha", a.mixup_alpha, ">= 0 (0 = off)"),
         (a.cutmix_alpha >= 0, "augment.cutmix_alpha", a.cutmix_alpha, ">= 0 (0 = off)"),
         (0 <= a.mix_prob <= 1, "augment.mix_prob", a.mix_prob, "0..1"),

@@ -14,6 +14,7 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
         weights.json                    ensembles only: method, members, weights
         lineage.json                    students only: teachers, settings, per-fold provenance
         lr_find.png, learning_curves.png, fold_scores.png, confusion_matrix.png
+        aug_preview.png                 training images x draws of the augmentation preset (aug-preview)
         teacher/                        cached teacher outputs (students)
         fold<k>/                        FoldFiles
             best.pt  last.pt            weights to predict with; everything to resume exactly
@@ -54,6 +55,7 @@ TEST_PRED = "test_pred.csv"
 WEIGHTS = "weights.json"
 LINEAGE = "lineage.json"
 LR_FIND = "lr_find.png"
+AUG_PREVIEW = "aug_preview.png"
 BEST = "best.pt"
 LAST = "last.pt"
 HISTORY = "history.json"
@@ -233,6 +235,7 @@ class Run:
     weights = property(lambda self: self.path / WEIGHTS)
     lineage = property(lambda self: self.path / LINEAGE)
     lr_find = property(lambda self: self.path / LR_FIND)
+    aug_preview = property(lambda self: self.path / AUG_PREVIEW)
 
     def figure(self, name: str) -> Path:
         return self.path / f"{name}.png"
