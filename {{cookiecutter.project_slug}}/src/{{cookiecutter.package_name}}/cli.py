@@ -172,7 +172,9 @@ def _distill(args: argparse.Namespace) -> None:
 
 def _ensemble_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exps", nargs="+", required=True, help="experiments (or ensembles) to blend")
-    p.add_argument("--method", default="hill_climb", help="mean | weighted | rank | hill_climb | optimize")
+    p.add_argument(
+        "--method", default="hill_climb", help="mean | weighted | rank | hill_climb | optimize | stacking | vote"
+    )
     p.add_argument("--name", default="blend", help="output folder under output_dir (default blend)")
     p.add_argument("--weights", nargs="+", type=float, help="weights for --method weighted")
 

@@ -73,6 +73,11 @@ def teacher_leaves(cfg: Config, names: Sequence[str]) -> dict[str, float]:
             raise UserError(f"ensemble {trail[0]!r} contains itself (via {' -> '.join((*trail, name))})")
         if run.is_ensemble():
             info = run.read_weights()
+            if info.get("weights") is None:  # a stacking meta-model was even fitted on every fold's OOF targets
+                raise UserError(
+                    f"ensemble {name!r} (method={info.get('method')}) is no weighted mean of its members: teach with "
+                    "its members, or with a mean / weighted / hill_climb / optimize blend of them"
+                )
             for member, w in zip(info["members"], info["weights"], strict=True):
                 add(member, weight * float(w), (*trail, name))
         elif run.is_experiment():
