@@ -217,6 +217,13 @@ def _submit(args: argparse.Namespace) -> None:
     submit(cfg, args.file, args.message, args.dry_run, competition=cfg.competition)
 
 
+@command("lb", "CV against the public leaderboard: submissions/log.csv joined to Kaggle's submission history")
+def _lb(args: argparse.Namespace) -> None:
+    from .kaggle.leaderboard import run_lb
+
+    run_lb(config_of(args))
+
+
 def _score_flags(p: argparse.ArgumentParser) -> None:
     _file_flags(p)
     p.add_argument("--solution", help="solution CSV (default: data.dir/solution.csv, which the demo ships)")
@@ -292,8 +299,22 @@ def split_overrides(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse gives the positional words (a file, then the overrides) one go: `key=value` words after a flag
+    (`submit FILE --dry-run train.epochs=3`, as `make submit DRY=1 ARGS=...` writes it) come back unknown, and are
+    overrides too."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    stray = [a for a in unknown if "=" not in a or a.startswith("-") or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if unknown:
+        args.overrides = [*args.overrides, *unknown]
+    return split_overrides(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = split_overrides(build_parser().parse_args(argv))
+    args = parse(argv)
     try:
         COMMANDS[args.command].run(args)
     except UserError as e:

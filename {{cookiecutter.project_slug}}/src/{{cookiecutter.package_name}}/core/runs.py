@@ -23,6 +23,8 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
             pseudo_labels.csv           students only
     <folds.path> (data/folds.csv) + folds.json (its hash)
     submissions/<name>.csv
+    submissions/log.csv                 one row per `submit`: time, file, its size and sha256, experiment, CV, message
+    submissions/cv_vs_lb.png, .csv      `lb`: the log joined to Kaggle's submission history, CV against public score
 
 Every file is written atomically (a temporary file beside it, then `os.replace`), with the user's normal
 permissions. Derived files carry what they were derived from in a `.source.json` beside them, and
@@ -31,6 +33,7 @@ permissions. Derived files carry what they were derived from in a `.source.json`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -60,6 +63,8 @@ BEST = "best.pt"
 LAST = "last.pt"
 HISTORY = "history.json"
 PSEUDO_LABELS = "pseudo_labels.csv"
+SUBMISSION_LOG = "log.csv"
+CV_VS_LB = "cv_vs_lb"  # .png (the plot) and .csv (the joined table), in submissions/
 FOLDS_META_SUFFIX = ".json"  # data/folds.csv -> data/folds.json
 SOURCE_SUFFIX = ".source.json"
 TMP_SUFFIX = ".tmp"
@@ -134,6 +139,23 @@ def atomic_savefig(path: str | Path, fig: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def append_csv_row(path: str | Path, row: dict[str, Any]) -> Path:
+    """Append one row to a CSV log by rewriting it through a temporary file: a crash leaves the old log whole.
+    Columns new to the log are added (empty in the older rows)."""
+    path = Path(path)
+    old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else pd.DataFrame()
+    return atomic_write_csv(path, pd.concat([old, pd.DataFrame([row])], ignore_index=True))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's content hash (what was sent, whatever it is called)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- derived files
@@ -299,7 +321,20 @@ def folds_meta_path(folds_path: str | Path) -> Path:
 
 
 def submission_path(folder: str | Path, name: str) -> Path:
+    if f"{name}.csv" in (SUBMISSION_LOG, f"{CV_VS_LB}.csv"):
+        raise UserError(
+            f"submission name {name!r} is taken by submissions/{name}.csv (the submission log); pick another"
+        )
     return Path(folder) / f"{name}.csv"
+
+
+def submission_log_path(folder: str | Path) -> Path:
+    return Path(folder) / SUBMISSION_LOG
+
+
+def cv_vs_lb_paths(folder: str | Path) -> tuple[Path, Path]:
+    """(plot, table) of the `lb` command."""
+    return Path(folder) / f"{CV_VS_LB}.png", Path(folder) / f"{CV_VS_LB}.csv"
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
