@@ -140,7 +140,11 @@ def _aug_preview(args: argparse.Namespace) -> None:
 
 
 def _predict_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-oof-tta", action="store_true", help="skip re-predicting the OOF rows with the TTA views")
+    p.add_argument(
+        "--no-oof-tta",
+        action="store_true",
+        help="skip re-predicting the OOF rows with the TTA views (tta.views=auto always does: it chooses on them)",
+    )
 
 
 @command("predict", "fold models x TTA views -> outputs/<exp>/test_pred.csv (and OOF with TTA)", _predict_flags)

@@ -128,7 +128,8 @@ class TrainConfig:
 
 @dataclass
 class TTAConfig:
-    views: list[str] = field(default_factory=lambda: ["identity"])
+    views: list[str] = field(default_factory=lambda: ["identity"])  # or auto: chosen on OOF among the candidates
+    candidates: list[str] = field(default_factory=tta.default_candidates)  # views: auto picks among these
     merge: str = "mean"  # mean | gmean | max
     batch_size: int = 64
 
@@ -249,15 +250,28 @@ def _read_yaml(path: Path, trail: tuple[Path, ...] = ()) -> Any:
     return OmegaConf.merge(_read_yaml(path.parent / base, (*trail, path)), node)
 
 
+# List keys that also take one bare word: `tta.views: auto` reads as `tta.views: [auto]`.
+WORD_OR_LIST = ("tta.views",)
+
+
+def _words_to_lists(node: DictConfig) -> DictConfig:
+    for key in WORD_OR_LIST:
+        value = OmegaConf.select(node, key, default=None)
+        if isinstance(value, str):
+            OmegaConf.update(node, key, [value], merge=False)
+    return node
+
+
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- base YAML <- YAML file <- `key=value` overrides, checked against the schema and validated."""
     path = Path(path)
-    file_cfg = _read_yaml(path)
+    file_cfg = _words_to_lists(_read_yaml(path))
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key=value (e.g. train.epochs=3)")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), file_cfg, OmegaConf.from_dotlist(list(overrides)))
+        cli_cfg = _words_to_lists(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(OmegaConf.structured(Config), file_cfg, cli_cfg)
         if OmegaConf.is_missing(merged, "exp"):
             merged.exp = path.stem
         cfg = OmegaConf.to_object(merged)
@@ -375,7 +389,9 @@ def validate(cfg: Config) -> None:
     ]  # fmt: skip
     for ok, key, value, expected in checks:
         _check(ok, key, value, expected)
-    for view in cfg.tta.views:
+    if tta.AUTO in cfg.tta.views and list(cfg.tta.views) != [tta.AUTO]:
+        raise UserError(f"config key 'tta.views' is {list(cfg.tta.views)}; 'auto' stands alone (tta.views: auto)")
+    for view in [v for v in cfg.tta.views if v != tta.AUTO] + list(cfg.tta.candidates):
         tta.get_view(view)  # an unknown view names itself and the choices
     if cfg.task == "regression" and (p.threshold > 0 or p.top_fraction < 1 or p.max_per_class > 0):
         raise UserError("pseudo.threshold / top_fraction / max_per_class rank confidences; task=regression has none")

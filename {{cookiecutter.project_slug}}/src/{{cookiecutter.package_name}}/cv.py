@@ -16,8 +16,8 @@ from .core.errors import UserError
 from .core.runs import atomic_savefig, atomic_write_csv, atomic_write_json, read_derived, read_json
 from .core.tracking import Tracker
 from .data.problem import load_problem
-from .modeling import metrics
-from .predict import folds_source
+from .modeling import metrics, tta
+from .predict import folds_source, read_choice, with_views
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -113,11 +113,18 @@ def summarize(cfg: Config) -> dict:
         "folds_hash": problem.folds_hash,
         "pred_cols": problem.classes,
     }
-    # OOF with TTA counts only if made with the configured views from these very checkpoints.
-    tta_oof = read_derived(run.oof_tta, folds_source(cfg, folds), cfg.data.id_col)
+    # OOF with TTA counts only if made with the configured (or, tta.views: auto, the chosen) views from these very
+    # checkpoints.
+    auto = list(cfg.tta.views) == [tta.AUTO]
+    choice = read_choice(cfg) if auto else None
+    views = choice["views"] if choice else (None if auto else list(cfg.tta.views))
+    tta_oof = None if views is None else read_derived(run.oof_tta, folds_source(with_views(cfg, views), folds),
+                                                      cfg.data.id_col)  # fmt: skip
     if tta_oof is not None:
         result["cv_tta"] = score_oof(cfg, tta_oof)[1]
-        result["tta_views"] = list(cfg.tta.views)
+        result["tta_views"] = views
+    if choice:
+        result["tta_auto"] = {k: choice[k] for k in ("candidates", "views", "identity", "chosen", "steps")}
     atomic_write_csv(run.oof, oof)
     atomic_write_json(run.cv, result)
     print(format_table(result))
@@ -131,6 +138,11 @@ def format_table(result: dict) -> str:
     lines.append(f"  OOF CV   {result['cv']:.5f}" + ("" if result["complete"] else "  (not every fold trained)"))
     if "cv_tta" in result:
         lines.append(f"  OOF CV with TTA {result['tta_views']}: {result['cv_tta']:.5f}")
+    if "tta_auto" in result:
+        auto = result["tta_auto"]
+        lines.append(
+            f"  TTA views chosen on OOF: {auto['views']} {auto['chosen']:.5f} (identity {auto['identity']:.5f})"
+        )
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
         oof.csv                         id, fold, one column per prediction column (every finished fold)
         oof_tta.csv (+ .source.json)    OOF re-predicted with the TTA views; recomputed when the views or a
                                         checkpoint change
+        tta_auto.json                   tta.views: auto: the views chosen on OOF, the scores, the checkpoints' sha256
         cv.json                         per-fold and overall score, folds hash, prediction columns
         test_pred.csv (+ .source.json)  fold-averaged, TTA-merged test predictions
         weights.json                    ensembles only: method, members, weights
@@ -54,6 +55,7 @@ CLASSES = "classes.json"
 CV = "cv.json"
 OOF = "oof.csv"
 OOF_TTA = "oof_tta.csv"
+TTA_AUTO = "tta_auto.json"
 TEST_PRED = "test_pred.csv"
 WEIGHTS = "weights.json"
 LINEAGE = "lineage.json"
@@ -70,7 +72,7 @@ SOURCE_SUFFIX = ".source.json"
 TMP_SUFFIX = ".tmp"
 # What a packaged run (Kaggle dataset, offline notebook) carries besides its checkpoints: thresholds and QWK cuts
 # tuned on OOF are re-tuned offline exactly as here.
-PACKAGED = (CONFIG, CLASSES, CV, WEIGHTS, OOF)
+PACKAGED = (CONFIG, CLASSES, CV, WEIGHTS, OOF, TTA_AUTO)
 
 
 # --------------------------------------------------------------------------------------------- atomic writes
@@ -253,6 +255,7 @@ class Run:
     cv = property(lambda self: self.path / CV)
     oof = property(lambda self: self.path / OOF)
     oof_tta = property(lambda self: self.path / OOF_TTA)
+    tta_auto = property(lambda self: self.path / TTA_AUTO)
     test_pred = property(lambda self: self.path / TEST_PRED)
     weights = property(lambda self: self.path / WEIGHTS)
     lineage = property(lambda self: self.path / LINEAGE)

@@ -38,7 +38,7 @@ from ..data.images import IMAGE_EXTS, ImageDataset, image_paths
 from ..data.problem import FoldData, Problem
 from ..data.tables import data_path, read_table
 from ..modeling.models import build_model
-from ..predict import predict_loader, predict_test, prediction_source
+from ..predict import predict_loader, predict_test, prediction_source, resolve_views
 from ..train import Step, fold_pending, train_one_fold
 
 Source = tuple[str, int]  # (teacher experiment, fold): the one model an array of teacher outputs came from
@@ -228,7 +228,7 @@ def teacher_predictions(cfg: Config, leaves: dict[str, float], fold: int, unl: U
     those `predict` saved, TTA-merged (one view if not `pseudo.tta`: then predicted now, cached)."""
     total: np.ndarray | float = 0.0
     for exp, weight in leaves.items():
-        tcfg = teacher_config(cfg, exp)
+        tcfg = resolve_views(teacher_config(cfg, exp))  # tta.views: auto -> the views chosen on the teacher's OOF
         parts = [_test_predictions(cfg, tcfg, fold, unl.ids[: unl.n_test], log)]
         if len(unl.ids) > unl.n_test:
             parts.append(_predicted(cfg, tcfg, fold, unl.ids[unl.n_test :], unl.paths[unl.n_test :], "extra"))
