@@ -119,6 +119,10 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on a GPU that has it, else fp16; off on CPU) | bf16 | fp16 | off
     ema: bool = True
     ema_decay: float = 0.998
+    swa: bool = False  # also average the weights of the last epochs (SWA), scored beside the best epoch
+    swa_start: float = 0.75  # SWA averages the epochs after this fraction of train.epochs
+    avg_best_k: int = 0  # > 1: also average the K best epochs' weights, scored beside the best epoch
+    pick_averaged: bool = False  # best.pt becomes an average when it scores better on the fold's validation rows
     early_stopping: int = 0  # patience in epochs; 0 = off
     sampler: str = "none"  # none | weighted | upsample | downsample
     sampler_power: float = 1.0  # weighted: weight = 1 / count ** power
@@ -372,6 +376,10 @@ def validate(cfg: Config) -> None:
         (t.epochs >= 1, "train.epochs", t.epochs, ">= 1"),
         (t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1"),
         (0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "0 < value < 1"),
+        (0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "0 <= value < 1 (a fraction of train.epochs)"),
+        (t.avg_best_k == 0 or t.avg_best_k >= 2, "train.avg_best_k", t.avg_best_k, "0 (off) or >= 2"),
+        (not t.pick_averaged or t.swa or t.avg_best_k > 0, "train.pick_averaged", t.pick_averaged,
+         "false unless train.swa or train.avg_best_k is on (there is nothing else to pick)"),
         (t.early_stopping >= 0, "train.early_stopping", t.early_stopping, ">= 0 (0 = off)"),
         (t.sampler_power >= 0, "train.sampler_power", t.sampler_power, ">= 0"),
         (t.limit_batches >= 0, "train.limit_batches", t.limit_batches, ">= 0 (0 = every batch)"),

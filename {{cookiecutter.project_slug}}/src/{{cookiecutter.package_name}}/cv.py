@@ -125,11 +125,32 @@ def summarize(cfg: Config) -> dict:
         result["tta_views"] = views
     if choice:
         result["tta_auto"] = {k: choice[k] for k in ("candidates", "views", "identity", "chosen", "steps")}
+    averaging = weight_averaging(cfg, folds)
+    if averaging:
+        result["weight_averaging"] = averaging
     atomic_write_csv(run.oof, oof)
     atomic_write_json(run.cv, result)
     print(format_table(result))
     _figures(cfg, result, y_true, pred, problem.classes)
     return result
+
+
+def weight_averaging(cfg: Config, folds: list[int]) -> dict | None:
+    """train.swa / train.avg_best_k: the OOF score of the best epoch's weights ("best") and of each average, over
+    every finished fold (a variant some fold lacks, e.g. SWA cut short by early stopping, gets per-fold scores
+    only), each fold's scores, and which one each fold's best.pt holds."""
+    run = cfg.run
+    infos = {k: read_json(run.fold(k).averaging) for k in folds if run.fold(k).averaging.is_file()}
+    if not infos:
+        return None
+    out: dict = {}
+    for name in dict.fromkeys(n for info in infos.values() for n in info["scores"]):
+        paths = [run.fold(k).variant_oof(name) for k in folds]
+        if all(p.is_file() for p in paths):
+            out[name] = score_oof(cfg, pd.concat([pd.read_csv(p, dtype={cfg.data.id_col: str}) for p in paths]))[1]
+    out["folds"] = {str(k): info["scores"] for k, info in infos.items()}
+    out["picked"] = {str(k): info["picked"] for k, info in infos.items()}
+    return out
 
 
 def format_table(result: dict) -> str:
@@ -138,6 +159,12 @@ def format_table(result: dict) -> str:
     lines.append(f"  OOF CV   {result['cv']:.5f}" + ("" if result["complete"] else "  (not every fold trained)"))
     if "cv_tta" in result:
         lines.append(f"  OOF CV with TTA {result['tta_views']}: {result['cv_tta']:.5f}")
+    if "weight_averaging" in result:
+        shown = " | ".join(
+            f"{k} {v:.5f}" for k, v in result["weight_averaging"].items() if k not in ("folds", "picked")
+        )
+        picked = sorted(set(result["weight_averaging"]["picked"].values()))
+        lines.append(f"  weight averaging, OOF: {shown} (best.pt holds: {', '.join(picked)})")
     if "tta_auto" in result:
         auto = result["tta_auto"]
         lines.append(

@@ -19,6 +19,10 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
         teacher/                        cached teacher outputs (students)
         fold<k>/                        FoldFiles
             best.pt  last.pt            weights to predict with; everything to resume exactly
+            swa.pt avg_best_k.pt        train.swa / train.avg_best_k: the averaged weights (BatchNorm recomputed)
+            oof_<variant>.csv           their OOF rows, and the best epoch's (oof_best.csv), to compare in cv.json
+            averaging.json              each variant's make-up and score, and which one best.pt holds
+            best_epoch.pt               the best epoch's weights when train.pick_averaged put an average in best.pt
             history.json oof.csv        per-epoch metrics; the fold's OOF rows (written last: fold finished)
             test_pred.csv (+ .source.json)   this fold's model on the test set (pseudo-labelling needs it)
             pseudo_labels.csv           students only
@@ -64,6 +68,8 @@ AUG_PREVIEW = "aug_preview.png"
 BEST = "best.pt"
 LAST = "last.pt"
 HISTORY = "history.json"
+AVERAGING = "averaging.json"
+BEST_EPOCH = "best_epoch.pt"
 PSEUDO_LABELS = "pseudo_labels.csv"
 SUBMISSION_LOG = "log.csv"
 CV_VS_LB = "cv_vs_lb"  # .png (the plot) and .csv (the joined table), in submissions/
@@ -226,13 +232,31 @@ class FoldFiles:
     def pseudo_labels(self) -> Path:
         return self.path / PSEUDO_LABELS
 
+    @property
+    def best_epoch(self) -> Path:
+        return self.path / BEST_EPOCH
+
+    @property
+    def averaging(self) -> Path:
+        return self.path / AVERAGING
+
+    def averaged(self, variant: str) -> Path:
+        """Weights of a weight-averaging variant (swa, avg_best_k)."""
+        return self.path / f"{variant}.pt"
+
+    def variant_oof(self, variant: str) -> Path:
+        """OOF rows of a weight-averaging variant, or of the best epoch ("best")."""
+        return self.path / f"oof_{variant}.csv"
+
     def finished(self) -> bool:
         """A fold is finished once its oof.csv exists: train writes it last, after best.pt."""
         return self.oof.is_file() and self.best.is_file()
 
     def clear(self) -> None:
         """Remove what training writes, so a retrained fold starts from nothing."""
-        for p in (self.last, self.best, self.oof, self.history, self.test_pred, _source_path(self.test_pred)):
+        weights = self.path.glob("*.pt")  # last, best, and the weight-averaging variants
+        for p in (*weights, self.oof, self.history, self.test_pred, _source_path(self.test_pred), self.averaging,
+                  *self.path.glob("oof_*.csv")):  # fmt: skip
             p.unlink(missing_ok=True)
 
 
