@@ -8,9 +8,12 @@ import pytest
 import timm
 import torch
 
+from {{ cookiecutter.package_name }} import aug_preview, cli, config
 from {{ cookiecutter.package_name }}.config import CHOICES, AugmentConfig
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.data import augment
+
+from conftest import TINY
 
 SIZE = 24
 
@@ -65,12 +68,86 @@ def test_normalisation_exact_on_constant_image(chans, train):
         np.testing.assert_allclose(out[c].numpy(), expected[c], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("preset", augment.PRESETS.names())
+@pytest.mark.parametrize("chans", [1, 3])
+def test_every_preset_keeps_uint8_hwc_before_normalisation(preset, chans):
+    steps = augment.augmentations(_cfg(preset=preset, hflip=True, rotate90=True), chans)
+    steps.set_random_seed(0)
+    for seed in range(8):
+        out = steps(image=_image(chans, seed=seed))["image"]
+        assert out.dtype == np.uint8 and out.shape == (SIZE, SIZE, chans)
+
+
+def _applied_ops(preset: str, chans: int, draws: int, **kw) -> list[list[tuple[str, dict]]]:
+    """The ops (leaf transforms after the resize, flips off) that each of `draws` images went through."""
+    steps = augment.PRESETS.get(preset)(_cfg(preset=preset, hflip=False, **kw), chans)
+    compose = A.Compose(steps, save_applied_params=True, seed=0)
+    applied = [compose(image=_image(chans, seed=i))["applied_transforms"] for i in range(draws)]
+    assert all(a[0][0] == "Resize" for a in applied)
+    return [a[1:] for a in applied]
+
+
+@pytest.mark.parametrize("chans", [1, 3])
+def test_trivial_applies_exactly_one_op_per_image_drawn_from_every_op(chans):
+    applied = _applied_ops("trivial", chans, 400)
+    assert [len(a) for a in applied] == [1] * 400
+    seen = {a[0][0] for a in applied}
+    expected = {"NoOp", "Affine", "RandomBrightnessContrast", "Sharpen", "Posterize", "Solarize", "Equalize",
+                "AutoContrast"} | ({"ColorJitter"} if chans == 3 else set())  # fmt: skip
+    assert seen == expected  # colour ops only for RGB
+    # random magnitude: the rotation angles spread over (-30, 30) instead of sitting at one value
+    angles = [p["rotate"] for a in applied for name, p in a if name == "Affine" and p["rotate"] != 0]
+    assert len(angles) > 5 and max(angles) > 5 and min(angles) < -5 and len(set(angles)) == len(angles)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("chans", [1, 3])
+def test_randaugment_applies_n_ops_at_magnitude_m(n, chans):
+    applied = _applied_ops("randaugment", chans, 200, randaugment_n=n, randaugment_m=5)
+    assert [len(a) for a in applied] == [n] * 200
+    # magnitude 5 of 10: every rotation is +-15 degrees (half of the 30 at the strongest level), either way
+    angles = {round(p["rotate"], 6) for a in applied for name, p in a if name == "Affine" and p["rotate"] != 0}
+    assert angles == {-15.0, 15.0}
+    if chans == 1:
+        assert not any(name == "ColorJitter" for a in applied for name, _ in a)
+
+
+def test_randaugment_n_is_checked_against_the_ops_for_the_channels(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("model:\n  in_chans: 1\n")
+    n_gray = len(augment.aug_ops(1))
+    assert n_gray < len(augment.aug_ops(3))
+    assert config.load(path, [f"augment.randaugment_n={n_gray}"]).augment.randaugment_n == n_gray
+    with pytest.raises(UserError, match=r"augment\.randaugment_n"):
+        config.load(path, [f"augment.randaugment_n={n_gray + 1}"])
+    with pytest.raises(UserError, match=r"augment\.randaugment_m"):
+        config.load(path, ["augment.randaugment_m=11"])
+
+
+def test_aug_preview_command_writes_the_grid(tmp_path, new_project, capsys):
+    cfg = new_project(tmp_path, extra=TINY)
+    path = tmp_path / "configs" / "exp.yaml"
+    assert cli.main(["aug-preview", "-c", str(path), "--images", "3", "--draws", "4", "augment.preset=trivial"]) == 0
+    png = cfg.run.aug_preview
+    assert png.read_bytes()[:4] == b"\x89PNG" and "3 training images x 4 draws" in capsys.readouterr().out
+    # the grid's content: per image the resized original, then draws that the preset changed; the same every time
+    trivial = config.load(path, ["augment.preset=trivial"])
+    images = [np.asarray(np.random.default_rng(i).integers(0, 256, (20, 20, 1)), dtype=np.uint8) for i in range(3)]
+    rows = aug_preview.preview_rows(images, trivial, 6)
+    assert [len(r) for r in rows] == [7, 7, 7] and all(a.shape == (16, 16, 1) for r in rows for a in r)
+    assert all(np.array_equal(r[0], A.Resize(16, 16)(image=img)["image"]) for r, img in zip(rows, images, strict=True))
+    assert all(any(not np.array_equal(d, r[0]) for d in r[1:]) for r in rows)
+    again = aug_preview.preview_rows(images, trivial, 6)
+    assert all(np.array_equal(a, b) for r, q in zip(rows, again, strict=True) for a, b in zip(r, q, strict=True))
+    assert cli.main(["aug-preview", "-c", str(path), "--draws", "0"]) == 2
+
+
 def _left_minus_right(out: torch.Tensor) -> float:
     half = out.shape[-1] // 2
     return float(out[..., :half].mean() - out[..., half:].mean())
 
 
-@pytest.mark.parametrize("preset", ["light", "medium", "heavy"])
+@pytest.mark.parametrize("preset", [p for p in augment.list_presets() if p != "none"])
 def test_flips_only_when_allowed(preset):
     flip_types = (A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90)
     off = augment.build_transforms(_cfg(preset=preset, hflip=False), True, (0.5,), (0.5,))

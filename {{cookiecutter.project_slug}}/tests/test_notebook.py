@@ -119,7 +119,7 @@ def test_notebook_predicts_with_the_exported_onnx_models_as_with_torch(project, 
         args = ["export", "-c", str(root / "configs" / f"{name}.yaml"), "export.variants=[onnx]"]
         assert cli.main([*args, "export.exporter=torchscript", "export.opset=17"]) == 0
     (root / "outputs" / "exp" / "export" / "fold0" / "model.ts").write_bytes(b"TorchScript stays home")
-    dataset = notebook.package_for_dataset(cfg, ["exp", "exp2"], tmp_path / "ds", "me/digit-models", "Digit models")
+    dataset = offline.package_for_dataset(cfg, ["exp", "exp2"], tmp_path / "ds", "me/digit-models", "Digit models")
     exported = dataset / "exp" / "export"
     assert sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*.*")) == [
         "export.json",
@@ -137,7 +137,7 @@ def test_notebook_predicts_with_the_exported_onnx_models_as_with_torch(project, 
     assert {f["runtime"] for f in source["folds"].values()} == {"onnx fp32"}
     sub = read(work / "submission.csv")
     assert sub["id"].tolist() == read(local)["id"].tolist() and sub["label"].tolist() == read(local)["label"].tolist()
-    ours = read(work / "outputs" / notebook.MEAN_NAME / "test_pred.csv")
+    ours = read(work / "outputs" / offline.MEAN_NAME / "test_pred.csv")
     theirs = read(root / "outputs" / "blend" / "test_pred.csv")
     assert ours["id"].tolist() == theirs["id"].tolist()
     assert np.abs(ours.iloc[:, 1:].to_numpy() - theirs.iloc[:, 1:].to_numpy()).max() <= 1e-4

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
 
-from {{ cookiecutter.package_name }} import config, submission
+from {{ cookiecutter.package_name }} import cli, config, submission
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
 
@@ -204,3 +204,13 @@ def test_submit_message_and_client_call(projects, monkeypatch):
     monkeypatch.setattr(kaggle_api, "_client", FakeApi)
     assert kaggle_api.submit(cfg, path, "my note", competition="digit-recognizer", log=quiet) == "my note"
     assert calls == [{"file_name": str(path), "message": "my note", "competition": "digit-recognizer"}]
+
+
+def test_overrides_after_a_flag_are_overrides():
+    """`make submit DRY=1 ARGS="competition=x"` puts the override after --dry-run."""
+    args = cli.parse(["submit", "-c", "e.yaml", "sub.csv", "--dry-run", "competition=x", "submit.threshold=0.3"])
+    assert (args.file, args.dry_run, args.overrides) == ("sub.csv", True, ["competition=x", "submit.threshold=0.3"])
+    with pytest.raises(SystemExit):
+        cli.parse(["submit", "-c", "e.yaml", "sub.csv", "--dry-run", "stray"])
+    with pytest.raises(SystemExit):
+        cli.parse(["submit", "-c", "e.yaml", "sub.csv", "--no-such-flag=1"])

@@ -1,11 +1,18 @@
 """TTA views: exact inverses, distinct pixel permutations of D4, independent formulas, and merging."""
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from {{ cookiecutter.package_name }} import cli, config, predict
+from {{ cookiecutter.package_name }} import cv as cvm
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.modeling import tta
+
+from conftest import TINY
 
 
 def _image(h: int = 5, w: int = 7) -> torch.Tensor:
@@ -156,3 +163,85 @@ def test_merge_types_and_errors():
         tta.merge([P1], "median")
     with pytest.raises(ValueError, match="shape"):
         tta.merge([P1, P1[:2]])
+
+
+# ----------------------------------------------------------------------------------------------- tta.views: auto
+
+
+def test_greedy_keeps_only_views_that_raise_the_score():
+    """Accuracy on 4 rows: 'good' fixes row 2 when merged with identity, 'bad' breaks rows 0 and 1, 'same' repeats
+    identity (no gain, so not kept), 'later' helps only once 'good' is in."""
+    y = np.array([0, 1, 1, 0])
+    preds = {
+        "identity": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.55, 0.45]]),
+        "good": np.array([[0.8, 0.2], [0.3, 0.7], [0.0, 1.0], [0.5, 0.5]]),
+        "bad": np.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [0.5, 0.5]]),
+        "same": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.55, 0.45]]),
+    }
+
+    def accuracy(p):
+        return float((p.argmax(1) == y).mean())
+
+    chosen, steps = tta.greedy_views(preds, accuracy)
+    assert chosen == ["identity", "good"] and [s["gain"] for s in steps] == [0.75, 1.0]
+    only_bad = {k: preds[k] for k in ("identity", "bad", "same")}
+    assert tta.greedy_views(only_bad, accuracy)[0] == ["identity"]  # nothing raises the score: identity alone
+
+
+def test_tta_views_auto_in_the_config(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("tta:\n  views: auto\n  candidates: [hflip, scale_0.9]\n")
+    assert config.load(path).tta.views == ["auto"]  # a bare word reads as the one-element list
+    assert config.load(tmp_path / "e.yaml", ["tta.views=auto"]).tta.views == ["auto"]
+    with pytest.raises(UserError, match="stands alone"):
+        config.load(path, ["tta.views=[auto,hflip]"])
+    with pytest.raises(UserError, match="flop"):
+        config.load(path, ["tta.candidates=[hflip,flop]"])
+    assert set(tta.list_tta_views()) <= set(config.TTAConfig().candidates)
+
+
+@pytest.mark.e2e
+def test_tta_views_auto_never_lowers_the_oof_score_on_the_demo(tmp_path, new_project, monkeypatch):
+    extra = TINY.replace("epochs: 1", "epochs: 3").replace("limit_batches: 4", "limit_batches: 12")  # learns a bit
+    new_project(tmp_path, n_folds=2, extra=extra + "optim:\n  lr: 0.01\n")
+    path = tmp_path / "configs" / "exp.yaml"
+    assert cli.main(["train", "-c", str(path)]) == 0
+    assert cli.main(["predict", "-c", str(path), "tta.views=auto"]) == 0
+    cfg = config.load(path, ["tta.views=auto"])
+    cv = json.loads(cfg.run.cv.read_text())
+    auto = cv["tta_auto"]
+    assert auto["candidates"][0] == "identity" and auto["views"][0] == "identity"
+    assert auto["chosen"] >= auto["identity"]  # accuracy: higher is better
+    assert auto["identity"] == pytest.approx(cv["cv"])  # the identity view is the training-time OOF prediction
+    assert cv["tta_views"] == auto["views"] and cv["cv_tta"] == pytest.approx(auto["chosen"], abs=1e-12)
+    scores = [s["score"] for s in auto["steps"]]
+    assert scores == sorted(scores) and len(set(scores)) == len(scores)  # each kept view raised it
+    # the test predictions were made with the chosen views, and are those of an explicit run with them
+    source = json.loads((cfg.run_dir / "test_pred.csv.source.json").read_text())
+    assert all(f["views"] == auto["views"] for f in source["folds"].values())
+    auto_test = pd.read_csv(cfg.run.test_pred)
+    # merging every candidate would have lowered the score: the choice mattered
+    every = predict.with_views(cfg, auto["candidates"])
+    predict.predict_oof_tta(every)
+    assert cvm.summarize(every)["cv_tta"] < auto["identity"]
+    explicit = predict.predict_test(predict.with_views(cfg, auto["views"]))
+    np.testing.assert_allclose(explicit.iloc[:, 1:].to_numpy(), auto_test.iloc[:, 1:].to_numpy(), atol=1e-6)
+    # a second predict reuses the choice (same checkpoints, same candidates) and the OOF score it was chosen with
+
+    def no_new_choice(cfg):
+        raise AssertionError("the views were chosen already")
+
+    monkeypatch.setattr(predict, "choose_views", no_new_choice)
+    assert cli.main(["predict", "-c", str(path), "tta.views=auto"]) == 0
+    again = json.loads(cfg.run.cv.read_text())
+    assert again["tta_auto"] == auto and again.get("cv_tta", again["cv"]) == pytest.approx(auto["chosen"], abs=1e-12)
+    # whatever was chosen is what the test set is predicted with: here a choice of two views, as if made on OOF
+    cfg.run.tta_auto.write_text(
+        json.dumps({**json.loads(cfg.run.tta_auto.read_text()), "views": ["identity", "vflip"]})
+    )
+    assert cli.main(["predict", "-c", str(path), "tta.views=auto"]) == 0
+    source = json.loads((cfg.run_dir / "test_pred.csv.source.json").read_text())
+    assert all(f["views"] == ["identity", "vflip"] for f in source["folds"].values())
+    two = predict.predict_test(predict.with_views(cfg, ["identity", "vflip"]))
+    np.testing.assert_allclose(pd.read_csv(cfg.run.test_pred).iloc[:, 1:].to_numpy(), two.iloc[:, 1:].to_numpy())
+    assert json.loads(cfg.run.cv.read_text())["tta_views"] == ["identity", "vflip"]

@@ -124,8 +124,27 @@ def _lr_find(args: argparse.Namespace) -> None:
     run_lr_find(cfg, parse_folds(args.fold if args.fold != "all" else "0", cfg)[0])
 
 
+def _aug_preview_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", type=int, default=6, help="training images, one per row (default 6)")
+    p.add_argument("--draws", type=int, default=8, help="augmented draws per image (default 8)")
+
+
+@command("aug-preview", "a grid of training images x augmented draws -> outputs/<exp>/aug_preview.png",
+         _aug_preview_flags)  # fmt: skip
+def _aug_preview(args: argparse.Namespace) -> None:
+    from .aug_preview import run_aug_preview
+
+    if args.images < 1 or args.draws < 1:
+        raise UserError(f"--images {args.images} --draws {args.draws}: expected at least 1 of each")
+    run_aug_preview(config_of(args), args.images, args.draws)
+
+
 def _predict_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-oof-tta", action="store_true", help="skip re-predicting the OOF rows with the TTA views")
+    p.add_argument(
+        "--no-oof-tta",
+        action="store_true",
+        help="skip re-predicting the OOF rows with the TTA views (tta.views=auto always does: it chooses on them)",
+    )
     p.add_argument("--estimate", type=int, metavar="N", help="predict nothing: project the time for N test images")
 
 
@@ -168,7 +187,9 @@ def _distill(args: argparse.Namespace) -> None:
 
 def _ensemble_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exps", nargs="+", required=True, help="experiments (or ensembles) to blend")
-    p.add_argument("--method", default="hill_climb", help="mean | weighted | rank | hill_climb | optimize")
+    p.add_argument(
+        "--method", default="hill_climb", help="mean | weighted | rank | hill_climb | optimize | stacking | vote"
+    )
     p.add_argument("--name", default="blend", help="output folder under output_dir (default blend)")
     p.add_argument("--weights", nargs="+", type=float, help="weights for --method weighted")
 
@@ -209,6 +230,13 @@ def _submit(args: argparse.Namespace) -> None:
 
     cfg = config_of(args)
     submit(cfg, args.file, args.message, args.dry_run, competition=cfg.competition)
+
+
+@command("lb", "CV against the public leaderboard: submissions/log.csv joined to Kaggle's submission history")
+def _lb(args: argparse.Namespace) -> None:
+    from .kaggle.leaderboard import run_lb
+
+    run_lb(config_of(args))
 
 
 def _score_flags(p: argparse.ArgumentParser) -> None:
@@ -286,8 +314,22 @@ def split_overrides(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse gives the positional words (a file, then the overrides) one go: `key=value` words after a flag
+    (`submit FILE --dry-run train.epochs=3`, as `make submit DRY=1 ARGS=...` writes it) come back unknown, and are
+    overrides too."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    stray = [a for a in unknown if "=" not in a or a.startswith("-") or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if unknown:
+        args.overrides = [*args.overrides, *unknown]
+    return split_overrides(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = split_overrides(build_parser().parse_args(argv))
+    args = parse(argv)
     try:
         COMMANDS[args.command].run(args)
     except UserError as e:

@@ -24,7 +24,7 @@ from .core.errors import UserError
 from .core.runs import Run, atomic_write_text
 from .core.tasks import TASKS
 from .data import folds as folds_module
-from .data.augment import PRESETS
+from .data.augment import PRESETS, RANDAUGMENT_MAX_M, aug_ops
 from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
 from .modeling.deploy import EXPORTERS
@@ -76,7 +76,9 @@ class ModelConfig:
 @dataclass
 class AugmentConfig:
     image_size: int = 256
-    preset: str = "light"  # none | light | medium | heavy
+    preset: str = "light"  # none | light | medium | heavy | trivial | randaugment (PRESETS in data/augment.py)
+    randaugment_n: int = 2  # randaugment: ops per image
+    randaugment_m: float = 9.0  # randaugment: their level, 0..10
     hflip: bool = True
     vflip: bool = False
     rotate90: bool = False
@@ -121,6 +123,10 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on a GPU that has it, else fp16; off on CPU) | bf16 | fp16 | off
     ema: bool = True
     ema_decay: float = 0.998
+    swa: bool = False  # also average the weights of the last epochs (SWA), scored beside the best epoch
+    swa_start: float = 0.75  # SWA averages the epochs after this fraction of train.epochs
+    avg_best_k: int = 0  # > 1: also average the K best epochs' weights, scored beside the best epoch
+    pick_averaged: bool = False  # best.pt becomes an average when it scores better on the fold's validation rows
     early_stopping: int = 0  # patience in epochs; 0 = off
     sampler: str = "none"  # none | weighted | upsample | downsample
     sampler_power: float = 1.0  # weighted: weight = 1 / count ** power
@@ -130,7 +136,8 @@ class TrainConfig:
 
 @dataclass
 class TTAConfig:
-    views: list[str] = field(default_factory=lambda: ["identity"])
+    views: list[str] = field(default_factory=lambda: ["identity"])  # or auto: chosen on OOF among the candidates
+    candidates: list[str] = field(default_factory=tta.default_candidates)  # views: auto picks among these
     merge: str = "mean"  # mean | gmean | max
     batch_size: int = 64
 
@@ -277,15 +284,28 @@ def _read_yaml(path: Path, trail: tuple[Path, ...] = ()) -> Any:
     return OmegaConf.merge(_read_yaml(path.parent / base, (*trail, path)), node)
 
 
+# List keys that also take one bare word: `tta.views: auto` reads as `tta.views: [auto]`.
+WORD_OR_LIST = ("tta.views",)
+
+
+def _words_to_lists(node: DictConfig) -> DictConfig:
+    for key in WORD_OR_LIST:
+        value = OmegaConf.select(node, key, default=None)
+        if isinstance(value, str):
+            OmegaConf.update(node, key, [value], merge=False)
+    return node
+
+
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- base YAML <- YAML file <- `key=value` overrides, checked against the schema and validated."""
     path = Path(path)
-    file_cfg = _read_yaml(path)
+    file_cfg = _words_to_lists(_read_yaml(path))
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key=value (e.g. train.epochs=3)")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), file_cfg, OmegaConf.from_dotlist(list(overrides)))
+        cli_cfg = _words_to_lists(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(OmegaConf.structured(Config), file_cfg, cli_cfg)
         if OmegaConf.is_missing(merged, "exp"):
             merged.exp = path.stem
         cfg = OmegaConf.to_object(merged)
@@ -365,6 +385,10 @@ def validate(cfg: Config) -> None:
          ">= 0"),
         (cfg.model.backbone_lr_mult >= 0, "model.backbone_lr_mult", cfg.model.backbone_lr_mult, ">= 0"),
         (a.image_size > 0, "augment.image_size", a.image_size, "> 0"),
+        (1 <= a.randaugment_n <= len(aug_ops(cfg.model.in_chans)), "augment.randaugment_n", a.randaugment_n,
+         f"1..{len(aug_ops(cfg.model.in_chans))} (the ops for model.in_chans={cfg.model.in_chans})"),
+        (0 <= a.randaugment_m <= RANDAUGMENT_MAX_M, "augment.randaugment_m", a.randaugment_m,
+         f"0..{RANDAUGMENT_MAX_M}"),
         (a.mixup_alpha >= 0, "augment.mixup_alpha", a.mixup_alpha, ">= 0 (0 = off)"),
         (a.cutmix_alpha >= 0, "augment.cutmix_alpha", a.cutmix_alpha, ">= 0 (0 = off)"),
         (0 <= a.mix_prob <= 1, "augment.mix_prob", a.mix_prob, "0..1"),
@@ -382,6 +406,10 @@ def validate(cfg: Config) -> None:
         (t.epochs >= 1, "train.epochs", t.epochs, ">= 1"),
         (t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1"),
         (0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "0 < value < 1"),
+        (0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "0 <= value < 1 (a fraction of train.epochs)"),
+        (t.avg_best_k == 0 or t.avg_best_k >= 2, "train.avg_best_k", t.avg_best_k, "0 (off) or >= 2"),
+        (not t.pick_averaged or t.swa or t.avg_best_k > 0, "train.pick_averaged", t.pick_averaged,
+         "false unless train.swa or train.avg_best_k is on (there is nothing else to pick)"),
         (t.early_stopping >= 0, "train.early_stopping", t.early_stopping, ">= 0 (0 = off)"),
         (t.sampler_power >= 0, "train.sampler_power", t.sampler_power, ">= 0"),
         (t.limit_batches >= 0, "train.limit_batches", t.limit_batches, ">= 0 (0 = every batch)"),
@@ -407,7 +435,9 @@ def validate(cfg: Config) -> None:
     ]  # fmt: skip
     for ok, key, value, expected in checks:
         _check(ok, key, value, expected)
-    for view in cfg.tta.views:
+    if tta.AUTO in cfg.tta.views and list(cfg.tta.views) != [tta.AUTO]:
+        raise UserError(f"config key 'tta.views' is {list(cfg.tta.views)}; 'auto' stands alone (tta.views: auto)")
+    for view in [v for v in cfg.tta.views if v != tta.AUTO] + list(cfg.tta.candidates):
         tta.get_view(view)  # an unknown view names itself and the choices
     unknown = [v for v in x.variants if v not in EXPORT_VARIANTS]
     if unknown or len(set(x.variants)) != len(x.variants):

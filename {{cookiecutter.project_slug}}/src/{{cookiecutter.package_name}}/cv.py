@@ -16,8 +16,8 @@ from .core.errors import UserError
 from .core.runs import atomic_savefig, atomic_write_csv, atomic_write_json, read_derived, read_json
 from .core.tracking import Tracker
 from .data.problem import load_problem
-from .modeling import metrics
-from .predict import folds_source
+from .modeling import metrics, tta
+from .predict import folds_source, read_choice, with_views
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -113,16 +113,44 @@ def summarize(cfg: Config) -> dict:
         "folds_hash": problem.folds_hash,
         "pred_cols": problem.classes,
     }
-    # OOF with TTA counts only if made with the configured views from these very checkpoints.
-    tta_oof = read_derived(run.oof_tta, folds_source(cfg, folds), cfg.data.id_col)
+    # OOF with TTA counts only if made with the configured (or, tta.views: auto, the chosen) views from these very
+    # checkpoints.
+    auto = list(cfg.tta.views) == [tta.AUTO]
+    choice = read_choice(cfg) if auto else None
+    views = choice["views"] if choice else (None if auto else list(cfg.tta.views))
+    tta_oof = None if views is None else read_derived(run.oof_tta, folds_source(with_views(cfg, views), folds),
+                                                      cfg.data.id_col)  # fmt: skip
     if tta_oof is not None:
         result["cv_tta"] = score_oof(cfg, tta_oof)[1]
-        result["tta_views"] = list(cfg.tta.views)
+        result["tta_views"] = views
+    if choice:
+        result["tta_auto"] = {k: choice[k] for k in ("candidates", "views", "identity", "chosen", "steps")}
+    averaging = weight_averaging(cfg, folds)
+    if averaging:
+        result["weight_averaging"] = averaging
     atomic_write_csv(run.oof, oof)
     atomic_write_json(run.cv, result)
     print(format_table(result))
     _figures(cfg, result, y_true, pred, problem.classes)
     return result
+
+
+def weight_averaging(cfg: Config, folds: list[int]) -> dict | None:
+    """train.swa / train.avg_best_k: the OOF score of the best epoch's weights ("best") and of each average, over
+    every finished fold (a variant some fold lacks, e.g. SWA cut short by early stopping, gets per-fold scores
+    only), each fold's scores, and which one each fold's best.pt holds."""
+    run = cfg.run
+    infos = {k: read_json(run.fold(k).averaging) for k in folds if run.fold(k).averaging.is_file()}
+    if not infos:
+        return None
+    out: dict = {}
+    for name in dict.fromkeys(n for info in infos.values() for n in info["scores"]):
+        paths = [run.fold(k).variant_oof(name) for k in folds]
+        if all(p.is_file() for p in paths):
+            out[name] = score_oof(cfg, pd.concat([pd.read_csv(p, dtype={cfg.data.id_col: str}) for p in paths]))[1]
+    out["folds"] = {str(k): info["scores"] for k, info in infos.items()}
+    out["picked"] = {str(k): info["picked"] for k, info in infos.items()}
+    return out
 
 
 def format_table(result: dict) -> str:
@@ -131,6 +159,17 @@ def format_table(result: dict) -> str:
     lines.append(f"  OOF CV   {result['cv']:.5f}" + ("" if result["complete"] else "  (not every fold trained)"))
     if "cv_tta" in result:
         lines.append(f"  OOF CV with TTA {result['tta_views']}: {result['cv_tta']:.5f}")
+    if "weight_averaging" in result:
+        shown = " | ".join(
+            f"{k} {v:.5f}" for k, v in result["weight_averaging"].items() if k not in ("folds", "picked")
+        )
+        picked = sorted(set(result["weight_averaging"]["picked"].values()))
+        lines.append(f"  weight averaging, OOF: {shown} (best.pt holds: {', '.join(picked)})")
+    if "tta_auto" in result:
+        auto = result["tta_auto"]
+        lines.append(
+            f"  TTA views chosen on OOF: {auto['views']} {auto['chosen']:.5f} (identity {auto['identity']:.5f})"
+        )
     return "\n".join(lines)
 
 

@@ -1,13 +1,23 @@
-"""Blend experiments on their out-of-fold predictions: mean, weighted, rank, hill climbing, optimised weights.
+"""Blend experiments on their out-of-fold predictions: mean, weighted, rank, hill climbing, optimised weights,
+stacking (a scikit-learn meta-model) and majority vote.
 
-Members are aligned by id and must share the folds (same folds_hash) and prediction columns. The blend is a
-weighted arithmetic mean of the members' predictions (probability rows of multiclass members stay normalised).
-Its output folder has the files of an experiment (oof.csv, test_pred.csv, cv.json, classes.json) plus
-weights.json, so an ensemble can be blended again, pseudo-labelled from, or submitted. This module loads and checks
-the members, writes the output and scores the nested estimate; the methods themselves are in blend_methods.py.
+Members are aligned by id and must share the folds (same folds_hash) and prediction columns. Most methods blend by a
+weighted arithmetic mean of the members' predictions (probability rows of multiclass members stay normalised);
+stacking and vote combine them otherwise (`Blend.model`). The output folder has the files of an experiment (oof.csv,
+test_pred.csv, cv.json, classes.json) plus weights.json (method, members, weights or the meta-model's parameters),
+so an ensemble can be blended again, pseudo-labelled from (weighted means only), or submitted.
 
 Weights tuned on the OOF rows (hill_climb, optimize) flatter the OOF score they were tuned on; cv.json then also
 holds `cv_nested`: the weights tuned on k-1 folds and scored on the held-out fold, averaged over folds.
+
+method=stacking fits a meta-model on the members' OOF predictions (logistic regression on log-probabilities or
+log-odds for classification, ridge regression on the values for regression). Its OOF predictions come fold by fold
+from a meta-model fitted on the other folds' rows only, so its `cv` is honest as it stands (`cv_in_sample`, the
+meta-model scored on the rows it was fitted on, shows how much an in-sample fit would flatter it); the test rows get
+the meta-model fitted on every OOF row.
+
+method=vote: each member votes for its label (argmax; >= 0.5 for binary and multilabel), the share of votes is the
+prediction, ties broken by the mean probability (the soft vote, which is what method=mean is).
 
 method=rank averages each column's ranks (scaled to (0, 1], test ranked within the test set): the output holds
 ranks, not probabilities, so it is allowed only for metrics that read nothing but each column's order (AUC).
@@ -23,15 +33,20 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 from scipy.stats import rankdata
+from sklearn.linear_model import LogisticRegression, Ridge
 
 from .config import Config, metric_name
 from .core.errors import UserError
 from .core.registry import Registry
 from .core.runs import Run, atomic_write_csv, atomic_write_json, read_pred_csv
+from .core.tasks import TASKS
 from .data.problem import oof_truth
 from .modeling import metrics
 
 HILL_CLIMB_MAX_ITER = 100
+STACK_C = 1.0  # inverse L2 strength of the logistic meta-model (scikit-learn's default)
+STACK_ALPHA = 1.0  # L2 strength of the ridge meta-model (regression)
+STACK_EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] before the log
 
 
 @dataclass
@@ -54,14 +69,36 @@ class Objective:
         return Objective(self.metric, self.task, self.y[rows], self.higher)
 
 
-FitFn = Callable[[np.ndarray, Objective, "list[float] | None"], np.ndarray]
+@dataclass(frozen=True)
+class Blend:
+    """What a blend method learnt on some OOF rows, enough to blend any rows the same way (weights.json records
+    it): member weights summing to 1 (a weighted mean), or the JSON parameters of another combination (`model`,
+    with its "kind": stacking, vote)."""
+
+    weights: np.ndarray | None = None
+    model: dict | None = None
+
+    def apply(self, preds: np.ndarray) -> np.ndarray:
+        """(M, N, C) member predictions -> (N, C)."""
+        if self.model is None:
+            return combine(preds, self.weights)
+        return COMBINERS[self.model["kind"]](self.model, preds)
+
+
+FitFn = Callable[[np.ndarray, Objective, "list[float] | None"], "np.ndarray | Blend"]
 
 
 @dataclass(frozen=True)
 class BlendMethod:
-    fit: FitFn  # (member predictions (M, N, C), objective, user weights) -> weights (M,) summing to 1
+    fit_fn: FitFn  # (member predictions (M, N, C), objective, user weights) -> weights (M,) summing to 1, or a Blend
     tuned: bool = False  # weights are fit on the OOF rows: report a nested estimate too
     rank: bool = False  # blend per-column ranks instead of the values
+    foldwise: bool = False  # fitted on the OOF rows: its OOF predictions come from fits on the other folds
+    tasks: tuple[str, ...] = TASKS
+
+    def fit(self, preds: np.ndarray, obj: Objective, weights: list[float] | None) -> Blend:
+        out = self.fit_fn(preds, obj, weights)
+        return out if isinstance(out, Blend) else Blend(weights=np.asarray(out, dtype=np.float64))
 
 
 BLEND_METHODS: Registry[FitFn] = Registry("blend method")
@@ -152,11 +189,106 @@ def _optimize(preds: np.ndarray, obj: Objective, weights: list[float] | None) ->
     return _softmax(np.r_[0.0, result.x])
 
 
+# ----------------------------------------------------------------------------------------------- stacking
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, STACK_EPS, 1 - STACK_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _stack_inputs(preds: np.ndarray, task: str) -> list[np.ndarray]:
+    """The meta-model's features, one (N, F) matrix per fitted head: multiclass one head on every member's
+    log-probabilities (M * C features); binary and multilabel one head per column on the members' log-odds of it
+    (M features); regression one head on the members' values."""
+    m, n, c = preds.shape
+    if task == "multiclass":
+        return [np.log(np.clip(preds, STACK_EPS, 1.0)).transpose(1, 0, 2).reshape(n, m * c)]
+    if task == "regression":
+        return [preds[:, :, 0].T]
+    return [_logit(preds[:, :, j]).T for j in range(c)]
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray) -> dict:
+    """A multinomial logistic regression as plain numbers: logits = x @ coef.T + intercept over `classes` (the
+    labels present in `y`; a fold without some class predicts it with probability 0)."""
+    classes = np.unique(y)
+    if len(classes) == 1:  # nothing to separate: that label, always
+        coef, intercept = np.zeros((1, x.shape[1])), np.zeros(1)
+    else:
+        # Fitted on standardised features (lbfgs converges in a few dozen steps instead of thousands on raw
+        # log-probabilities), then the scaling is folded back into the coefficients.
+        mean, scale = x.mean(0), x.std(0) + 1e-12
+        model = LogisticRegression(C=STACK_C, max_iter=1000).fit((x - mean) / scale, y)
+        coef = model.coef_ / scale
+        intercept = model.intercept_ - coef @ mean
+        if len(classes) == 2:  # scikit-learn keeps one row for two classes: the logit of the second
+            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+    return {"classes": classes.astype(int).tolist(), "coef": coef.tolist(), "intercept": np.asarray(intercept).tolist()}
+
+
+def _logistic_probs(head: dict, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """(N, n_classes) probabilities of a `_fit_logistic` head; classes it never saw get 0."""
+    logits = np.full((len(x), n_classes), -np.inf)
+    logits[:, head["classes"]] = x @ np.asarray(head["coef"]).T + np.asarray(head["intercept"])
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _stacking(preds: np.ndarray, obj: Objective, weights: list[float] | None) -> Blend:
+    inputs, y = _stack_inputs(preds, obj.task), obj.y
+    if obj.task == "regression":
+        ridge = Ridge(alpha=STACK_ALPHA).fit(inputs[0], y)
+        heads = [{"coef": ridge.coef_.tolist(), "intercept": float(ridge.intercept_)}]
+    elif obj.task == "multiclass":
+        heads = [_fit_logistic(inputs[0], y)]
+    else:
+        labels = y.reshape(len(y), -1).astype(int)
+        heads = [_fit_logistic(x, labels[:, j]) for j, x in enumerate(inputs)]
+    return Blend(model={"kind": "stacking", "task": obj.task, "heads": heads})
+
+
+def _stacked(model: dict, preds: np.ndarray) -> np.ndarray:
+    task, heads = model["task"], model["heads"]
+    inputs = _stack_inputs(preds, task)
+    if task == "regression":
+        return (inputs[0] @ np.asarray(heads[0]["coef"]) + heads[0]["intercept"])[:, None]
+    if task == "multiclass":
+        return _logistic_probs(heads[0], inputs[0], preds.shape[2])
+    return np.stack([_logistic_probs(h, x, 2)[:, 1] for h, x in zip(heads, inputs, strict=True)], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------- vote
+
+
+def _vote(preds: np.ndarray, obj: Objective, weights: list[float] | None) -> Blend:
+    return Blend(model={"kind": "vote", "task": obj.task})
+
+
+def _voted(model: dict, preds: np.ndarray) -> np.ndarray:
+    """(votes + mean probability) / (M + 1): the share of votes, rows summing to 1 (multiclass), where the soft vote
+    (< 1) only breaks ties between labels with as many votes."""
+    labels = np.eye(preds.shape[2])[preds.argmax(2)] if model["task"] == "multiclass" else preds >= 0.5
+    return (labels.sum(0) + preds.mean(0)) / (len(preds) + 1)
+
+
+COMBINERS: dict[str, Callable[[dict, np.ndarray], np.ndarray]] = {"stacking": _stacked, "vote": _voted}
+LABEL_TASKS = ("multiclass", "binary", "multilabel")
+
 BLEND_METHODS.register("mean", _equal)
 BLEND_METHODS.register("weighted", _weighted)
 BLEND_METHODS.register("rank", _equal, rank=True)
 BLEND_METHODS.register("hill_climb", _hill_climb, tuned=True)
 BLEND_METHODS.register("optimize", _optimize, tuned=True)
+BLEND_METHODS.register("stacking", _stacking, foldwise=True)
+BLEND_METHODS.register("vote", _vote, tasks=LABEL_TASKS)
+
+
+def apply_saved(info: dict, preds: np.ndarray) -> np.ndarray:
+    """Blend (M, N, C) member predictions as weights.json `info` records (the offline notebook recomputes an
+    uploaded ensemble with it)."""
+    weights = None if info.get("weights") is None else np.asarray(info["weights"], dtype=np.float64)
+    return Blend(weights, info.get("model")).apply(to_ranks(preds) if info.get("rank") else preds)
 
 
 @dataclass
@@ -209,14 +341,17 @@ def load_members(cfg: Config, exps: list[str]) -> Members:
     return Members(exps, cvs, classes, ids, oof, test_ids, test)
 
 
-def _nested(method: BlendMethod, preds: np.ndarray, obj: Objective, fold: np.ndarray, weights) -> dict[str, float]:
-    """Tune on every fold but k, score fold k: an honest estimate of a tuned blend."""
-    scores = {}
+def out_of_fold(method: BlendMethod, preds: np.ndarray, obj: Objective, fold: np.ndarray, weights) -> np.ndarray:
+    """Each fold's rows blended by a fit on the other folds' rows only: no row's own target shapes its blend."""
+    out = np.zeros(preds.shape[1:])
     for k in np.unique(fold):
         train, valid = fold != k, fold == k
-        w = method.fit(preds[:, train], obj.subset(train), weights)
-        scores[str(int(k))] = obj.subset(valid).score(combine(preds[:, valid], w))
-    return scores
+        out[valid] = method.fit(preds[:, train], obj.subset(train), weights).apply(preds[:, valid])
+    return out
+
+
+def fold_scores(obj: Objective, pred: np.ndarray, fold: np.ndarray) -> dict[str, float]:
+    return {str(int(k)): obj.subset(fold == k).score(pred[fold == k]) for k in np.unique(fold)}
 
 
 def blend(
@@ -237,9 +372,14 @@ def blend(
     obj = Objective(metric, cfg.task, y, metrics.get_metric(metric).higher_is_better)
     preds = to_ranks(members.oof) if blender.rank else members.oof
     member_cv = {e: obj.score(p) for e, p in zip(exps, preds, strict=True)}
-    w = blender.fit(preds, obj, weights)
-    oof = combine(preds, w)
-    folds = {str(int(k)): obj.subset(fold == k).score(oof[fold == k]) for k in np.unique(fold)}
+    fitted = blender.fit(preds, obj, weights)  # on every OOF row: what the test rows are blended with
+    if blender.foldwise:
+        if len(np.unique(fold)) < 2:
+            raise UserError(f"method={method} is fitted on other folds' OOF rows: train at least two folds first")
+        oof = out_of_fold(blender, preds, obj, fold, weights)
+    else:
+        oof = fitted.apply(preds)
+    folds = fold_scores(obj, oof, fold)
     result = {
         "exp": name,
         "task": cfg.task,
@@ -252,19 +392,27 @@ def blend(
         "pred_cols": list(members.classes["classes"]),
         "members": list(exps),
         "method": method,
-        "weights": [float(v) for v in w],
+        "weights": None if fitted.weights is None else [float(v) for v in fitted.weights],
         "member_cv": member_cv,
     }
+    if blender.foldwise:  # cv is already out of fold; the in-sample score shows what an in-sample fit would claim
+        result["cv_in_sample"] = obj.score(fitted.apply(preds))
     if blender.tuned and len(np.unique(fold)) > 1:  # one trained fold leaves nothing to tune on
-        nested = _nested(blender, preds, obj, fold, weights)
+        nested = fold_scores(obj, out_of_fold(blender, preds, obj, fold, weights), fold)
         result["folds_nested"] = nested
         result["cv_nested"] = float(np.mean(list(nested.values())))
-    _write(cfg, name, members, fold, oof, w, blender, result)
+    _write(cfg, name, members, fold, oof, fitted, blender, result)
     for e, s in member_cv.items():
         log(f"  {e:<24} {metric} {s:.5f}")
-    nested_text = f"  (nested, tuned on other folds: {result['cv_nested']:.5f})" if "cv_nested" in result else ""
-    shown = ", ".join(f"{e}={v:.4f}" for e, v in zip(exps, w, strict=True))
-    log(f"{name} = {method}({shown}): {metric} {result['cv']:.5f}{nested_text}")
+    if "cv_nested" in result:
+        note = f"  (nested, tuned on other folds: {result['cv_nested']:.5f})"
+    elif "cv_in_sample" in result:
+        note = f"  (fold by fold; fitted and scored on the same rows it would claim {result['cv_in_sample']:.5f})"
+    else:
+        note = ""
+    shown = ", ".join(exps if fitted.weights is None else
+                      (f"{e}={v:.4f}" for e, v in zip(exps, fitted.weights, strict=True)))  # fmt: skip
+    log(f"{name} = {method}({shown}): {metric} {result['cv']:.5f}{note}")
     return result
 
 
@@ -277,6 +425,8 @@ def _check_request(cfg: Config, exps: list[str], blender: BlendMethod, method: s
         raise UserError(f"experiments listed twice: {sorted({e for e in exps if exps.count(e) > 1})}")
     if weights is not None and method != "weighted":
         raise UserError(f"weights are only used by method=weighted, not method={method}")
+    if cfg.task not in blender.tasks:
+        raise UserError(f"method={method} takes task {', '.join(blender.tasks)}, not {cfg.task}: use mean or optimize")
     if blender.rank and metric not in metrics.rank_metrics():
         raise UserError(
             f"method=rank averages ranks, which keeps the meaning of rank metrics only "
@@ -288,14 +438,15 @@ def _check_request(cfg: Config, exps: list[str], blender: BlendMethod, method: s
         raise UserError(f"{out} is an experiment, not an ensemble: choose another ensemble name")
 
 
-def _write(cfg: Config, name: str, members: Members, fold, oof, w, blender: BlendMethod, result: dict) -> None:
+def _write(cfg: Config, name: str, members: Members, fold, oof, fitted: Blend, blender: BlendMethod,
+           result: dict) -> None:  # fmt: skip
     out, id_col, cols = Run.named(cfg.output_dir, name), cfg.data.id_col, result["pred_cols"]
     frame = pd.DataFrame(oof, columns=cols)
     frame.insert(0, "fold", fold)
     frame.insert(0, id_col, members.ids)
     atomic_write_csv(out.oof, frame)
     if members.test is not None:
-        test = combine(to_ranks(members.test) if blender.rank else members.test, w)
+        test = fitted.apply(to_ranks(members.test) if blender.rank else members.test)
         frame = pd.DataFrame(test, columns=cols)
         frame.insert(0, id_col, members.test_ids)
         atomic_write_csv(out.test_pred, frame)
@@ -304,9 +455,11 @@ def _write(cfg: Config, name: str, members: Members, fold, oof, w, blender: Blen
     info = {
         "method": result["method"],
         "members": result["members"],
-        "weights": result["weights"],
+        "weights": result["weights"],  # None when the blend is no weighted mean: then `model` says what it is
         "rank": blender.rank,
     }
+    if fitted.model is not None:
+        info["model"] = fitted.model
     atomic_write_json(out.weights, info)
     atomic_write_json(out.classes, members.classes)
     atomic_write_json(out.cv, result)

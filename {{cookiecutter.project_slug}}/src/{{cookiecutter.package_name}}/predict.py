@@ -6,6 +6,11 @@ Both carry the checkpoints and views they came from (core/runs.py, derived files
 `predict.runtime` chooses what runs the fold models: the checkpoints in torch, or the ONNX models `export` wrote
 (fp32 or int8) in onnxruntime (modeling/predictors.py); views and merging are the same for both.
 `predict --estimate N` projects the time to predict N test images, for a code competition's time limit.
+
+`tta.views: auto`: each candidate view (`tta.candidates`) predicts every fold's validation rows once; the views are
+then chosen greedily on those OOF predictions, merged in numpy (modeling/tta.greedy_views: a view is kept only when
+it raises the OOF score), recorded in tta_auto.json (with the checkpoints' sha256, so a retrained fold or another
+candidate list chooses again) and used for the test predictions.
 """
 
 from __future__ import annotations
@@ -22,14 +27,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .config import Config
+from .config import Config, metric_name
 from .core.errors import UserError
-from .core.runs import load_best, read_derived, stamp, write_derived
+from .core.runs import atomic_write_json, checksum, load_best, read_derived, read_json, stamp, write_derived
 from .core.runtime import amp_dtype, resolve_device
 from .core.tasks import num_outputs
 from .data.augment import resolve_normalization
 from .data.problem import build_fold_data, load_problem, pred_frame, test_dataset
-from .modeling import tta
+from .modeling import metrics, tta
 from .modeling.models import build_model
 from .modeling.predictors import OnnxPredictor, Predictor, TorchPredictor
 
@@ -74,6 +79,31 @@ def predict_loader(
             how = "mean" if task == "regression" else merge
             outs.append(torch.as_tensor(tta.merge(per_view, how)).cpu())
     return torch.cat(outs).numpy()
+
+
+class _ViewStack(Predictor):
+    """A predictor's outputs on several views of each batch, side by side (N, V, outputs): every view of a row from
+    one pass over the data."""
+
+    def __init__(self, predictor: Predictor, views: Sequence[str]) -> None:
+        self.predictor, self.views = predictor, [tta.get_view(v) for v in views]
+        self.device, self.where = predictor.device, predictor.where
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.predictor(view.apply(x)).float() for view in self.views], dim=1)
+
+
+def predict_views(predictor: Predictor, loader: DataLoader, task: str, views: Sequence[str],
+                  desc: str = "views") -> dict[str, np.ndarray]:  # fmt: skip
+    """Each view's own (activated, unmerged) predictions of every row of `loader`."""
+    stacked = predict_loader(_ViewStack(predictor, views), loader, task, activation=False, desc=desc)
+    logits = torch.from_numpy(stacked)
+    return {v: activate(logits[:, i], task).numpy() for i, v in enumerate(views)}
+
+
+def merge_views(preds: Sequence[np.ndarray], task: str, how: str) -> np.ndarray:
+    """What predict_loader does with several views: merged after activation; regression values by their mean."""
+    return preds[0] if len(preds) == 1 else np.asarray(tta.merge(preds, "mean" if task == "regression" else how))
 
 
 def fold_models(cfg: Config) -> list[int]:
@@ -131,9 +161,94 @@ def fold_predictors(cfg: Config, n_classes: int) -> tuple[Callable[[int], Predic
     return load, mean, std
 
 
+# ----------------------------------------------------------------------------------------------- tta.views: auto
+
+
+def checkpoint_digests(cfg: Config, folds: list[int]) -> dict[str, str]:
+    """Content hashes, not times: a packaged run (Kaggle dataset) keeps its choice although its files are copies."""
+    return {str(k): checksum(cfg.run.fold(k).best) for k in folds}
+
+
+def _candidates(cfg: Config) -> list[str]:
+    return ["identity", *[v for v in dict.fromkeys(cfg.tta.candidates) if v != "identity"]]
+
+
+def read_choice(cfg: Config) -> dict | None:
+    """tta_auto.json if it was chosen among the configured candidates and merge by the current checkpoints."""
+    path = cfg.run.tta_auto
+    if not path.is_file():
+        return None
+    choice = read_json(path)
+    same = choice.get("candidates") == _candidates(cfg) and choice.get("merge") == cfg.tta.merge
+    return choice if same and choice.get("checkpoints") == checkpoint_digests(cfg, cfg.run.finished_folds()) else None
+
+
+def with_views(cfg: Config, views: Sequence[str]) -> Config:
+    return dataclasses.replace(cfg, tta=dataclasses.replace(cfg.tta, views=list(views)))
+
+
+def resolve_views(cfg: Config, choose: bool = True) -> Config | None:
+    """`cfg` with concrete TTA views: as configured, or (tta.views: auto) those chosen on OOF, choosing them now if
+    no valid choice exists and `choose` (else None)."""
+    if list(cfg.tta.views) != [tta.AUTO]:
+        return cfg
+    choice = read_choice(cfg) or (choose_views(cfg) if choose else None)
+    return None if choice is None else with_views(cfg, choice["views"])
+
+
+def choose_views(cfg: Config) -> dict:
+    """Greedy forward selection of TTA views on OOF (see the module's doc) -> tta_auto.json; the chosen views' merged
+    OOF predictions become oof_tta.csv, as `predict_oof_tta` would write them."""
+    run, folds, candidates = cfg.run, fold_models(cfg), _candidates(cfg)
+    problem = load_problem(cfg)
+    load, mean, std = fold_predictors(cfg, len(problem.classes))
+    ids, fold_col, per_view = [], [], {v: [] for v in candidates}
+    for k in folds:
+        data = build_fold_data(cfg, problem, k, mean, std)
+        loader = DataLoader(data.valid, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
+        for v, pred in predict_views(load(k), loader, cfg.task, candidates, f"oof views {k}").items():
+            per_view[v].append(pred)
+        ids += data.valid_ids
+        fold_col += [k] * len(data.valid_ids)
+    preds = {v: np.concatenate(parts) for v, parts in per_view.items()}
+    position = {i: n for n, i in enumerate(problem.ids)}
+    y = problem.y[[position[i] for i in ids]]
+    metric = metrics.get_metric(metric_name(cfg))
+    sign = 1.0 if metric.higher_is_better else -1.0
+
+    def gain(pred: np.ndarray) -> float:
+        score = metrics.score(metric.name, y, pred, cfg.task)
+        return -np.inf if np.isnan(score) else sign * score
+
+    chosen, steps = tta.greedy_views(preds, gain, "mean" if cfg.task == "regression" else cfg.tta.merge)
+    choice = {
+        "candidates": candidates,
+        "merge": cfg.tta.merge,
+        "metric": metric.name,
+        "views": chosen,
+        "identity": sign * steps[0]["gain"],
+        "chosen": sign * steps[-1]["gain"],
+        "steps": [{"view": st["view"], "score": sign * st["gain"]} for st in steps],
+        "checkpoints": checkpoint_digests(cfg, folds),
+    }
+    resolved = with_views(cfg, chosen)
+    oof = pred_frame(ids, merge_views([preds[v] for v in chosen], cfg.task, cfg.tta.merge), problem.classes,
+                     cfg.data.id_col)  # fmt: skip
+    oof.insert(1, "fold", fold_col)
+    write_derived(run.oof_tta, oof, folds_source(resolved, folds))
+    atomic_write_json(run.tta_auto, choice)
+    print(f"{cfg.exp}: TTA views chosen on OOF {chosen}: {metric.name} {choice['chosen']:.5f} "
+          f"(identity alone {choice['identity']:.5f}; candidates {candidates})")  # fmt: skip
+    return choice
+
+
+# ----------------------------------------------------------------------------------------------- test and OOF
+
+
 def predict_test(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
     """Average of the fold models' TTA-merged test predictions -> outputs/<exp>/test_pred.csv, and each fold's
     own (pseudo-labelling for fold k may only use fold k's model)."""
+    cfg = resolve_views(cfg)
     run, folds = cfg.run, folds if folds is not None else fold_models(cfg)
     classes = list(run.read_classes()["classes"])
     load, mean, std = fold_predictors(cfg, len(classes))
@@ -152,6 +267,7 @@ def predict_test(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
 def predict_oof_tta(cfg: Config) -> pd.DataFrame:
     """Re-predict each fold's validation rows with the TTA views, so the views are chosen on OOF, not on test.
     Reused while the views, the merge and every checkpoint are those it was made with."""
+    cfg = resolve_views(cfg)
     run, folds = cfg.run, fold_models(cfg)
     source = folds_source(cfg, folds)
     done = read_derived(run.oof_tta, source, cfg.data.id_col)
@@ -177,14 +293,15 @@ def run_predict(cfg: Config, oof_tta: bool = True) -> dict:
     one view, or `oof_tta` is off), and the CV summary with and without TTA."""
     from .cv import summarize
 
-    df = predict_test(cfg)
+    resolved = resolve_views(cfg)  # tta.views: auto chooses the views on OOF here, before the test set is seen
+    df = predict_test(resolved)
     print(f"{cfg.run.test_pred}: {len(df)} rows")
-    if list(cfg.tta.views) != ["identity"] and oof_tta:
-        predict_oof_tta(cfg)
+    if list(resolved.tta.views) != ["identity"] and oof_tta:
+        predict_oof_tta(resolved)
     result = summarize(cfg)
     sign = 1 if result["higher_is_better"] else -1
     if "cv_tta" in result and sign * result["cv_tta"] < sign * result["cv"]:  # TTA is chosen on OOF, not on test
-        print(f"warning: TTA {list(cfg.tta.views)} scores worse on OOF ({result['cv_tta']:.5f}) than one view "
+        print(f"warning: TTA {list(resolved.tta.views)} scores worse on OOF ({result['cv_tta']:.5f}) than one view "
               f"({result['cv']:.5f}); try other tta.views, or tta.views=[identity]")  # fmt: skip
     return result
 

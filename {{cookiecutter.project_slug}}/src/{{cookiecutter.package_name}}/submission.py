@@ -7,6 +7,7 @@ The formats and the columns each one holds are in submission_format.py; threshol
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,16 @@ from scipy.optimize import minimize
 
 from .config import Config, metric_name
 from .core.errors import UserError
-from .core.runs import Run, atomic_write_csv, read_json, read_pred_csv, submission_path
+from .core.runs import (
+    Run,
+    append_csv_row,
+    atomic_write_csv,
+    checksum,
+    read_json,
+    read_pred_csv,
+    submission_log_path,
+    submission_path,
+)
 from .data.problem import oof_truth
 from .data.tables import binary_positive, data_path, derive_classes, encode_targets, read_table, read_train
 from .modeling import metrics
@@ -363,6 +373,27 @@ def cv_of(cfg: Config, exp: str) -> dict | None:
 def default_message(cfg: Config, exp: str) -> str:
     cv = cv_of(cfg, exp)
     return exp if cv is None else f"{exp} CV {cv.get('metric', metric_name(cfg))}={cv['cv']:.5f}"
+
+
+def log_submission(cfg: Config, path: str | Path, message: str, competition: str) -> dict:
+    """Append what was just sent to submissions/log.csv (time in UTC, the file's size and sha256, the experiment it
+    was made from and its CV), so `lb` can put the public scores beside the CVs later."""
+    path = Path(path)
+    cv = cv_of(cfg, path.stem) or {}
+    row = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "sha256": checksum(path),
+        "experiment": path.stem,
+        "cv": cv.get("cv", ""),
+        "cv_tta": cv.get("cv_tta", ""),  # test_pred.csv is made with the TTA views: this CV is that of the file
+        "metric": cv.get("metric", metric_name(cfg)),
+        "competition": competition,
+        "message": message,
+    }
+    append_csv_row(submission_log_path(submissions_dir(cfg)), row)
+    return row
 
 
 def score_line(cfg: Config, file: str | Path, solution: str | Path | None = None) -> str:

@@ -5,6 +5,8 @@ optimizer (Ranger by default) and schedule (one-cycle, stepped once per optimize
 resume from last.pt if a previous run was interrupted
 each epoch: train (AMP, accumulation, clipping, EMA), evaluate raw and EMA weights, keep the better,
             write best.pt and last.pt atomically, stop early when the metric stalls
+            (train.swa / train.avg_best_k: collect the weights to average, modeling/averaging.py)
+score the averaged weights beside the best epoch's (BatchNorm recomputed); train.pick_averaged may put one in best.pt
 predict the validation rows with the best weights -> fold<k>/oof.csv
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -54,6 +56,7 @@ from .data.images import make_loader, reseed
 from .data.problem import FoldData, Problem, build_fold_data, load_problem, pred_frame, save_classes
 from .data.samplers import build_sampler
 from .modeling import metrics
+from .modeling.averaging import WeightAveraging, recompute_batchnorm, swa_start_epoch
 from .modeling.losses import build_loss
 from .modeling.models import build_model, checkpoint_state, set_backbone_trainable
 from .modeling.optim import build_optimizer, build_scheduler, total_updates
@@ -140,12 +143,15 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)  # bf16 needs no loss scaling
     # EMA decay warms up from 0 towards train.ema_decay, so short runs average over a sensible window too.
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
+    swa_from = swa_start_epoch(cfg.train.swa_start, cfg.train.epochs) if cfg.train.swa else None
+    averaging = WeightAveraging(model, swa_from, cfg.train.avg_best_k, metric.higher_is_better)
     train_model = DistributedDataParallel(model) if world_size() > 1 else model
     if cfg.model.compile:
         train_model = torch.compile(train_model)
 
     state = FoldState()
-    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema}
+    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema,
+                "averaging": averaging}  # fmt: skip
     if out.last.exists():  # an interrupted run: carry on exactly where it stopped
         extra = load_last(out.last, **stateful)
         state = FoldState(**extra["state"])
@@ -170,14 +176,15 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
             results["ema"] = evaluate(cfg, s, ema.module)
         source = max(results, key=lambda k: sign * results[k][1])
         valid_loss, score = results[source]
+        weights = checkpoint_state(ema.module if source == "ema" else model)
         if state.best_score is None or sign * score > sign * state.best_score:
             state.best_score, state.best_source, state.bad_epochs = score, source, 0
             if is_main():
-                weights = checkpoint_state(ema.module if source == "ema" else model)
                 best = {"model": weights, "epoch": epoch + 1, "score": score, "source": source}
                 atomic_torch_save(out.best, best | {"classes": s.problem.classes})
         else:
             state.bad_epochs += 1
+        averaging.after_epoch(epoch, model, weights, score)
         speed = s.n_batches * cfg.train.batch_size / seconds
         row = {"epoch": epoch + 1, "train_loss": train_loss, "valid_loss": valid_loss, "score": score,
                "score_model": results["model"][1], "score_ema": results.get("ema", (0.0, None))[1],
@@ -197,6 +204,8 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
     barrier()
     if not is_main():
         return {"fold": fold}
+    if cfg.train.swa or cfg.train.avg_best_k:
+        tracker.summary(compare_averages(cfg, s, fold, averaging))
     model.load_state_dict(load_best(out.best)["model"])
     probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} oof")
     final = metrics.score(metric.name, s.data.y_valid, probs, cfg.task)
@@ -207,6 +216,53 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
     tracker.summary({"best_score": final, "best_source": state.best_source})
     tracker.finish()
     return {"fold": fold, "score": final, "history": state.history}
+
+
+def training_images(cfg: Config, s: FoldSetup) -> Iterator[torch.Tensor]:
+    """One epoch of training images as the loop feeds them to the model (BatchNorm statistics of averaged weights)."""
+    for i, batch in enumerate(s.loader):
+        if i >= s.n_batches:
+            break
+        x = batch["image"].to(s.device, non_blocking=True)
+        yield x.contiguous(memory_format=torch.channels_last) if cfg.model.channels_last else x
+
+
+def compare_averages(cfg: Config, s: FoldSetup, fold: int, averaging: WeightAveraging) -> dict[str, float]:
+    """Score the best epoch's weights and each average (BatchNorm recomputed on the training images) on the fold's
+    validation rows; write the averages (fold<k>/<variant>.pt), everyone's OOF rows (oof_<variant>.csv) and
+    averaging.json. With train.pick_averaged the best scoring one goes into best.pt (the best epoch's weights then
+    stay in best_epoch.pt); else best.pt keeps the best epoch. Returns the scores."""
+    out, model = cfg.run.fold(fold), s.model
+    metric = metrics.get_metric(metric_name(cfg))
+    plain = load_best(out.best_epoch if out.best_epoch.is_file() else out.best)  # a resumed fold may have picked
+    variants = {"best": plain["model"], **averaging.averaged()}
+    scores, weights = {}, {}
+    for name, state in variants.items():
+        model.load_state_dict(state)
+        if name != "best":
+            recompute_batchnorm(model, training_images(cfg, s))
+            atomic_torch_save(out.averaged(name), {"model": checkpoint_state(model), "source": name})
+        # a copy: on the CPU checkpoint_state shares the model's storage, which the next variant overwrites
+        weights[name] = {k: v.clone() for k, v in checkpoint_state(model).items()}
+        probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} {name}")
+        scores[name] = metrics.score(metric.name, s.data.y_valid, probs, cfg.task)
+        oof = pred_frame(s.data.valid_ids, probs, s.problem.classes, cfg.data.id_col)
+        oof.insert(1, "fold", fold)
+        atomic_write_csv(out.variant_oof(name), oof)
+    sign = 1.0 if metric.higher_is_better else -1.0
+    ranked = [n for n in scores if scores[n] == scores[n]]  # NaN (a diverged average) is never picked
+    picked = max(ranked, key=lambda n: sign * scores[n]) if cfg.train.pick_averaged and ranked else "best"
+    if picked != "best":
+        if not out.best_epoch.is_file():
+            atomic_torch_save(out.best_epoch, plain)
+        atomic_torch_save(out.best, {**plain, "model": weights[picked], "score": scores[picked], "source": picked})
+    elif out.best_epoch.is_file():  # a resumed fold that had put an average into best.pt before
+        atomic_torch_save(out.best, plain)
+        out.best_epoch.unlink()
+    atomic_write_json(out.averaging, {"scores": scores, "picked": picked, **averaging.describe()})
+    shown = " | ".join(f"{n} {v:.5f}" for n, v in scores.items())
+    print(f"fold {fold} weight averaging, {metric.name}: {shown} -> best.pt holds {picked}")
+    return {f"averaging_{n}": v for n, v in scores.items()}
 
 
 def train_epoch(cfg: Config, s: FoldSetup, model: nn.Module, optimizer, scheduler, scaler, ema, step: Step,

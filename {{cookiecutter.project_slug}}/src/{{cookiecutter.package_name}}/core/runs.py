@@ -9,22 +9,30 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
         oof.csv                         id, fold, one column per prediction column (every finished fold)
         oof_tta.csv (+ .source.json)    OOF re-predicted with the TTA views; recomputed when the views or a
                                         checkpoint change
+        tta_auto.json                   tta.views: auto: the views chosen on OOF, the scores, the checkpoints' sha256
         cv.json                         per-fold and overall score, folds hash, prediction columns
         test_pred.csv (+ .source.json)  fold-averaged, TTA-merged test predictions
         weights.json                    ensembles only: method, members, weights
         lineage.json                    students only: teachers, settings, per-fold provenance
         lr_find.png, learning_curves.png, fold_scores.png, confusion_matrix.png
+        aug_preview.png                 training images x draws of the augmentation preset (aug-preview)
         teacher/                        cached teacher outputs (students)
         export/                         `export`: deployable forms of each fold's best.pt
             export.json                 per fold and variant: OOF score, parity with torch, file size, CPU img/s
             fold<k>/model.onnx model_int8.onnx model.ts pruned.pt
         fold<k>/                        FoldFiles
             best.pt  last.pt            weights to predict with; everything to resume exactly
+            swa.pt avg_best_k.pt        train.swa / train.avg_best_k: the averaged weights (BatchNorm recomputed)
+            oof_<variant>.csv           their OOF rows, and the best epoch's (oof_best.csv), to compare in cv.json
+            averaging.json              each variant's make-up and score, and which one best.pt holds
+            best_epoch.pt               the best epoch's weights when train.pick_averaged put an average in best.pt
             history.json oof.csv        per-epoch metrics; the fold's OOF rows (written last: fold finished)
             test_pred.csv (+ .source.json)   this fold's model on the test set (pseudo-labelling needs it)
             pseudo_labels.csv           students only
     <folds.path> (data/folds.csv) + folds.json (its hash)
     submissions/<name>.csv
+    submissions/log.csv                 one row per `submit`: time, file, its size and sha256, experiment, CV, message
+    submissions/cv_vs_lb.png, .csv      `lb`: the log joined to Kaggle's submission history, CV against public score
 
 Every file is written atomically (a temporary file beside it, then `os.replace`), with the user's normal
 permissions. Derived files carry what they were derived from in a `.source.json` beside them, and
@@ -55,13 +63,17 @@ CLASSES = "classes.json"
 CV = "cv.json"
 OOF = "oof.csv"
 OOF_TTA = "oof_tta.csv"
+TTA_AUTO = "tta_auto.json"
 TEST_PRED = "test_pred.csv"
 WEIGHTS = "weights.json"
 LINEAGE = "lineage.json"
 LR_FIND = "lr_find.png"
+AUG_PREVIEW = "aug_preview.png"
 BEST = "best.pt"
 LAST = "last.pt"
 HISTORY = "history.json"
+AVERAGING = "averaging.json"
+BEST_EPOCH = "best_epoch.pt"
 PSEUDO_LABELS = "pseudo_labels.csv"
 EXPORT_DIR = "export"
 EXPORT_JSON = "export.json"
@@ -69,12 +81,14 @@ ONNX = "model.onnx"
 ONNX_INT8 = "model_int8.onnx"
 TORCHSCRIPT = "model.ts"
 PRUNED = "pruned.pt"
+SUBMISSION_LOG = "log.csv"
+CV_VS_LB = "cv_vs_lb"  # .png (the plot) and .csv (the joined table), in submissions/
 FOLDS_META_SUFFIX = ".json"  # data/folds.csv -> data/folds.json
 SOURCE_SUFFIX = ".source.json"
 TMP_SUFFIX = ".tmp"
 # What a packaged run (Kaggle dataset, offline notebook) carries besides its checkpoints: thresholds and QWK cuts
 # tuned on OOF are re-tuned offline exactly as here.
-PACKAGED = (CONFIG, CLASSES, CV, WEIGHTS, OOF)
+PACKAGED = (CONFIG, CLASSES, CV, WEIGHTS, OOF, TTA_AUTO)
 # ... and of its export/: the ONNX models `predict.runtime=onnx` runs (TorchScript and pruned weights stay home).
 PACKAGED_EXPORT = (ONNX, ONNX_INT8)
 
@@ -152,11 +166,19 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def append_csv_row(path: str | Path, row: dict[str, Any]) -> Path:
+    """Append one row to a CSV log by rewriting it through a temporary file: a crash leaves the old log whole.
+    Columns new to the log are added (empty in the older rows)."""
+    path = Path(path)
+    old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else pd.DataFrame()
+    return atomic_write_csv(path, pd.concat([old, pd.DataFrame([row])], ignore_index=True))
+
+
 # --------------------------------------------------------------------------------------------- derived files
 
 
 def checksum(path: Path) -> str:
-    """The file's content (sha256, 16 hex digits): unlike `stamp`, it survives a copy, an upload and an unzip.
+    """The file's content (sha256): unlike `stamp`, it survives a copy, an upload and an unzip.
     Remembered per path and stamp (a rewritten file has a new stamp), so a checkpoint is read once per run."""
     return _checksum(str(Path(path).resolve()), stamp(Path(path)))
 
@@ -167,7 +189,7 @@ def _checksum(path: str, _stamp: str) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def stamp(path: Path) -> str:
@@ -233,13 +255,31 @@ class FoldFiles:
     def pseudo_labels(self) -> Path:
         return self.path / PSEUDO_LABELS
 
+    @property
+    def best_epoch(self) -> Path:
+        return self.path / BEST_EPOCH
+
+    @property
+    def averaging(self) -> Path:
+        return self.path / AVERAGING
+
+    def averaged(self, variant: str) -> Path:
+        """Weights of a weight-averaging variant (swa, avg_best_k)."""
+        return self.path / f"{variant}.pt"
+
+    def variant_oof(self, variant: str) -> Path:
+        """OOF rows of a weight-averaging variant, or of the best epoch ("best")."""
+        return self.path / f"oof_{variant}.csv"
+
     def finished(self) -> bool:
         """A fold is finished once its oof.csv exists: train writes it last, after best.pt."""
         return self.oof.is_file() and self.best.is_file()
 
     def clear(self) -> None:
         """Remove what training writes, so a retrained fold starts from nothing."""
-        for p in (self.last, self.best, self.oof, self.history, self.test_pred, _source_path(self.test_pred)):
+        weights = self.path.glob("*.pt")  # last, best, and the weight-averaging variants
+        for p in (*weights, self.oof, self.history, self.test_pred, _source_path(self.test_pred), self.averaging,
+                  *self.path.glob("oof_*.csv")):  # fmt: skip
             p.unlink(missing_ok=True)
 
 
@@ -274,10 +314,12 @@ class Run:
     cv = property(lambda self: self.path / CV)
     oof = property(lambda self: self.path / OOF)
     oof_tta = property(lambda self: self.path / OOF_TTA)
+    tta_auto = property(lambda self: self.path / TTA_AUTO)
     test_pred = property(lambda self: self.path / TEST_PRED)
     weights = property(lambda self: self.path / WEIGHTS)
     lineage = property(lambda self: self.path / LINEAGE)
     lr_find = property(lambda self: self.path / LR_FIND)
+    aug_preview = property(lambda self: self.path / AUG_PREVIEW)
 
     export_dir = property(lambda self: self.path / EXPORT_DIR)
     export_json = property(lambda self: self.path / EXPORT_DIR / EXPORT_JSON)
@@ -347,7 +389,20 @@ def folds_meta_path(folds_path: str | Path) -> Path:
 
 
 def submission_path(folder: str | Path, name: str) -> Path:
+    if f"{name}.csv" in (SUBMISSION_LOG, f"{CV_VS_LB}.csv"):
+        raise UserError(
+            f"submission name {name!r} is taken by submissions/{name}.csv (the submission log); pick another"
+        )
     return Path(folder) / f"{name}.csv"
+
+
+def submission_log_path(folder: str | Path) -> Path:
+    return Path(folder) / SUBMISSION_LOG
+
+
+def cv_vs_lb_paths(folder: str | Path) -> tuple[Path, Path]:
+    """(plot, table) of the `lb` command."""
+    return Path(folder) / f"{CV_VS_LB}.png", Path(folder) / f"{CV_VS_LB}.csv"
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

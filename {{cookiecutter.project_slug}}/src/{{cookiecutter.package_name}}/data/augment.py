@@ -1,8 +1,14 @@
-"""Image augmentation: albumentations presets (none / light / medium / heavy) and mixup / cutmix on batches.
+"""Image augmentation: albumentations presets (none / light / medium / heavy / trivial / randaugment) and mixup /
+cutmix on batches.
 
 Transforms take a numpy HWC uint8 image with 1 or 3 channels (grayscale is HxWx1) and return a normalised float32
 CHW tensor. Flips and 90-degree rotations are only added when the config allows them: a mirrored digit is another
 class. Colour transforms that need RGB are skipped for grayscale.
+
+`trivial` (TrivialAugment, Muller & Hutter 2021) and `randaugment` (Cubuk et al. 2020) draw from one table of ops,
+AUG_OPS, each built from albumentations' own transforms at a level in [-1, 1] (signed ops) or [0, 1]: trivial
+applies one op per image at a level drawn uniformly (the sign at random), randaugment applies
+`augment.randaugment_n` different ops at the fixed level `augment.randaugment_m` / 10 (the sign at random).
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # A preset maps (config, number of channels) to the training transforms before Normalize + ToTensorV2.
 PresetFn = Callable[["AugmentConfig", int], list[Any]]
 PRESETS: Registry[PresetFn] = Registry("augment preset")
+# An op of trivial / randaugment maps a level range (lo, hi) to one albumentations transform that always applies.
+OpFn = Callable[[float, float], Any]
+AUG_OPS: Registry[OpFn] = Registry("augment op")
+RANDAUGMENT_MAX_M = 10  # randaugment_m runs 0..10 as in the paper (and timm's rand-m9)
 
 
 def list_presets() -> list[str]:
@@ -87,10 +97,15 @@ def build_transforms(cfg_aug: AugmentConfig, train: bool, mean: Sequence[float],
     n_chans = len(mean)
     if len(std) != n_chans:
         raise UserError(f"normalisation has {n_chans} mean values but {len(std)} std values")
-    size = cfg_aug.image_size
-    steps = PRESETS.get(cfg_aug.preset)(cfg_aug, n_chans) if train else [A.Resize(size, size)]
+    steps = list(augmentations(cfg_aug, n_chans, train).transforms)
     steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(steps)
+
+
+def augmentations(cfg_aug: AugmentConfig, n_chans: int, train: bool = True) -> A.Compose:
+    """The geometry and colour steps alone, uint8 HWC in and out: the training preset, or (evaluation) a resize."""
+    size = cfg_aug.image_size
+    return A.Compose(PRESETS.get(cfg_aug.preset)(cfg_aug, n_chans) if train else [A.Resize(size, size)])
 
 
 def _flips(cfg_aug: AugmentConfig) -> list[Any]:
@@ -146,6 +161,85 @@ def _preset_heavy(cfg_aug: AugmentConfig, n_chans: int) -> list[Any]:
         ),
         A.CoarseDropout(num_holes_range=(1, 8), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15), p=0.5),
     ]
+
+
+# ----------------------------------------------------------------------------------------------- trivial / randaugment
+# Level 1 is the strongest setting (torchvision's RandAugment ranges where albumentations has the same op), level 0
+# the weakest (identity, equalize and autocontrast have no strength). signed=True: the level's sign is the direction
+# (left / right, darker / brighter).
+
+
+def _affine(**kw: Any) -> Any:
+    return A.Affine(**kw, p=1.0)
+
+
+def _xy(lo: float, hi: float, scale: float, axis: str) -> dict:
+    return {axis: (scale * lo, scale * hi), "yx"[axis == "y"]: (0.0, 0.0)}
+
+
+AUG_OPS.register("identity", lambda lo, hi: A.NoOp(p=1.0))
+AUG_OPS.register("rotate", lambda lo, hi: _affine(rotate=(30 * lo, 30 * hi)), signed=True)
+AUG_OPS.register("shear_x", lambda lo, hi: _affine(shear=_xy(lo, hi, 17, "x")), signed=True)
+AUG_OPS.register("shear_y", lambda lo, hi: _affine(shear=_xy(lo, hi, 17, "y")), signed=True)
+AUG_OPS.register("translate_x", lambda lo, hi: _affine(translate_percent=_xy(lo, hi, 0.3, "x")), signed=True)
+AUG_OPS.register("translate_y", lambda lo, hi: _affine(translate_percent=_xy(lo, hi, 0.3, "y")), signed=True)
+AUG_OPS.register(
+    "brightness",
+    lambda lo, hi: A.RandomBrightnessContrast(brightness_limit=(0.4 * lo, 0.4 * hi), contrast_limit=0.0, p=1.0),
+    signed=True,
+)
+AUG_OPS.register(
+    "contrast",
+    lambda lo, hi: A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=(0.9 * lo, 0.9 * hi), p=1.0),
+    signed=True,
+)
+AUG_OPS.register("sharpness", lambda lo, hi: A.Sharpen(alpha=(lo, hi), lightness=(1.0, 1.0), p=1.0))
+AUG_OPS.register("posterize", lambda lo, hi: A.Posterize(num_bits=(8 - round(4 * hi), 8 - round(4 * lo)), p=1.0))
+AUG_OPS.register("solarize", lambda lo, hi: A.Solarize(threshold_range=(1.0 - hi, 1.0 - lo), p=1.0))
+AUG_OPS.register("equalize", lambda lo, hi: A.Equalize(p=1.0))
+AUG_OPS.register("autocontrast", lambda lo, hi: A.AutoContrast(p=1.0))
+
+
+def _saturation(lo: float, hi: float) -> Any:
+    return A.ColorJitter(brightness=(1, 1), contrast=(1, 1), saturation=(1 + 0.9 * lo, 1 + 0.9 * hi), hue=(0, 0), p=1.0)
+
+
+AUG_OPS.register("color", _saturation, signed=True, rgb_only=True)  # saturation: an RGB notion
+
+
+def aug_ops(n_chans: int) -> list[str]:
+    """The ops that fit images of `n_chans` channels (colour ops need RGB)."""
+    return AUG_OPS.names(lambda meta: n_chans == 3 or not meta.get("rgb_only", False))
+
+
+def _random_level(name: str) -> Any:
+    """TrivialAugment: the level drawn uniformly in [0, 1] (in [-1, 1] for a signed op) each time it applies."""
+    return AUG_OPS.get(name)(-1.0 if AUG_OPS.meta(name).get("signed") else 0.0, 1.0)
+
+
+def _fixed_level(name: str, level: float) -> Any:
+    """RandAugment: the level fixed; a signed op goes either way with equal odds (still one op)."""
+    make = AUG_OPS.get(name)
+    if AUG_OPS.meta(name).get("signed") and level > 0:
+        return A.OneOf([make(level, level), make(-level, -level)], p=1.0)
+    return make(level, level)
+
+
+@PRESETS.register("trivial")
+def _preset_trivial(cfg_aug: AugmentConfig, n_chans: int) -> list[Any]:
+    """One op per image, drawn uniformly, at a level drawn uniformly: no magnitude to tune."""
+    s = cfg_aug.image_size
+    ops = [_random_level(name) for name in aug_ops(n_chans)]
+    return [A.Resize(s, s), *_flips(cfg_aug), A.OneOf(ops, p=1.0)]
+
+
+@PRESETS.register("randaugment")
+def _preset_randaugment(cfg_aug: AugmentConfig, n_chans: int) -> list[Any]:
+    """`randaugment_n` different ops per image, each at the level randaugment_m / 10."""
+    s, level = cfg_aug.image_size, cfg_aug.randaugment_m / RANDAUGMENT_MAX_M
+    ops = [_fixed_level(name, level) for name in aug_ops(n_chans)]
+    n = min(cfg_aug.randaugment_n, len(ops))
+    return [A.Resize(s, s), *_flips(cfg_aug), A.SomeOf(ops, n=n, replace=False, p=1.0)]
 
 
 # ----------------------------------------------------------------------------------------------- mixup / cutmix

@@ -10,13 +10,14 @@ from __future__ import annotations
 import re
 import zipfile
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..config import Config
 from ..core.errors import UserError
 from ..core.runs import read_json
-from ..submission import check_submission_file, default_message
+from ..submission import check_submission_file, default_message, log_submission
 
 CREDENTIALS_HELP = (
     "Kaggle credentials not found or not accepted: set KAGGLE_API_TOKEN (or ~/.kaggle/access_token), or "
@@ -106,8 +107,48 @@ def submit(
     if not competition:
         raise UserError("no competition id to submit to: set the config key 'competition' (the Kaggle slug)")
     answer = competition_submit(competition, path, message)
+    log_submission(cfg, path, message, competition)
     log(f"submitted {path} to {competition}: {message}" + (f" ({answer})" if answer else ""))
     return message
+
+
+def competition_submissions(competition: str, page_size: int = 100, max_pages: int = 50) -> list[dict]:
+    """The team's submissions to `competition` (newest first), as plain rows: ref, file_name, date (UTC, ISO 8601),
+    description, status, public_score and private_score (floats, None while unscored or hidden), total_bytes."""
+    api = _client()
+    rows: list[dict] = []
+    for page in range(1, max_pages + 1):
+        got = _call("submissions", api.competition_submissions, competition, page_number=page, page_size=page_size)
+        rows += [_submission_row(s) for s in got or [] if s is not None]
+        if len(got or []) < page_size:
+            break
+    return rows
+
+
+def _submission_row(s: Any) -> dict:
+    def field(*names: str) -> Any:  # kaggle >= 2 names fields in snake_case, older clients in camelCase
+        return next((getattr(s, n) for n in names if getattr(s, n, None) is not None), None)
+
+    date, status = field("date"), field("status")
+    if isinstance(date, datetime):
+        date = (date if date.tzinfo else date.replace(tzinfo=timezone.utc)).isoformat(timespec="seconds")
+    return {
+        "ref": field("ref"),
+        "file_name": field("file_name", "fileName"),
+        "date": None if date is None else str(date),
+        "description": field("description") or "",
+        "status": str(getattr(status, "name", status) or ""),  # an enum (SubmissionStatus.COMPLETE) in kaggle 2
+        "public_score": _score(field("public_score", "publicScore")),
+        "private_score": _score(field("private_score", "privateScore")),
+        "total_bytes": field("total_bytes", "totalBytes"),
+    }
+
+
+def _score(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # "" or None: pending, failed, or not public yet
+        return None
 
 
 def dataset_create_or_version(folder: str | Path, message: str) -> str:

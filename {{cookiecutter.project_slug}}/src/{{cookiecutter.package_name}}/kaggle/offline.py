@@ -33,7 +33,7 @@ from ..core.runs import (
     read_json,
     read_pred_csv,
 )
-from ..ensemble import combine, to_ranks
+from ..ensemble import apply_saved
 from ..predict import predict_test
 from ..submission import make_submission
 from . import api as kaggle_api
@@ -147,8 +147,7 @@ def predict_packaged(
     members = run.members()
     if members:
         cfgs = [predict_packaged(dataset_dir, m, data_dir, output_dir, overrides, log, done) for m in members]
-        info = run.read_weights()
-        blend_test(cfgs[0], exp, members, info["weights"], bool(info.get("rank", False)))
+        blend_test(cfgs[0], exp, members, run.read_weights())
         cfg = cfgs[0]
     else:
         cfg = load_packaged_config(dataset_dir, exp, data_dir, output_dir, overrides)
@@ -162,14 +161,15 @@ def predict_packaged(
     return cfg
 
 
-def blend_test(cfg: Config, name: str, members: list[str], weights: Sequence[float], rank: bool = False) -> Path:
-    """output_dir/<name>/test_pred.csv: the members' test predictions combined as `ensemble.blend` does."""
+def blend_test(cfg: Config, name: str, members: list[str], info: dict) -> Path:
+    """output_dir/<name>/test_pred.csv: the members' test predictions combined as `ensemble.blend` did (`info`: its
+    weights.json)."""
     runs, id_col = [Run.named(cfg.output_dir, m) for m in members], cfg.data.id_col
     cols = list(runs[0].read_classes()["classes"])
     tests = [read_pred_csv(r.test_pred, id_col, cols) for r in runs]
     ids = tests[0][id_col].tolist()
     preds = np.stack([t.set_index(id_col).loc[ids, cols].to_numpy(np.float64) for t in tests])
-    frame = pd.DataFrame(combine(to_ranks(preds) if rank else preds, np.asarray(weights)), columns=cols)
+    frame = pd.DataFrame(apply_saved(info, preds), columns=cols)
     frame.insert(0, id_col, ids)
     return atomic_write_csv(Run.named(cfg.output_dir, name).test_pred, frame)
 
@@ -184,8 +184,9 @@ def average(cfg: Config, exps: Sequence[str], name: str = MEAN_NAME) -> str:
         raise UserError(f"experiments {exps} predict different columns; only like experiments can be averaged")
     out = Run.named(cfg.output_dir, name)
     atomic_write_json(out.classes, classes[0])
-    atomic_write_json(out.weights, {"method": "mean", "members": exps, "weights": [1 / len(exps)]})
-    blend_test(cfg, name, exps, [1.0 / len(exps)] * len(exps))
+    info = {"method": "mean", "members": exps, "weights": [1.0 / len(exps)] * len(exps)}
+    atomic_write_json(out.weights, info)
+    blend_test(cfg, name, exps, info)
     return name
 
 

@@ -5,6 +5,9 @@ segmentation map, back onto the original pixels; classification outputs are not 
 The eight dihedral views (D4) are exact permutations of pixels; `scale_<factor>` views (e.g. 'scale_0.875')
 are made on demand and resize bilinearly. Merging happens on probabilities, never on logits (a geometric mean of
 logits is undefined for negative values: ttach's NaNs).
+
+`tta.views: auto` chooses the views on OOF predictions with `greedy_views`: start from the identity, add the
+candidate that raises the merged OOF score most, stop when none raises it.
 """
 
 from __future__ import annotations
@@ -99,6 +102,14 @@ def get_view(name: str) -> View:
     return _scale_view(name, factor)
 
 
+AUTO = "auto"  # tta.views: [auto] -> chosen on OOF among tta.candidates
+
+
+def default_candidates() -> list[str]:
+    """The eight symmetries of the square and two mild rescalings."""
+    return [*list_tta_views(), "scale_0.9", "scale_1.1"]
+
+
 # ----------------------------------------------------------------------------------------------- merging
 
 MERGES = ("mean", "gmean", "max")
@@ -137,3 +148,28 @@ def merge(
     if normalize_rows:
         out = out / out.sum(-1, keepdim=True).clamp_min(eps)
     return out if as_tensor else out.cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------- choosing views
+
+
+def greedy_views(
+    preds: dict[str, np.ndarray], gain: Callable[[np.ndarray], float], how: str = "mean", start: str = "identity"
+) -> tuple[list[str], list[dict]]:
+    """Forward selection of views on OOF predictions. `preds`: each candidate view's (activated) predictions of the
+    same rows; `gain(merged)`: larger is better. From `start`, add the view whose merge with those chosen raises
+    the gain most; stop when none raises it (so the result never scores below `start` alone).
+    Returns the chosen views in the order they were added, and each step as {"view": name, "gain": value}."""
+    chosen, best = [start], gain(preds[start])
+    steps = [{"view": start, "gain": best}]
+    while True:
+        trials = {v: gain(merge([preds[c] for c in (*chosen, v)], how)) for v in preds if v not in chosen}
+        if not trials:
+            break
+        view = max(trials, key=trials.__getitem__)
+        if not trials[view] > best + 1e-12:
+            break
+        chosen.append(view)
+        best = trials[view]
+        steps.append({"view": view, "gain": best})
+    return chosen, steps

@@ -38,7 +38,7 @@ from ..data.images import IMAGE_EXTS, ImageDataset, image_paths
 from ..data.problem import FoldData, Problem
 from ..data.tables import data_path, read_table
 from ..modeling.models import build_model
-from ..predict import predict_loader, predict_test, prediction_source
+from ..predict import predict_loader, predict_test, prediction_source, resolve_views
 from ..train import Step, fold_pending, train_one_fold
 
 Source = tuple[str, int]  # (teacher experiment, fold): the one model an array of teacher outputs came from
@@ -73,6 +73,11 @@ def teacher_leaves(cfg: Config, names: Sequence[str]) -> dict[str, float]:
             raise UserError(f"ensemble {trail[0]!r} contains itself (via {' -> '.join((*trail, name))})")
         if run.is_ensemble():
             info = run.read_weights()
+            if info.get("weights") is None:  # a stacking meta-model was even fitted on every fold's OOF targets
+                raise UserError(
+                    f"ensemble {name!r} (method={info.get('method')}) is no weighted mean of its members: teach with "
+                    "its members, or with a mean / weighted / hill_climb / optimize blend of them"
+                )
             for member, w in zip(info["members"], info["weights"], strict=True):
                 add(member, weight * float(w), (*trail, name))
         elif run.is_experiment():
@@ -228,7 +233,7 @@ def teacher_predictions(cfg: Config, leaves: dict[str, float], fold: int, unl: U
     those `predict` saved, TTA-merged (one view if not `pseudo.tta`: then predicted now, cached)."""
     total: np.ndarray | float = 0.0
     for exp, weight in leaves.items():
-        tcfg = teacher_config(cfg, exp)
+        tcfg = resolve_views(teacher_config(cfg, exp))  # tta.views: auto -> the views chosen on the teacher's OOF
         parts = [_test_predictions(cfg, tcfg, fold, unl.ids[: unl.n_test], log)]
         if len(unl.ids) > unl.n_test:
             parts.append(_predicted(cfg, tcfg, fold, unl.ids[unl.n_test :], unl.paths[unl.n_test :], "extra"))
