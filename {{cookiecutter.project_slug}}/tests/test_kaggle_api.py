@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import requests
 
 from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.core.errors import UserError
@@ -28,7 +29,7 @@ class FakeApi:
     def _record(self, name, *args, **kwargs):
         self.calls.append((name, args, kwargs))
         if self.fail:
-            raise RuntimeError(self.fail)
+            raise self.fail if isinstance(self.fail, Exception) else RuntimeError(self.fail)
 
     def competition_download_files(self, competition, path=None, **kwargs):
         self._record("competition_download_files", competition, path=path, **kwargs)
@@ -130,13 +131,61 @@ def test_api_errors_become_one_line_user_errors(monkeypatch, tmp_path):
         kaggle_api.dataset_create_or_version(tmp_path, "m")
 
 
+@pytest.fixture
+def fresh_kaggle(monkeypatch, tmp_path):
+    """The real kaggle package imported afresh (it authenticates at import), with no credentials of this machine:
+    HOME and KAGGLE_CONFIG_DIR point at an empty folder and the KAGGLE_* variables are unset."""
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / ".kaggle"))
+    loaded = {k: m for k, m in sys.modules.items() if k == "kaggle" or k.startswith("kaggle.")}
+    for k in loaded:
+        del sys.modules[k]
+    yield monkeypatch
+    for k in [k for k in sys.modules if k == "kaggle" or k.startswith("kaggle.")]:
+        del sys.modules[k]
+    sys.modules.update(loaded)
+
+
+def test_real_kaggle_package_imports_offline_with_credentials_in_the_environment(fresh_kaggle, capsys):
+    fresh_kaggle.setenv("KAGGLE_USERNAME", "dummy-user")
+    fresh_kaggle.setenv("KAGGLE_KEY", "dummy-key")
+    api = kaggle_api._client()
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    assert isinstance(api, KaggleApi) and api is sys.modules["kaggle"].api and api._authenticated
+    assert capsys.readouterr().out == ""
+
+
+def test_real_kaggle_package_without_credentials_names_the_fix_on_one_line(fresh_kaggle, capsys):
+    with pytest.raises(UserError) as err:
+        kaggle_api._client()
+    message = str(err.value)
+    assert message.startswith("Kaggle credentials not found") and "KAGGLE_USERNAME" in message
+    assert "\n" not in message and "import" not in message
+    assert capsys.readouterr().out == ""  # kaggle's page of login help is not shown
+
+
+def test_kaggle_import_failure_names_the_missing_module_not_the_credentials(fresh_kaggle):
+    fresh_kaggle.setenv("KAGGLE_USERNAME", "dummy-user")
+    fresh_kaggle.setenv("KAGGLE_KEY", "dummy-key")
+    fresh_kaggle.setitem(sys.modules, "six", None)  # what a fresh install without six looks like to kaggle 2.2.5
+    with pytest.raises(UserError) as err:
+        kaggle_api._client()
+    message = str(err.value)
+    assert "ModuleNotFoundError" in message and "six" in message and "pip install six" in message
+    assert "credentials" not in message and "\n" not in message
+
+
 def test_client_without_credentials_names_the_fix_not_the_secret(monkeypatch):
-    """The only real client code: kaggle >= 2 imports unauthenticated, and authenticate() exits."""
+    """kaggle >= 2 imports unauthenticated, and authenticate() exits."""
 
     class Unauthenticated:
         _authenticated = False
 
         def authenticate(self):
+            print("Authentication required to call the Kaggle API.\n\nFirst, you will need a Kaggle account.")
             raise SystemExit(1)
 
     monkeypatch.setitem(sys.modules, "kaggle", types.SimpleNamespace(api=Unauthenticated()))
@@ -147,6 +196,49 @@ def test_client_without_credentials_names_the_fix_not_the_secret(monkeypatch):
     ok = types.SimpleNamespace(_authenticated=True)
     monkeypatch.setitem(sys.modules, "kaggle", types.SimpleNamespace(api=ok))
     assert kaggle_api._client() is ok
+
+
+def http_error(status: int, reason: str) -> requests.HTTPError:
+    """What kaggle 2.x raises when the server refuses a call: requests' HTTPError with the response."""
+    response = requests.Response()
+    response.status_code, response.reason = status, reason
+    return requests.HTTPError(
+        f"{status} Client Error: {reason} for url: https://api.kaggle.com/v1/x", response=response
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "says"),
+    [
+        (401, "Unauthorized", "credentials were not accepted"),
+        (403, "Forbidden", "accept the competition rules"),
+        (404, "Not Found", "check the competition, dataset or kernel id"),
+        (429, "Too Many Requests", "wait a few minutes"),
+    ],
+)
+def test_a_refused_call_says_why_in_one_line(monkeypatch, tmp_path, status, reason, says):
+    monkeypatch.setattr(kaggle_api, "_client", lambda: FakeApi(fail=http_error(status, reason)))
+    file = tmp_path / "sub.csv"
+    file.write_text("id\n")
+    with pytest.raises(UserError) as err:
+        kaggle_api.competition_submit("c", file, "m")
+    message = str(err.value)
+    assert message.startswith(f"kaggle submit refused (HTTP {status}): ") and says in message
+    assert "\n" not in message and "credentials not found" not in message
+
+
+def test_dataset_status_refused_is_not_taken_for_a_new_dataset(monkeypatch, tmp_path):
+    class Refusing(FakeApi):
+        def dataset_status(self, dataset):
+            self.calls.append(("dataset_status", (dataset,), {}))
+            raise http_error(401, "Unauthorized")
+
+    api = Refusing()
+    monkeypatch.setattr(kaggle_api, "_client", lambda: api)
+    (tmp_path / "dataset-metadata.json").write_text(json.dumps({"id": "me/new-models"}))
+    with pytest.raises(UserError, match=r"refused \(HTTP 401\)"):
+        kaggle_api.dataset_create_or_version(tmp_path, "m")
+    assert [c[0] for c in api.calls] == ["dataset_status"]  # nothing created
 
 
 def fake_run(root: Path, exp: str, folds: int = 2) -> Path:
