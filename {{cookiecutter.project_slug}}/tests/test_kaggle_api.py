@@ -258,7 +258,7 @@ def fake_run(root: Path, exp: str, folds: int = 2) -> Path:
 @pytest.fixture
 def cfg(tmp_path):
     yaml = tmp_path / "exp001.yaml"
-    yaml.write_text(f"output_dir: {tmp_path / 'outputs'}\n")
+    yaml.write_text(f"output_dir: {tmp_path / 'outputs'}\nfolds:\n  n_folds: 3\n")
     return config.load(yaml)
 
 
@@ -269,7 +269,9 @@ def test_package_for_dataset_layout(cfg, tmp_path, capsys):
     ens.mkdir()
     (ens / "weights.json").write_text(json.dumps({"method": "mean", "members": ["exp002"], "weights": [1.0]}))
     (ens / "classes.json").write_text("{}")
-    dest = offline.package_for_dataset(cfg, ["exp001", "blend1"], tmp_path / "upload", "me/my-models", "My models")
+    dest = offline.package_for_dataset(
+        cfg, ["exp001", "blend1"], tmp_path / "upload", "me/my-models", "My models", allow_partial=True
+    )
     files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     files = [f for f in files if not f.startswith("src/")]
     assert files == [
@@ -299,9 +301,28 @@ def test_package_for_dataset_layout(cfg, tmp_path, capsys):
     assert not list(copied.rglob("__pycache__"))
     meta = json.loads((dest / "dataset-metadata.json").read_text())
     assert meta == {"title": "My models", "id": "me/my-models", "licenses": [{"name": "CC0-1.0"}]}
-    assert capsys.readouterr().out == ""
-    again = offline.package_for_dataset(cfg, ["exp002"], dest, "me/my-models", "My models")  # a rebuild replaces it
-    assert not (again / "exp001").exists() and (again / "exp002" / "fold0" / "best.pt").is_file()
+    assert capsys.readouterr().out.splitlines() == [  # what was left out, and nothing else
+        "exp001: fold(s) [2] not finished; upload uses fold(s) [0, 1] only (--allow-partial)",
+        "exp002: fold(s) [1, 2] not finished; upload uses fold(s) [0] only (--allow-partial)",
+    ]
+    again = offline.package_for_dataset(cfg, ["exp002"], dest, "me/my-models", "My models", allow_partial=True)
+    assert not (again / "exp001").exists() and (again / "exp002" / "fold0" / "best.pt").is_file()  # replaced
+
+
+def test_upload_of_an_unfinished_experiment_stops_naming_its_folds_unless_allowed(cfg, tmp_path):
+    fake_run(tmp_path, "exp001")  # folds 0 and 1 finished, fold 2 killed
+    fake_run(tmp_path, "exp002", folds=1)
+    ens = tmp_path / "outputs" / "blend1"
+    ens.mkdir()
+    (ens / "weights.json").write_text(json.dumps({"method": "mean", "members": ["exp002"], "weights": [1.0]}))
+    previous = offline.package_for_dataset(cfg, ["exp001"], tmp_path / "up", "me/my-models", "My models", True)
+    before = sorted(p.relative_to(previous).as_posix() for p in previous.rglob("*"))
+    with pytest.raises(UserError) as err:
+        offline.package_for_dataset(cfg, ["exp001"], tmp_path / "up", "me/my-models", "My models")
+    assert "exp001: fold(s) [2] of 3 not finished" in str(err.value) and "--allow-partial" in str(err.value)
+    with pytest.raises(UserError, match=r"exp002: fold\(s\) \[1, 2\] of 3"):  # an ensemble's members too
+        offline.package_for_dataset(cfg, ["blend1"], tmp_path / "up", "me/my-models", "My models")
+    assert sorted(p.relative_to(previous).as_posix() for p in previous.rglob("*")) == before  # nothing lost
 
 
 def test_package_for_dataset_refusals(cfg, tmp_path):
@@ -320,5 +341,5 @@ def test_package_for_dataset_refusals(cfg, tmp_path):
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
     with pytest.raises(UserError, match="not an upload folder"):
-        offline.package_for_dataset(cfg, ["exp001"], precious, "me/my-models", "My models")
+        offline.package_for_dataset(cfg, ["exp001"], precious, "me/my-models", "My models", allow_partial=True)
     assert (precious / "notes.txt").read_text() == "keep me"

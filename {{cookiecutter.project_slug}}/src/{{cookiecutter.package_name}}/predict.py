@@ -17,11 +17,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import Config
-from .core.errors import UserError
 from .core.runs import load_best, read_derived, stamp, write_derived
 from .core.runtime import amp_dtype, autocast, resolve_device
 from .core.tasks import num_outputs
 from .data.augment import resolve_normalization
+from .data.folds import expected_folds
 from .data.problem import build_fold_data, load_problem, pred_frame, test_dataset
 from .modeling import tta
 from .modeling.models import build_model
@@ -69,17 +69,10 @@ def predict_loader(
     return torch.cat(outs).numpy()
 
 
-def fold_models(cfg: Config) -> list[int]:
-    """The experiment's finished folds (best.pt and oof.csv): an interrupted fold's checkpoint is never used."""
-    run = cfg.run
-    found = run.finished_folds()
-    if not found:
-        raise UserError(f"{run.path}: no finished fold (fold<k>/best.pt + oof.csv); train the experiment first "
-                        f"(make train EXP={cfg.exp})")  # fmt: skip
-    unfinished = sorted(set(run.fold_numbers()) - set(found))
-    if unfinished:
-        print(f"{cfg.exp}: fold(s) {unfinished} not finished, not used (finish them with `train --fold ...`)")
-    return found
+def fold_models(cfg: Config, allow_partial: bool = False) -> list[int]:
+    """The experiment's finished folds (best.pt and oof.csv): an interrupted fold's checkpoint is never used, and
+    an experiment with unfinished folds stops unless `allow_partial`."""
+    return cfg.run.usable_folds(expected_folds(cfg), allow_partial, "predict")
 
 
 def prediction_source(cfg: Config, fold: int) -> dict:
@@ -101,29 +94,39 @@ def _predictor(cfg: Config, n_classes: int) -> tuple[nn.Module, torch.device, to
     return model, device, amp_dtype(cfg.train.amp, device), mean, std
 
 
-def predict_test(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
-    """Average of the fold models' TTA-merged test predictions -> outputs/<exp>/test_pred.csv, and each fold's
-    own (pseudo-labelling for fold k may only use fold k's model)."""
-    run, folds = cfg.run, folds if folds is not None else fold_models(cfg)
+def predict_test_folds(cfg: Config, folds: list[int]) -> tuple[list[str], dict[int, np.ndarray]]:
+    """Each fold model's TTA-merged test predictions -> fold<k>/test_pred.csv (pseudo-labelling for fold k may
+    only use fold k's model). Returns the test ids and the predictions by fold."""
+    run = cfg.run
     classes = list(run.read_classes()["classes"])
     model, device, dtype, mean, std = _predictor(cfg, len(classes))
     ids, dataset = test_dataset(cfg, mean, std)
     loader = DataLoader(dataset, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
-    total = None
+    preds = {}
     for k in folds:
         model.load_state_dict(load_best(run.fold(k).best)["model"])
         pred = predict_loader(model, loader, cfg.task, device, dtype, cfg.tta.views, cfg.tta.merge, desc=f"fold {k}")
         write_derived(run.fold(k).test_pred, pred_frame(ids, pred, classes, cfg.data.id_col), prediction_source(cfg, k))
-        total = pred if total is None else total + pred
-    df = pred_frame(ids, total / len(folds), classes, cfg.data.id_col)
-    write_derived(run.test_pred, df, folds_source(cfg, folds))
+        preds[k] = pred
+    return ids, preds
+
+
+def predict_test(cfg: Config, folds: list[int] | None = None, allow_partial: bool = False) -> pd.DataFrame:
+    """Average of the fold models' TTA-merged test predictions -> outputs/<exp>/test_pred.csv (and each fold's
+    own). `folds` default: every fold, all finished (or, with `allow_partial`, the finished ones)."""
+    folds = folds if folds is not None else fold_models(cfg, allow_partial)
+    ids, preds = predict_test_folds(cfg, folds)
+    classes = list(cfg.run.read_classes()["classes"])
+    df = pred_frame(ids, sum(preds.values()) / len(folds), classes, cfg.data.id_col)
+    write_derived(cfg.run.test_pred, df, folds_source(cfg, folds))
     return df
 
 
-def predict_oof_tta(cfg: Config) -> pd.DataFrame:
+def predict_oof_tta(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
     """Re-predict each fold's validation rows with the TTA views, so the views are chosen on OOF, not on test.
-    Reused while the views, the merge and every checkpoint are those it was made with."""
-    run, folds = cfg.run, fold_models(cfg)
+    Reused while the views, the merge and every checkpoint are those it was made with. `folds` default: every
+    fold, all finished."""
+    run, folds = cfg.run, folds if folds is not None else fold_models(cfg)
     source = folds_source(cfg, folds)
     done = read_derived(run.oof_tta, source, cfg.data.id_col)
     if done is not None:
@@ -144,16 +147,18 @@ def predict_oof_tta(cfg: Config) -> pd.DataFrame:
     return df
 
 
-def run_predict(cfg: Config, oof_tta: bool = True) -> dict:
+def run_predict(cfg: Config, oof_tta: bool = True, allow_partial: bool = False) -> dict:
     """The `predict` command: test predictions, the OOF rows re-predicted with the same TTA views (unless there is
-    one view, or `oof_tta` is off), and the CV summary with and without TTA."""
+    one view, or `oof_tta` is off), and the CV summary with and without TTA. An experiment with unfinished folds
+    stops unless `allow_partial` (then its finished folds are used, and cv.json says so)."""
     from .cv import summarize
 
-    df = predict_test(cfg)
+    folds = fold_models(cfg, allow_partial)
+    df = predict_test(cfg, folds)
     print(f"{cfg.run.test_pred}: {len(df)} rows")
     if list(cfg.tta.views) != ["identity"] and oof_tta:
-        predict_oof_tta(cfg)
-    result = summarize(cfg)
+        predict_oof_tta(cfg, folds)
+    result = summarize(cfg, allow_partial=allow_partial)
     sign = 1 if result["higher_is_better"] else -1
     if "cv_tta" in result and sign * result["cv_tta"] < sign * result["cv"]:  # TTA is chosen on OOF, not on test
         print(f"warning: TTA {list(cfg.tta.views)} scores worse on OOF ({result['cv_tta']:.5f}) than one view "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,10 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def finish_active(exit_code: int | None = None) -> None:
+    """Finish the wandb run left open by a stage cut short (Ctrl-C), with `exit_code`, so it is not left running."""
+    wandb = sys.modules.get("wandb")  # not imported: no run to finish
+    if wandb is not None and wandb.run is not None:
+        wandb.run.finish(exit_code=exit_code)
