@@ -157,7 +157,7 @@ def _figures(cfg: Config, result: dict, y_true: np.ndarray, pred: np.ndarray, cl
         made["confusion_matrix"] = confusion_matrix(
             y_true.astype(int), pred.argmax(1), classes, run.figure("confusion_matrix")
         )
-    tracker = Tracker(cfg, "cv", "cv")
+    tracker = Tracker(cfg, "cv", "cv", resume=True)  # one cv run per experiment, updated by each cv/predict
     for key, path in made.items():
         tracker.image(key, path)
     if cfg.task == "multiclass":
