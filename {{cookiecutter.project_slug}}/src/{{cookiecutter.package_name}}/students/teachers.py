@@ -39,7 +39,7 @@ from ..data.problem import FoldData, Problem
 from ..data.tables import data_path, read_table
 from ..modeling.models import build_model
 from ..predict import predict_loader, predict_test, predict_test_folds, prediction_source
-from ..train import Step, fold_pending, train_one_fold
+from ..train import Step, check_resumable, fold_pending, train_one_fold
 
 Source = tuple[str, int]  # (teacher experiment, fold): the one model an array of teacher outputs came from
 Log = Callable[[str], None]
@@ -315,6 +315,8 @@ def train_students(
     for k in student_folds(cfg, leaves, folds, allow_partial, log):
         if not fold_pending(cfg, k, force, log):
             continue
+        if not force:
+            check_resumable(cfg, k)  # before the teachers run and lineage.json is rewritten (again under the lock)
         data, record = build(k)
         lineage["folds"][str(k)] = record
         atomic_write_json(cfg.run.lineage, lineage)
