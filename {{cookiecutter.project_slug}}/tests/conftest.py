@@ -224,9 +224,9 @@ def weighted_teacher(cfg: config.Config, name: str, members: list[str], weights:
 def spy_on_training(monkeypatch) -> dict:
     """Record what each fold's student is given, instead of training it."""
     seen: dict = {}
-    monkeypatch.setattr(teachers, "train_one_fold", lambda cfg, fold, data, step: seen.setdefault(fold, data))
-    monkeypatch.setattr(teachers, "summarize", lambda cfg: {"cv": 0.0})
-    monkeypatch.setattr(teachers, "predict_test", lambda cfg: None)
+    monkeypatch.setattr(teachers, "train_one_fold", lambda cfg, fold, data, step, force: seen.setdefault(fold, data))
+    monkeypatch.setattr(teachers, "summarize", lambda cfg, **kw: {"cv": 0.0, "folds_missing": []})
+    monkeypatch.setattr(teachers, "predict_test", lambda cfg, **kw: None)
     return seen
 
 

@@ -39,7 +39,7 @@ def test_pseudo_with_overrides_after_teacher_reaches_the_stage(tmp_path, monkeyp
     """`pseudo -c c.yaml --teacher exp001 train.epochs=2`: the stage gets teacher exp001 and epochs 2."""
     seen = {}
 
-    def fake_run_pseudo(cfg, teacher, folds, force):
+    def fake_run_pseudo(cfg, teacher, folds, force, allow_partial):
         seen.update(teacher=teacher, epochs=cfg.train.epochs, folds=folds)
 
     monkeypatch.setattr(pseudo, "run_pseudo", fake_run_pseudo)

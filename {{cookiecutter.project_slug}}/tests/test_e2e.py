@@ -63,12 +63,25 @@ def test_each_task_from_folds_to_a_validated_submission(tmp_path, new_project, t
 def test_wandb_offline_run_per_fold_grouped_by_experiment(tmp_path, new_project, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     new_project(tmp_path, "multiclass", n_folds=2, extra=TINY)
-    run("train", "-c", tmp_path / "configs" / "exp.yaml", "--fold", "0")
-    runs = [p.read_bytes() for p in (tmp_path / "outputs" / "exp" / "wandb").glob("offline-run-*/run-*.wandb")]
+    exp = tmp_path / "configs" / "exp.yaml"
+    run("train", "-c", exp, "--fold", "0")
+    wandb_dir = tmp_path / "outputs" / "exp" / "wandb"
+    runs = [p.read_bytes() for p in wandb_dir.glob("offline-run-*/run-*.wandb")]
     assert len(runs) == 2  # fold 0, then the CV summary (both may start within one second: found by name)
     (fold_run,) = [r for r in runs if b"exp-fold0" in r]  # protobuf records: keys and names are plain strings
     for key in (b"train_loss", b"valid_loss", b"score", b"lr", b"images_per_s", b"fold0", b"exp"):
         assert key in fold_run, key
+
+    # Every later cv / predict updates the experiment's one cv run: offline, each session gets a folder, all of
+    # them under the same run id (its .wandb file name), which `wandb sync` merges into one run.
+    run("train", "-c", exp, "--fold", "1")
+    run("cv", "-c", exp)
+    run("predict", "-c", exp)
+    ids = [p.name for p in wandb_dir.glob("offline-run-*/run-*.wandb")]
+    assert len(ids) == 6  # fold 0, cv, fold 1, cv, cv, cv
+    assert len(set(ids)) == 3  # fold 0, fold 1 and the one cv run
+    cv_ids = {i for i in ids if "-cv-" in i}
+    assert len(cv_ids) == 1 and ids.count(cv_ids.pop()) == 4
 
 
 def env() -> dict:

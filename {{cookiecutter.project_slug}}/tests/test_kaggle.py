@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import requests
 
 from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.core.errors import UserError
@@ -28,7 +29,7 @@ class FakeApi:
     def _record(self, name, *args, **kwargs):
         self.calls.append((name, args, kwargs))
         if self.fail:
-            raise RuntimeError(self.fail)
+            raise self.fail if isinstance(self.fail, Exception) else RuntimeError(self.fail)
 
     def competition_download_files(self, competition, path=None, **kwargs):
         self._record("competition_download_files", competition, path=path, **kwargs)
@@ -130,13 +131,61 @@ def test_api_errors_become_one_line_user_errors(monkeypatch, tmp_path):
         kaggle_api.dataset_create_or_version(tmp_path, "m")
 
 
+@pytest.fixture
+def fresh_kaggle(monkeypatch, tmp_path):
+    """The real kaggle package imported afresh (it authenticates at import), with no credentials of this machine:
+    HOME and KAGGLE_CONFIG_DIR point at an empty folder and the KAGGLE_* variables are unset."""
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / ".kaggle"))
+    loaded = {k: m for k, m in sys.modules.items() if k == "kaggle" or k.startswith("kaggle.")}
+    for k in loaded:
+        del sys.modules[k]
+    yield monkeypatch
+    for k in [k for k in sys.modules if k == "kaggle" or k.startswith("kaggle.")]:
+        del sys.modules[k]
+    sys.modules.update(loaded)
+
+
+def test_real_kaggle_package_imports_offline_with_credentials_in_the_environment(fresh_kaggle, capsys):
+    fresh_kaggle.setenv("KAGGLE_USERNAME", "dummy-user")
+    fresh_kaggle.setenv("KAGGLE_KEY", "dummy-key")
+    api = kaggle_api._client()
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    assert isinstance(api, KaggleApi) and api is sys.modules["kaggle"].api and api._authenticated
+    assert capsys.readouterr().out == ""
+
+
+def test_real_kaggle_package_without_credentials_names_the_fix_on_one_line(fresh_kaggle, capsys):
+    with pytest.raises(UserError) as err:
+        kaggle_api._client()
+    message = str(err.value)
+    assert message.startswith("Kaggle credentials not found") and "KAGGLE_USERNAME" in message
+    assert "\n" not in message and "import" not in message
+    assert capsys.readouterr().out == ""  # kaggle's page of login help is not shown
+
+
+def test_kaggle_import_failure_names_the_missing_module_not_the_credentials(fresh_kaggle):
+    fresh_kaggle.setenv("KAGGLE_USERNAME", "dummy-user")
+    fresh_kaggle.setenv("KAGGLE_KEY", "dummy-key")
+    fresh_kaggle.setitem(sys.modules, "six", None)  # what a fresh install without six looks like to kaggle 2.2.5
+    with pytest.raises(UserError) as err:
+        kaggle_api._client()
+    message = str(err.value)
+    assert "ModuleNotFoundError" in message and "six" in message and "pip install six" in message
+    assert "credentials" not in message and "\n" not in message
+
+
 def test_client_without_credentials_names_the_fix_not_the_secret(monkeypatch):
-    """The only real client code: kaggle >= 2 imports unauthenticated, and authenticate() exits."""
+    """kaggle >= 2 imports unauthenticated, and authenticate() exits."""
 
     class Unauthenticated:
         _authenticated = False
 
         def authenticate(self):
+            print("Authentication required to call the Kaggle API.\n\nFirst, you will need a Kaggle account.")
             raise SystemExit(1)
 
     monkeypatch.setitem(sys.modules, "kaggle", types.SimpleNamespace(api=Unauthenticated()))
@@ -147,6 +196,49 @@ def test_client_without_credentials_names_the_fix_not_the_secret(monkeypatch):
     ok = types.SimpleNamespace(_authenticated=True)
     monkeypatch.setitem(sys.modules, "kaggle", types.SimpleNamespace(api=ok))
     assert kaggle_api._client() is ok
+
+
+def http_error(status: int, reason: str) -> requests.HTTPError:
+    """What kaggle 2.x raises when the server refuses a call: requests' HTTPError with the response."""
+    response = requests.Response()
+    response.status_code, response.reason = status, reason
+    return requests.HTTPError(
+        f"{status} Client Error: {reason} for url: https://api.kaggle.com/v1/x", response=response
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "says"),
+    [
+        (401, "Unauthorized", "credentials were not accepted"),
+        (403, "Forbidden", "accept the competition rules"),
+        (404, "Not Found", "check the competition, dataset or kernel id"),
+        (429, "Too Many Requests", "wait a few minutes"),
+    ],
+)
+def test_a_refused_call_says_why_in_one_line(monkeypatch, tmp_path, status, reason, says):
+    monkeypatch.setattr(kaggle_api, "_client", lambda: FakeApi(fail=http_error(status, reason)))
+    file = tmp_path / "sub.csv"
+    file.write_text("id\n")
+    with pytest.raises(UserError) as err:
+        kaggle_api.competition_submit("c", file, "m")
+    message = str(err.value)
+    assert message.startswith(f"kaggle submit refused (HTTP {status}): ") and says in message
+    assert "\n" not in message and "credentials not found" not in message
+
+
+def test_dataset_status_refused_is_not_taken_for_a_new_dataset(monkeypatch, tmp_path):
+    class Refusing(FakeApi):
+        def dataset_status(self, dataset):
+            self.calls.append(("dataset_status", (dataset,), {}))
+            raise http_error(401, "Unauthorized")
+
+    api = Refusing()
+    monkeypatch.setattr(kaggle_api, "_client", lambda: api)
+    (tmp_path / "dataset-metadata.json").write_text(json.dumps({"id": "me/new-models"}))
+    with pytest.raises(UserError, match=r"refused \(HTTP 401\)"):
+        kaggle_api.dataset_create_or_version(tmp_path, "m")
+    assert [c[0] for c in api.calls] == ["dataset_status"]  # nothing created
 
 
 def fake_run(root: Path, exp: str, folds: int = 2) -> Path:
@@ -166,7 +258,7 @@ def fake_run(root: Path, exp: str, folds: int = 2) -> Path:
 @pytest.fixture
 def cfg(tmp_path):
     yaml = tmp_path / "exp001.yaml"
-    yaml.write_text(f"output_dir: {tmp_path / 'outputs'}\n")
+    yaml.write_text(f"output_dir: {tmp_path / 'outputs'}\nfolds:\n  n_folds: 3\n")
     return config.load(yaml)
 
 
@@ -177,7 +269,9 @@ def test_package_for_dataset_layout(cfg, tmp_path, capsys):
     ens.mkdir()
     (ens / "weights.json").write_text(json.dumps({"method": "mean", "members": ["exp002"], "weights": [1.0]}))
     (ens / "classes.json").write_text("{}")
-    dest = offline.package_for_dataset(cfg, ["exp001", "blend1"], tmp_path / "upload", "me/my-models", "My models")
+    dest = offline.package_for_dataset(
+        cfg, ["exp001", "blend1"], tmp_path / "upload", "me/my-models", "My models", allow_partial=True
+    )
     files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     files = [f for f in files if not f.startswith("src/")]
     assert files == [
@@ -207,9 +301,28 @@ def test_package_for_dataset_layout(cfg, tmp_path, capsys):
     assert not list(copied.rglob("__pycache__"))
     meta = json.loads((dest / "dataset-metadata.json").read_text())
     assert meta == {"title": "My models", "id": "me/my-models", "licenses": [{"name": "CC0-1.0"}]}
-    assert capsys.readouterr().out == ""
-    again = offline.package_for_dataset(cfg, ["exp002"], dest, "me/my-models", "My models")  # a rebuild replaces it
-    assert not (again / "exp001").exists() and (again / "exp002" / "fold0" / "best.pt").is_file()
+    assert capsys.readouterr().out.splitlines() == [  # what was left out, and nothing else
+        "exp001: fold(s) [2] not finished; upload uses fold(s) [0, 1] only (--allow-partial)",
+        "exp002: fold(s) [1, 2] not finished; upload uses fold(s) [0] only (--allow-partial)",
+    ]
+    again = offline.package_for_dataset(cfg, ["exp002"], dest, "me/my-models", "My models", allow_partial=True)
+    assert not (again / "exp001").exists() and (again / "exp002" / "fold0" / "best.pt").is_file()  # replaced
+
+
+def test_upload_of_an_unfinished_experiment_stops_naming_its_folds_unless_allowed(cfg, tmp_path):
+    fake_run(tmp_path, "exp001")  # folds 0 and 1 finished, fold 2 killed
+    fake_run(tmp_path, "exp002", folds=1)
+    ens = tmp_path / "outputs" / "blend1"
+    ens.mkdir()
+    (ens / "weights.json").write_text(json.dumps({"method": "mean", "members": ["exp002"], "weights": [1.0]}))
+    previous = offline.package_for_dataset(cfg, ["exp001"], tmp_path / "up", "me/my-models", "My models", True)
+    before = sorted(p.relative_to(previous).as_posix() for p in previous.rglob("*"))
+    with pytest.raises(UserError) as err:
+        offline.package_for_dataset(cfg, ["exp001"], tmp_path / "up", "me/my-models", "My models")
+    assert "exp001: fold(s) [2] of 3 not finished" in str(err.value) and "--allow-partial" in str(err.value)
+    with pytest.raises(UserError, match=r"exp002: fold\(s\) \[1, 2\] of 3"):  # an ensemble's members too
+        offline.package_for_dataset(cfg, ["blend1"], tmp_path / "up", "me/my-models", "My models")
+    assert sorted(p.relative_to(previous).as_posix() for p in previous.rglob("*")) == before  # nothing lost
 
 
 def test_package_for_dataset_refusals(cfg, tmp_path):
@@ -228,5 +341,5 @@ def test_package_for_dataset_refusals(cfg, tmp_path):
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
     with pytest.raises(UserError, match="not an upload folder"):
-        offline.package_for_dataset(cfg, ["exp001"], precious, "me/my-models", "My models")
+        offline.package_for_dataset(cfg, ["exp001"], precious, "me/my-models", "My models", allow_partial=True)
     assert (precious / "notes.txt").read_text() == "keep me"

@@ -16,10 +16,11 @@ from torch import nn
 from {{ cookiecutter.package_name }} import config, submission, train
 from {{ cookiecutter.package_name }}.config import LossConfig
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.core.runs import read_json
+from {{ cookiecutter.package_name }}.core.runs import read_json, write_derived
 from {{ cookiecutter.package_name }}.data import problem as fold_data
 from {{ cookiecutter.package_name }}.modeling.losses import build_loss
-from {{ cookiecutter.package_name }}.students import pseudo
+from {{ cookiecutter.package_name }}.predict import prediction_source
+from {{ cookiecutter.package_name }}.students import pseudo, teachers
 
 from conftest import check_fold, fingerprint_teacher, small_config, spy_on_training, weighted_teacher
 
@@ -193,14 +194,15 @@ def predicting_teacher(cfg: config.Config, name: str, offset: int = 0) -> None:
     run, problem = Path(cfg.output_dir) / name, fold_data.load_problem(cfg)
     test_ids = list(pd.read_csv(Path(cfg.data.dir) / "test.csv", dtype={"id": str})["id"])
 
-    def write_test_pred(path: Path, cls: int) -> None:
+    def frame(cls: int) -> pd.DataFrame:
         probs = np.full((len(test_ids), N_CLASSES), 0.05)
         probs[:, cls] = 0.55
-        fold_data.pred_frame(test_ids, probs, problem.classes, "id").to_csv(path, index=False)
+        return fold_data.pred_frame(test_ids, probs, problem.classes, "id")
 
-    for j in range(N_FOLDS):
-        write_test_pred(run / f"fold{j}" / "test_pred.csv", j + offset)
-    write_test_pred(run / "test_pred.csv", 9)
+    tcfg = teachers.teacher_config(cfg, name)
+    for j in range(N_FOLDS):  # as `predict` leaves them: with the checkpoint and views they came from
+        write_derived(run / f"fold{j}" / "test_pred.csv", frame(j + offset), prediction_source(tcfg, j))
+    frame(9).to_csv(run / "test_pred.csv", index=False)
 
 
 @pytest.mark.parametrize("tta", [True, False])

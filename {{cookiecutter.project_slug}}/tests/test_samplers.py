@@ -1,4 +1,5 @@
-"""Samplers: exact per-class counts for up / down-sampling, seeded draws, and weighted sampling balance."""
+"""Samplers: exact per-class counts for up / down-sampling, seeded draws, weighted sampling balance, and multilabel
+sampling that lifts rare tags up without drawing any tag less than plain shuffling does."""
 
 from collections import Counter
 
@@ -6,9 +7,10 @@ import numpy as np
 import pytest
 from torch.utils.data import WeightedRandomSampler
 
+from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.config import CHOICES
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.data import samplers
+from {{ cookiecutter.package_name }}.data import samplers, tables
 
 # 3 classes of sizes 7, 2, 4 with non-contiguous ids and shuffled order
 LABELS = np.array([5, 0, 5, 2, 5, 2, 5, 0, 5, 2, 5, 2, 5])
@@ -95,6 +97,47 @@ def test_bad_input():
     with pytest.raises(UserError, match="sampler"):
         samplers.build_sampler(LABELS, "oversample")
     with pytest.raises(UserError, match="1-D"):
-        samplers.build_sampler(np.zeros((3, 2), dtype=int), "upsample")
+        samplers.build_sampler(np.zeros((3, 2, 2), dtype=int), "upsample")
+    with pytest.raises(UserError, match="0/1 tags"):
+        samplers.build_sampler(np.full((3, 2), 2), "weighted")
     with pytest.raises(UserError, match="integer"):
         samplers.build_sampler(np.array([0.5, 1.0]), "weighted")
+
+
+def imbalanced_tags(n: int = 2000, seed: int = 0) -> np.ndarray:
+    """Overlapping tags from common to rare (about 60%, 25%, 8%, 2% and 0.5% of the rows; some rows untagged)."""
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, 5)) < np.array([0.6, 0.25, 0.08, 0.02, 0.005])).astype(np.int64)
+
+
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_multilabel_weighted_sampling_lifts_rare_tags_up_never_down(power):
+    y = imbalanced_tags()
+    cfg = config.Config(exp="x", task="multilabel")
+    tags = tables.stratify_labels(cfg, y.astype(np.float32))  # what training hands the sampler
+    sampler = samplers.build_sampler(tags, "weighted", power=power, seed=0)
+    assert isinstance(sampler, WeightedRandomSampler) and len(sampler) >= len(y)
+    counts = y.sum(0)
+    w = sampler.weights.numpy()
+    expected = len(sampler) * (w[:, None] * y).sum(0) / w.sum()  # each tag's rows drawn per epoch, on average
+    assert (expected >= counts).all(), (expected, counts)
+    rarest, commonest = counts.argmin(), counts.argmax()
+    assert expected[rarest] >= counts[commonest] ** power * counts[rarest] ** (1 - power) - 1e-6
+    drawn = np.concatenate([np.fromiter(sampler, int) for _ in range(10)])  # 10 epochs
+    per_epoch = y[drawn].sum(0) / 10
+    # each count is a sum of many draws: within 5% of its expectation, and no tag below its count
+    np.testing.assert_allclose(per_epoch, expected, rtol=0.05)
+    assert (per_epoch >= 0.95 * counts).all()
+    untagged = np.flatnonzero(y.sum(1) == 0)
+    assert len(untagged) and np.isin(untagged, drawn).any()  # rows without a tag stay in the draw
+
+
+def test_multilabel_upsample_keeps_every_row_and_lifts_the_rarest_tag():
+    y = imbalanced_tags(600)
+    sampler = samplers.build_sampler(y, "upsample", seed=1)
+    drawn = np.fromiter(sampler, int)
+    assert set(drawn.tolist()) == set(range(len(y)))  # every row at least once: no tag drawn less than its count
+    groups = samplers.rarest_tag(y)
+    sizes = Counter(groups[drawn].tolist())
+    assert len(set(sizes.values())) == 1  # each rarest-tag group drawn as often as the largest one holds rows
+    assert y[drawn].sum(0)[4] >= max(Counter(groups.tolist()).values())  # so the rarest tag is lifted up to it

@@ -2,7 +2,9 @@
 
     python -m <package> COMMAND -c configs/<exp>.yaml [--fold K|all] [key=value ...]
 
-Bad input ends with one line, `error: ...`, and exit status 2.
+Bad input ends with one line, `error: ...`, and exit status 2. Ctrl-C ends with one line, `interrupted: ...`, and
+exit status 130 (128 + SIGINT, what a shell reports for a program stopped by Ctrl-C); `train` then says where it
+stopped, and the same command resumes from there.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import Config, load
-from .core.errors import UserError
+from .core.errors import Interrupted, UserError
 
 
 @dataclass
@@ -42,6 +44,14 @@ def fold(p: argparse.ArgumentParser) -> None:
 
 def force(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="redo and overwrite what is already done")
+
+
+def allow_partial(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="use experiments whose folds are not all finished (their finished folds only; cv.json records it)",
+    )
 
 
 def exp(p: argparse.ArgumentParser) -> None:
@@ -109,11 +119,11 @@ def _train(args: argparse.Namespace) -> None:
     train_folds(cfg, parse_folds(args.fold, cfg), force=args.force)
 
 
-@command("cv", "recompute the CV summary (oof.csv, cv.json, figures) from the finished folds")
+@command("cv", "recompute the CV summary (oof.csv, cv.json, figures) from the finished folds", allow_partial)
 def _cv(args: argparse.Namespace) -> None:
     from .cv import summarize
 
-    summarize(config_of(args))
+    summarize(config_of(args), allow_partial=args.allow_partial)
 
 
 @command("lr-find", "LR range test on one fold; prints the suggestion, saves lr_find.png", fold)
@@ -148,14 +158,19 @@ def _predict_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--estimate", type=int, metavar="N", help="predict nothing: project the time for N test images")
 
 
-@command("predict", "fold models x TTA views -> outputs/<exp>/test_pred.csv (and OOF with TTA)", _predict_flags)
+@command(
+    "predict",
+    "fold models x TTA views -> outputs/<exp>/test_pred.csv (and OOF with TTA)",
+    _predict_flags,
+    allow_partial,
+)
 def _predict(args: argparse.Namespace) -> None:
     from .predict import estimate, run_predict
 
     if args.estimate is not None:
         estimate(config_of(args), args.estimate)
     else:
-        run_predict(config_of(args), oof_tta=not args.no_oof_tta)
+        run_predict(config_of(args), oof_tta=not args.no_oof_tta, allow_partial=args.allow_partial)
 
 
 @command("export", "each fold's best model -> TorchScript, ONNX, int8, pruned; parity, OOF, size, speed")
@@ -166,7 +181,12 @@ def _export(args: argparse.Namespace) -> None:
 
 
 @command(
-    "pseudo", "pseudo-label rounds: fold k's teacher labels the test images for fold k's student", teacher, fold, force
+    "pseudo",
+    "pseudo-label rounds: fold k's teacher labels the test images for fold k's student",
+    teacher,
+    fold,
+    force,
+    allow_partial,
 )
 def _pseudo(args: argparse.Namespace) -> None:
     from .students.pseudo import run_pseudo
@@ -174,15 +194,18 @@ def _pseudo(args: argparse.Namespace) -> None:
     cfg = config_of(args)
     if len(args.teacher) != 1:
         raise UserError("pseudo takes one --teacher (an experiment or an ensemble of several)")
-    run_pseudo(cfg, args.teacher[0], folds=parse_folds(args.fold, cfg), force=args.force)
+    run_pseudo(
+        cfg, args.teacher[0], folds=parse_folds(args.fold, cfg), force=args.force, allow_partial=args.allow_partial
+    )
 
 
-@command("distill", "teacher(s) -> student distillation, fold k's teachers only", teacher, fold, force)
+@command("distill", "teacher(s) -> student distillation, fold k's teachers only", teacher, fold, force, allow_partial)
 def _distill(args: argparse.Namespace) -> None:
     from .students.distill import run_distill
 
     cfg = config_of(args)
-    run_distill(cfg, args.teacher, folds=parse_folds(args.fold, cfg), force=args.force)
+    folds = parse_folds(args.fold, cfg)
+    run_distill(cfg, args.teacher, folds=folds, force=args.force, allow_partial=args.allow_partial)
 
 
 def _ensemble_flags(p: argparse.ArgumentParser) -> None:
@@ -194,11 +217,11 @@ def _ensemble_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", nargs="+", type=float, help="weights for --method weighted")
 
 
-@command("ensemble", "blend experiments on their OOF predictions -> outputs/<name>/", _ensemble_flags)
+@command("ensemble", "blend experiments on their OOF predictions -> outputs/<name>/", _ensemble_flags, allow_partial)
 def _ensemble(args: argparse.Namespace) -> None:
     from .ensemble import blend
 
-    blend(config_of(args), args.exps, args.method, args.name, args.weights)
+    blend(config_of(args), args.exps, args.method, args.name, args.weights, allow_partial=args.allow_partial)
 
 
 def _submission_flags(p: argparse.ArgumentParser) -> None:
@@ -260,14 +283,19 @@ def _upload_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="assemble the folder only; upload nothing")
 
 
-@command("upload", "package src/, checkpoints and configs as a Kaggle dataset; create or version it", _upload_flags)
+@command(
+    "upload",
+    "package src/, checkpoints and configs as a Kaggle dataset; create or version it",
+    _upload_flags,
+    allow_partial,
+)
 def _upload(args: argparse.Namespace) -> None:
     from .kaggle.api import dataset_create_or_version
     from .kaggle.offline import package_for_dataset
 
     cfg = config_of(args)
     title = args.title or args.dataset.split("/")[-1]
-    folder = package_for_dataset(cfg, args.exps, args.dest, args.dataset, title)
+    folder = package_for_dataset(cfg, args.exps, args.dest, args.dataset, title, args.allow_partial)
     print(f"dataset folder: {folder}")
     if not args.dry_run:
         print(dataset_create_or_version(folder, args.message))
@@ -335,4 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"interrupted: {e}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # files are replaced only once complete: nothing is left half-written
+        print(f"interrupted: {args.command} stopped; its finished files are complete, rerun it to redo the rest",
+              file=sys.stderr)  # fmt: skip
+        return 130
     return 0

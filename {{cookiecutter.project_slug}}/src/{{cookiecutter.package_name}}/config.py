@@ -460,6 +460,55 @@ def validate(cfg: Config) -> None:
         raise UserError("config key 'train.sampler' balances classes; task=regression has none (use none)")
 
 
+# Keys that leave what a fold learns unchanged (where files are, how fast, what is logged, what happens after
+# training): a run interrupted under other values of these resumes as it is. Every other key alters training,
+# so a change to it stops a resume (see training_changes). pseudo.rounds only asks for more rounds later.
+RESUME_IGNORES = (
+    "exp",
+    "output_dir",
+    "competition",
+    "device",
+    "data.dir",
+    "data.num_workers",
+    "data.cache_images",
+    "model.compile",
+    "tta",
+    "wandb",
+    "submit",
+    "pseudo.rounds",
+)
+
+
+def _flatten(node: dict, prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 1e-3}} -> {'optim.lr': 1e-3}"""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        out.update(_flatten(value, name + ".") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def training_changes(saved: Path, cfg: Config) -> list[str]:
+    """'key old -> new' for each key that alters training (all but RESUME_IGNORES) and differs between the
+    config a run was trained with (its config.yaml, `saved`) and `cfg`."""
+    try:
+        old = _flatten(OmegaConf.to_container(OmegaConf.load(saved)))
+    except Exception as e:
+        raise UserError(f"{saved}: not readable ({str(e).splitlines()[0]}); --force starts the run over") from None
+    new = _flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    absent = object()
+
+    def ignored(key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in RESUME_IGNORES)
+
+    def show(value: Any) -> str:
+        return "(absent)" if value is absent else repr(value)
+
+    keys = [k for k in dict.fromkeys([*old, *new]) if not ignored(k)]
+    return [f"{k} {show(old.get(k, absent))} -> {show(new.get(k, absent))}"
+            for k in keys if old.get(k, absent) != new.get(k, absent)]  # fmt: skip
+
+
 def metric_name(cfg: Config) -> str:
     return DEFAULT_METRIC[cfg.task] if cfg.metric == "auto" else cfg.metric
 

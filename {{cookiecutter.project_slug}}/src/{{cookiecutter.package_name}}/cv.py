@@ -5,6 +5,7 @@ to wandb.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -92,16 +93,22 @@ def score_oof(cfg: Config, oof: pd.DataFrame) -> tuple[dict[str, float], float, 
     return per_fold, metrics.score(name, y_true, pred, cfg.task), y_true, pred
 
 
-def summarize(cfg: Config) -> dict:
+def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], None] = print) -> dict:
+    """The finished folds' OOF rows -> oof.csv, cv.json, the table and the figures. `complete` in cv.json means
+    every fold of folds.csv is finished; `folds_missing` lists those that are not; `partial` records that the
+    experiment was used anyway (`allow_partial`: predict --allow-partial averaged the finished folds only)."""
     run = cfg.run
-    folds = run.finished_folds()
+    problem = load_problem(cfg)  # checks folds.csv, and that it holds folds.n_folds folds
+    missing = run.missing_folds(cfg.folds.n_folds)
+    folds = [k for k in range(cfg.folds.n_folds) if k not in missing]
     if not folds:
         raise UserError(f"{run.path}: no finished fold (fold<k>/oof.csv) yet; train a fold first")
+    if missing:
+        log(f"{cfg.exp}: fold(s) {missing} of {cfg.folds.n_folds} not finished; the CV covers fold(s) {folds} only")
     frames = [pd.read_csv(run.fold(k).oof, dtype={cfg.data.id_col: str}) for k in folds]
     oof = pd.concat(frames, ignore_index=True)
     per_fold, cv, y_true, pred = score_oof(cfg, oof)
     name = metric_name(cfg)
-    problem = load_problem(cfg)
     result = {
         "exp": cfg.exp,
         "task": cfg.task,
@@ -109,7 +116,9 @@ def summarize(cfg: Config) -> dict:
         "higher_is_better": metrics.get_metric(name).higher_is_better,
         "cv": cv,
         "folds": per_fold,
-        "complete": len(per_fold) == cfg.folds.n_folds,
+        "complete": not missing,
+        "folds_missing": missing,
+        "partial": bool(missing) and allow_partial,
         "folds_hash": problem.folds_hash,
         "pred_cols": problem.classes,
     }
@@ -187,7 +196,7 @@ def _figures(cfg: Config, result: dict, y_true: np.ndarray, pred: np.ndarray, cl
         made["confusion_matrix"] = confusion_matrix(
             y_true.astype(int), pred.argmax(1), classes, run.figure("confusion_matrix")
         )
-    tracker = Tracker(cfg, "cv", "cv")
+    tracker = Tracker(cfg, "cv", "cv", resume=True)  # one cv run per experiment, updated by each cv/predict
     for key, path in made.items():
         tracker.image(key, path)
     if cfg.task == "multiclass":

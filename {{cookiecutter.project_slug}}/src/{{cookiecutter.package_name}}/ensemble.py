@@ -40,6 +40,7 @@ from .core.errors import UserError
 from .core.registry import Registry
 from .core.runs import Run, atomic_write_csv, atomic_write_json, read_pred_csv
 from .core.tasks import TASKS
+from .data.folds import expected_folds
 from .data.problem import oof_truth
 from .modeling import metrics
 
@@ -302,6 +303,7 @@ class Members:
     oof: np.ndarray
     test_ids: list[str] | None
     test: np.ndarray | None
+    folds_missing: list[int]  # folds some member has not finished (blended anyway: --allow-partial)
 
 
 def _check_same(names: list[str], infos: list[dict], key: str, what: str) -> None:
@@ -313,7 +315,24 @@ def _check_same(names: list[str], infos: list[dict], key: str, what: str) -> Non
             )
 
 
-def load_members(cfg: Config, exps: list[str]) -> Members:
+def _missing_folds(run: Run, n_folds: int, allow_partial: bool, log: Callable[[str], None]) -> list[int]:
+    """A member's unfinished folds: an experiment's from its fold folders (it stops here unless `allow_partial`),
+    an ensemble's (or a run copied without its folds) from its cv.json."""
+    if run.is_experiment():
+        finished = run.usable_folds(n_folds, allow_partial, "ensemble", log)
+        return [k for k in range(n_folds) if k not in finished]
+    missing = [int(k) for k in run.read_cv().get("folds_missing", [])]
+    if missing and not allow_partial:
+        raise UserError(f"{run.name}: blends fold(s) {missing} unfinished; finish them, blend again, or pass "
+                        "--allow-partial")  # fmt: skip
+    return missing
+
+
+def load_members(
+    cfg: Config, exps: list[str], allow_partial: bool = False, log: Callable[[str], None] = print
+) -> Members:
+    """The members' OOF (and test) predictions aligned by id. Every member must have finished every fold, unless
+    `allow_partial`: then the rows of the folds every member finished are blended."""
     id_col = cfg.data.id_col
     runs = [Run.named(cfg.output_dir, e) for e in exps]
     cvs = [run.read_cv() for run in runs]
@@ -321,8 +340,13 @@ def load_members(cfg: Config, exps: list[str]) -> Members:
     _check_same(exps, cvs, "pred_cols", "prediction columns (pred_cols)")
     if cvs[0].get("task") != cfg.task:
         raise UserError(f"experiment {exps[0]!r} is task={cvs[0].get('task')}, the config says task={cfg.task}")
+    n_folds = expected_folds(cfg)
+    missing = sorted({k for run in runs for k in _missing_folds(run, n_folds, allow_partial, log)})
     cols = list(cvs[0]["pred_cols"])
     oofs = [read_pred_csv(run.oof, id_col, ["fold", *cols]) for run in runs]
+    if missing:  # only the folds every member finished
+        oofs = [df[~df["fold"].isin(missing)] for df in oofs]
+        log(f"blending the rows of fold(s) {sorted(set(range(n_folds)) - set(missing))} only (--allow-partial)")
     ids = oofs[0][id_col].tolist()
     for name, df in zip(exps, oofs, strict=True):
         if set(df[id_col]) != set(ids):
@@ -338,7 +362,7 @@ def load_members(cfg: Config, exps: list[str]) -> Members:
                 raise UserError(f"{name}/test_pred.csv and {exps[0]}/test_pred.csv cover different test ids")
         test = np.stack([df.set_index(id_col).loc[test_ids, cols].to_numpy(np.float64) for df in tests])
     classes = runs[0].read_classes()
-    return Members(exps, cvs, classes, ids, oof, test_ids, test)
+    return Members(exps, cvs, classes, ids, oof, test_ids, test, missing)
 
 
 def out_of_fold(method: BlendMethod, preds: np.ndarray, obj: Objective, fold: np.ndarray, weights) -> np.ndarray:
@@ -361,12 +385,14 @@ def blend(
     name: str,
     weights: list[float] | None = None,
     log: Callable[[str], None] = print,
+    allow_partial: bool = False,
 ) -> dict:
-    """Blend `exps` with `method` into outputs/<name>/ and return its cv.json."""
+    """Blend `exps` with `method` into outputs/<name>/ and return its cv.json. Members with unfinished folds stop
+    the blend unless `allow_partial` (then the folds every member finished are blended, and cv.json says so)."""
     blender = get_blend_method(method)
     metric = metric_name(cfg)
     _check_request(cfg, exps, blender, method, metric, name, weights)
-    members = load_members(cfg, exps)
+    members = load_members(cfg, exps, allow_partial, log)
     y, fold, folds_hash = oof_truth(cfg, members.ids, members.classes, trained_on=members.cv[0].get("folds_hash"),
                                     where=f"{members.names[0]}/oof.csv")  # fmt: skip
     obj = Objective(metric, cfg.task, y, metrics.get_metric(metric).higher_is_better)
@@ -387,7 +413,9 @@ def blend(
         "higher_is_better": obj.higher,
         "cv": obj.score(oof),
         "folds": folds,
-        "complete": all(cv.get("complete", True) for cv in members.cv),
+        "complete": not members.folds_missing,
+        "folds_missing": members.folds_missing,
+        "partial": bool(members.folds_missing),
         "folds_hash": folds_hash,
         "pred_cols": list(members.classes["classes"]),
         "members": list(exps),

@@ -33,6 +33,7 @@ from .core.runs import atomic_write_json, checksum, load_best, read_derived, rea
 from .core.runtime import amp_dtype, resolve_device
 from .core.tasks import num_outputs
 from .data.augment import resolve_normalization
+from .data.folds import expected_folds
 from .data.problem import build_fold_data, load_problem, pred_frame, test_dataset
 from .modeling import metrics, tta
 from .modeling.models import build_model
@@ -106,17 +107,10 @@ def merge_views(preds: Sequence[np.ndarray], task: str, how: str) -> np.ndarray:
     return preds[0] if len(preds) == 1 else np.asarray(tta.merge(preds, "mean" if task == "regression" else how))
 
 
-def fold_models(cfg: Config) -> list[int]:
-    """The experiment's finished folds (best.pt and oof.csv): an interrupted fold's checkpoint is never used."""
-    run = cfg.run
-    found = run.finished_folds()
-    if not found:
-        raise UserError(f"{run.path}: no finished fold (fold<k>/best.pt + oof.csv); train the experiment first "
-                        f"(make train EXP={cfg.exp})")  # fmt: skip
-    unfinished = sorted(set(run.fold_numbers()) - set(found))
-    if unfinished:
-        print(f"{cfg.exp}: fold(s) {unfinished} not finished, not used (finish them with `train --fold ...`)")
-    return found
+def fold_models(cfg: Config, allow_partial: bool = False) -> list[int]:
+    """The experiment's finished folds (best.pt and oof.csv): an interrupted fold's checkpoint is never used, and
+    an experiment with unfinished folds stops unless `allow_partial`."""
+    return cfg.run.usable_folds(expected_folds(cfg), allow_partial, "predict")
 
 
 def prediction_source(cfg: Config, fold: int) -> dict:
@@ -245,30 +239,41 @@ def choose_views(cfg: Config) -> dict:
 # ----------------------------------------------------------------------------------------------- test and OOF
 
 
-def predict_test(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
-    """Average of the fold models' TTA-merged test predictions -> outputs/<exp>/test_pred.csv, and each fold's
-    own (pseudo-labelling for fold k may only use fold k's model)."""
+def predict_test_folds(cfg: Config, folds: list[int]) -> tuple[list[str], dict[int, np.ndarray]]:
+    """Each fold model's TTA-merged test predictions -> fold<k>/test_pred.csv (pseudo-labelling for fold k may
+    only use fold k's model). Returns the test ids and the predictions by fold."""
     cfg = resolve_views(cfg)
-    run, folds = cfg.run, folds if folds is not None else fold_models(cfg)
+    run = cfg.run
     classes = list(run.read_classes()["classes"])
     load, mean, std = fold_predictors(cfg, len(classes))
     ids, dataset = test_dataset(cfg, mean, std)
     loader = DataLoader(dataset, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
-    total = None
+    preds = {}
     for k in folds:
         pred = predict_loader(load(k), loader, cfg.task, views=cfg.tta.views, merge=cfg.tta.merge, desc=f"fold {k}")
         write_derived(run.fold(k).test_pred, pred_frame(ids, pred, classes, cfg.data.id_col), prediction_source(cfg, k))
-        total = pred if total is None else total + pred
-    df = pred_frame(ids, total / len(folds), classes, cfg.data.id_col)
-    write_derived(run.test_pred, df, folds_source(cfg, folds))
+        preds[k] = pred
+    return ids, preds
+
+
+def predict_test(cfg: Config, folds: list[int] | None = None, allow_partial: bool = False) -> pd.DataFrame:
+    """Average of the fold models' TTA-merged test predictions -> outputs/<exp>/test_pred.csv (and each fold's
+    own). `folds` default: every fold, all finished (or, with `allow_partial`, the finished ones)."""
+    cfg = resolve_views(cfg)
+    folds = folds if folds is not None else fold_models(cfg, allow_partial)
+    ids, preds = predict_test_folds(cfg, folds)
+    classes = list(cfg.run.read_classes()["classes"])
+    df = pred_frame(ids, sum(preds.values()) / len(folds), classes, cfg.data.id_col)
+    write_derived(cfg.run.test_pred, df, folds_source(cfg, folds))
     return df
 
 
-def predict_oof_tta(cfg: Config) -> pd.DataFrame:
+def predict_oof_tta(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
     """Re-predict each fold's validation rows with the TTA views, so the views are chosen on OOF, not on test.
-    Reused while the views, the merge and every checkpoint are those it was made with."""
+    Reused while the views, the merge and every checkpoint are those it was made with. `folds` default: every
+    fold, all finished."""
     cfg = resolve_views(cfg)
-    run, folds = cfg.run, fold_models(cfg)
+    run, folds = cfg.run, folds if folds is not None else fold_models(cfg)
     source = folds_source(cfg, folds)
     done = read_derived(run.oof_tta, source, cfg.data.id_col)
     if done is not None:
@@ -288,17 +293,19 @@ def predict_oof_tta(cfg: Config) -> pd.DataFrame:
     return df
 
 
-def run_predict(cfg: Config, oof_tta: bool = True) -> dict:
+def run_predict(cfg: Config, oof_tta: bool = True, allow_partial: bool = False) -> dict:
     """The `predict` command: test predictions, the OOF rows re-predicted with the same TTA views (unless there is
-    one view, or `oof_tta` is off), and the CV summary with and without TTA."""
+    one view, or `oof_tta` is off), and the CV summary with and without TTA. An experiment with unfinished folds
+    stops unless `allow_partial` (then its finished folds are used, and cv.json says so)."""
     from .cv import summarize
 
+    folds = fold_models(cfg, allow_partial)
     resolved = resolve_views(cfg)  # tta.views: auto chooses the views on OOF here, before the test set is seen
-    df = predict_test(resolved)
+    df = predict_test(resolved, folds)
     print(f"{cfg.run.test_pred}: {len(df)} rows")
     if list(resolved.tta.views) != ["identity"] and oof_tta:
-        predict_oof_tta(resolved)
-    result = summarize(cfg)
+        predict_oof_tta(resolved, folds)
+    result = summarize(cfg, allow_partial=allow_partial)
     sign = 1 if result["higher_is_better"] else -1
     if "cv_tta" in result and sign * result["cv_tta"] < sign * result["cv"]:  # TTA is chosen on OOF, not on test
         print(f"warning: TTA {list(resolved.tta.views)} scores worse on OOF ({result['cv_tta']:.5f}) than one view "

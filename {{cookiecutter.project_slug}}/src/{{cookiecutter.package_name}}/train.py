@@ -1,8 +1,10 @@
 """Train one fold: a plain loop you can read top to bottom.
 
+hold the fold's lock (one live process per fold); start over (--force), or check that what a resume would carry
+    on was trained with the same config (`check_resumable`), before anything is written
 set up model, data, loss and mixup for fold k (`setup_fold`, shared with lr-find, pseudo and distill)
 optimizer (Ranger by default) and schedule (one-cycle, stepped once per optimizer update)
-resume from last.pt if a previous run was interrupted
+resume from last.pt if a previous run was interrupted (crash, kill, Ctrl-C)
 each epoch: train (AMP, accumulation, clipping, EMA), evaluate raw and EMA weights, keep the better,
             write best.pt and last.pt atomically, stop early when the metric stalls
             (train.swa / train.avg_best_k: collect the weights to average, modeling/averaging.py)
@@ -12,6 +14,7 @@ predict the validation rows with the best weights -> fold<k>/oof.csv
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -25,8 +28,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .config import Config, metric_name, save
+from .config import Config, metric_name, save, training_changes
+from .core.errors import Interrupted, UserError
 from .core.runs import (
+    FoldLock,
     atomic_torch_save,
     atomic_write_csv,
     atomic_write_json,
@@ -50,8 +55,9 @@ from .core.runtime import (
     world_size,
 )
 from .core.tasks import num_outputs
-from .core.tracking import Tracker
+from .core.tracking import Tracker, finish_active
 from .data.augment import MixBatch, build_mixup, resolve_normalization
+from .data.folds import expected_folds
 from .data.images import make_loader, reseed
 from .data.problem import FoldData, Problem, build_fold_data, load_problem, pred_frame, save_classes
 from .data.samplers import build_sampler
@@ -126,7 +132,51 @@ class FoldState:
     history: list[dict] = field(default_factory=list)
 
 
-def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: Step | None = None) -> dict:
+def check_resumable(cfg: Config, fold: int) -> None:
+    """What the run already holds (fold `fold`'s last.pt, other finished folds) was trained with the run's
+    config.yaml: carrying on under a config that alters training (config.training_changes) would mix two
+    trainings in one fold or one experiment, so it stops, naming the keys, before anything is rewritten."""
+    run = cfg.run
+    resuming = run.fold(fold).last.is_file()
+    others = [k for k in run.finished_folds() if k != fold]
+    if not (resuming or others):
+        return
+    if not run.config.is_file():
+        if resuming:
+            raise UserError(f"{run.fold(fold).last}: no {run.config.name} beside it to tell what it was trained "
+                            "with; --force trains the fold from scratch")  # fmt: skip
+        return
+    changes = training_changes(run.config, cfg)
+    if changes:
+        what = f"fold {fold} was interrupted" if resuming else f"fold(s) {others} were trained"
+        raise UserError(
+            f"{what} under another config ({'; '.join(changes)}; {run.config}): rerun with the old values to carry "
+            "on, or pass --force to train from scratch (or name another experiment)"
+        )
+
+
+def train_one_fold(
+    cfg: Config, fold: int, data: FoldData | None = None, step: Step | None = None, force: bool = False
+) -> dict:
+    """Train fold `fold`, resuming its last.pt; `force` removes the fold's files first and starts over. Ctrl-C
+    stops with `Interrupted`, leaving last.pt (the last finished epoch) to resume from."""
+    out = cfg.run.fold(fold)
+    with FoldLock(out.lock) if is_main() else contextlib.nullcontext():
+        if is_main():
+            if force:
+                out.clear()  # nothing resumes from an old last.pt
+            else:
+                check_resumable(cfg, fold)  # before config.yaml is rewritten
+        barrier()
+        try:
+            return _train_one_fold(cfg, fold, data, step)
+        except KeyboardInterrupt:
+            finish_active(exit_code=130)
+            saved = load_last(out.last)["state"]["epoch"] if out.last.is_file() else 0
+            raise Interrupted(f"fold {fold} after epoch {saved}") from None
+
+
+def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | None) -> dict:
     out = cfg.run.fold(fold)
     out.path.mkdir(parents=True, exist_ok=True)
     s = setup_fold(cfg, fold, data)
@@ -152,7 +202,7 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
     state = FoldState()
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema,
                 "averaging": averaging}  # fmt: skip
-    if out.last.exists():  # an interrupted run: carry on exactly where it stopped
+    if out.last.exists():  # an interrupted run, of this very config (check_resumable): carry on where it stopped
         extra = load_last(out.last, **stateful)
         state = FoldState(**extra["state"])
         set_rng_state(extra["rng"], s.generator)
@@ -314,15 +364,12 @@ def evaluate(cfg: Config, s: FoldSetup, model: nn.Module) -> tuple[float, float]
 
 
 def fold_pending(cfg: Config, fold: int, force: bool, log: Callable[[str], None] = print) -> bool:
-    """Whether `fold` still needs training: a finished fold (its oof.csv) is skipped unless `force`, which first
-    removes its checkpoints so nothing resumes from them."""
+    """Whether `fold` still needs training: a finished fold (its oof.csv) is skipped unless `force` (then
+    train_one_fold removes its files first, so nothing resumes from them)."""
     out = cfg.run.fold(fold)
     if out.finished() and not force:
         log(f"fold {fold}: already trained ({out.oof}); --force retrains it")
         return False
-    if force and is_main():
-        out.clear()
-    barrier()
     return True
 
 
@@ -331,7 +378,8 @@ def train_folds(cfg: Config, folds: list[int], force: bool = False) -> dict:
     from .cv import summarize
 
     init_distributed()
+    expected_folds(cfg)  # folds.csv holds folds.n_folds folds: checked before any fold folder is made
     for k in folds:
         if fold_pending(cfg, k, force):
-            train_one_fold(cfg, k)
+            train_one_fold(cfg, k, force=force)
     return summarize(cfg) if is_main() else {}

@@ -27,6 +27,7 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
             averaging.json              each variant's make-up and score, and which one best.pt holds
             best_epoch.pt               the best epoch's weights when train.pick_averaged put an average in best.pt
             history.json oof.csv        per-epoch metrics; the fold's OOF rows (written last: fold finished)
+            train.lock                  held by the process training the fold (FoldLock)
             test_pred.csv (+ .source.json)   this fold's model on the test set (pseudo-labelling needs it)
             pseudo_labels.csv           students only
     <folds.path> (data/folds.csv) + folds.json (its hash)
@@ -45,7 +46,9 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 import random
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,6 +86,7 @@ TORCHSCRIPT = "model.ts"
 PRUNED = "pruned.pt"
 SUBMISSION_LOG = "log.csv"
 CV_VS_LB = "cv_vs_lb"  # .png (the plot) and .csv (the joined table), in submissions/
+LOCK = "train.lock"
 FOLDS_META_SUFFIX = ".json"  # data/folds.csv -> data/folds.json
 SOURCE_SUFFIX = ".source.json"
 TMP_SUFFIX = ".tmp"
@@ -271,6 +275,10 @@ class FoldFiles:
         """OOF rows of a weight-averaging variant, or of the best epoch ("best")."""
         return self.path / f"oof_{variant}.csv"
 
+    @property
+    def lock(self) -> Path:
+        return self.path / LOCK
+
     def finished(self) -> bool:
         """A fold is finished once its oof.csv exists: train writes it last, after best.pt."""
         return self.oof.is_file() and self.best.is_file()
@@ -343,9 +351,29 @@ class Run:
     def finished_folds(self) -> list[int]:
         return [k for k in self.fold_numbers() if self.fold(k).finished()]
 
-    def checkpoints(self) -> dict[int, Path]:
-        """best.pt of every finished fold."""
-        return {k: self.fold(k).best for k in self.finished_folds()}
+    def missing_folds(self, n_folds: int) -> list[int]:
+        """The folds of 0..n_folds-1 not finished (an experiment's; an ensemble's cv.json lists its own)."""
+        return [k for k in range(n_folds) if not self.fold(k).finished()]
+
+    def usable_folds(
+        self, n_folds: int, allow_partial: bool, use: str, log: Callable[[str], None] = print
+    ) -> list[int]:
+        """The finished folds that `use` (predict, upload...) may take. A fold counts only once finished: an
+        experiment with unfinished folds stops here, unless `allow_partial`, which takes the finished ones and
+        says which are left out."""
+        missing = self.missing_folds(n_folds)
+        finished = [k for k in range(n_folds) if k not in missing]
+        if not finished:
+            raise UserError(f"{self.path}: no finished fold (fold<k>/{BEST} + {OOF}) of {n_folds}; train experiment "
+                            f"{self.name!r} first")  # fmt: skip
+        if missing and not allow_partial:
+            raise UserError(
+                f"{self.name}: fold(s) {missing} of {n_folds} not finished, so {use} would leave them out: finish "
+                f"them (train --fold {','.join(map(str, missing))}) or pass --allow-partial to use fold(s) {finished}"
+            )
+        if missing:
+            log(f"{self.name}: fold(s) {missing} not finished; {use} uses fold(s) {finished} only (--allow-partial)")
+        return finished
 
     def is_ensemble(self) -> bool:
         return self.weights.is_file()
@@ -382,6 +410,45 @@ def read_pred_csv(path: Path, id_col: str, columns: list[str]) -> pd.DataFrame:
     if df[columns].isna().any().any():
         raise UserError(f"{path}: NaN predictions in {df[columns].columns[df[columns].isna().any()].tolist()}")
     return df
+
+
+class FoldLock:
+    """Held (`with FoldLock(fold.lock):`) by the one process that trains a fold: a second live process training the
+    same fold stops with one line naming the holder's pid. An OS lock (flock) on the file, not the file itself,
+    counts: the OS drops it when its process ends, however it ends, so a lock left by a killed run is simply taken
+    over. POSIX only (Linux, macOS); where fcntl is missing (Windows) no lock is taken."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.file = Path(path), None
+
+    def __enter__(self) -> FoldLock:
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise UserError(
+                f"{self.path.parent} is being trained by another live process (pid {holder}, holding {self.path}); "
+                "wait for it to finish, or stop it first"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self.file = f
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()  # closing drops the lock
+            self.file = None
 
 
 def folds_meta_path(folds_path: str | Path) -> Path:
@@ -444,7 +511,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     pickle payload in a checkpoint from a teammate or a Kaggle dataset cannot run)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as e:  # truncated file, or a pickle that needs code
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        called = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if called:  # a planted payload, or an object that needs its class: neither is run
+            raise UserError(
+                f"{path}: refused: its pickle calls code ({called.group(1)}), which a checkpoint never needs; nothing "
+                "from it was run. Retrain the fold (--force) or get the file from a source you trust"
+            ) from None
+        found = re.search(r"WeightsUnpickler error: \s*(\S[^\n]*)", text)
+        why = found.group(1) if found else text.splitlines()[0]
+        raise UserError(f"{path}: not a loadable checkpoint ({why[:200]}); retrain the fold (--force)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # truncated or not a checkpoint at all
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise UserError(f"{path}: not a loadable checkpoint ({first}); retrain the fold (--force)") from None
 

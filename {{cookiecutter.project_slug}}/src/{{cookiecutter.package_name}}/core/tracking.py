@@ -1,4 +1,5 @@
-"""wandb, one run per fold: group = experiment, job_type = fold<k>. Offline and disabled modes need no login.
+"""wandb, one run per fold: group = experiment, job_type = fold<k>, plus ONE `cv` run per experiment that every later
+`cv`/`predict` updates (a stable run id, resumed). Offline and disabled modes need no login.
 
 `cfg` is the experiment's Config (duck-typed: core imports nothing above it).
 
@@ -8,15 +9,26 @@ Everything goes through `Tracker`, so the training loop never imports wandb and 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from .runtime import is_main
 
 
+def stable_run_id(cfg: Any, name: str) -> str:
+    """The same id for the same experiment folder every time: `<exp>-<name>-<hash of the run folder's path>`. The
+    hash keeps two checkouts (or competitions) that both have an exp001 from updating each other's run."""
+    digest = hashlib.sha1(str(Path(cfg.run_dir).resolve()).encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{cfg.exp}-{name}")[:54] + f"-{digest}"
+
+
 class Tracker:
-    def __init__(self, cfg: Any, name: str, job_type: str) -> None:
+    def __init__(self, cfg: Any, name: str, job_type: str, resume: bool = False) -> None:
+        """A run named `<exp>-<name>`; `resume`: the experiment's one run of that name, updated (stable_run_id)."""
         self.run: Any = None
         mode = os.environ.get("WANDB_MODE", cfg.wandb.mode)
         if mode == "disabled" or not is_main():
@@ -36,6 +48,7 @@ class Tracker:
                 dir=str(cfg.run_dir),
                 mode=mode,
                 reinit="finish_previous",
+                **({"id": stable_run_id(cfg, name), "resume": "allow"} if resume else {}),
             )
         except Exception as e:  # not logged in, no network...: train anyway, say why once
             print(f"wandb: not logging ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
@@ -66,3 +79,10 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def finish_active(exit_code: int | None = None) -> None:
+    """Finish the wandb run left open by a stage cut short (Ctrl-C), with `exit_code`, so it is not left running."""
+    wandb = sys.modules.get("wandb")  # not imported: no run to finish
+    if wandb is not None and wandb.run is not None:
+        wandb.run.finish(exit_code=exit_code)

@@ -143,6 +143,33 @@ def write_folds(cfg: Config, force: bool = False) -> tuple[Path, str, bool]:
     return path, new_hash, True
 
 
+def check_fold_numbers(cfg: Config, fold: pd.Series, path: Path) -> int:
+    """The folds in the file are 0..n-1 and n is `folds.n_folds`: a config that names fewer folds than the file
+    would train (and call "complete") a part of the data. Returns n."""
+    numbers = pd.to_numeric(fold, errors="coerce")
+    bad = numbers.isna() | (numbers % 1 != 0)
+    if bad.any():
+        raise UserError(f"{path}: column 'fold' holds {fold[bad].iloc[0]!r}; expected fold numbers 0, 1, ...")
+    found = sorted(set(numbers.astype(int)))
+    n = len(found)
+    if found != list(range(n)):
+        raise UserError(f"{path}: fold numbers {found} are not 0..{n - 1}; rewrite the split with `folds --force`")
+    if n != cfg.folds.n_folds:
+        raise UserError(
+            f"{path} holds {n} folds but folds.n_folds={cfg.folds.n_folds}: set folds.n_folds={n}, or rewrite the "
+            "split with `folds --force` (and retrain)"
+        )
+    return n
+
+
+def expected_folds(cfg: Config) -> int:
+    """How many folds a finished experiment has: those of folds.csv (checked against folds.n_folds); the config's
+    folds.n_folds where the file is absent (a packaged run)."""
+    if Path(cfg.folds.path).is_file():
+        read_folds(cfg)
+    return cfg.folds.n_folds
+
+
 def read_folds(cfg: Config, train: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
     """Load folds.csv, check it was not edited since it was written and still matches train.csv."""
     path, id_col = Path(cfg.folds.path), cfg.data.id_col
@@ -151,6 +178,7 @@ def read_folds(cfg: Config, train: pd.DataFrame | None = None) -> tuple[pd.DataF
     folds = pd.read_csv(path, dtype={id_col: str})
     if id_col not in folds.columns or "fold" not in folds.columns:
         raise UserError(f"{path}: expected columns '{id_col}' and 'fold', found {list(folds.columns)}")
+    check_fold_numbers(cfg, folds["fold"], path)
     h = folds_hash(folds[id_col], folds["fold"])
     meta = meta_path(cfg)
     if meta.is_file() and read_json(meta).get("hash") != h:

@@ -56,7 +56,7 @@ class FoldData:
     valid: Dataset
     valid_ids: list[str]
     y_valid: np.ndarray
-    sampler_labels: np.ndarray | None  # 1-D class ids of the training rows, for balancing samplers
+    sampler_labels: np.ndarray | None  # class ids (or multilabel 0/1 tags) of the training rows, for samplers
     class_counts: np.ndarray | None  # data.tables.class_counts of the training rows (None for regression)
     batch_sampler: Sampler | None = None  # composes whole training batches (pseudo-labelling's batch ratio)
 

@@ -1,11 +1,16 @@
 """Class-balancing samplers for the training loader: weighted random sampling and up / down-sampling.
 
-`labels` is a 1-D array of class ids, one per training row (the caller maps multilabel rows to their rarest
-positive label). Our own BalanceClassSampler replaces Catalyst's, which fails on torch >= 2.14.
+`labels` holds one entry per training row: a class id (1-D), or a row of 0/1 tags (2-D, multilabel). Our own
+BalanceClassSampler replaces Catalyst's, which fails on torch >= 2.14.
+
+Multilabel rows share tags, so "balancing" there means lifting the rare tags UP, never drawing a tag's rows less
+often than plain shuffling does: `weighted` draws each row `multilabel_weights` times per epoch on average (>= 1,
+the epoch grows); `upsample` groups rows by their rarest tag and repeats every group to the largest one.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -26,16 +31,45 @@ def list_samplers() -> list[str]:
 
 def _as_labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
     arr = np.asarray(labels)
-    if arr.ndim != 1 or arr.size == 0:
-        raise UserError(f"sampler labels must be a non-empty 1-D array of class ids, got shape {arr.shape}")
+    if arr.ndim not in (1, 2) or arr.size == 0:
+        raise UserError(f"sampler labels must be a non-empty 1-D array of class ids (or 2-D 0/1 tags), got shape "
+                        f"{arr.shape}")  # fmt: skip
     if not np.issubdtype(arr.dtype, np.integer):
-        raise UserError(f"sampler labels must be integer class ids, got dtype {arr.dtype}")
+        raise UserError(f"sampler labels must be integer class ids (or 0/1 tags), got dtype {arr.dtype}")
+    if arr.ndim == 2 and not np.isin(arr, (0, 1)).all():
+        raise UserError("2-D sampler labels must be 0/1 tags (one row per sample, one column per tag)")
     return arr
+
+
+def _with_untagged(tags: np.ndarray) -> np.ndarray:
+    """Multi-hot rows + one column marking the rows without any tag (a group of their own)."""
+    return np.column_stack([tags, tags.sum(1) == 0]).astype(bool)
+
+
+def rarest_tag(tags: np.ndarray) -> np.ndarray:
+    """Multi-hot rows -> each row's rarest tag (ties: the lower column), the class ids that up / down-sampling
+    balance; rows without a tag get id = the number of tags."""
+    tagged = _with_untagged(_as_labels(tags))
+    freq = tagged.sum(0).astype(np.float64)
+    return np.where(tagged, freq[None, :], np.inf).argmin(1).astype(np.int64)
+
+
+def multilabel_weights(tags: np.ndarray, power: float = 1.0) -> np.ndarray:
+    """How many times per epoch each multilabel row is drawn on average: the largest (n_max / n_t) ** power over
+    its tags t (n_t rows carry tag t, n_max the most common tag; untagged rows count as one more tag). Every row
+    gets >= 1, so every tag's rows are drawn at least as often as without sampling, and at power 1 the rarest
+    tag's rows as often as the most common tag's."""
+    tagged = _with_untagged(_as_labels(tags))
+    freq = tagged.sum(0).astype(np.float64)
+    lift = np.where(freq > 0, (freq.max() / np.maximum(freq, 1)) ** power, 0.0)
+    return np.where(tagged, lift[None, :], 0.0).max(1)
 
 
 def class_weights_for_sampling(labels: Sequence[int] | np.ndarray, power: float = 1.0) -> np.ndarray:
     """Per-sample weight 1 / count(class) ** power: power 1 balances classes, 0 is uniform, 0.5 is in between."""
     arr = _as_labels(labels)
+    if arr.ndim != 1:
+        raise UserError(f"class weights need 1-D class ids, got shape {arr.shape} (tags: multilabel_weights)")
     counts = class_counts(arr, "multiclass", int(arr.max()) + 1)
     return 1.0 / counts[arr] ** power
 
@@ -88,20 +122,27 @@ def _none(labels: np.ndarray, power: float, seed: int) -> None:
 
 @SAMPLERS.register("weighted")
 def _weighted(labels: np.ndarray, power: float, seed: int) -> Sampler[int]:
-    weights = torch.as_tensor(class_weights_for_sampling(labels, power), dtype=torch.double)
+    """Classes: weight 1 / count ** power over an epoch of the same length. Tags (2-D): `multilabel_weights`
+    expected draws per row, the epoch as long as their sum."""
+    if labels.ndim == 2:
+        expected = multilabel_weights(labels, power)
+        n = math.ceil(expected.sum() - 1e-9)
+    else:
+        expected, n = class_weights_for_sampling(labels, power), len(labels)
     # One generator for the whole run: each epoch continues its stream, so epochs differ yet runs repeat.
     generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
+    weights = torch.as_tensor(expected, dtype=torch.double)
+    return WeightedRandomSampler(weights, num_samples=n, replacement=True, generator=generator)
 
 
 @SAMPLERS.register("upsample")
 def _upsample(labels: np.ndarray, power: float, seed: int) -> Sampler[int]:
-    return BalanceClassSampler(labels, "upsample", seed)
+    return BalanceClassSampler(rarest_tag(labels) if labels.ndim == 2 else labels, "upsample", seed)
 
 
 @SAMPLERS.register("downsample")
 def _downsample(labels: np.ndarray, power: float, seed: int) -> Sampler[int]:
-    return BalanceClassSampler(labels, "downsample", seed)
+    return BalanceClassSampler(rarest_tag(labels) if labels.ndim == 2 else labels, "downsample", seed)
 
 
 def build_sampler(

@@ -144,14 +144,9 @@ def class_counts(y: np.ndarray, task: str, n_classes: int) -> np.ndarray | None:
 
 
 def stratify_labels(cfg: Config, y: np.ndarray) -> np.ndarray:
-    """A 1-D integer label per row for samplers: class (multiclass/binary), rarest positive label (multilabel)."""
+    """What the balancing samplers balance, per row: the class id (multiclass/binary), the 0/1 tags (multilabel)."""
     if cfg.task == "multiclass":
         return y.astype(np.int64)
-    if cfg.task == "binary":
+    if cfg.task in ("binary", "multilabel"):
         return (y > 0.5).astype(np.int64)
-    if cfg.task == "multilabel":
-        freq = y.sum(0)
-        rarity = np.where(y > 0.5, freq[None, :], np.inf)
-        rarest = rarity.argmin(1)
-        return np.where(np.isinf(rarity.min(1)), len(freq), rarest).astype(np.int64)
     raise UserError("train.sampler balances classes; task=regression has none (use train.sampler=none)")

@@ -7,6 +7,8 @@ Dataset uploads use `dir_mode="zip"`: Kaggle's default ("skip") silently drops s
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import zipfile
 from collections.abc import Callable
@@ -20,25 +22,69 @@ from ..core.runs import read_json
 from ..submission import check_submission_file, default_message, log_submission
 
 CREDENTIALS_HELP = (
-    "Kaggle credentials not found or not accepted: set KAGGLE_API_TOKEN (or ~/.kaggle/access_token), or "
+    "Kaggle credentials not found: set KAGGLE_API_TOKEN (or ~/.kaggle/access_token), or "
     "KAGGLE_USERNAME and KAGGLE_KEY (or ~/.kaggle/kaggle.json); see kaggle.com > Settings > API"
 )
 DATASET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]{4,48}[a-z0-9]$")
 METADATA = "dataset-metadata.json"  # the upload folder's own file, read by `kaggle datasets create`
+# What Kaggle means when it refuses a call, by HTTP status.
+REFUSALS = {
+    400: "Kaggle rejected the request (check the ids and files sent)",
+    401: "the credentials were not accepted: create a new API token at kaggle.com > Settings > API",
+    403: "not allowed: accept the competition rules on kaggle.com (Join Competition) and check the account's access",
+    404: "not found: check the competition, dataset or kernel id (and that this account can see it)",
+    409: "conflict: the id is already taken or a previous version is still being processed",
+    429: "too many requests: wait a few minutes and retry",
+}
+HTTP_STATUS = re.compile(r"\b([45]\d\d)\b")
 
 
 def _client() -> Any:
-    """The authenticated `kaggle.api` object: the single place that imports (and so authenticates) kaggle."""
-    try:
-        import kaggle
+    """The authenticated `kaggle.api` object: the single place that imports (and so authenticates) kaggle.
 
-        api = kaggle.api
-        # kaggle >= 2 swallows a failed authentication at import; older versions raise there instead.
-        if not getattr(api, "_authenticated", True):
-            api.authenticate()
-    except (Exception, SystemExit) as e:  # authenticate() calls exit(1) when nothing is configured
+    Three failures, three messages: the package does not import (not installed, or a dependency it does not
+    declare is missing), no credentials, or (in `_call`) Kaggle refuses a call."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # kaggle prints a page of login help when it finds no token
+            import kaggle
+    except ImportError as e:  # ModuleNotFoundError too: kaggle 2.2.5 imports six without declaring it
+        missing = getattr(e, "name", None) or "kaggle"
+        raise UserError(
+            f"the kaggle package cannot be imported ({type(e).__name__}: {e}); install what is missing: "
+            f"pip install {missing} (or reinstall this project: pip install -e .)"
+        ) from None
+    except (Exception, SystemExit) as e:  # older kaggle versions authenticate (and fail) at import
         raise UserError(f"{CREDENTIALS_HELP} ({type(e).__name__})") from None
+    api = kaggle.api
+    # kaggle >= 2 swallows a failed authentication at import; authenticate() then prints help and calls exit(1).
+    if not getattr(api, "_authenticated", True):
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                api.authenticate()
+        except (Exception, SystemExit):
+            raise UserError(CREDENTIALS_HELP) from None
     return api
+
+
+def _http_status(e: BaseException) -> int | None:
+    """The HTTP status of a refused call: from the response a requests.HTTPError carries, else from its text."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status
+    match = HTTP_STATUS.search((str(e).splitlines() or [""])[0])
+    return int(match.group(1)) if match else None
+
+
+def _refused(what: str, e: BaseException) -> UserError:
+    """One line for a failed call: what was refused and what to do (the text holds no credentials)."""
+    first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+    status = _http_status(e)
+    if status is not None:
+        meaning = REFUSALS.get(status, "server error: retry later" if status >= 500 else "refused")
+        return UserError(f"kaggle {what} refused (HTTP {status}): {meaning} [{first}]")
+    if any(word in type(e).__name__ for word in ("Connection", "Timeout")):
+        return UserError(f"kaggle {what} failed: no connection to kaggle.com ({type(e).__name__}); check the network")
+    return UserError(f"kaggle {what} failed: {first}")
 
 
 def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -48,11 +94,7 @@ def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except UserError:
         raise
     except (Exception, SystemExit) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0][:300]
-        hint = ""
-        if any(code in first for code in ("401", "403")):
-            hint = " (accept the competition rules on kaggle.com first, and check the credentials)"
-        raise UserError(f"kaggle {what} failed: {first}{hint}") from None
+        raise _refused(what, e) from None
 
 
 def _check_response(what: str, response: Any) -> None:
@@ -164,7 +206,9 @@ def dataset_create_or_version(folder: str | Path, message: str) -> str:
     try:
         api.dataset_status(dataset_id)  # raises (HTTP 404) when the dataset does not exist yet
         exists = True
-    except Exception:
+    except Exception as e:
+        if _http_status(e) != 404:  # refused for another reason (credentials, network): say that one
+            raise _refused("datasets status", e) from None
         exists = False
     if exists:
         response = _call(

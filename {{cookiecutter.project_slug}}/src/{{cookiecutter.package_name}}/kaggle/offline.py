@@ -33,6 +33,7 @@ from ..core.runs import (
     read_json,
     read_pred_csv,
 )
+from ..data.folds import expected_folds
 from ..ensemble import apply_saved
 from ..predict import predict_test
 from ..submission import make_submission
@@ -151,7 +152,7 @@ def predict_packaged(
         cfg = cfgs[0]
     else:
         cfg = load_packaged_config(dataset_dir, exp, data_dir, output_dir, overrides)
-        predict_test(cfg)
+        predict_test(cfg, run.finished_folds())  # the folds `upload` packaged: all, unless --allow-partial
         for k in run.fold_numbers():  # only needed to predict; keeps the kernel's output small
             run.fold(k).best.unlink(missing_ok=True)
             for name in PACKAGED_EXPORT:
@@ -271,16 +272,13 @@ def check_dataset_id(dataset_id: str, title: str) -> None:
         raise UserError(f"dataset title {title!r} must be 6-50 characters long (Kaggle's limit)")
 
 
-def _copy_run(run: Run, out: Run) -> None:
-    """The finished folds' checkpoints, the run's small files (runs.PACKAGED) and, when it was exported, its
-    export.json and ONNX models (runs.PACKAGED_EXPORT)."""
-    checkpoints = run.checkpoints()
-    if not checkpoints and not run.is_ensemble():
-        raise UserError(f"{run.path}: no finished fold (fold<k>/best.pt + oof.csv); train the experiment first")
+def _copy_run(run: Run, out: Run, folds: list[int]) -> None:
+    """Fold `folds`' checkpoints, the run's small files (runs.PACKAGED) and, when it was exported, its export.json
+    and ONNX models (runs.PACKAGED_EXPORT)."""
     out.path.mkdir(parents=True, exist_ok=True)
-    for k, ckpt in checkpoints.items():  # with its oof.csv, which marks the fold finished
+    for k in folds:  # with its oof.csv, which marks the fold finished
         out.fold(k).path.mkdir(exist_ok=True)
-        shutil.copy2(ckpt, out.fold(k).best)
+        shutil.copy2(run.fold(k).best, out.fold(k).best)
         shutil.copy2(run.fold(k).oof, out.fold(k).oof)
         for name in PACKAGED_EXPORT if run.export_json.is_file() else ():
             if (run.export_fold(k).path / name).is_file():
@@ -292,6 +290,23 @@ def _copy_run(run: Run, out: Run) -> None:
     for name in PACKAGED:
         if (run.path / name).is_file():
             shutil.copy2(run.path / name, out.path / name)
+
+
+def _packaged_folds(cfg: Config, exps: list[str], allow_partial: bool) -> dict[str, list[int]]:
+    """Each run to package (an ensemble brings its members along, so its test predictions can be recomputed
+    offline) -> the folds whose checkpoints go with it: every fold, finished; with `allow_partial` the finished
+    ones. An ensemble carries no checkpoints of its own."""
+    n_folds, queue, runs = expected_folds(cfg), list(exps), {}
+    while queue:
+        exp = queue.pop(0)
+        if exp in runs:
+            continue
+        run = Run.named(cfg.output_dir, exp)
+        if not run.path.is_dir():
+            raise UserError(f"{run.path} not found: no experiment {exp!r} under output_dir={cfg.output_dir}")
+        runs[exp] = [] if run.is_ensemble() else run.usable_folds(n_folds, allow_partial, "upload")
+        queue.extend(run.members())
+    return runs
 
 
 def _copy_python_files(package: Path, dest: Path) -> None:
@@ -313,11 +328,13 @@ def _fresh_dir(dest: Path) -> None:
     dest.mkdir(parents=True)
 
 
-def package_for_dataset(cfg: Config, exps: Iterable[str], dest: str | Path, dataset_id: str, title: str) -> Path:
+def package_for_dataset(
+    cfg: Config, exps: Iterable[str], dest: str | Path, dataset_id: str, title: str, allow_partial: bool = False
+) -> Path:
     """Build a Kaggle dataset folder for offline inference:
 
     dest/src/<package>/...              this package's Python files
-    dest/<exp>/fold<k>/best.pt          each experiment's finished folds' checkpoints
+    dest/<exp>/fold<k>/best.pt          each experiment's folds' checkpoints (all finished, unless `allow_partial`)
     dest/<exp>/export/...               its export.json and ONNX models, when it was exported
     dest/<exp>/...                      its small files (runs.PACKAGED; an ensemble's members follow it)
     dest/folds.csv (+ folds.json)       the split the OOF predictions belong to
@@ -327,21 +344,13 @@ def package_for_dataset(cfg: Config, exps: Iterable[str], dest: str | Path, data
     if not exps:
         raise UserError("upload needs at least one experiment name")
     check_dataset_id(dataset_id, title)
+    runs = _packaged_folds(cfg, exps, allow_partial)  # every check before the old folder is replaced
     dest = Path(dest)
     _fresh_dir(dest)
     package = Path(__file__).resolve().parents[1]
     _copy_python_files(package, dest / "src" / package.name)
-    queue, seen = list(exps), set()
-    while queue:  # an ensemble brings its members along, so its test predictions can be recomputed offline
-        exp = queue.pop(0)
-        if exp in seen:
-            continue
-        seen.add(exp)
-        run = Run.named(cfg.output_dir, exp)
-        if not run.path.is_dir():
-            raise UserError(f"{run.path} not found: no experiment {exp!r} under output_dir={cfg.output_dir}")
-        _copy_run(run, Run(dest / exp))
-        queue.extend(run.members())
+    for exp, folds in runs.items():
+        _copy_run(Run.named(cfg.output_dir, exp), Run(dest / exp), folds)
     if Path(cfg.folds.path).is_file():  # the split the OOF predictions belong to
         shutil.copy2(cfg.folds.path, dest / PACKAGED_FOLDS)
         if folds_meta_path(cfg.folds.path).is_file():

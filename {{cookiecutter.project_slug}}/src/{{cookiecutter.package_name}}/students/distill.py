@@ -78,7 +78,12 @@ def build_distill_fold(
 
 
 def run_distill(
-    cfg: Config, teachers: Sequence[str] = (), log: Log = print, folds: Sequence[int] | None = None, force: bool = False
+    cfg: Config,
+    teachers: Sequence[str] = (),
+    log: Log = print,
+    folds: Sequence[int] | None = None,
+    force: bool = False,
+    allow_partial: bool = False,
 ) -> dict:
     """Train the student `cfg` on every fold (or `folds`) from `teachers` (default: distill.teachers);
     outputs/<exp>/ gets the usual experiment files plus lineage.json. Returns the cv.json summary."""
@@ -92,4 +97,4 @@ def run_distill(
     log(f"{cfg.exp}: distilling {cfg.model.backbone} from {', '.join(f'{e} ({w:.3f})' for e, w in leaves.items())}")
     step = distill_step(cfg.task, cfg.distill.alpha, cfg.distill.temperature)
     build = lambda k: build_distill_fold(cfg, problem, k, leaves, mean, std)  # noqa: E731
-    return train_students(cfg, folds, lineage, build, step, force, log)
+    return train_students(cfg, folds, lineage, build, step, force, log, allow_partial)

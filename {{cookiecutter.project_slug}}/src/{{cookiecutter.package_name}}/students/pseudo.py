@@ -243,6 +243,7 @@ def run_round(
     folds: Sequence[int] | None,
     force: bool,
     log: Log,
+    allow_partial: bool = False,
 ) -> dict:
     # `rounds` is left out: asking for more rounds later carries on from the finished ones
     settings = {k: v for k, v in dataclasses.asdict(cfg.pseudo).items() if k not in ("rounds", "teacher")}
@@ -254,11 +255,16 @@ def run_round(
     mixer = build_mixup(cfg.augment, cfg.task, num_outputs(cfg.task, len(problem.classes)), 0.0)
     step = pseudo_step(cfg.pseudo.weight, mixer)
     build = lambda k: build_pseudo_fold(cfg, problem, k, leaves, unl, *norm, log)  # noqa: E731
-    return train_students(cfg, folds, lineage, build, step, force, log)
+    return train_students(cfg, folds, lineage, build, step, force, log, allow_partial)
 
 
 def run_pseudo(
-    cfg: Config, teacher: str = "", log: Log = print, folds: Sequence[int] | None = None, force: bool = False
+    cfg: Config,
+    teacher: str = "",
+    log: Log = print,
+    folds: Sequence[int] | None = None,
+    force: bool = False,
+    allow_partial: bool = False,
 ) -> dict:
     """`pseudo.rounds` rounds from `teacher` (default: pseudo.teacher); returns the last round's cv.json summary
     with `rounds`: [{round, exp, teacher, cv}]."""
@@ -274,7 +280,7 @@ def run_pseudo(
         rcfg = dataclasses.replace(
             cfg, exp=round_name(cfg.exp, r), pseudo=dataclasses.replace(cfg.pseudo, teacher=teacher)
         )
-        result = run_round(rcfg, problem, teacher, r, unl, norm, folds, force, log)
+        result = run_round(rcfg, problem, teacher, r, unl, norm, folds, force, log, allow_partial)
         rounds.append({"round": r, "exp": rcfg.exp, "teacher": teacher, "cv": result["cv"]})
         teacher = rcfg.exp
     return {**result, "rounds": rounds}

@@ -38,8 +38,8 @@ from ..data.images import IMAGE_EXTS, ImageDataset, image_paths
 from ..data.problem import FoldData, Problem
 from ..data.tables import data_path, read_table
 from ..modeling.models import build_model
-from ..predict import predict_loader, predict_test, prediction_source, resolve_views
-from ..train import Step, fold_pending, train_one_fold
+from ..predict import predict_loader, predict_test, predict_test_folds, prediction_source, resolve_views
+from ..train import Step, check_resumable, fold_pending, train_one_fold
 
 Source = tuple[str, int]  # (teacher experiment, fold): the one model an array of teacher outputs came from
 Log = Callable[[str], None]
@@ -219,7 +219,7 @@ def _test_predictions(cfg: Config, tcfg: Config, fold: int, ids: list[str], log:
     path, id_col = tcfg.run.fold(fold).test_pred, cfg.data.id_col
     if read_derived(path, prediction_source(tcfg, fold), id_col) is None:
         log(f"teacher {tcfg.exp}: {path} missing or out of date, predicting its test set first")
-        predict_test(tcfg)
+        predict_test_folds(tcfg, [fold])
     classes = list(tcfg.run.read_classes()["classes"])
     df = read_pred_csv(path, id_col, classes).set_index(id_col)
     missing = sorted(set(ids) - set(df.index))
@@ -280,23 +280,62 @@ def start_lineage(
     return leaves, dict(header, folds={})
 
 
+def student_folds(
+    cfg: Config, leaves: dict[str, float], folds: Sequence[int] | None, allow_partial: bool, log: Log
+) -> list[int]:
+    """The student folds to train (default: every fold). Fold k's student learns from fold k's teachers, so each
+    needs fold k of every teacher finished; an unfinished one stops here, or with `allow_partial` leaves that
+    student fold out."""
+    wanted = list(range(cfg.folds.n_folds)) if folds is None else list(folds)
+    missing = {e: [k for k in Run.named(cfg.output_dir, e).missing_folds(cfg.folds.n_folds) if k in wanted]
+               for e in leaves}  # fmt: skip
+    missing = {e: m for e, m in missing.items() if m}
+    if not missing:
+        return wanted
+    what = "; ".join(f"teacher {e!r} fold(s) {m}" for e, m in missing.items())
+    skip = sorted({k for m in missing.values() for k in m})
+    keep = [k for k in wanted if k not in skip]
+    if not allow_partial or not keep:
+        raise UserError(
+            f"{what} not finished, and fold k's student learns from fold k's teachers only: finish them (train "
+            f"--fold ...)" + (f" or pass --allow-partial to train student fold(s) {keep} only" if keep else "")
+        )
+    log(f"{what} not finished: student fold(s) {skip} left out (--allow-partial)")
+    return keep
+
+
 def train_students(
-    cfg: Config, folds: Sequence[int] | None, lineage: dict, build: FoldBuilder, step: Step, force: bool, log: Log
+    cfg: Config,
+    folds: Sequence[int] | None,
+    lineage: dict,
+    build: FoldBuilder,
+    step: Step,
+    force: bool,
+    log: Log,
+    allow_partial: bool = False,
 ) -> dict:
     """Train each fold (default: every fold) on the data `build(fold)` returns (its record goes to lineage.json),
-    then the CV summary and the test predictions, so the student is an experiment like any other."""
+    then the CV summary and the test predictions, so the student is an experiment like any other. Every student
+    fold needs its teachers' fold finished (`student_folds`); the test predictions wait until every student fold
+    is finished, unless `allow_partial`."""
     if world_size() > 1:  # the batch sampler and the per-fold records are not shared out between ranks
         raise UserError("pseudo and distill run in one process: start them without torchrun")
     trained = False
-    for k in range(cfg.folds.n_folds) if folds is None else folds:
+    leaves = lineage["teacher_weights"]  # the teachers' experiments, ensembles expanded (start_lineage)
+    for k in student_folds(cfg, leaves, folds, allow_partial, log):
         if not fold_pending(cfg, k, force, log):
             continue
+        if not force:
+            check_resumable(cfg, k)  # before the teachers run and lineage.json is rewritten (again under the lock)
         data, record = build(k)
         lineage["folds"][str(k)] = record
         atomic_write_json(cfg.run.lineage, lineage)
-        train_one_fold(cfg, k, data, step)
+        train_one_fold(cfg, k, data, step, force=force)
         trained = True
-    result = summarize(cfg)
-    if trained or not cfg.run.test_pred.is_file():
-        predict_test(cfg)
+    result = summarize(cfg, allow_partial=allow_partial, log=log)
+    if result["folds_missing"] and not allow_partial:
+        log(f"{cfg.exp}: test predictions once fold(s) {result['folds_missing']} are finished (or predict "
+            "--allow-partial)")  # fmt: skip
+    elif trained or not cfg.run.test_pred.is_file():
+        predict_test(cfg, allow_partial=allow_partial)
     return result
