@@ -8,6 +8,7 @@ Both carry the checkpoints and views they came from (core/runs.py, derived files
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .config import Config
+from .config import Config, load
 from .core.errors import UserError
 from .core.runs import load_best, read_derived, stamp, write_derived
 from .core.runtime import amp_dtype, autocast, resolve_device
@@ -82,6 +83,32 @@ def fold_models(cfg: Config) -> list[int]:
     return found
 
 
+def load_fold_weights(cfg: Config, model: nn.Module, fold: int) -> None:
+    """Fold k's best weights into `model`. Weights that do not fit the model the config builds (another backbone,
+    in_chans...) stop with one line naming what the experiment was trained with."""
+    path = cfg.run.fold(fold).best
+    try:
+        model.load_state_dict(load_best(path)["model"])
+    except RuntimeError as e:
+        raise UserError(_mismatch(cfg, path, e)) from None
+
+
+def _mismatch(cfg: Config, path: Path, error: RuntimeError) -> str:
+    try:
+        saved = load(cfg.run.config).model
+    except UserError:
+        saved = None
+    keys = ("backbone", "in_chans", "drop_rate", "drop_path_rate")
+    changed = [k for k in keys if saved is not None and getattr(saved, k) != getattr(cfg.model, k)]
+    if changed:
+        was = ", ".join(f"model.{k}={getattr(saved, k)!r}" for k in changed)
+        now = ", ".join(f"model.{k}={getattr(cfg.model, k)!r}" for k in changed)
+        return (f"{path} was trained with {was} ({cfg.run.config}) but the config has {now}; predict with the "
+                "experiment's own model settings, or retrain it")  # fmt: skip
+    detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line or "key" in line), "")
+    return f"{path} does not fit the model the config builds ({detail[:200]}); retrain the fold (train --force)"
+
+
 def prediction_source(cfg: Config, fold: int) -> dict:
     """What a fold's predictions depend on: the checkpoint, the views and how they are merged."""
     return {"checkpoint": stamp(cfg.run.fold(fold).best), "views": list(cfg.tta.views), "merge": cfg.tta.merge}
@@ -111,7 +138,7 @@ def predict_test(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
     loader = DataLoader(dataset, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
     total = None
     for k in folds:
-        model.load_state_dict(load_best(run.fold(k).best)["model"])
+        load_fold_weights(cfg, model, k)
         pred = predict_loader(model, loader, cfg.task, device, dtype, cfg.tta.views, cfg.tta.merge, desc=f"fold {k}")
         write_derived(run.fold(k).test_pred, pred_frame(ids, pred, classes, cfg.data.id_col), prediction_source(cfg, k))
         total = pred if total is None else total + pred
@@ -134,7 +161,7 @@ def predict_oof_tta(cfg: Config) -> pd.DataFrame:
     for k in folds:
         data = build_fold_data(cfg, problem, k, mean, std)
         loader = DataLoader(data.valid, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
-        model.load_state_dict(load_best(run.fold(k).best)["model"])
+        load_fold_weights(cfg, model, k)
         pred = predict_loader(model, loader, cfg.task, device, dtype, cfg.tta.views, cfg.tta.merge, desc=f"oof {k}")
         frame = pred_frame(data.valid_ids, pred, problem.classes, cfg.data.id_col)
         frame.insert(1, "fold", k)

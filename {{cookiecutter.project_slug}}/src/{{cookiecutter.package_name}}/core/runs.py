@@ -21,6 +21,7 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
             test_pred.csv (+ .source.json)   this fold's model on the test set (pseudo-labelling needs it)
             pseudo_labels.csv           students only
     <folds.path> (data/folds.csv) + folds.json (its hash)
+    <output_dir>/.cache/image_check/<folder>-<hash>.json   images already checked to decode (size, mtime)
     submissions/<name>.csv
 
 Every file is written atomically (a temporary file beside it, then `os.replace`), with the user's normal
@@ -30,6 +31,7 @@ permissions. Derived files carry what they were derived from in a `.source.json`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -61,6 +63,7 @@ PSEUDO_LABELS = "pseudo_labels.csv"
 FOLDS_META_SUFFIX = ".json"  # data/folds.csv -> data/folds.json
 SOURCE_SUFFIX = ".source.json"
 TMP_SUFFIX = ".tmp"
+CACHE_DIR = ".cache"
 # What a packaged run (Kaggle dataset, offline notebook) carries besides its checkpoints: thresholds and QWK cuts
 # tuned on OOF are re-tuned offline exactly as here.
 PACKAGED = (CONFIG, CLASSES, CV, WEIGHTS, OOF)
@@ -297,6 +300,12 @@ def folds_meta_path(folds_path: str | Path) -> Path:
 
 def submission_path(folder: str | Path, name: str) -> Path:
     return Path(folder) / f"{name}.csv"
+
+
+def image_check_cache(output_dir: str | Path, folder: Path) -> Path:
+    """Where the images of `folder` that decoded are remembered (data.images.check_images), one file per folder."""
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    return Path(output_dir) / CACHE_DIR / "image_check" / f"{folder.name}-{digest}.json"
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

@@ -151,6 +151,12 @@ def read_folds(cfg: Config, train: pd.DataFrame | None = None) -> tuple[pd.DataF
     folds = pd.read_csv(path, dtype={id_col: str})
     if id_col not in folds.columns or "fold" not in folds.columns:
         raise UserError(f"{path}: expected columns '{id_col}' and 'fold', found {list(folds.columns)}")
+    found = sorted(int(k) for k in folds["fold"].unique())
+    if found != list(range(cfg.folds.n_folds)):
+        raise UserError(
+            f"{path} holds folds {found[:20]} but the config has folds.n_folds={cfg.folds.n_folds}; set "
+            f"folds.n_folds={len(found)}, or rewrite the split with `folds --force` (and retrain)"
+        )
     h = folds_hash(folds[id_col], folds["fold"])
     meta = meta_path(cfg)
     if meta.is_file() and read_json(meta).get("hash") != h:

@@ -78,7 +78,9 @@ def teacher_leaves(cfg: Config, names: Sequence[str]) -> dict[str, float]:
         elif run.is_experiment():
             leaves[name] = leaves.get(name, 0.0) + weight
         else:
-            raise UserError(f"{run}: no config.yaml (experiment) or weights.json (ensemble): train teacher {name!r}")
+            raise UserError(
+                f"{run.path}: no config.yaml (experiment) or weights.json (ensemble): train teacher {name!r}"
+            )
 
     for name in names:
         add(name, 1.0 / len(names), ())
