@@ -193,6 +193,8 @@ CASES = [
     Case("unknown-sampler", train("train.sampler=balanced"), ["train.sampler", "balanced", "weighted"]),
     Case("unknown-tta-view", ["predict", "-c", C, "tta.views=[identity,flip]"], ["'flip'", "hflip"]),
     Case("unknown-backbone", train("model.backbone=resnet_18"), ["model.backbone", "resnet_18", "not a timm model"]),
+    Case("unknown-pretrained-tag", train("model.backbone=test_resnet.in22k"),
+         ["model.backbone", "test_resnet.in22k", "no pretrained tag 'in22k'", "r160_in1k"]),
     # command-line flags
     Case("fold-out-of-range", train("--fold", "5"), ["--fold 5", "0..1"]),
     Case("fold-not-a-number", train("--fold", "first"), ["--fold 'first'", "'all'"]),
@@ -367,6 +369,19 @@ def test_pretrained_weights_offline(base, tmp_path):
     done = subprocess.run([sys.executable, "-m", PKG, *case.argv], env=env, cwd=root, capture_output=True, text=True)
     check_error(case, done.returncode, done.stderr)
     assert snapshot(root) == before
+
+
+def test_a_diverging_run_stops_with_one_line(base, tmp_path, monkeypatch, capsys):
+    """Not knowable before training: the loss turns inf/NaN. One line that says what to change; no checkpoint of
+    the broken epoch, no OOF file."""
+    root = tmp_path / "project"
+    shutil.copytree(base, root, copy_function=os.link)
+    monkeypatch.chdir(root)
+    case = Case("diverging", train("optim.name=sgd", "optim.lr=1e20", "optim.schedule=constant"),
+                ["loss is", "epoch 1", "lower optim.lr", "train.amp=off"])  # fmt: skip
+    capsys.readouterr()
+    check_error(case, cli.main(case.argv), capsys.readouterr().err)
+    assert not any((root / "outputs" / "new" / "fold0" / name).exists() for name in ("best.pt", "last.pt", "oof.csv"))
 
 
 # --- the image check, and 16-bit images -------------------------------------------------------------------------------

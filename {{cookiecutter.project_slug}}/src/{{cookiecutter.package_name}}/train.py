@@ -272,7 +272,9 @@ def train_epoch(cfg: Config, s: FoldSetup, model: nn.Module, optimizer, schedule
                 ema.update(getattr(model, "module", model), step=scheduler.last_epoch)
         loss = losses["loss"].item()
         if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at epoch {epoch + 1} batch {i}: lower optim.lr or set amp=off")
+            # The targets are checked finite when the table is read: a diverging run is the usual cause. last.pt
+            # still holds the last finished epoch.
+            raise UserError(f"loss is {loss} at epoch {epoch + 1} batch {i}: lower optim.lr, or set train.amp=off")
         total, seen = total + loss, seen + 1
         bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
     return total / max(seen, 1)

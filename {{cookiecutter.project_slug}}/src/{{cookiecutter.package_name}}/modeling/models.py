@@ -20,10 +20,17 @@ def check_backbone(name: str) -> None:
     """`model.backbone` names a timm model (with or without a pretrained tag such as '.a1_in1k'); names from the
     Hugging Face hub ('hf-hub:...') are taken as they are."""
     source, model_name = parse_model_name(name)
-    if source is None and not timm.is_model(split_model_name_tag(model_name)[0]):
+    if source is not None:
+        return
+    arch, tag = split_model_name_tag(model_name)
+    if not timm.is_model(arch):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f" (close: {', '.join(close)})" if close else " (see timm.list_models())"
         raise UserError(f"config key 'model.backbone' is {name!r}, which is not a timm model{hint}")
+    tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+    if tag and tag not in tags:
+        raise UserError(f"config key 'model.backbone' is {name!r}, but {arch} has no pretrained tag {tag!r}; its tags: "
+                        f"{', '.join(tags[:10]) or 'none'}")  # fmt: skip
 
 
 def build_model(cfg: Config, n_outputs: int, pretrained: bool | None = None) -> nn.Module:
