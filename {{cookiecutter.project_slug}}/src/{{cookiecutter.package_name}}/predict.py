@@ -17,7 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .config import Config, load
+from .config import Config
+from .config import load as load_config
 from .core.errors import UserError
 from .core.runs import load_best, read_derived, stamp, write_derived
 from .core.runtime import amp_dtype, autocast, resolve_device
@@ -95,7 +96,7 @@ def load_fold_weights(cfg: Config, model: nn.Module, fold: int) -> None:
 
 def _mismatch(cfg: Config, path: Path, error: RuntimeError) -> str:
     try:
-        saved = load(cfg.run.config).model
+        saved = load_config(cfg.run.config).model
     except UserError:
         saved = None
     keys = ("backbone", "in_chans", "drop_rate", "drop_path_rate")
