@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from {{ cookiecutter.package_name }} import cli
 
@@ -118,15 +119,42 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_result(tmp_path, new_
     assert [r["train_loss"] for r in hist_a] == [r["train_loss"] for r in hist_b]
 
 
-def test_torchrun_two_processes_on_cpu(tmp_path, new_project):
-    new_project(tmp_path, "multiclass", n_folds=2, extra=TINY)
+# Learns the demo in three epochs. test_vit normalises with LayerNorm: with BatchNorm each process would normalise
+# over its own half of the batch (DDP without SyncBatchNorm, which needs GPUs), and the runs would drift slightly
+# apart. No random augmentation, so both runs see the very same images.
+TORCHRUN = OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.create(TINY), OmegaConf.create("""
+model: {backbone: test_vit}
+augment: {preset: none, mean: [0.5], std: [0.5]}
+optim: {lr: 0.003}
+train: {epochs: 3, limit_batches: 0}
+data: {cache_images: true}
+""")))  # fmt: skip
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path, new_project):
+    """train.batch_size is the global batch: two processes (gloo on CPU) take half of each batch, make as many
+    updates as one process, log the loss of the whole batch, and reach the same OOF score."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    new_project(one, "multiclass", n_folds=2, extra=TORCHRUN)
+    new_project(two, "multiclass", n_folds=2, extra=TORCHRUN)
+    run("train", "-c", one / "configs" / "exp.yaml", "--fold", "0")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", PKG,
-           "train", "-c", str(tmp_path / "configs" / "exp.yaml"), "--fold", "0"]  # fmt: skip
-    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, cwd=tmp_path)
+           "train", "-c", str(two / "configs" / "exp.yaml"), "--fold", "0"]  # fmt: skip
+    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, cwd=two)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("fold 0 epoch 1/1") == 2  # both ranks trained
-    oof = read(tmp_path / "outputs" / "exp" / "fold0" / "oof.csv")
-    folds = read(tmp_path / "data" / "folds.csv")
+    assert done.stdout.count("fold 0 epoch 3/3") == 1  # rank 0 reports for all
+
+    scores = [json.loads((root / "outputs/exp/cv.json").read_text())["folds"]["0"] for root in (one, two)]
+    assert scores[0] > 0.8 and abs(scores[0] - scores[1]) <= 0.01, scores
+    folds = read(two / "data" / "folds.csv")
+    updates = [torch.load(root / "outputs/exp/fold0/last.pt", weights_only=True)["scheduler"]["last_epoch"]
+               for root in (one, two)]  # fmt: skip
+    assert updates[0] == updates[1] == 3 * ((folds["fold"] != 0).sum() // 32), updates
+    # The logged training loss is the mean over both processes: the loss one process sees on the whole batch.
+    losses = [[r["train_loss"] for r in json.loads((root / "outputs/exp/fold0/history.json").read_text())]
+              for root in (one, two)]  # fmt: skip
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+    oof = read(two / "outputs" / "exp" / "fold0" / "oof.csv")
     assert sorted(oof["id"]) == sorted(folds.loc[folds["fold"] == 0, "id"])
 
 

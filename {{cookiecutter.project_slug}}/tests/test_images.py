@@ -62,7 +62,11 @@ def test_multilabel_tags_and_zero_one_columns_agree(tmp_path):
         (pd.DataFrame({"id": ["a", "a"], "label": [1, 2]}), "", r"duplicate ids in column 'id'"),
         (pd.DataFrame({"id": ["a", "b"], "label": [1, None]}), "", r"column 'label' has 1 empty/NaN"),
         (pd.DataFrame({"id": ["a", "b"], "y": [1, 2]}), "", r"column\(s\) \['label'\] not found"),
-        (pd.DataFrame({"id": ["a", "b"], "label": ["x", "1.5"]}), "task: regression\n", r"non-numeric values"),
+        (
+            pd.DataFrame({"id": ["a", "b"], "label": ["x", "1.5"]}),
+            "task: regression\n",
+            r"row 2 holds .x.; task=regression needs finite",
+        ),
         (pd.DataFrame({"id": list("abc"), "label": [1, 2, 3]}), "task: binary\n", r"task=binary expects 2"),
     ],
 )

@@ -5,12 +5,17 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from torch.utils.data import WeightedRandomSampler
 
 from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.config import CHOICES
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.data import samplers, tables
+from {{ cookiecutter.package_name }}.data.problem import build_fold_data, load_problem
+from {{ cookiecutter.package_name }}.train import train_loader
+
+from conftest import small_config
 
 # 3 classes of sizes 7, 2, 4 with non-contiguous ids and shuffled order
 LABELS = np.array([5, 0, 5, 2, 5, 2, 5, 0, 5, 2, 5, 2, 5])
@@ -141,3 +146,26 @@ def test_multilabel_upsample_keeps_every_row_and_lifts_the_rarest_tag():
     sizes = Counter(groups[drawn].tolist())
     assert len(set(sizes.values())) == 1  # each rarest-tag group drawn as often as the largest one holds rows
     assert y[drawn].sum(0)[4] >= max(Counter(groups.tolist()).values())  # so the rarest tag is lifted up to it
+
+
+@pytest.mark.parametrize("sampler", ["none", "weighted"])
+def test_torchrun_ranks_share_out_exactly_the_batches_of_one_process(small_project, monkeypatch, sampler):
+    """train.batch_size is the global batch: under torchrun rank r takes batch_size / N rows of every batch, and
+    batch b of all ranks together is batch b of one process (same rows, same order of batches, same count)."""
+    cfg = small_config(small_project, overrides=[f"train.sampler={sampler}", "train.batch_size=8"])
+    data = build_fold_data(cfg, load_problem(cfg), 0, (0.5,), (0.5,))
+
+    def batches(world: int, rank: int) -> list[list[int]]:
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        monkeypatch.setenv("RANK", str(rank))
+        generator = torch.Generator()
+        generator.manual_seed(cfg.seed)
+        return [sorted(b["index"].tolist()) for b in train_loader(cfg, 0, data, generator)]
+
+    one, rank0, rank1 = batches(1, 0), batches(2, 0), batches(2, 1)
+    assert len(one) == len(rank0) == len(rank1) == len(data.train) // 8
+    assert all(len(b) == 4 for b in rank0 + rank1)
+    assert [sorted(a + b) for a, b in zip(rank0, rank1, strict=True)] == one
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(UserError, match=r"'train.batch_size' is 8: under torchrun .* split across 3 processes"):
+        train_loader(cfg, 0, data, torch.Generator())

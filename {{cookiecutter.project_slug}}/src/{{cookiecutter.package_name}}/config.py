@@ -22,12 +22,14 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from .core.errors import UserError
 from .core.runs import Run, atomic_write_text
+from .core.runtime import parse_device
 from .core.tasks import TASKS
 from .data import folds as folds_module
-from .data.augment import PRESETS, RANDAUGMENT_MAX_M, aug_ops
+from .data.augment import PRESETS, RANDAUGMENT_MAX_M, aug_ops, check_normalization
 from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
 from .modeling.deploy import EXPORTERS
+from .modeling.models import check_backbone
 from .modeling.optim import OPTIMIZERS, SCHEDULES
 from .modeling.predictors import ONNX_MODELS, RUNTIMES
 
@@ -447,6 +449,10 @@ def validate(cfg: Config) -> None:
         raise UserError(
             "config key 'export.variants' lists onnx_int8 without onnx: int8 is quantised from the ONNX model"
         )
+    check_backbone(cfg.model.backbone)
+    if cfg.device != "auto":
+        parse_device(cfg.device)
+    check_normalization(cfg.augment, cfg.model.in_chans)
     if cfg.task == "regression" and (p.threshold > 0 or p.top_fraction < 1 or p.max_per_class > 0):
         raise UserError("pseudo.threshold / top_fraction / max_per_class rank confidences; task=regression has none")
     n_pseudo = round(t.batch_size * p.batch_ratio)

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .config import Config, metric_name
+from .config import load as load_config
 from .core.errors import UserError
 from .core.runs import atomic_write_json, checksum, load_best, read_derived, read_json, stamp, write_derived
 from .core.runtime import amp_dtype, resolve_device
@@ -113,6 +114,32 @@ def fold_models(cfg: Config, allow_partial: bool = False) -> list[int]:
     return cfg.run.usable_folds(expected_folds(cfg), allow_partial, "predict")
 
 
+def load_fold_weights(cfg: Config, model: nn.Module, fold: int) -> None:
+    """Fold k's best weights into `model`. Weights that do not fit the model the config builds (another backbone,
+    in_chans...) stop with one line naming what the experiment was trained with."""
+    path = cfg.run.fold(fold).best
+    try:
+        model.load_state_dict(load_best(path)["model"])
+    except RuntimeError as e:
+        raise UserError(_mismatch(cfg, path, e)) from None
+
+
+def _mismatch(cfg: Config, path: Path, error: RuntimeError) -> str:
+    try:
+        saved = load_config(cfg.run.config).model
+    except UserError:
+        saved = None
+    keys = ("backbone", "in_chans", "drop_rate", "drop_path_rate")
+    changed = [k for k in keys if saved is not None and getattr(saved, k) != getattr(cfg.model, k)]
+    if changed:
+        was = ", ".join(f"model.{k}={getattr(saved, k)!r}" for k in changed)
+        now = ", ".join(f"model.{k}={getattr(cfg.model, k)!r}" for k in changed)
+        return (f"{path} was trained with {was} ({cfg.run.config}) but the config has {now}; predict with the "
+                "experiment's own model settings, or retrain it")  # fmt: skip
+    detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line or "key" in line), "")
+    return f"{path} does not fit the model the config builds ({detail[:200]}); retrain the fold (train --force)"
+
+
 def prediction_source(cfg: Config, fold: int) -> dict:
     """What a fold's predictions depend on: the checkpoint, the views and how they are merged (and the exported
     model, when onnxruntime runs one)."""
@@ -149,7 +176,7 @@ def fold_predictors(cfg: Config, n_classes: int) -> tuple[Callable[[int], Predic
     dtype = amp_dtype(cfg.train.amp, device)
 
     def load(k: int) -> Predictor:
-        model.load_state_dict(load_best(cfg.run.fold(k).best)["model"])
+        load_fold_weights(cfg, model, k)
         return TorchPredictor(model, device, dtype)
 
     return load, mean, std

@@ -148,18 +148,18 @@ def _cast_like(labels: np.ndarray, train_col: pd.Series) -> np.ndarray:
     return labels
 
 
-def _label_values(cfg, exp, pred, classes, positive, train, log) -> tuple[np.ndarray, list[str]]:
+def _label_values(cfg, exp, pred, classes, positive, train, log) -> np.ndarray:
     col = train[cfg.target_cols[0]]
     if cfg.task == "multiclass":
         metric = metric_name(cfg)
         k = int(metric.rsplit("_", 1)[1]) if metric.startswith("map_at_") else 1
         if k > 1:  # MAP@k: the k most probable classes, best first
             top = np.argsort(-pred, axis=1, kind="stable")[:, :k]
-            return np.array([" ".join(classes[i] for i in row) for row in top]), classes
-        return _cast_like(np.array(classes)[pred.argmax(1)], col), classes
+            return np.array([" ".join(classes[i] for i in row) for row in top])
+        return _cast_like(np.array(classes)[pred.argmax(1)], col)
     negative = next(cell_text(v) for v in col.unique() if cell_text(v) != positive)
     t = binary_threshold(cfg, exp, log)
-    return _cast_like(np.where(pred[:, 0] >= t, positive, negative), col), [negative, str(positive)]
+    return _cast_like(np.where(pred[:, 0] >= t, positive, negative), col)
 
 
 def _tag_values(cfg: Config, pred: np.ndarray, classes: list[str], thresholds: np.ndarray) -> np.ndarray:
@@ -191,8 +191,8 @@ def format_values(
     positive: str | None,
     train: pd.DataFrame,
     log: Callable[[str], None],
-) -> tuple[pd.DataFrame, list[str]]:
-    """The submission's value columns (no id column) in format `fmt`, and the labels a label/tags cell may hold.
+) -> pd.DataFrame:
+    """The submission's value columns (no id column) in format `fmt`.
     Multi-column probs need `value_cols` to be the prediction columns `classes` in some order."""
     if fmt == "probs" and len(value_cols) > 1:
         cols = pd.DataFrame(pred, columns=classes)[value_cols]
@@ -201,16 +201,15 @@ def format_values(
         ):  # a label metric scores 0/1 columns
             thresholds = pd.Series(label_thresholds(cfg, exp, classes, log), index=classes)[value_cols]
             cols = (cols >= thresholds.to_numpy()[None, :]).astype(np.int64)
-        return cols, classes
+        return cols
     if fmt == "probs":
-        return pd.DataFrame({value_cols[0]: pred[:, 0]}), classes
+        return pd.DataFrame({value_cols[0]: pred[:, 0]})
     if fmt == "label":
-        labels, allowed = _label_values(cfg, exp, pred, classes, positive, train, log)
-        return pd.DataFrame({value_cols[0]: labels}), allowed
+        return pd.DataFrame({value_cols[0]: _label_values(cfg, exp, pred, classes, positive, train, log)})
     if fmt == "tags":
         tags = _tag_values(cfg, pred, classes, label_thresholds(cfg, exp, classes, log))
-        return pd.DataFrame({value_cols[0]: tags}), classes
-    return pd.DataFrame({value_cols[0]: _regression_values(cfg, exp, pred, train, log)}), classes
+        return pd.DataFrame({value_cols[0]: tags})
+    return pd.DataFrame({value_cols[0]: _regression_values(cfg, exp, pred, train, log)})
 
 
 def submissions_dir(cfg: Config) -> Path:
@@ -219,11 +218,36 @@ def submissions_dir(cfg: Config) -> Path:
 
 
 def check_submission_file(cfg: Config, path: str | Path) -> pd.DataFrame:
-    """A submission file as it will be sent: same columns, ids and order as the sample submission, no NaN."""
-    sub = read_table(Path(path), cfg.data.id_col)
+    """A submission file as it will be sent: same columns, ids and order as the sample submission, no NaN, and values
+    of the competition's format (labels among the training labels, probabilities in [0, 1], finite numbers)."""
+    sub = read_table(existing(path, "submission file"), cfg.data.id_col)
     sample = read_table(data_path(cfg, cfg.data.sample_submission), cfg.data.id_col)
-    validate_submission(sub, sample, cfg.data.id_col, where=str(path))
+    train = read_train(cfg)
+    fmt = resolve_format(cfg, sample, derive_classes(cfg, train))
+    validate_submission(sub, sample, cfg.data.id_col, kind=fmt, labels=allowed_labels(cfg, train, fmt), where=str(path))
     return sub
+
+
+def existing(path: str | Path, what: str) -> Path:
+    """`path`, which must be a file (a missing one is named as what it was meant to be)."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: {what} not found")
+    return Path(path)
+
+
+def _numbers(values: pd.Series, where: str) -> np.ndarray:
+    num = pd.to_numeric(values, errors="coerce")
+    if num.isna().any():
+        raise UserError(f"{where} must hold numbers; found {values[num.isna()].iloc[:3].tolist()}")
+    return num.to_numpy(np.float64)
+
+
+def allowed_labels(cfg: Config, train: pd.DataFrame, fmt: str) -> list[str]:
+    """What a label or tags cell may hold: the competition's labels as the training table has them (not an
+    experiment's classes.json, which may come from an older table)."""
+    if fmt == "label" and cfg.task == "binary":
+        return sorted({cell_text(v) for v in train[cfg.target_cols[0]].unique()})
+    return derive_classes(cfg, train)
 
 
 def make_submission(
@@ -242,10 +266,17 @@ def make_submission(
     sample = read_table(sample_path, id_col)
     train = read_train(cfg)
     fmt = resolve_format(cfg, sample, classes)
+    allowed = allowed_labels(cfg, train, fmt)
+    foreign = [c for c in classes if c not in allowed] if fmt in ("label", "tags") and cfg.task != "binary" else []
+    if foreign:
+        raise UserError(
+            f"{run.classes}: classes {foreign[:5]} are not among the labels of {cfg.data.train_csv} {allowed[:10]}; "
+            f"a submission could hold them: retrain {exp} on the current table"
+        )
     pred, value_cols = test[classes].to_numpy(np.float64), list(sample.columns[1:])
     if fmt == "probs" and len(value_cols) > 1 and sorted(value_cols) != sorted(classes):
         raise UserError(f"{sample_path}: columns {value_cols} are not the prediction columns {classes}")
-    values, allowed = format_values(cfg, exp, fmt, pred, value_cols, classes, positive, train, log)
+    values = format_values(cfg, exp, fmt, pred, value_cols, classes, positive, train, log)
     values.insert(0, id_col, test[id_col].to_numpy())
     if set(values[id_col]) == set(sample[id_col]):  # else the validator names the missing / extra ids
         values = values.set_index(id_col).loc[sample[id_col]].reset_index()
@@ -320,16 +351,16 @@ def parse_submission(
     cols = list(sub.columns[1:])
     where = f"submission column '{cols[0]}'"
     if cfg.task == "regression":
-        return pd.to_numeric(sub[cols[0]], errors="raise").to_numpy(np.float64)
+        return _numbers(sub[cols[0]], where)
     if len(cols) > 1:
         if sorted(map(str, cols)) != sorted(classes):
             raise UserError(f"submission columns {cols} are not the prediction columns {classes}")
-        return sub[classes].to_numpy(np.float64)
+        return np.stack([_numbers(sub[c], f"submission column '{c}'") for c in classes], axis=1)
     cells = sub[cols[0]].map(lambda v: "" if pd.isna(v) else cell_text(v))
     if cfg.task == "binary":
         if set(cells) <= set(label_values):
             return (cells == positive).to_numpy(np.float64)
-        return pd.to_numeric(sub[cols[0]], errors="raise").to_numpy(np.float64)
+        return _numbers(sub[cols[0]], where)
     index = {c: i for i, c in enumerate(classes)}
     out = np.zeros((len(sub), len(classes)))
     for r, cell in enumerate(cells):
@@ -347,8 +378,8 @@ def parse_submission(
 def score_submission(cfg: Config, submission_path: str | Path, solution_path: str | Path) -> float:
     """The config's metric of a submission file against a solution file (id + target, as in train.csv)."""
     id_col = cfg.data.id_col
-    sub = read_table(Path(submission_path), id_col)
-    sol = read_table(Path(solution_path), id_col, cfg.target_cols)
+    sub = read_table(existing(submission_path, "submission file"), id_col)
+    sol = read_table(existing(solution_path, "solution file (--solution)"), id_col, cfg.target_cols)
     if set(sub[id_col]) != set(sol[id_col]):
         diff = sorted(set(sub[id_col]) ^ set(sol[id_col]))
         raise UserError(

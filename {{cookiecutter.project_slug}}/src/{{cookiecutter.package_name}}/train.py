@@ -25,7 +25,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from .config import Config, metric_name, save, training_changes
@@ -49,6 +49,9 @@ from .core.runtime import (
     barrier,
     init_distributed,
     is_main,
+    per_rank_batch,
+    reduce_mean,
+    reduce_sum,
     resolve_device,
     seed_everything,
     sync_buffers,
@@ -94,26 +97,47 @@ class FoldSetup:
     generator: torch.Generator  # drives shuffling; saved in last.pt so a resumed run draws the same batches
 
 
+def rank_batch_size(cfg: Config) -> int:
+    """This process's share of the global `train.batch_size` (all of it without torchrun); mixup needs it even."""
+    batch = per_rank_batch(cfg.train.batch_size)
+    if (cfg.augment.mixup_alpha > 0 or cfg.augment.cutmix_alpha > 0) and batch % 2:
+        per = f" per process ({world_size()} processes)" if world_size() > 1 else ""
+        raise UserError(f"config key 'train.batch_size' gives {batch} rows{per}; mixup/cutmix need an even number")
+    return batch
+
+
+def train_loader(cfg: Config, fold: int, data: FoldData, generator: torch.Generator) -> DataLoader:
+    """Fold k's training batches. Under torchrun every rank draws the same order and keeps its own stride of it
+    (ShardedSampler), batch_size / N rows a batch: the N ranks' batches together are one process's batches."""
+    sampler = None
+    if data.sampler_labels is not None:  # balance classes in training only; validation keeps its distribution
+        sampler = build_sampler(data.sampler_labels, cfg.train.sampler, cfg.train.sampler_power, cfg.seed + fold)
+    if world_size() > 1:
+        sampler = ShardedSampler(sampler or RandomSampler(data.train, generator=generator))
+    return make_loader(data.train, rank_batch_size(cfg), True, cfg.data.num_workers, sampler, generator,
+                       batch_sampler=data.batch_sampler)  # fmt: skip
+
+
 def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetup:
     generator = seed_everything(cfg.seed + fold, cfg.train.deterministic)
     device = resolve_device(cfg.device)
-    problem = load_problem(cfg)
+    rank_batch_size(cfg)
+    problem = load_problem(cfg)  # tables, folds, and every image decoded once: bad input stops here
+    n_rows = len(problem.rows(fold, valid=False))
+    if data is None and n_rows < cfg.train.batch_size:
+        raise UserError(f"config key 'train.batch_size' is {cfg.train.batch_size}, more than the {n_rows} training "
+                        f"rows of fold {fold}; use at most {n_rows}")  # fmt: skip
     n_out = num_outputs(cfg.task, len(problem.classes))
     model = build_model(cfg, n_out).to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
     data = data or build_fold_data(cfg, problem, fold, mean, std)
-    sampler = None
-    if data.sampler_labels is not None:  # balance classes in training only; validation keeps its distribution
-        sampler = build_sampler(data.sampler_labels, cfg.train.sampler, cfg.train.sampler_power, cfg.seed + fold)
-    if world_size() > 1:  # each rank sees its own share of every epoch
-        sampler = ShardedSampler(sampler, len(data.train)) if sampler else DistributedSampler(data.train, seed=cfg.seed)
-    loader = make_loader(data.train, cfg.train.batch_size, True, cfg.data.num_workers, sampler, generator,
-                         batch_sampler=data.batch_sampler)  # fmt: skip
+    loader = train_loader(cfg, fold, data, generator)
     n_batches = min(len(loader), cfg.train.limit_batches or len(loader))
     if n_batches == 0:
-        raise ValueError(f"fold {fold}: {len(data.train)} training rows < train.batch_size={cfg.train.batch_size}")
+        raise UserError(f"fold {fold}: its {len(data.train)} training rows make no full batch of "
+                        f"train.batch_size={cfg.train.batch_size}; lower train.batch_size")  # fmt: skip
     mixer = build_mixup(cfg.augment, cfg.task, n_out, cfg.loss.label_smoothing)
     # Mixup already smooths its soft targets: the loss must not smooth them a second time.
     loss_cfg = dataclasses.replace(cfg.loss, label_smoothing=0.0) if mixer else cfg.loss
@@ -178,8 +202,8 @@ def train_one_fold(
 
 def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | None) -> dict:
     out = cfg.run.fold(fold)
+    s = setup_fold(cfg, fold, data)  # bad input stops here, before the run folder exists
     out.path.mkdir(parents=True, exist_ok=True)
-    s = setup_fold(cfg, fold, data)
     if is_main():
         remove_stale_tmp(out.path)  # a killed checkpoint write leaves its temporary file behind
         save(cfg, cfg.run.config)  # the resolved config, before anything can go wrong
@@ -195,7 +219,8 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     swa_from = swa_start_epoch(cfg.train.swa_start, cfg.train.epochs) if cfg.train.swa else None
     averaging = WeightAveraging(model, swa_from, cfg.train.avg_best_k, metric.higher_is_better)
-    train_model = DistributedDataParallel(model) if world_size() > 1 else model
+    # Each rank keeps its own BatchNorm statistics during the epoch; sync_buffers averages them after it.
+    train_model = DistributedDataParallel(model, broadcast_buffers=False) if world_size() > 1 else model
     if cfg.model.compile:
         train_model = torch.compile(train_model)
 
@@ -218,7 +243,12 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
         t0 = time.perf_counter()
         train_loss = train_epoch(cfg, s, train_model, optimizer, scheduler, scaler, ema, step, epoch)
         seconds = time.perf_counter() - t0
+        # Under torchrun: the loss averaged over the ranks, the images of every rank counted.
+        train_loss = reduce_mean(train_loss)
+        speed = reduce_sum(s.n_batches * per_rank_batch(cfg.train.batch_size) / seconds)
         sync_buffers(model)
+        if ema is not None:
+            sync_buffers(ema.module)
 
         # Evaluate the raw and the EMA weights; the better of the two is kept.
         results = {"model": evaluate(cfg, s, model)}
@@ -235,15 +265,15 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
         else:
             state.bad_epochs += 1
         averaging.after_epoch(epoch, model, weights, score)
-        speed = s.n_batches * cfg.train.batch_size / seconds
         row = {"epoch": epoch + 1, "train_loss": train_loss, "valid_loss": valid_loss, "score": score,
                "score_model": results["model"][1], "score_ema": results.get("ema", (0.0, None))[1],
                "lr": optimizer.param_groups[0]["lr"], "images_per_s": speed}  # fmt: skip
         state.history.append(row)
         state.epoch = epoch + 1
         tracker.log({k: v for k, v in row.items() if v is not None}, step=epoch + 1)
-        print(f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs} train_loss {train_loss:.4f} valid_loss "
-              f"{valid_loss:.4f} {metric.name} {score:.5f} ({source}) {row['images_per_s']:.0f} img/s")  # fmt: skip
+        if is_main():
+            print(f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs} train_loss {train_loss:.4f} valid_loss "
+                  f"{valid_loss:.4f} {metric.name} {score:.5f} ({source}) {row['images_per_s']:.0f} img/s")  # fmt: skip
         if is_main():
             save_last(out.last, **stateful, state=dataclasses.asdict(state), rng=rng_state(s.generator))
         if cfg.train.early_stopping and state.bad_epochs >= cfg.train.early_stopping:
@@ -347,7 +377,9 @@ def train_epoch(cfg: Config, s: FoldSetup, model: nn.Module, optimizer, schedule
                 ema.update(getattr(model, "module", model), step=scheduler.last_epoch)
         loss = losses["loss"].item()
         if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at epoch {epoch + 1} batch {i}: lower optim.lr or set amp=off")
+            # The targets are checked finite when the table is read: a diverging run is the usual cause. last.pt
+            # still holds the last finished epoch.
+            raise UserError(f"loss is {loss} at epoch {epoch + 1} batch {i}: lower optim.lr, or set train.amp=off")
         total, seen = total + loss, seen + 1
         bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
     return total / max(seen, 1)
@@ -377,6 +409,8 @@ def train_folds(cfg: Config, folds: list[int], force: bool = False) -> dict:
     """Train the given folds in order (finished ones are skipped unless `force`), then the CV summary."""
     from .cv import summarize
 
+    rank_batch_size(cfg)  # a batch that does not split across the processes stops before they connect
+    resolve_device(cfg.device)  # and a device that is not there, before a fold folder (or its lock) is made
     init_distributed()
     expected_folds(cfg)  # folds.csv holds folds.n_folds folds: checked before any fold folder is made
     for k in folds:

@@ -31,6 +31,7 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
             test_pred.csv (+ .source.json)   this fold's model on the test set (pseudo-labelling needs it)
             pseudo_labels.csv           students only
     <folds.path> (data/folds.csv) + folds.json (its hash)
+    <output_dir>/.cache/image_check/<folder>-<hash>.json   images already checked to decode (size, mtime)
     submissions/<name>.csv
     submissions/log.csv                 one row per `submit`: time, file, its size and sha256, experiment, CV, message
     submissions/cv_vs_lb.png, .csv      `lb`: the log joined to Kaggle's submission history, CV against public score
@@ -90,6 +91,7 @@ LOCK = "train.lock"
 FOLDS_META_SUFFIX = ".json"  # data/folds.csv -> data/folds.json
 SOURCE_SUFFIX = ".source.json"
 TMP_SUFFIX = ".tmp"
+CACHE_DIR = ".cache"
 # What a packaged run (Kaggle dataset, offline notebook) carries besides its checkpoints: thresholds and QWK cuts
 # tuned on OOF are re-tuned offline exactly as here.
 PACKAGED = (CONFIG, CLASSES, CV, WEIGHTS, OOF, TTA_AUTO)
@@ -420,12 +422,17 @@ class FoldLock:
 
     def __init__(self, path: Path) -> None:
         self.path, self.file = Path(path), None
+        self.made: list[Path] = []  # folders the lock had to create, deepest first
 
     def __enter__(self) -> FoldLock:
         try:
             import fcntl
         except ImportError:
             return self
+        folder = self.path.parent
+        while not folder.exists():
+            self.made.append(folder)
+            folder = folder.parent
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.path, "a+")
         try:
@@ -446,9 +453,18 @@ class FoldLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.file is not None:
-            self.file.close()  # closing drops the lock
-            self.file = None
+        if self.file is None:
+            return
+        self.file.close()  # closing drops the lock
+        self.file = None
+        # A fold that stopped before writing anything (bad input) leaves nothing behind, not even its folder.
+        if [p.name for p in self.path.parent.iterdir()] == [self.path.name]:
+            self.path.unlink(missing_ok=True)
+            for folder in self.made:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def folds_meta_path(folds_path: str | Path) -> Path:
@@ -470,6 +486,12 @@ def submission_log_path(folder: str | Path) -> Path:
 def cv_vs_lb_paths(folder: str | Path) -> tuple[Path, Path]:
     """(plot, table) of the `lb` command."""
     return Path(folder) / f"{CV_VS_LB}.png", Path(folder) / f"{CV_VS_LB}.csv"
+
+
+def image_check_cache(output_dir: str | Path, folder: Path) -> Path:
+    """Where the images of `folder` that decoded are remembered (data.images.check_images), one file per folder."""
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    return Path(output_dir) / CACHE_DIR / "image_check" / f"{folder.name}-{digest}.json"
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

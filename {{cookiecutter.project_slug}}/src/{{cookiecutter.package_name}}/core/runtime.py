@@ -43,10 +43,16 @@ def barrier() -> None:
 
 
 def sync_buffers(model: torch.nn.Module) -> None:
-    """Give every rank rank 0's BatchNorm statistics, so that all ranks evaluate (and early-stop) alike."""
+    """Give every rank the same BatchNorm statistics, so that all ranks evaluate (and early-stop) alike: the mean
+    over the ranks of their running statistics (each rank kept its own, from its share of every batch: DDP runs
+    with broadcast_buffers=False), which for the running mean is what one process would have kept."""
     if dist.is_initialized():
         for buffer in model.buffers():
-            dist.broadcast(buffer.data, src=0)
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer.data)
+                buffer.data /= world_size()
+            else:
+                dist.broadcast(buffer.data, src=0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,9 +60,20 @@ def resolve_device(name: str) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    device = parse_device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name!r} but no CUDA device is visible; use device=cpu or device=auto")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device={name!r} but {torch.cuda.device_count()} CUDA device(s) are visible; use device=auto")
+    return device
+
+
+def parse_device(name: str) -> torch.device:
+    """A torch device name ('cpu', 'cuda', 'cuda:1', 'mps'...), checked for its form only (config load)."""
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"config key 'device' is {name!r}; expected auto, cpu, cuda or cuda:<index>") from None
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -74,12 +91,42 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-class ShardedSampler(Sampler[int]):
-    """Every rank draws the same order from `base` (seeded alike), then keeps its own stride of it."""
+def per_rank_batch(batch_size: int) -> int:
+    """`train.batch_size` is the global batch: under torchrun each of the N processes takes batch_size / N rows, so
+    one process and N processes make the same number of optimizer updates per epoch at the same learning rate."""
+    world = world_size()
+    if batch_size % world:
+        raise UserError(
+            f"config key 'train.batch_size' is {batch_size}: under torchrun it is the global batch, split across "
+            f"{world} processes; use a multiple of {world}"
+        )
+    return batch_size // world
 
-    def __init__(self, base: Sampler, n_rows: int) -> None:
+
+def reduce_mean(value: float) -> float:
+    """The mean of `value` over the ranks (itself in a single process)."""
+    return reduce_sum(value) / world_size()
+
+
+def reduce_sum(value: float) -> float:
+    """The sum of `value` over the ranks (itself in a single process)."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+class ShardedSampler(Sampler[int]):
+    """Every rank draws the same order from `base` (seeded alike), then keeps its own stride of it: rank r takes
+    positions r, r + N, r + 2N... So with a per-rank batch of B / N, batch b of the N ranks together holds exactly
+    the rows of batch b of one process with batch B (positions bB .. bB + B - 1)."""
+
+    def __init__(self, base: Sampler) -> None:
         super().__init__()
-        self.base, self.n_rows = base, n_rows
+        self.base = base
         self.rank, self.world = rank(), world_size()
 
     def set_epoch(self, epoch: int) -> None:
@@ -90,8 +137,10 @@ class ShardedSampler(Sampler[int]):
         return len(self.base) // self.world  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[int]:
-        order = list(self.base) if self.base is not None else torch.randperm(self.n_rows).tolist()
-        return iter(order[self.rank : len(self) * self.world : self.world])
+        # A generator: the order is drawn on the first batch, after the DataLoader has drawn its worker seed from the
+        # same generator, exactly as a plain shuffling loader draws them (so one process sees the same order).
+        order = list(self.base)
+        yield from order[self.rank : len(self) * self.world : self.world]
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:

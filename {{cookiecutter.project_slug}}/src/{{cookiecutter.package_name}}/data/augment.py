@@ -70,6 +70,15 @@ def resolve_normalization(
     return mean_out, std_out
 
 
+def check_normalization(cfg_aug: AugmentConfig, in_chans: int) -> None:
+    """Explicit `augment.mean` / `augment.std` fit `in_chans` (run at config load, before any model is built)."""
+    for key, values in (("augment.mean", cfg_aug.mean), ("augment.std", cfg_aug.std)):
+        if values is not None:
+            adapted = _adapt_channels(values, in_chans, key)
+            if key == "augment.std" and any(s <= 0 for s in adapted):
+                raise UserError(f"config key 'augment.std' must be > 0 for every channel, got {list(values)}")
+
+
 def _adapt_channels(values: Sequence[float], in_chans: int, key: str) -> tuple[float, ...]:
     vals = [float(v) for v in values]
     if in_chans < 1:

@@ -1,7 +1,7 @@
 """What a fold trains and validates on: the competition's table, its folds, targets and image Datasets.
 
-`load_problem` reads and checks everything once (files, columns, labels, images, folds) so that bad input fails
-before a model is built; `build_fold_data` cuts it into fold k's training and validation sets.
+`load_problem` reads and checks everything once (files, columns, labels, folds, and that every image decodes) so
+that bad input fails before a model is built; `build_fold_data` cuts it into fold k's training and validation sets.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pandas as pd
 from torch.utils.data import Dataset, Sampler
 
 from ..core.errors import UserError
-from ..core.runs import atomic_write_json
+from ..core.runs import atomic_write_json, image_check_cache
 from .augment import build_transforms
 from .folds import read_folds
-from .images import ImageDataset, image_paths
+from .images import ImageDataset, check_images, image_paths
 from .tables import (
     binary_positive,
     class_counts,
@@ -70,7 +70,9 @@ def load_problem(cfg: Config) -> Problem:
     positive = binary_positive(cfg, train) if cfg.task == "binary" else None
     y = encode_targets(cfg, train, classes, positive)
     ids = train[id_col].tolist()
-    paths = image_paths(data_path(cfg, cfg.data.train_images), ids, cfg.data.image_ext, "train_images")
+    folder = data_path(cfg, cfg.data.train_images)
+    paths = image_paths(folder, ids, cfg.data.image_ext, "train_images")
+    check_images(paths, "train_images", image_check_cache(cfg.output_dir, folder))
     return Problem(ids, train["fold"].to_numpy(np.int64), y, paths, classes, positive, h)
 
 
@@ -96,7 +98,9 @@ def build_fold_data(cfg: Config, problem: Problem, fold: int, mean: tuple, std: 
 def test_dataset(cfg: Config, mean: tuple, std: tuple) -> tuple[list[str], ImageDataset]:
     test = read_table(data_path(cfg, cfg.data.test_csv), cfg.data.id_col)
     ids = test[cfg.data.id_col].tolist()
-    paths = image_paths(data_path(cfg, cfg.data.test_images), ids, cfg.data.image_ext, "test_images")
+    folder = data_path(cfg, cfg.data.test_images)
+    paths = image_paths(folder, ids, cfg.data.image_ext, "test_images")
+    check_images(paths, "test_images", image_check_cache(cfg.output_dir, folder))
     tf = build_transforms(cfg.augment, False, mean, std)
     return ids, ImageDataset(paths, None, tf, cfg.model.in_chans, cfg.data.cache_images)
 

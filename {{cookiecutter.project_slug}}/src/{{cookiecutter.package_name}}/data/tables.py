@@ -44,6 +44,15 @@ def read_train(cfg: Config) -> pd.DataFrame:
         bad = df.index[df[col].isna()]
         if len(bad):
             raise UserError(f"{path}: column '{col}' has {len(bad)} empty/NaN labels, first at row {bad[0] + 2}")
+        if cfg.task == "regression":  # inf, nan or text would turn every loss into inf/NaN
+            values = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
+            bad = df.index[~np.isfinite(values)]
+            if len(bad):
+                value = str(df[col][bad[0]])
+                raise UserError(
+                    f"{path}: column '{col}' row {bad[0] + 2} holds {value!r}; task=regression needs finite numbers "
+                    f"({len(bad)} such rows)"
+                )
     return df
 
 
@@ -92,7 +101,10 @@ def binary_positive(cfg: Config, df: pd.DataFrame) -> str:
     col = cfg.target_cols[0]
     values = _sort_classes(list(_as_label_str(df[col]).unique()))
     if len(values) > 2:
-        raise UserError(f"column '{col}' has {len(values)} distinct values {values[:5]}...; task=binary expects 2")
+        raise UserError(
+            f"{cfg.data.train_csv}: column '{col}' has {len(values)} distinct values {values[:5]}...; task=binary "
+            "expects 2"
+        )
     return values[-1]
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import TYPE_CHECKING
 
 import timm
 import torch
+from timm.models import parse_model_name, split_model_name_tag
 from torch import nn
 
 from ..core.errors import UserError
@@ -14,21 +16,44 @@ if TYPE_CHECKING:
     from ..config import Config
 
 
+def check_backbone(name: str) -> None:
+    """`model.backbone` names a timm model (with or without a pretrained tag such as '.a1_in1k'); names from the
+    Hugging Face hub ('hf-hub:...') are taken as they are."""
+    source, model_name = parse_model_name(name)
+    if source is not None:
+        return
+    arch, tag = split_model_name_tag(model_name)
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" (close: {', '.join(close)})" if close else " (see timm.list_models())"
+        raise UserError(f"config key 'model.backbone' is {name!r}, which is not a timm model{hint}")
+    tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+    if tag and tag not in tags:
+        raise UserError(f"config key 'model.backbone' is {name!r}, but {arch} has no pretrained tag {tag!r}; its tags: "
+                        f"{', '.join(tags[:10]) or 'none'}")  # fmt: skip
+
+
 def build_model(cfg: Config, n_outputs: int, pretrained: bool | None = None) -> nn.Module:
     m = cfg.model
+    pretrained = m.pretrained if pretrained is None else pretrained
+    check_backbone(m.backbone)
     try:
         model = timm.create_model(
             m.backbone,
-            pretrained=m.pretrained if pretrained is None else pretrained,
+            pretrained=pretrained,
             num_classes=n_outputs,
             in_chans=m.in_chans,
             drop_rate=m.drop_rate,
             drop_path_rate=m.drop_path_rate or None,
         )
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            raise UserError(f"model.backbone={m.backbone!r} is not a timm model (see timm.list_models())") from None
-        raise
+    except (OSError, ConnectionError) as e:  # the hub is unreachable (offline, HF_HUB_OFFLINE=1) or refuses
+        if not pretrained:
+            raise
+        raise UserError(
+            f"model.pretrained=true but the pretrained weights of {m.backbone!r} cannot be downloaded "
+            f"({type(e).__name__}); set model.pretrained=false, or place the weights in the Hugging Face cache "
+            "(HF_HOME) on a machine with network first"
+        ) from None
     return model
 
 
