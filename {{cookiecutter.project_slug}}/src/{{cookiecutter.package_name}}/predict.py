@@ -6,7 +6,7 @@ Both carry the checkpoints and views they came from (core/runs.py, derived files
 
 `tta.views: auto`: each candidate view (`tta.candidates`) predicts every fold's validation rows once; the views are
 then chosen greedily on those OOF predictions, merged in numpy (modeling/tta.greedy_views: a view is kept only when
-it raises the OOF score), recorded in tta_auto.json (with the checkpoints' checksums, so a retrained fold or another
+it raises the OOF score), recorded in tta_auto.json (with the checkpoints' sha256, so a retrained fold or another
 candidate list chooses again) and used for the test predictions.
 """
 
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .config import Config, metric_name
 from .core.errors import UserError
-from .core.runs import atomic_write_json, checksum, load_best, read_derived, read_json, stamp, write_derived
+from .core.runs import atomic_write_json, file_sha256, load_best, read_derived, read_json, stamp, write_derived
 from .core.runtime import amp_dtype, autocast, resolve_device
 from .core.tasks import num_outputs
 from .data.augment import resolve_normalization
@@ -137,7 +137,7 @@ def _predictor(cfg: Config, n_classes: int) -> tuple[nn.Module, torch.device, to
 
 def checkpoint_digests(cfg: Config, folds: list[int]) -> dict[str, str]:
     """Content hashes, not times: a packaged run (Kaggle dataset) keeps its choice although its files are copies."""
-    return {str(k): checksum(cfg.run.fold(k).best) for k in folds}
+    return {str(k): file_sha256(cfg.run.fold(k).best) for k in folds}
 
 
 def _candidates(cfg: Config) -> list[str]:

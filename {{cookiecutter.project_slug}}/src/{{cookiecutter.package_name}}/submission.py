@@ -20,7 +20,7 @@ from .core.runs import (
     Run,
     append_csv_row,
     atomic_write_csv,
-    checksum,
+    file_sha256,
     read_json,
     read_pred_csv,
     submission_log_path,
@@ -376,15 +376,15 @@ def default_message(cfg: Config, exp: str) -> str:
 
 
 def log_submission(cfg: Config, path: str | Path, message: str, competition: str) -> dict:
-    """Append what was just sent to submissions/log.csv (time in UTC, the file's size and content
-    checksum, the experiment it was made from and its CV), so `lb` can put the public scores beside the CVs later."""
+    """Append what was just sent to submissions/log.csv (time in UTC, the file's size and sha256, the experiment it
+    was made from and its CV), so `lb` can put the public scores beside the CVs later."""
     path = Path(path)
     cv = cv_of(cfg, path.stem) or {}
     row = {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "file": path.name,
         "bytes": path.stat().st_size,
-        "checksum": checksum(path),  # sha256, 16 hex digits
+        "sha256": file_sha256(path),
         "experiment": path.stem,
         "cv": cv.get("cv", ""),
         "cv_tta": cv.get("cv_tta", ""),  # test_pred.csv is made with the TTA views: this CV is that of the file

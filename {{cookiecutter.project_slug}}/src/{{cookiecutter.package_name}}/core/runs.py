@@ -9,7 +9,7 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
         oof.csv                         id, fold, one column per prediction column (every finished fold)
         oof_tta.csv (+ .source.json)    OOF re-predicted with the TTA views; recomputed when the views or a
                                         checkpoint change
-        tta_auto.json                   tta.views: auto: the views chosen on OOF, the scores, the checkpoints' checksums
+        tta_auto.json                   tta.views: auto: the views chosen on OOF, the scores, the checkpoints' sha256
         cv.json                         per-fold and overall score, folds hash, prediction columns
         test_pred.csv (+ .source.json)  fold-averaged, TTA-merged test predictions
         weights.json                    ensembles only: method, members, weights
@@ -28,7 +28,7 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
             pseudo_labels.csv           students only
     <folds.path> (data/folds.csv) + folds.json (its hash)
     submissions/<name>.csv
-    submissions/log.csv                 one row per `submit`: time, file, its size and checksum, experiment, CV, message
+    submissions/log.csv                 one row per `submit`: time, file, its size and sha256, experiment, CV, message
     submissions/cv_vs_lb.png, .csv      `lb`: the log joined to Kaggle's submission history, CV against public score
 
 Every file is written atomically (a temporary file beside it, then `os.replace`), with the user's normal
@@ -38,7 +38,6 @@ permissions. Derived files carry what they were derived from in a `.source.json`
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -158,22 +157,16 @@ def append_csv_row(path: str | Path, row: dict[str, Any]) -> Path:
     return atomic_write_csv(path, pd.concat([old, pd.DataFrame([row])], ignore_index=True))
 
 
-# --------------------------------------------------------------------------------------------- derived files
-
-
-def checksum(path: Path) -> str:
-    """The file's content (sha256, 16 hex digits): unlike `stamp`, it survives a copy, an upload and an unzip.
-    Remembered per path and stamp (a rewritten file has a new stamp), so a checkpoint is read once per run."""
-    return _checksum(str(Path(path).resolve()), stamp(Path(path)))
-
-
-@functools.lru_cache(maxsize=256)
-def _checksum(path: str, _stamp: str) -> str:
+def file_sha256(path: str | Path) -> str:
+    """The file's content hash (what was sent, whatever it is called)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- derived files
 
 
 def stamp(path: Path) -> str:

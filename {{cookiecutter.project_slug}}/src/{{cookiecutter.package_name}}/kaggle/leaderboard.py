@@ -1,6 +1,6 @@
 """The `lb` command: does the CV track the public leaderboard?
 
-Every `submit` leaves a row in submissions/log.csv (time, file, size, checksum, experiment, CV, message). `lb` fetches
+Every `submit` leaves a row in submissions/log.csv (time, file, size, sha256, experiment, CV, message). `lb` fetches
 the competition's submission history through kaggle/api.py, joins each logged submission to the Kaggle submission it
 became (same file name or description, the closest in time, the same size when Kaggle reports one), prints a table
 (experiment, CV, public score, rank by each), writes it to submissions/cv_vs_lb.csv and plots CV against public score
