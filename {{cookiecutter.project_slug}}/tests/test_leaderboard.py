@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import wandb
 from scipy.stats import pearsonr, spearmanr
 
 from {{ cookiecutter.package_name }} import cli
@@ -167,6 +168,7 @@ def test_lb_summary_reaches_wandb(project, monkeypatch):
         kaggle_api.submit(cfg, subs / f"exp{i}.csv", competition="c", log=quiet)
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert cli.main(["lb", "-c", str(config_file), COMPETITION]) == 0
+    wandb.teardown()  # the offline run file is written by wandb's service process: flushed when it stops
     runs = sorted((Path(cfg.output_dir) / "exp" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     record = runs[0].read_bytes()
