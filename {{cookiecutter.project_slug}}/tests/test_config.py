@@ -68,3 +68,26 @@ def test_saved_config_reloads_identically(tmp_path):
     again = config.load(tmp_path / "out" / "config.yaml")
     assert again == cfg  # the experiment's name is stored, not re-derived from 'config.yaml'
     assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_lr_is_a_positive_number_or_auto(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("optim:\n  lr: 3e-4\n")  # YAML 1.1 would read 3e-4 as a string; OmegaConf reads a number
+    assert config.load(path).optim.lr == pytest.approx(3e-4)
+    assert config.load(path, ["optim.lr=auto"]).optim.lr == "auto"
+    assert config.load(path, ["optim.lr=2"]).optim.lr == 2
+    for bad in ("fast", "0", "-0.1", "true", "nan", "'0.01'"):
+        with pytest.raises(UserError, match=r"'optim.lr' is .*expected a number > 0, or auto"):
+            config.load(path, [f"optim.lr={bad}"])
+
+
+def test_ordinal_rounding_and_head_init_keys(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("task: regression\n")
+    assert config.load(path, ["submit.ordinal=true"]).submit.ordinal is True
+    path.write_text("task: multiclass\n")
+    with pytest.raises(UserError, match=r"'submit.ordinal'.*task=multiclass"):
+        config.load(path, ["submit.ordinal=true"])
+    assert config.load(path).model.init_head == "prior"
+    with pytest.raises(UserError, match=r"'model.init_head' is 'zeros'; allowed: prior, none"):
+        config.load(path, ["model.init_head=zeros"])

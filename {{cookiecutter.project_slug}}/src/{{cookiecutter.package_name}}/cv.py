@@ -16,8 +16,10 @@ from .core.errors import UserError
 from .core.runs import atomic_savefig, atomic_write_csv, atomic_write_json, read_derived, read_json
 from .core.tracking import Tracker
 from .data.problem import load_problem
+from .lr_find import recorded_lr
 from .modeling import metrics
 from .predict import folds_source
+from .submission import apply_cuts, ordinal, target_levels, tune_cuts
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -112,12 +114,19 @@ def summarize(cfg: Config) -> dict:
         "complete": len(per_fold) == cfg.folds.n_folds,
         "folds_hash": problem.folds_hash,
         "pred_cols": problem.classes,
+        "lr": recorded_lr(cfg),  # optim.lr, resolved when it is auto
+        "lr_auto": cfg.optim.lr == "auto",
     }
     # OOF with TTA counts only if made with the configured views from these very checkpoints.
     tta_oof = read_derived(run.oof_tta, folds_source(cfg, folds), cfg.data.id_col)
     if tta_oof is not None:
         result["cv_tta"] = score_oof(cfg, tta_oof)[1]
         result["tta_views"] = list(cfg.tta.views)
+    if ordinal(cfg):  # the cuts the submission will apply (the same function on the same OOF)
+        levels = target_levels(problem.y, f"{cfg.data.train_csv}: column '{cfg.target_cols[0]}'")
+        cuts = tune_cuts(y_true, pred, levels, name)
+        result["ordinal"] = {"levels": levels.tolist(), "cuts": cuts.tolist()}
+        result["cv_ordinal"] = metrics.score(name, y_true, apply_cuts(pred, levels, cuts), cfg.task)
     atomic_write_csv(run.oof, oof)
     atomic_write_json(run.cv, result)
     print(format_table(result))
@@ -131,6 +140,12 @@ def format_table(result: dict) -> str:
     lines.append(f"  OOF CV   {result['cv']:.5f}" + ("" if result["complete"] else "  (not every fold trained)"))
     if "cv_tta" in result:
         lines.append(f"  OOF CV with TTA {result['tta_views']}: {result['cv_tta']:.5f}")
+    if "cv_ordinal" in result:
+        cuts = ", ".join(f"{c:.3f}" for c in result["ordinal"]["cuts"])
+        lines.append(f"  OOF CV rounded to {len(result['ordinal']['levels'])} levels at cuts tuned on OOF "
+                     f"({cuts}): {result['cv_ordinal']:.5f}")  # fmt: skip
+    if result.get("lr") is not None:
+        lines.append(f"  optim.lr {result['lr']:.3g}" + (" (auto: LR finder)" if result["lr_auto"] else ""))
     return "\n".join(lines)
 
 

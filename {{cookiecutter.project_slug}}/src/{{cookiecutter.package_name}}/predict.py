@@ -8,6 +8,7 @@ Both carry the checkpoints and views they came from (core/runs.py, derived files
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,22 +21,33 @@ from .config import Config
 from .core.errors import UserError
 from .core.runs import load_best, read_derived, stamp, write_derived
 from .core.runtime import amp_dtype, autocast, resolve_device
-from .core.tasks import num_outputs
+from .core.tasks import TargetScale, num_outputs
 from .data.augment import resolve_normalization
 from .data.problem import build_fold_data, load_problem, pred_frame, test_dataset
 from .modeling import tta
 from .modeling.models import build_model
 
 
-def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """Logits -> the task's prediction format (probabilities, or values for regression)."""
+def activate(logits: torch.Tensor, task: str, scale: TargetScale | None = None) -> torch.Tensor:
+    """Logits -> the task's prediction format (probabilities, or values for regression). The one place model
+    outputs become predictions: regression outputs are standardised (core.tasks.TargetScale) and `scale`, the
+    fold's own (`load_fold_model`), turns them back into target values."""
     logits = logits.float()
     if task == "multiclass":
         return logits.softmax(-1)
     if task == "multilabel":
         return logits.sigmoid()
     out = logits.reshape(len(logits), -1)[:, 0]
-    return out.sigmoid() if task == "binary" else out
+    if task == "binary":
+        return out.sigmoid()
+    return out if scale is None else scale.invert(out)
+
+
+def load_fold_model(model: nn.Module, best: Path) -> TargetScale:
+    """Load a fold's best.pt into `model`; returns the target scale its outputs are in (identity unless regression)."""
+    state = load_best(best)
+    model.load_state_dict(state["model"])
+    return TargetScale.from_dict(state.get("target_scale"))
 
 
 @torch.inference_mode()
@@ -49,9 +61,11 @@ def predict_loader(
     merge: str = "mean",
     activation: bool = True,
     desc: str = "predict",
+    scale: TargetScale | None = None,
 ) -> np.ndarray:
     """Predictions for every row of `loader`, in order. With several views they are merged after activation
-    (merging logits of sigmoid/softmax models is biased; regression merges values with a plain mean)."""
+    (merging logits of sigmoid/softmax models is biased; regression merges values with a plain mean). `scale`:
+    the fold's regression target scale (from `load_fold_model`)."""
     model.eval()
     outs = []
     for batch in tqdm(loader, desc=desc, leave=False, disable=None):
@@ -60,7 +74,7 @@ def predict_loader(
         for name in views:
             with autocast(device, dtype):
                 logits = model(tta.get_view(name).apply(x)).float()
-            per_view.append(activate(logits, task) if activation or len(views) > 1 else logits)
+            per_view.append(activate(logits, task, scale) if activation or len(views) > 1 else logits)
         if len(per_view) == 1:
             outs.append(per_view[0].cpu())
         else:
@@ -111,8 +125,9 @@ def predict_test(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
     loader = DataLoader(dataset, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
     total = None
     for k in folds:
-        model.load_state_dict(load_best(run.fold(k).best)["model"])
-        pred = predict_loader(model, loader, cfg.task, device, dtype, cfg.tta.views, cfg.tta.merge, desc=f"fold {k}")
+        scale = load_fold_model(model, run.fold(k).best)
+        pred = predict_loader(model, loader, cfg.task, device, dtype, cfg.tta.views, cfg.tta.merge, desc=f"fold {k}",
+                              scale=scale)  # fmt: skip
         write_derived(run.fold(k).test_pred, pred_frame(ids, pred, classes, cfg.data.id_col), prediction_source(cfg, k))
         total = pred if total is None else total + pred
     df = pred_frame(ids, total / len(folds), classes, cfg.data.id_col)
@@ -134,8 +149,9 @@ def predict_oof_tta(cfg: Config) -> pd.DataFrame:
     for k in folds:
         data = build_fold_data(cfg, problem, k, mean, std)
         loader = DataLoader(data.valid, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
-        model.load_state_dict(load_best(run.fold(k).best)["model"])
-        pred = predict_loader(model, loader, cfg.task, device, dtype, cfg.tta.views, cfg.tta.merge, desc=f"oof {k}")
+        scale = load_fold_model(model, run.fold(k).best)
+        pred = predict_loader(model, loader, cfg.task, device, dtype, cfg.tta.views, cfg.tta.merge, desc=f"oof {k}",
+                              scale=scale)  # fmt: skip
         frame = pred_frame(data.valid_ids, pred, problem.classes, cfg.data.id_col)
         frame.insert(1, "fold", k)
         frames.append(frame)

@@ -28,7 +28,6 @@ from .core.runs import (
     atomic_torch_save,
     atomic_write_csv,
     atomic_write_json,
-    load_best,
     load_last,
     remove_stale_tmp,
     rng_state,
@@ -47,17 +46,17 @@ from .core.runtime import (
     sync_buffers,
     world_size,
 )
-from .core.tasks import num_outputs
+from .core.tasks import TargetScale, num_outputs
 from .core.tracking import Tracker
 from .data.augment import MixBatch, build_mixup, resolve_normalization
 from .data.images import make_loader, reseed
 from .data.problem import FoldData, Problem, build_fold_data, load_problem, pred_frame, save_classes
 from .data.samplers import build_sampler
 from .modeling import metrics
-from .modeling.losses import build_loss
-from .modeling.models import build_model, checkpoint_state, set_backbone_trainable
+from .modeling.losses import build_loss, prior_logits
+from .modeling.models import backbone_lr_mult, build_model, checkpoint_state, init_head, set_backbone_trainable
 from .modeling.optim import build_optimizer, build_scheduler, total_updates
-from .predict import activate, predict_loader
+from .predict import activate, load_fold_model, predict_loader
 
 Step = Callable[[nn.Module, dict, nn.Module], dict[str, torch.Tensor]]
 
@@ -83,6 +82,7 @@ class FoldSetup:
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None = full precision
     generator: torch.Generator  # drives shuffling; saved in last.pt so a resumed run draws the same batches
+    target_scale: TargetScale | None = None  # regression: the fold's target standardisation (saved in best.pt)
 
 
 def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetup:
@@ -108,10 +108,18 @@ def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetu
     mixer = build_mixup(cfg.augment, cfg.task, n_out, cfg.loss.label_smoothing)
     # Mixup already smooths its soft targets: the loss must not smooth them a second time.
     loss_cfg = dataclasses.replace(cfg.loss, label_smoothing=0.0) if mixer else cfg.loss
-    criterion = build_loss(loss_cfg, cfg.task, n_out, data.class_counts).to(device)
+    scale = problem.target_scale(fold, cfg.task)  # regression targets are learnt standardised
+    criterion = build_loss(loss_cfg, cfg.task, n_out, data.class_counts, scale).to(device)
+    # The logits start at the best constant prediction (the training rows' prior; regression: the mean), so the
+    # first loss is the prior's entropy: no epoch goes into learning a bias, which with rare labels and a sigmoid
+    # head starting at p = 0.5 cost more than the runs were long.
+    start = prior_logits(cfg.loss, cfg.task, n_out, data.class_counts)
+    if cfg.model.init_head == "prior" and not init_head(model, start):
+        print(f"note: no output layer with a bias found in {cfg.model.backbone}'s head; model.init_head skipped")
     valid_loader = make_loader(data.valid, cfg.tta.batch_size, False, cfg.data.num_workers)
     dtype = amp_dtype(cfg.train.amp, device)
-    return FoldSetup(problem, data, model, criterion, mixer, loader, valid_loader, n_batches, device, dtype, generator)
+    return FoldSetup(problem, data, model, criterion, mixer, loader, valid_loader, n_batches, device, dtype, generator,
+                     scale)  # fmt: skip
 
 
 @dataclass
@@ -124,6 +132,9 @@ class FoldState:
 
 
 def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: Step | None = None) -> dict:
+    from .lr_find import resolve_lr  # lr_find builds on setup_fold: imported here, not at the top
+
+    cfg = resolve_lr(cfg)  # optim.lr: auto -> the LR finder's suggestion (once per experiment, cached)
     out = cfg.run.fold(fold)
     out.path.mkdir(parents=True, exist_ok=True)
     s = setup_fold(cfg, fold, data)
@@ -135,7 +146,7 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
     step = step or (lambda m, b, c: supervised_step(m, b, c, s.mixer))
 
     total_steps = total_updates(s.n_batches, cfg.optim.grad_accum, cfg.train.epochs)
-    optimizer = build_optimizer(model, cfg.optim, total_steps, backbone_lr_mult=cfg.model.backbone_lr_mult)
+    optimizer = build_optimizer(model, cfg.optim, total_steps, backbone_lr_mult=backbone_lr_mult(cfg.model))
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)  # bf16 needs no loss scaling
     # EMA decay warms up from 0 towards train.ema_decay, so short runs average over a sensible window too.
@@ -175,6 +186,8 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
             if is_main():
                 weights = checkpoint_state(ema.module if source == "ema" else model)
                 best = {"model": weights, "epoch": epoch + 1, "score": score, "source": source}
+                if s.target_scale is not None:
+                    best["target_scale"] = s.target_scale.to_dict()
                 atomic_torch_save(out.best, best | {"classes": s.problem.classes})
         else:
             state.bad_epochs += 1
@@ -197,8 +210,8 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
     barrier()
     if not is_main():
         return {"fold": fold}
-    model.load_state_dict(load_best(out.best)["model"])
-    probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} oof")
+    scale = load_fold_model(model, out.best)
+    probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} oof", scale=scale)
     final = metrics.score(metric.name, s.data.y_valid, probs, cfg.task)
     oof = pred_frame(s.data.valid_ids, probs, s.problem.classes, cfg.data.id_col)
     oof.insert(1, "fold", fold)
@@ -253,7 +266,7 @@ def evaluate(cfg: Config, s: FoldSetup, model: nn.Module) -> tuple[float, float]
     logits = torch.from_numpy(predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, activation=False))
     y = torch.as_tensor(s.data.y_valid)
     loss = float(s.criterion(logits.reshape(len(y), -1).to(s.device), y.to(s.device)))
-    probs = activate(logits, cfg.task).numpy()
+    probs = activate(logits, cfg.task, s.target_scale).numpy()
     return loss, metrics.score(metric_name(cfg), s.data.y_valid, probs, cfg.task)
 
 

@@ -13,6 +13,8 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
         test_pred.csv (+ .source.json)  fold-averaged, TTA-merged test predictions
         weights.json                    ensembles only: method, members, weights
         lineage.json                    students only: teachers, settings, per-fold provenance
+        lr_find.json                    the LR finder's sweep and suggestion, with what it depends on (optim.lr: auto
+                                        reuses it while that holds)
         lr_find.png, learning_curves.png, fold_scores.png, confusion_matrix.png
         teacher/                        cached teacher outputs (students)
         fold<k>/                        FoldFiles
@@ -54,6 +56,7 @@ TEST_PRED = "test_pred.csv"
 WEIGHTS = "weights.json"
 LINEAGE = "lineage.json"
 LR_FIND = "lr_find.png"
+LR_FIND_CACHE = "lr_find.json"
 BEST = "best.pt"
 LAST = "last.pt"
 HISTORY = "history.json"
@@ -233,6 +236,7 @@ class Run:
     weights = property(lambda self: self.path / WEIGHTS)
     lineage = property(lambda self: self.path / LINEAGE)
     lr_find = property(lambda self: self.path / LR_FIND)
+    lr_find_cache = property(lambda self: self.path / LR_FIND_CACHE)
 
     def figure(self, name: str) -> Path:
         return self.path / f"{name}.png"
