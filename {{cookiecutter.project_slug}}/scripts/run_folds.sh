@@ -13,6 +13,11 @@ N_GPUS=${N_GPUS:-$(nvidia-smi -L 2>/dev/null | wc -l || true)}
 N_FOLDS=$("$PY" -c "import sys; from $PKG.config import load; print(load(sys.argv[1], sys.argv[2:]).folds.n_folds)" "$CONFIG" "$@")
 EXP=$("$PY" -c "import sys; from $PKG.config import load; print(load(sys.argv[1], sys.argv[2:]).run_dir)" "$CONFIG" "$@")
 mkdir -p "$EXP"
+# optim.lr=auto: run the LR finder once, before the folds start in parallel; each then reads its cached suggestion.
+LR=$("$PY" -c "import sys; from $PKG.config import load; print(load(sys.argv[1], sys.argv[2:]).optim.lr)" "$CONFIG" "$@")
+if [ "$LR" = auto ]; then
+  "$PY" -m "$PKG" lr-find -c "$CONFIG" --fold 0 "$@"
+fi
 
 for ((gpu = 0; gpu < N_GPUS; gpu++)); do
   (

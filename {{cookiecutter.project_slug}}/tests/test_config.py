@@ -124,7 +124,7 @@ def test_choices_come_from_the_registries(tmp_path, key, registry):
     ("overrides", "match"),
     [
         (["task=regression"], "metric.*accuracy.*not defined for task=regression"),  # the file says accuracy
-        (["optim.lr=0"], "'optim.lr' is 0.0; expected a number > 0"),
+        (["optim.lr=0"], "'optim.lr' is 0; expected a number > 0"),
         (["optim.lr=-1e-3"], "'optim.lr' is -0.001"),
         (["loss.name=bce"], "loss 'bce' does not support task 'multiclass'"),
         (["loss.label_smoothing=0.1", "loss.name=focal", "task=regression", "metric=rmse"], "loss 'focal'"),
@@ -138,3 +138,26 @@ def test_combinations_are_checked_at_load(tmp_path, overrides, match):
     path.write_text("metric: accuracy\n")
     with pytest.raises(UserError, match=match):
         config.load(path, overrides)
+
+
+def test_lr_is_a_positive_number_or_auto(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("optim:\n  lr: 3e-4\n")  # YAML 1.1 would read 3e-4 as a string; OmegaConf reads a number
+    assert config.load(path).optim.lr == pytest.approx(3e-4)
+    assert config.load(path, ["optim.lr=auto"]).optim.lr == "auto"
+    assert config.load(path, ["optim.lr=2"]).optim.lr == 2
+    for bad in ("fast", "0", "-0.1", "true", "nan", "'0.01'"):
+        with pytest.raises(UserError, match=r"'optim.lr' is .*expected a number > 0, or auto"):
+            config.load(path, [f"optim.lr={bad}"])
+
+
+def test_ordinal_rounding_and_head_init_keys(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("task: regression\n")
+    assert config.load(path, ["submit.ordinal=true"]).submit.ordinal is True
+    path.write_text("task: multiclass\n")
+    with pytest.raises(UserError, match=r"'submit.ordinal'.*task=multiclass"):
+        config.load(path, ["submit.ordinal=true"])
+    assert config.load(path).model.init_head == "prior"
+    with pytest.raises(UserError, match=r"'model.init_head' is 'zeros'; allowed: prior, none"):
+        config.load(path, ["model.init_head=zeros"])

@@ -1,5 +1,6 @@
 """LR range test on a small real problem: the sweep, early stop, the valley suggestion, exact restoration, the plot."""
 
+import json
 import math
 
 import numpy as np
@@ -8,7 +9,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from {{ cookiecutter.package_name }} import lr_find
+from {{ cookiecutter.package_name }} import cli, config, lr_find
+from {{ cookiecutter.package_name }}.core.runs import stamp
+
+from conftest import small_config
 
 
 def _problem(seed: int = 0):
@@ -180,3 +184,31 @@ def test_plot_is_a_png(tmp_path):
         assert im.format == "PNG" and min(im.size) > 100
     assert [p.name for p in out.parent.iterdir()] == ["lr_find.png"]  # no temporary file left behind
     assert math.isfinite(res.suggestion)
+
+
+def test_auto_lr_sweeps_once_per_experiment_and_every_fold_trains_at_its_suggestion(small_project, capsys):
+    small_config(small_project, "auto")
+    path = small_project / "configs" / "auto.yaml"
+    run = small_project / "outputs" / "auto"
+    assert cli.main(["train", "-c", str(path), "--fold", "0", "optim.lr=auto"]) == 0
+    out = capsys.readouterr().out
+    assert "running the LR finder on fold 0" in out
+    sweep = json.loads((run / "lr_find.json").read_text())
+    lr = sweep["suggestion"]
+    assert 1e-6 < lr < 10 and len(sweep["lrs"]) == len(sweep["losses"]) <= lr_find.SWEEP["num_iter"]
+    assert f"optim.lr=auto -> {lr:.3g}" in out
+    assert (run / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+    assert config.load(run / "config.yaml").optim.lr == pytest.approx(lr)  # the run records the LR it used
+    before = stamp(run / "lr_find.json")
+
+    assert cli.main(["train", "-c", str(path), "--fold", "1", "optim.lr=auto"]) == 0
+    out = capsys.readouterr().out
+    assert "running the LR finder" not in out and f"optim.lr=auto -> {lr:.3g}" in out
+    assert stamp(run / "lr_find.json") == before
+    cv = json.loads((run / "cv.json").read_text())
+    assert cv["lr"] == pytest.approx(lr) and cv["lr_auto"] is True
+
+    # The cache holds while only what the sweep ignores changes; anything it depends on makes it sweep again.
+    assert lr_find.cached_sweep(config.load(path, ["optim.lr=auto", "train.epochs=9", "tta.views=[hflip]"]))
+    assert lr_find.cached_sweep(config.load(path, ["optim.lr=auto", "augment.preset=none"])) is None
+    assert lr_find.cached_sweep(config.load(path, ["optim.lr=auto", "model.drop_rate=0.2"])) is None

@@ -10,7 +10,7 @@ from torch import nn
 
 from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.modeling import optim
+from {{ cookiecutter.package_name }}.modeling import models, optim
 
 
 def _cfg(**kw) -> config.OptimConfig:
@@ -26,14 +26,15 @@ def _ranger_reference(p0: torch.Tensor, grads: list[torch.Tensor], lr: float, wd
     - GC subtracts the mean over all but the first dim from gradients of tensors with more than one dim (a Linear's
       weight row-wise, never a bias), before weight decay and the moments;
     - decoupled weight decay p *= 1 - lr * wd, before the update;
-    - betas (0.95, 0.999), eps 1e-5 added to sqrt(v) where v is NOT bias-corrected (the sqrt(1 - beta2^t) is folded
-      into the rectification term r_t; torch's RAdam adds eps to sqrt(v_hat) instead);
-    - rectified (adaptive) step once rho_t >= 5, i.e. from step 6 with beta2=0.999; before that an SGD-with-momentum
+    - betas (0.95, 0.99) (optim.py's choice, fastai's ranger; the original has 0.999), eps 1e-5 added to sqrt(v) where
+      v is NOT bias-corrected (the sqrt(1 - beta2^t) is folded into the rectification term r_t; torch's RAdam adds
+      eps to sqrt(v_hat) instead);
+    - rectified (adaptive) step once rho_t >= 5, i.e. from step 6 with beta2=0.99; before that an SGD-with-momentum
       step lr * m_hat (the original Ranger; pytorch-optimizer's degenerated_to_sgd=True, which optim.py sets);
     - Lookahead: slow weights start as a copy of the initial weights; every k=6 steps slow += 0.5 * (fast - slow),
       then fast = slow.
     """
-    beta1, beta2, eps, k, alpha = 0.95, 0.999, 1e-5, 6, 0.5
+    beta1, beta2, eps, k, alpha = 0.95, 0.99, 1e-5, 6, 0.5
     rho_inf = 2 / (1 - beta2) - 1
     p, slow = p0.clone(), p0.clone()
     m, v = torch.zeros_like(p0), torch.zeros_like(p0)
@@ -320,3 +321,17 @@ def test_empty_loader_is_a_clear_error():
     opt = optim.build_optimizer(nn.Linear(2, 1), _cfg())
     with pytest.raises(UserError, match="batch_size"):
         optim.build_scheduler(opt, _cfg(), total_steps=0)
+
+
+def test_a_pretrained_backbone_trains_at_a_tenth_of_the_heads_lr_unless_told():
+    # A new head (and a model trained from scratch) needs a bolder LR than weights that already work.
+    m = config.ModelConfig
+    assert models.backbone_lr_mult(m(pretrained=True)) == 0.1
+    assert models.backbone_lr_mult(m(pretrained=False)) == 1.0
+    assert models.backbone_lr_mult(m(pretrained=True, backbone_lr_mult=0.5)) == 0.5
+    assert models.backbone_lr_mult(m(pretrained=False, backbone_lr_mult=0.0)) == 0.0
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    groups = optim.param_groups(model, 0.01, 0.03, models.backbone_lr_mult(m(pretrained=True)))
+    assert {g["name"]: g["lr"] for g in groups} == pytest.approx(
+        {"head": 0.03, "head_no_decay": 0.03, "backbone": 0.003, "backbone_no_decay": 0.003}
+    )

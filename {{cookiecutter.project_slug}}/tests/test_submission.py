@@ -10,6 +10,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc
 from {{ cookiecutter.package_name }} import cli, config, submission
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
+from {{ cookiecutter.package_name }}.modeling import metrics
 
 from conftest import fake_experiment
 
@@ -99,6 +100,35 @@ def test_regression_clip_and_qwk_rounding(projects):
     truth = read(solution(cfg)).set_index("id").loc[sub["id"], "label"].astype(int)
     expected = cohen_kappa_score(truth, sub["label"], weights="quadratic")
     assert submission.score_submission(qwk_cfg, path, solution(cfg)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("metric", ["qwk", "rmse", "mae"])
+def test_ordinal_cuts_tuned_on_oof_beat_plain_rounding(metric):
+    # Regression models pull grades towards the mean: cuts tuned on OOF undo that, for whatever the metric.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 2000).astype(float)
+    p = 2.0 + 0.6 * (y - 2.0) + 0.3 * rng.standard_normal(len(y))
+    levels = np.arange(5.0)
+    cuts = submission.tune_cuts(y, p, levels, metric)
+    assert np.all(np.diff(cuts) > 0) and len(cuts) == 4
+    sign = 1 if metric == "qwk" else -1
+    tuned = metrics.score(metric, y, submission.apply_cuts(p, levels, cuts), "regression")
+    rounded = metrics.score(metric, y, submission.apply_cuts(p, levels, levels[:-1] + 0.5), "regression")
+    assert sign * tuned > sign * rounded + 0.02
+
+
+def test_ordinal_submission_applies_the_cuts_tuned_on_oof(projects):
+    base = projects["regression"]
+    cfg = config.load(Path(base.output_dir).parent / "configs" / "exp.yaml", ["submit.ordinal=true"])
+    assert config.metric_name(cfg) == "rmse"
+    seen = []
+    sub = read(submission.make_submission(cfg, "noisy", name="noisy_ordinal", log=seen.append))
+    assert pd.api.types.is_integer_dtype(sub["label"]) and any("ordinal cuts tuned on OOF for rmse" in s for s in seen)
+    y, oof = submission.oof_predictions(cfg, "noisy")
+    levels = np.arange(10.0)
+    cuts = submission.tune_cuts(y, oof[:, 0], levels, "rmse")
+    pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"], "label"]
+    np.testing.assert_array_equal(sub["label"], submission.apply_cuts(np.clip(pred.to_numpy(), 0, 9), levels, cuts))
 
 
 def test_multilabel_rows_never_empty(projects):

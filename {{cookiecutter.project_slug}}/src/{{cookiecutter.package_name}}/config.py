@@ -70,9 +70,11 @@ class ModelConfig:
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     freeze_backbone_epochs: int = 0  # train only the head for the first N epochs
-    backbone_lr_mult: float = 1.0  # backbone LR = lr * this (head gets lr)
+    # backbone LR = optim.lr * this (the head gets optim.lr); unset: 0.1 with pretrained weights, 1 from scratch
+    backbone_lr_mult: float | None = None
     channels_last: bool = False
     compile: bool = False
+    init_head: str = "prior"  # prior: logits start at the training fold's label prior (regression: the mean) | none
 
 
 @dataclass
@@ -105,7 +107,7 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     name: str = "ranger"
-    lr: float = 1e-3
+    lr: Any = 0.03  # a number > 0, or auto: the LR finder's suggestion (fold 0, once per experiment, cached)
     weight_decay: float = 1e-2
     momentum: float = 0.9
     schedule: str = "one_cycle"  # one_cycle | flat_cos | cosine | constant
@@ -201,6 +203,9 @@ class SubmitConfig:
     threshold: float = 0.5  # multilabel / binary-label default threshold
     tune_thresholds: bool = True  # tune per-label thresholds on OOF
     clip: bool = True  # clip regression values to the training range
+    # Regression: round predictions to the target's levels (grades) with cuts tuned on OOF for the metric; recorded
+    # in cv.json (cv_ordinal) and applied to the test predictions. Unset: on for metric qwk, off otherwise.
+    ordinal: bool | None = None
 
 
 @dataclass
@@ -248,6 +253,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "metric": ("auto", *metrics.list_metrics()),
     "folds.method": folds_module.METHODS,
     "augment.preset": tuple(PRESETS.names()),
+    "model.init_head": ("prior", "none"),
     "loss.name": ("auto", *losses.list_losses()),
     "loss.class_weight": ("none", "balanced"),
     "optim.name": tuple(OPTIMIZERS.names()),
@@ -359,6 +365,12 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
         raise UserError(f"config key '{key}' is {value!r}; expected {expected}")
 
 
+def _lr_ok(lr: Any) -> bool:
+    if lr == "auto":
+        return True
+    return isinstance(lr, int | float) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
+
+
 def validate(cfg: Config) -> None:
     """Every check that the config alone can answer: choices, ranges, and keys that must agree."""
     for key, allowed in CHOICES.items():
@@ -385,7 +397,8 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.model.drop_path_rate < 1, "model.drop_path_rate", cfg.model.drop_path_rate, "0 <= value < 1"),
         (cfg.model.freeze_backbone_epochs >= 0, "model.freeze_backbone_epochs", cfg.model.freeze_backbone_epochs,
          ">= 0"),
-        (cfg.model.backbone_lr_mult >= 0, "model.backbone_lr_mult", cfg.model.backbone_lr_mult, ">= 0"),
+        (cfg.model.backbone_lr_mult is None or cfg.model.backbone_lr_mult >= 0, "model.backbone_lr_mult",
+         cfg.model.backbone_lr_mult, ">= 0, or unset (0.1 pretrained, 1 from scratch)"),
         (a.image_size > 0, "augment.image_size", a.image_size, "> 0"),
         (1 <= a.randaugment_n <= len(aug_ops(cfg.model.in_chans)), "augment.randaugment_n", a.randaugment_n,
          f"1..{len(aug_ops(cfg.model.in_chans))} (the ops for model.in_chans={cfg.model.in_chans})"),
@@ -395,7 +408,7 @@ def validate(cfg: Config) -> None:
         (a.cutmix_alpha >= 0, "augment.cutmix_alpha", a.cutmix_alpha, ">= 0 (0 = off)"),
         (0 <= a.mix_prob <= 1, "augment.mix_prob", a.mix_prob, "0..1"),
         (0 <= a.switch_prob <= 1, "augment.switch_prob", a.switch_prob, "0..1"),
-        (math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "a number > 0 (try `lr-find`)"),
+        (_lr_ok(o.lr), "optim.lr", o.lr, "a number > 0, or auto (the LR finder's suggestion; see `lr-find`)"),
         (o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0"),
         (0 <= o.momentum < 1, "optim.momentum", o.momentum, "0 <= value < 1"),
         (0 < o.pct_start < 1, "optim.pct_start", o.pct_start, "0 < value < 1"),
@@ -462,6 +475,10 @@ def validate(cfg: Config) -> None:
             f"train.batch_size={t.batch_size}; expected at least 1 pseudo and 1 labelled row"
         )
     losses.check_options(cfg.loss, cfg.task)
+    if cfg.submit.ordinal and cfg.task != "regression":
+        raise UserError(
+            f"config key 'submit.ordinal' rounds regression predictions to grades; task={cfg.task} has none"
+        )
     if cfg.train.sampler != "none" and cfg.task == "regression":
         raise UserError("config key 'train.sampler' balances classes; task=regression has none (use none)")
 

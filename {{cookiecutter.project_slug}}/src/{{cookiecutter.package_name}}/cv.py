@@ -17,8 +17,10 @@ from .core.errors import UserError
 from .core.runs import atomic_savefig, atomic_write_csv, atomic_write_json, read_derived, read_json
 from .core.tracking import Tracker
 from .data.problem import load_problem
+from .lr_find import recorded_lr
 from .modeling import metrics, tta
 from .predict import folds_source, read_choice, with_views
+from .submission import apply_cuts, ordinal, target_levels, tune_cuts
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -121,6 +123,8 @@ def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], Non
         "partial": bool(missing) and allow_partial,
         "folds_hash": problem.folds_hash,
         "pred_cols": problem.classes,
+        "lr": recorded_lr(cfg),  # optim.lr, resolved when it is auto
+        "lr_auto": cfg.optim.lr == "auto",
     }
     # OOF with TTA counts only if made with the configured (or, tta.views: auto, the chosen) views from these very
     # checkpoints.
@@ -137,6 +141,11 @@ def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], Non
     averaging = weight_averaging(cfg, folds)
     if averaging:
         result["weight_averaging"] = averaging
+    if ordinal(cfg):  # the cuts the submission will apply (the same function on the same OOF)
+        levels = target_levels(problem.y, f"{cfg.data.train_csv}: column '{cfg.target_cols[0]}'")
+        cuts = tune_cuts(y_true, pred, levels, name)
+        result["ordinal"] = {"levels": levels.tolist(), "cuts": cuts.tolist()}
+        result["cv_ordinal"] = metrics.score(name, y_true, apply_cuts(pred, levels, cuts), cfg.task)
     atomic_write_csv(run.oof, oof)
     atomic_write_json(run.cv, result)
     print(format_table(result))
@@ -179,6 +188,12 @@ def format_table(result: dict) -> str:
         lines.append(
             f"  TTA views chosen on OOF: {auto['views']} {auto['chosen']:.5f} (identity {auto['identity']:.5f})"
         )
+    if "cv_ordinal" in result:
+        cuts = ", ".join(f"{c:.3f}" for c in result["ordinal"]["cuts"])
+        lines.append(f"  OOF CV rounded to {len(result['ordinal']['levels'])} levels at cuts tuned on OOF "
+                     f"({cuts}): {result['cv_ordinal']:.5f}")  # fmt: skip
+    if result.get("lr") is not None:
+        lines.append(f"  optim.lr {result['lr']:.3g}" + (" (auto: LR finder)" if result["lr_auto"] else ""))
     return "\n".join(lines)
 
 

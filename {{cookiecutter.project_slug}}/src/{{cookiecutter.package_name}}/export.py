@@ -38,7 +38,7 @@ from .config import Config, metric_name
 from .core.errors import UserError
 from .core.runs import atomic_torch_save, atomic_write_json, checksum, load_best, read_json
 from .core.runtime import amp_dtype, resolve_device
-from .core.tasks import num_outputs
+from .core.tasks import TargetScale, num_outputs
 from .cv import score_oof
 from .data.augment import build_transforms, resolve_normalization
 from .data.images import ImageDataset, reseed
@@ -98,7 +98,9 @@ def export_fold(
     """Fold k's variants: written, checked on the CPU against torch, timed, scored on fold k's validation rows.
     Returns fold k's entry of export.json and each variant's OOF predictions."""
     best, files, x = cfg.run.fold(k).best, cfg.run.export_fold(k), cfg.export
-    model.to("cpu").load_state_dict(load_best(best)["model"])
+    state = load_best(best)
+    model.to("cpu").load_state_dict(state["model"])
+    scale = TargetScale.from_dict(state.get("target_scale"))  # regression outputs -> target values
     model.eval()
     data = build_fold_data(cfg, problem, k, mean, std)
     loader = DataLoader(data.valid, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
@@ -132,7 +134,7 @@ def export_fold(
 
     entry, preds, reference = {"checkpoint": checksum(best), "variants": {}}, {}, None
     for v in variants:
-        probs, images_per_s = timed_probs(v.make(cpu), check, cfg.task)
+        probs, images_per_s = timed_probs(v.make(cpu), check, cfg.task, scale)
         if reference is None:
             reference = probs
             # Probabilities lie in 0..1; regression values may be in the thousands, where float32 rounding alone
@@ -164,12 +166,14 @@ def export_fold(
 
 
 @torch.inference_mode()
-def timed_probs(predictor: Predictor, batches: list[torch.Tensor], task: str) -> tuple[np.ndarray, float]:
+def timed_probs(
+    predictor: Predictor, batches: list[torch.Tensor], task: str, scale: TargetScale | None = None
+) -> tuple[np.ndarray, float]:
     """Probabilities of `predictor` on `batches` (already decoded), and the images per second it took, after one
     untimed warm-up batch (first-call allocations and kernel choices)."""
     predictor(batches[0])
     start = time.perf_counter()
-    out = [activate(predictor(b), task) for b in batches]
+    out = [activate(predictor(b), task, scale) for b in batches]
     seconds = time.perf_counter() - start
     return torch.cat(out).numpy(), sum(len(b) for b in batches) / max(seconds, 1e-9)
 

@@ -1,8 +1,13 @@
-"""The `lr-find` command: an exponential LR sweep on one fold's training data, with the fold's real set-up."""
+"""The `lr-find` command: an exponential LR sweep on one fold's training data, with the fold's real set-up; and
+`optim.lr: auto`, which runs that sweep once per experiment (fold 0, cached in the run folder) and trains every fold
+at its suggestion.
+"""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -10,13 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
 from .config import Config
-from .core.runs import atomic_savefig
-from .core.runtime import autocast
+from .core.errors import UserError
+from .core.runs import atomic_savefig, atomic_write_json, read_json
+from .core.runtime import autocast, barrier, is_main
 from .core.tracking import Tracker
+from .data.folds import read_folds
+from .modeling.models import backbone_lr_mult
 from .modeling.optim import build_optimizer
 from .train import setup_fold, supervised_step
 
@@ -168,9 +177,23 @@ def plot_lr_find(result: LRFindResult, path: str | Path) -> Path:
     return atomic_savefig(path, fig)
 
 
-def run_lr_find(cfg: Config, fold: int, num_iter: int = 100) -> float | None:
+# The sweep `optim.lr: auto` runs (and `lr-find` by default): 100 updates from 1e-6 to 10, stopped at divergence.
+SWEEP = {"start_lr": 1e-6, "end_lr": 10.0, "num_iter": 100}
+# Config keys the sweep does not depend on: changing them keeps the cached suggestion.
+IGNORED_KEYS = ("exp", "competition", "output_dir", "optim.lr", "train.epochs", "train.early_stopping",
+                "data.num_workers", "tta", "wandb", "pseudo", "distill", "submit")  # fmt: skip
+
+
+def _with_lr(cfg: Config, lr: float) -> Config:
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr))
+
+
+def sweep(cfg: Config, fold: int, num_iter: int = SWEEP["num_iter"]) -> LRFindResult:
+    """The LR range test on fold `fold`'s training rows, with the fold's model, loss, augmentation and optimizer."""
+    # The sweep sets every LR itself (keeping each group's ratio to the head's): the configured one is a placeholder.
+    cfg = _with_lr(cfg, 1.0) if cfg.optim.lr == "auto" else cfg
     s = setup_fold(cfg, fold)
-    optimizer = build_optimizer(s.model, cfg.optim, num_iter, backbone_lr_mult=cfg.model.backbone_lr_mult)
+    optimizer = build_optimizer(s.model, cfg.optim, num_iter, backbone_lr_mult=backbone_lr_mult(cfg.model))
     s.model.train()
 
     def compute_loss(batch: dict):
@@ -178,11 +201,75 @@ def run_lr_find(cfg: Config, fold: int, num_iter: int = 100) -> float | None:
         with autocast(s.device, s.dtype):
             return supervised_step(s.model, batch, s.criterion, s.mixer)["loss"]
 
-    result = lr_find(s.model, optimizer, s.loader, compute_loss, num_iter=num_iter)
+    start, end = SWEEP["start_lr"], SWEEP["end_lr"]
+    return lr_find(s.model, optimizer, s.loader, compute_loss, start_lr=start, end_lr=end, num_iter=num_iter)
+
+
+def cache_key(cfg: Config, fold: int, num_iter: int) -> dict:
+    """What a sweep's result depends on: the config but the keys it ignores, the folds, the sweep's settings."""
+    conf = OmegaConf.to_container(OmegaConf.structured(cfg))
+    for key in IGNORED_KEYS:
+        *parents, leaf = key.split(".")
+        node = conf
+        for part in parents:
+            node = node[part]
+        node.pop(leaf, None)
+    key = {"config": conf, "folds_hash": read_folds(cfg)[1], "fold": fold, **SWEEP, "num_iter": num_iter}
+    return json.loads(json.dumps(key))  # as it reads back from lr_find.json
+
+
+def cached_sweep(cfg: Config, fold: int = 0, num_iter: int = SWEEP["num_iter"]) -> dict | None:
+    """The cached sweep (lr_find.json) if it was made with exactly this key, else None."""
+    path = cfg.run.lr_find_cache
+    if not path.is_file():
+        return None
+    cached = read_json(path)
+    return cached if cached.get("key") == cache_key(cfg, fold, num_iter) else None
+
+
+def run_lr_find(cfg: Config, fold: int, num_iter: int = SWEEP["num_iter"]) -> float | None:
+    """The `lr-find` command: sweep, plot (lr_find.png, also to wandb), print the suggestion, and cache it in
+    lr_find.json, where `optim.lr: auto` finds it (for fold 0 and the default number of steps)."""
+    result = sweep(cfg, fold, num_iter)
     path = plot_lr_find(result, cfg.run.lr_find)
+    record = {"key": cache_key(cfg, fold, num_iter), "suggestion": result.suggestion, "diverged": result.diverged,
+              "lrs": result.lrs, "losses": result.losses}  # fmt: skip
+    atomic_write_json(cfg.run.lr_find_cache, record)
     suggestion = f"{result.suggestion:.2e}" if result.suggestion else "none (too few finite losses)"
     print(f"lr-find: suggested optim.lr={suggestion}; plot: {path}")
     tracker = Tracker(cfg, "lr_find", "lr_find")
     tracker.image("lr_find", path)
     tracker.finish()
     return result.suggestion
+
+
+def resolve_lr(cfg: Config) -> Config:
+    """`cfg` with optim.lr a number: as configured, or (`auto`) the suggestion of the LR finder on fold 0, run once
+    per experiment and cached in lr_find.json (with its plot, lr_find.png) for every later fold and run.
+    Under torchrun, rank 0 sweeps and the other ranks read its result."""
+    if cfg.optim.lr != "auto":
+        return cfg
+    cached = cached_sweep(cfg)
+    if cached is None:
+        if is_main():
+            print(f"{cfg.exp}: optim.lr=auto, running the LR finder on fold 0 ({SWEEP['num_iter']} steps at most)")
+            run_lr_find(cfg, 0)
+        barrier()
+        cached = cached_sweep(cfg)
+    if cached is None or cached.get("suggestion") is None:
+        raise UserError(
+            f"optim.lr=auto: the LR finder found no usable learning rate (the loss was not finite; see "
+            f"{cfg.run.lr_find}); set optim.lr to a number"
+        )
+    lr = float(cached["suggestion"])
+    print(f"{cfg.exp}: optim.lr=auto -> {lr:.3g} (LR finder on fold 0: {cfg.run.lr_find})")
+    return _with_lr(cfg, lr)
+
+
+def recorded_lr(cfg: Config) -> float | None:
+    """The learning rate the experiment trains with: the configured number, or auto's cached suggestion (None if
+    the finder has not run for this config)."""
+    if cfg.optim.lr != "auto":
+        return float(cfg.optim.lr)
+    cached = cached_sweep(cfg)
+    return None if cached is None or cached.get("suggestion") is None else float(cached["suggestion"])

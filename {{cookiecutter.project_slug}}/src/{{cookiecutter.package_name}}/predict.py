@@ -32,7 +32,7 @@ from .config import load as load_config
 from .core.errors import UserError
 from .core.runs import atomic_write_json, checksum, load_best, read_derived, read_json, stamp, write_derived
 from .core.runtime import amp_dtype, resolve_device
-from .core.tasks import num_outputs
+from .core.tasks import TargetScale, num_outputs
 from .data.augment import resolve_normalization
 from .data.folds import expected_folds
 from .data.problem import build_fold_data, load_problem, pred_frame, test_dataset
@@ -41,15 +41,19 @@ from .modeling.models import build_model
 from .modeling.predictors import OnnxPredictor, Predictor, TorchPredictor
 
 
-def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """Logits -> the task's prediction format (probabilities, or values for regression)."""
+def activate(logits: torch.Tensor, task: str, scale: TargetScale | None = None) -> torch.Tensor:
+    """Logits -> the task's prediction format (probabilities, or values for regression). The one place model
+    outputs become predictions: regression outputs are standardised (core.tasks.TargetScale) and `scale`, the
+    fold's own (`load_fold_weights`, from its best.pt), turns them back into target values."""
     logits = logits.float()
     if task == "multiclass":
         return logits.softmax(-1)
     if task == "multilabel":
         return logits.sigmoid()
     out = logits.reshape(len(logits), -1)[:, 0]
-    return out.sigmoid() if task == "binary" else out
+    if task == "binary":
+        return out.sigmoid()
+    return out if scale is None else scale.invert(out)
 
 
 @torch.inference_mode()
@@ -63,18 +67,21 @@ def predict_loader(
     merge: str = "mean",
     activation: bool = True,
     desc: str = "predict",
+    scale: TargetScale | None = None,
 ) -> np.ndarray:
     """Predictions for every row of `loader`, in order, by a Predictor (or a torch model on `device` under `dtype`
     autocast). With several views they are merged after activation (merging logits of sigmoid/softmax models is
-    biased; regression merges values with a plain mean)."""
+    biased; regression merges values with a plain mean). Regression outputs are turned back into target values with
+    the fold's target scale (`scale`, else the predictor's, from its best.pt)."""
     predictor = model if isinstance(model, Predictor) else TorchPredictor(model, device or torch.device("cpu"), dtype)
+    scale = scale if scale is not None else predictor.scale
     outs = []
     for batch in tqdm(loader, desc=desc, leave=False, disable=None):
         x = batch["image"].to(predictor.device, non_blocking=True)
         per_view = []
         for name in views:
             logits = predictor(tta.get_view(name).apply(x))
-            per_view.append(activate(logits, task) if activation or len(views) > 1 else logits)
+            per_view.append(activate(logits, task, scale) if activation or len(views) > 1 else logits)
         if len(per_view) == 1:
             outs.append(per_view[0].cpu())
         else:
@@ -100,7 +107,7 @@ def predict_views(predictor: Predictor, loader: DataLoader, task: str, views: Se
     """Each view's own (activated, unmerged) predictions of every row of `loader`."""
     stacked = predict_loader(_ViewStack(predictor, views), loader, task, activation=False, desc=desc)
     logits = torch.from_numpy(stacked)
-    return {v: activate(logits[:, i], task).numpy() for i, v in enumerate(views)}
+    return {v: activate(logits[:, i], task, predictor.scale).numpy() for i, v in enumerate(views)}
 
 
 def merge_views(preds: Sequence[np.ndarray], task: str, how: str) -> np.ndarray:
@@ -114,14 +121,17 @@ def fold_models(cfg: Config, allow_partial: bool = False) -> list[int]:
     return cfg.run.usable_folds(expected_folds(cfg), allow_partial, "predict")
 
 
-def load_fold_weights(cfg: Config, model: nn.Module, fold: int) -> None:
-    """Fold k's best weights into `model`. Weights that do not fit the model the config builds (another backbone,
-    in_chans...) stop with one line naming what the experiment was trained with."""
+def load_fold_weights(cfg: Config, model: nn.Module, fold: int) -> TargetScale:
+    """Fold k's best weights into `model`; returns the target scale its outputs are in (identity unless
+    regression). Weights that do not fit the model the config builds (another backbone, in_chans...) stop with one
+    line naming what the experiment was trained with."""
     path = cfg.run.fold(fold).best
+    state = load_best(path)
     try:
-        model.load_state_dict(load_best(path)["model"])
+        model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise UserError(_mismatch(cfg, path, e)) from None
+    return TargetScale.from_dict(state.get("target_scale"))
 
 
 def _mismatch(cfg: Config, path: Path, error: RuntimeError) -> str:
@@ -170,14 +180,21 @@ def fold_predictors(cfg: Config, n_classes: int) -> tuple[Callable[[int], Predic
         with torch.device("meta"):
             model = build_model(cfg, num_outputs(cfg.task, n_classes), pretrained=False)
         mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
-        return (lambda k: OnnxPredictor(_onnx_model(cfg, k), device)), mean, std
+
+        def load_onnx(k: int) -> Predictor:
+            predictor = OnnxPredictor(_onnx_model(cfg, k), device)
+            predictor.scale = TargetScale.from_dict(load_best(cfg.run.fold(k).best).get("target_scale"))
+            return predictor
+
+        return load_onnx, mean, std
     model = build_model(cfg, num_outputs(cfg.task, n_classes), pretrained=False).to(device)
     mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
     dtype = amp_dtype(cfg.train.amp, device)
 
     def load(k: int) -> Predictor:
-        load_fold_weights(cfg, model, k)
-        return TorchPredictor(model, device, dtype)
+        predictor = TorchPredictor(model, device, dtype)
+        predictor.scale = load_fold_weights(cfg, model, k)
+        return predictor
 
     return load, mean, std
 

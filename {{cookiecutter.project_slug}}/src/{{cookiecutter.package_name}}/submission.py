@@ -49,16 +49,47 @@ def tune_binary_threshold(y: np.ndarray, p: np.ndarray, metric: str, default: fl
     return float(cand[int(np.nanargmax(scores))])
 
 
-def tune_rounding(y: np.ndarray, p: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """QWK: thresholds between the sorted target values, from the midpoints, tuned by Nelder-Mead on OOF."""
+def ordinal(cfg: Config) -> bool:
+    """Whether regression predictions are rounded to the target's levels with cuts tuned on OOF (submit.ordinal;
+    unset: on for metric qwk, which scores whole grades)."""
+    if cfg.task != "regression":
+        return False
+    return cfg.submit.ordinal if cfg.submit.ordinal is not None else metric_name(cfg) == "qwk"
 
-    def qwk(t: np.ndarray) -> float:
-        s = metrics.score("qwk", y, values[np.digitize(p, np.sort(t))], "regression")
-        return -1.0 if np.isnan(s) else s
 
-    start = (values[1:] + values[:-1]) / 2
-    res = minimize(lambda t: -qwk(t), start, method="Nelder-Mead", options={"maxiter": 400, "xatol": 1e-3})
-    return np.sort(res.x) if qwk(res.x) >= qwk(start) else start
+MAX_LEVELS = 100  # more distinct target values than this is a continuous target, not grades
+
+
+def target_levels(target: np.ndarray, where: str) -> np.ndarray:
+    """The grades an ordinal prediction is rounded to: the distinct target values of the training rows."""
+    levels = np.unique(np.asarray(target, dtype=np.float64))
+    if len(levels) > MAX_LEVELS:
+        raise UserError(
+            f"{where} has {len(levels)} distinct values: submit.ordinal rounds to the target's values, which needs "
+            f"grades (at most {MAX_LEVELS}); set submit.ordinal=false"
+        )
+    return levels
+
+
+def apply_cuts(p: np.ndarray, levels: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Values -> levels: below cuts[0] the first level, between cuts[i-1] and cuts[i] level i, ..."""
+    return levels[np.digitize(p, np.sort(cuts))]
+
+
+def tune_cuts(y: np.ndarray, p: np.ndarray, levels: np.ndarray, metric: str) -> np.ndarray:
+    """The cuts between consecutive `levels` that score best on OOF (y, p) with `metric`: Nelder-Mead from the
+    midpoints (plain rounding), kept only if it beats them (the APTOS trick, for any regression metric)."""
+    if len(levels) < 2:
+        return np.zeros(0)
+    sign = 1.0 if metrics.get_metric(metric).higher_is_better else -1.0
+
+    def gain(t: np.ndarray) -> float:
+        s = metrics.score(metric, y, apply_cuts(p, levels, t), "regression")
+        return -np.inf if np.isnan(s) else sign * s
+
+    start = (levels[1:] + levels[:-1]) / 2
+    res = minimize(lambda t: -gain(t), start, method="Nelder-Mead", options={"maxiter": 400, "xatol": 1e-3})
+    return np.sort(res.x) if gain(res.x) > gain(start) else start
 
 
 def oof_predictions(cfg: Config, exp: str) -> tuple[np.ndarray, np.ndarray]:
@@ -95,10 +126,11 @@ def label_thresholds(cfg: Config, exp: str, classes: list[str], log: Callable[[s
 
 
 def rounding_cuts(cfg: Config, exp: str, levels: np.ndarray, log: Callable[[str], None]) -> np.ndarray:
-    """QWK regression: the cuts between `levels` (the sorted target values) tuned on OOF."""
+    """Ordinal regression: the cuts between `levels` (the sorted target values) tuned on the experiment's OOF for
+    the metric; the same as cv.json records (the same function on the same OOF)."""
     y, oof = oof_predictions(cfg, exp)
-    cuts = tune_rounding(y, oof[:, 0], levels)
-    log("QWK rounding thresholds tuned on OOF: " + ", ".join(f"{c:.3f}" for c in cuts))
+    cuts = tune_cuts(y, oof[:, 0], levels, metric_name(cfg))
+    log(f"ordinal cuts tuned on OOF for {metric_name(cfg)}: " + ", ".join(f"{c:.3f}" for c in cuts))
     return cuts
 
 
@@ -174,10 +206,10 @@ def _regression_values(cfg: Config, exp: str, pred: np.ndarray, train: pd.DataFr
     values = pred[:, 0]
     if cfg.submit.clip:
         values = np.clip(values, np.nanmin(target), np.nanmax(target))
-    if metric_name(cfg) == "qwk":
-        levels = np.unique(np.rint(target))
-        cuts = rounding_cuts(cfg, exp, levels, log)
-        return levels[np.digitize(values, cuts)].astype(np.int64)
+    if ordinal(cfg):
+        levels = target_levels(target, f"{cfg.data.train_csv}: column '{cfg.target_cols[0]}'")
+        out = apply_cuts(values, levels, rounding_cuts(cfg, exp, levels, log))
+        return out.astype(np.int64) if np.all(levels == np.rint(levels)) else out
     return values
 
 

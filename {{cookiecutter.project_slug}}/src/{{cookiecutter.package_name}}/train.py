@@ -57,7 +57,7 @@ from .core.runtime import (
     sync_buffers,
     world_size,
 )
-from .core.tasks import num_outputs
+from .core.tasks import TargetScale, num_outputs
 from .core.tracking import Tracker, finish_active
 from .data.augment import MixBatch, build_mixup, resolve_normalization
 from .data.folds import expected_folds
@@ -66,10 +66,10 @@ from .data.problem import FoldData, Problem, build_fold_data, load_problem, pred
 from .data.samplers import build_sampler
 from .modeling import metrics
 from .modeling.averaging import WeightAveraging, recompute_batchnorm, swa_start_epoch
-from .modeling.losses import build_loss
-from .modeling.models import build_model, checkpoint_state, set_backbone_trainable
+from .modeling.losses import build_loss, prior_logits
+from .modeling.models import backbone_lr_mult, build_model, checkpoint_state, init_head, set_backbone_trainable
 from .modeling.optim import build_optimizer, build_scheduler, total_updates
-from .predict import activate, predict_loader
+from .predict import activate, load_fold_weights, predict_loader
 
 Step = Callable[[nn.Module, dict, nn.Module], dict[str, torch.Tensor]]
 
@@ -95,6 +95,7 @@ class FoldSetup:
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None = full precision
     generator: torch.Generator  # drives shuffling; saved in last.pt so a resumed run draws the same batches
+    target_scale: TargetScale | None = None  # regression: the fold's target standardisation (saved in best.pt)
 
 
 def rank_batch_size(cfg: Config) -> int:
@@ -141,10 +142,18 @@ def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetu
     mixer = build_mixup(cfg.augment, cfg.task, n_out, cfg.loss.label_smoothing)
     # Mixup already smooths its soft targets: the loss must not smooth them a second time.
     loss_cfg = dataclasses.replace(cfg.loss, label_smoothing=0.0) if mixer else cfg.loss
-    criterion = build_loss(loss_cfg, cfg.task, n_out, data.class_counts).to(device)
+    scale = problem.target_scale(fold, cfg.task)  # regression targets are learnt standardised
+    criterion = build_loss(loss_cfg, cfg.task, n_out, data.class_counts, scale).to(device)
+    # The logits start at the best constant prediction (the training rows' prior; regression: the mean), so the
+    # first loss is the prior's entropy: no epoch goes into learning a bias, which with rare labels and a sigmoid
+    # head starting at p = 0.5 cost more than the runs were long.
+    start = prior_logits(cfg.loss, cfg.task, n_out, data.class_counts)
+    if cfg.model.init_head == "prior" and not init_head(model, start):
+        print(f"note: no output layer with a bias found in {cfg.model.backbone}'s head; model.init_head skipped")
     valid_loader = make_loader(data.valid, cfg.tta.batch_size, False, cfg.data.num_workers)
     dtype = amp_dtype(cfg.train.amp, device)
-    return FoldSetup(problem, data, model, criterion, mixer, loader, valid_loader, n_batches, device, dtype, generator)
+    return FoldSetup(problem, data, model, criterion, mixer, loader, valid_loader, n_batches, device, dtype, generator,
+                     scale)  # fmt: skip
 
 
 @dataclass
@@ -184,6 +193,9 @@ def train_one_fold(
 ) -> dict:
     """Train fold `fold`, resuming its last.pt; `force` removes the fold's files first and starts over. Ctrl-C
     stops with `Interrupted`, leaving last.pt (the last finished epoch) to resume from."""
+    from .lr_find import resolve_lr  # lr_find builds on setup_fold: imported here, not at the top
+
+    cfg = resolve_lr(cfg)  # optim.lr: auto -> the LR finder's suggestion (once per experiment, cached)
     out = cfg.run.fold(fold)
     with FoldLock(out.lock) if is_main() else contextlib.nullcontext():
         if is_main():
@@ -212,7 +224,7 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
     step = step or (lambda m, b, c: supervised_step(m, b, c, s.mixer))
 
     total_steps = total_updates(s.n_batches, cfg.optim.grad_accum, cfg.train.epochs)
-    optimizer = build_optimizer(model, cfg.optim, total_steps, backbone_lr_mult=cfg.model.backbone_lr_mult)
+    optimizer = build_optimizer(model, cfg.optim, total_steps, backbone_lr_mult=backbone_lr_mult(cfg.model))
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)  # bf16 needs no loss scaling
     # EMA decay warms up from 0 towards train.ema_decay, so short runs average over a sensible window too.
@@ -256,11 +268,17 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
             results["ema"] = evaluate(cfg, s, ema.module)
         source = max(results, key=lambda k: sign * results[k][1])
         valid_loss, score = results[source]
+        if not math.isfinite(valid_loss):  # weights blown up although each training loss was still finite
+            raise UserError(
+                f"validation loss is {valid_loss} at epoch {epoch + 1}: lower optim.lr, or set train.amp=off"
+            )
         weights = checkpoint_state(ema.module if source == "ema" else model)
         if state.best_score is None or sign * score > sign * state.best_score:
             state.best_score, state.best_source, state.bad_epochs = score, source, 0
             if is_main():
                 best = {"model": weights, "epoch": epoch + 1, "score": score, "source": source}
+                if s.target_scale is not None:
+                    best["target_scale"] = s.target_scale.to_dict()
                 atomic_torch_save(out.best, best | {"classes": s.problem.classes})
         else:
             state.bad_epochs += 1
@@ -286,8 +304,8 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
         return {"fold": fold}
     if cfg.train.swa or cfg.train.avg_best_k:
         tracker.summary(compare_averages(cfg, s, fold, averaging))
-    model.load_state_dict(load_best(out.best)["model"])
-    probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} oof")
+    scale = load_fold_weights(cfg, model, fold)
+    probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} oof", scale=scale)
     final = metrics.score(metric.name, s.data.y_valid, probs, cfg.task)
     oof = pred_frame(s.data.valid_ids, probs, s.problem.classes, cfg.data.id_col)
     oof.insert(1, "fold", fold)
@@ -321,10 +339,12 @@ def compare_averages(cfg: Config, s: FoldSetup, fold: int, averaging: WeightAver
         model.load_state_dict(state)
         if name != "best":
             recompute_batchnorm(model, training_images(cfg, s))
-            atomic_torch_save(out.averaged(name), {"model": checkpoint_state(model), "source": name})
+            scale = {"target_scale": s.target_scale.to_dict()} if s.target_scale is not None else {}
+            atomic_torch_save(out.averaged(name), {"model": checkpoint_state(model), "source": name, **scale})
         # a copy: on the CPU checkpoint_state shares the model's storage, which the next variant overwrites
         weights[name] = {k: v.clone() for k, v in checkpoint_state(model).items()}
-        probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} {name}")
+        probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} {name}",
+                               scale=s.target_scale)  # fmt: skip
         scores[name] = metrics.score(metric.name, s.data.y_valid, probs, cfg.task)
         oof = pred_frame(s.data.valid_ids, probs, s.problem.classes, cfg.data.id_col)
         oof.insert(1, "fold", fold)
@@ -391,7 +411,7 @@ def evaluate(cfg: Config, s: FoldSetup, model: nn.Module) -> tuple[float, float]
     logits = torch.from_numpy(predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, activation=False))
     y = torch.as_tensor(s.data.y_valid)
     loss = float(s.criterion(logits.reshape(len(y), -1).to(s.device), y.to(s.device)))
-    probs = activate(logits, cfg.task).numpy()
+    probs = activate(logits, cfg.task, s.target_scale).numpy()
     return loss, metrics.score(metric_name(cfg), s.data.y_valid, probs, cfg.task)
 
 

@@ -14,6 +14,8 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
         test_pred.csv (+ .source.json)  fold-averaged, TTA-merged test predictions
         weights.json                    ensembles only: method, members, weights
         lineage.json                    students only: teachers, settings, per-fold provenance
+        lr_find.json                    the LR finder's sweep and suggestion, with what it depends on (optim.lr: auto
+                                        reuses it while that holds)
         lr_find.png, learning_curves.png, fold_scores.png, confusion_matrix.png
         aug_preview.png                 training images x draws of the augmentation preset (aug-preview)
         teacher/                        cached teacher outputs (students)
@@ -73,6 +75,7 @@ WEIGHTS = "weights.json"
 LINEAGE = "lineage.json"
 LR_FIND = "lr_find.png"
 AUG_PREVIEW = "aug_preview.png"
+LR_FIND_CACHE = "lr_find.json"
 BEST = "best.pt"
 LAST = "last.pt"
 HISTORY = "history.json"
@@ -336,6 +339,8 @@ class Run:
 
     def export_fold(self, k: int) -> ExportFiles:
         return ExportFiles(self.path / EXPORT_DIR / f"fold{k}")
+
+    lr_find_cache = property(lambda self: self.path / LR_FIND_CACHE)
 
     def figure(self, name: str) -> Path:
         return self.path / f"{name}.png"

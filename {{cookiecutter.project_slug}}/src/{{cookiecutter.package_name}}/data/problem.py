@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..core.errors import UserError
 from ..core.runs import atomic_write_json, image_check_cache
+from ..core.tasks import TargetScale
 from .augment import build_transforms
 from .folds import read_folds
 from .images import ImageDataset, check_images, image_paths
@@ -48,6 +49,11 @@ class Problem:
 
     def rows(self, fold: int, valid: bool) -> np.ndarray:
         return np.flatnonzero((self.folds == fold) if valid else (self.folds != fold))
+
+    def target_scale(self, fold: int, task: str) -> TargetScale | None:
+        """Regression: the standardisation of fold `fold`'s training targets (validation rows never count);
+        None for the other tasks."""
+        return TargetScale.fit(self.y[self.rows(fold, valid=False)]) if task == "regression" else None
 
 
 @dataclass

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..core.errors import UserError
 from ..core.registry import Registry
-from ..core.tasks import SIGMOID_TASKS, TASKS
+from ..core.tasks import SIGMOID_TASKS, TASKS, TargetScale
 
 if TYPE_CHECKING:
     from ..config import LossConfig
@@ -139,6 +139,18 @@ class RegressionLoss(nn.Module):
         return _weighted_mean(per.mean(1), torch.ones_like(x[:, 0]), sample_weight)
 
 
+class StandardizedTarget(nn.Module):
+    """A regression loss on targets in the model's units (core.tasks.TargetScale): every target the loss is given
+    (labelled rows, pseudo labels, mixed targets, validation rows) is standardised here, in one place."""
+
+    def __init__(self, loss: nn.Module, scale: TargetScale):
+        super().__init__()
+        self.loss, self.scale = loss, scale
+
+    def forward(self, logits: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        return self.loss(logits, self.scale.standardize(target.float()), sample_weight)
+
+
 class SoftF1Loss(nn.Module):
     """1 - soft F1 (probabilities in place of 0/1 predictions), macro over labels: optimises F1 directly.
     It is a batch statistic, so small batches make it noisy."""
@@ -185,12 +197,45 @@ def resolve_loss(cfg_loss: LossConfig, task: str) -> str:
     return default_loss(task) if cfg_loss.name == "auto" else cfg_loss.name
 
 
-def build_loss(cfg_loss: LossConfig, task: str, num_outputs: int, class_counts: np.ndarray | None = None) -> nn.Module:
+def build_loss(
+    cfg_loss: LossConfig,
+    task: str,
+    num_outputs: int,
+    class_counts: np.ndarray | None = None,
+    target_scale: TargetScale | None = None,
+) -> nn.Module:
     """The loss named by `cfg_loss.name`. `class_counts` (data.tables.class_counts of the training rows) is needed
-    for `class_weight: balanced`."""
+    for `class_weight: balanced`; regression targets are standardised with `target_scale` before the loss."""
     check_options(cfg_loss, task)
     factory = LOSSES.get(resolve_loss(cfg_loss, task))
-    return factory(cfg_loss, task, _weights(cfg_loss, task, num_outputs, class_counts))
+    loss = factory(cfg_loss, task, _weights(cfg_loss, task, num_outputs, class_counts))
+    return StandardizedTarget(loss, target_scale) if task == "regression" and target_scale is not None else loss
+
+
+def prior_logits(cfg_loss: LossConfig, task: str, num_outputs: int, class_counts: np.ndarray | None) -> Tensor:
+    """The logits of the best constant prediction under this loss for targets with these class counts (those of
+    the fold's training rows): where the head starts (train.setup_fold), so the first loss is the prior's entropy
+    and no epoch is spent learning the bias. Multiclass: the log class frequencies; binary and multilabel: each
+    label's log-odds; both weighted as the loss weighs classes (class_weight, pos_weight) and smoothed as it smooths
+    targets (so `balanced` starts uniform). Regression: 0, the mean of standardised targets. A class the training
+    rows lack counts as half a row (a finite logit)."""
+    if task == "regression" or class_counts is None:
+        return torch.zeros(num_outputs)
+    w = _weights(cfg_loss, task, num_outputs, class_counts)
+    eps = cfg_loss.label_smoothing
+    counts = np.maximum(np.asarray(class_counts, dtype=np.float64), 0.5)
+    if task == "multiclass":
+        p = counts / counts.sum()
+        p = p * (1 - eps) + eps / len(p)  # the mean smoothed target
+        if w.class_weight is not None:
+            p = p * w.class_weight.double().numpy()
+        return torch.tensor(np.log(p / p.sum()), dtype=torch.float32)
+    counts = counts.reshape(2, -1)
+    p = counts[1] / counts.sum(0)
+    p = p * (1 - eps) + eps / 2
+    pos = p * (1.0 if w.pos is None else w.pos.double().numpy())
+    neg = (1 - p) * (1.0 if w.neg is None else w.neg.double().numpy())
+    return torch.tensor(np.log(pos) - np.log(neg), dtype=torch.float32)
 
 
 def check_options(cfg: LossConfig, task: str) -> None:

@@ -1,4 +1,5 @@
-"""The model factory: any timm backbone, its head sized for the task; the classifier head, and freezing."""
+"""The model factory: any timm backbone, its head sized for the task; the classifier head, its initialisation,
+and freezing."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import nn
 from ..core.errors import UserError
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config import Config, ModelConfig
 
 
 def check_backbone(name: str) -> None:
@@ -57,6 +58,18 @@ def build_model(cfg: Config, n_outputs: int, pretrained: bool | None = None) -> 
     return model
 
 
+# The backbone's LR relative to the head's when model.backbone_lr_mult is unset and the backbone is pretrained: its
+# weights already work and want a gentler LR than a new head (or a model trained from scratch, which gets 1).
+PRETRAINED_BACKBONE_LR_MULT = 0.1
+
+
+def backbone_lr_mult(m: ModelConfig) -> float:
+    """model.backbone_lr_mult, or its default for the backbone's weights (pretrained or not)."""
+    if m.backbone_lr_mult is not None:
+        return float(m.backbone_lr_mult)
+    return PRETRAINED_BACKBONE_LR_MULT if m.pretrained else 1.0
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The user's model inside torch.compile / DistributedDataParallel wrappers (their names carry prefixes)."""
     model = getattr(model, "_orig_mod", model)
@@ -75,6 +88,41 @@ def head_modules(model: nn.Module) -> list[nn.Module]:
     heads = get()
     heads = heads if isinstance(heads, tuple | list) else (heads,)
     return [h for h in heads if isinstance(h, nn.Module)]
+
+
+def output_layers(model: nn.Module, n_outputs: int) -> list[nn.Module]:
+    """The layers that produce the logits: in each classifier head, the last Linear (or 1x1 convolution) with
+    `n_outputs` outputs (a distilled ViT has two heads, both used at inference)."""
+    found = []
+    for head in head_modules(model):
+        last = None
+        for m in head.modules():
+            if (isinstance(m, nn.Linear) and m.out_features == n_outputs) or (
+                isinstance(m, nn.Conv2d) and m.out_channels == n_outputs and m.kernel_size == (1, 1)
+            ):
+                last = m
+        if last is not None:
+            found.append(last)
+    return found
+
+
+# The head's weights are multiplied by this at the start: the logits then start at the bias whatever the image
+# (the first loss is the prior's entropy), and adaptive optimizers (Adam, Ranger) still move them at full speed.
+HEAD_WEIGHT_SCALE = 0.0
+
+
+@torch.no_grad()
+def init_head(model: nn.Module, bias: torch.Tensor, weight_scale: float = HEAD_WEIGHT_SCALE) -> int:
+    """Start every output layer at `bias` (see losses.prior_logits) with its weights scaled by `weight_scale`;
+    returns how many layers were set (0: no output layer found, or none has a bias)."""
+    n = 0
+    for layer in output_layers(model, len(bias)):
+        if layer.bias is None:
+            continue
+        layer.weight.mul_(weight_scale)
+        layer.bias.copy_(bias.to(layer.bias))
+        n += 1
+    return n
 
 
 def head_parameter_ids(model: nn.Module) -> set[int]:

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..core.errors import UserError
 from ..core.runtime import autocast
+from ..core.tasks import TargetScale
 
 RUNTIMES = ("torch", "onnx")  # config key predict.runtime
 ONNX_MODELS = ("fp32", "int8")  # config key predict.onnx_model
@@ -27,6 +28,7 @@ class Predictor:
 
     device: torch.device = torch.device("cpu")
     where: str = "cpu"
+    scale: TargetScale | None = None  # regression: the fold's target scale, which turns outputs into values
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

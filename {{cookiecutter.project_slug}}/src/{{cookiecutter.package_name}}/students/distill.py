@@ -54,6 +54,13 @@ def distill_step(task: str, alpha: float, temperature: float) -> Step:
     return step
 
 
+def _in_student_units(teacher: np.ndarray, problem: Problem, fold: int, task: str) -> np.ndarray:
+    """Teacher logits as the student's outputs are: regression teacher values standardised with the student's fold
+    scale (train.setup_fold computes the same), the logits of the other tasks as they are."""
+    scale = problem.target_scale(fold, task)
+    return teacher if scale is None else scale.standardize(teacher).astype(np.float32)
+
+
 def build_distill_fold(
     cfg: Config, problem: Problem, fold: int, leaves: dict[str, float], mean: tuple, std: tuple
 ) -> tuple[FoldData, dict]:
@@ -62,7 +69,8 @@ def build_distill_fold(
     ids = [problem.ids[i] for i in problem.rows(fold, valid=False)]
     teach = teacher_logits(cfg, leaves, fold, ids, "train")
     teach.check_fold(fold)
-    data.train.extras.update(teacher=teach.values, labelled=np.ones(len(ids), np.float32))
+    teacher_out = _in_student_units(teach.values, problem, fold, cfg.task)
+    data.train.extras.update(teacher=teacher_out, labelled=np.ones(len(ids), np.float32))
     record: dict = {"train_rows": len(ids), "sources": teach.sources, "test_rows": 0}
     if not cfg.distill.use_test:
         return data, record
@@ -71,7 +79,8 @@ def build_distill_fold(
     soft.check_fold(fold)
     dummy = np.zeros((len(test.ids), *problem.y.shape[1:]), problem.y.dtype)  # never scored: labelled = 0
     labelled = np.zeros(len(test.ids), np.float32)
-    test_rows = student_rows(cfg, test.paths, dummy, mean, std, teacher=soft.values, labelled=labelled)
+    soft_out = _in_student_units(soft.values, problem, fold, cfg.task)
+    test_rows = student_rows(cfg, test.paths, dummy, mean, std, teacher=soft_out, labelled=labelled)
     record.update(test_rows=len(test.ids), test_sources=soft.sources)
     # The class-balancing sampler knows the labelled rows only; the test rows are drawn like the rest.
     return dataclasses.replace(data, train=ConcatDataset([data.train, test_rows]), sampler_labels=None), record

@@ -24,7 +24,6 @@ from ..core.runs import (
     Run,
     atomic_save_npz,
     atomic_write_json,
-    load_best,
     read_derived,
     read_json,
     read_pred_csv,
@@ -38,7 +37,14 @@ from ..data.images import IMAGE_EXTS, ImageDataset, image_paths
 from ..data.problem import FoldData, Problem
 from ..data.tables import data_path, read_table
 from ..modeling.models import build_model
-from ..predict import predict_loader, predict_test, predict_test_folds, prediction_source, resolve_views
+from ..predict import (
+    load_fold_weights,
+    predict_loader,
+    predict_test,
+    predict_test_folds,
+    prediction_source,
+    resolve_views,
+)
 from ..train import Step, check_resumable, fold_pending, train_one_fold
 
 Source = tuple[str, int]  # (teacher experiment, fold): the one model an array of teacher outputs came from
@@ -161,17 +167,19 @@ def split_paths(tcfg: Config, split: str, ids: list[str]) -> list[Path]:
 def predict_fold(
     cfg: Config, tcfg: Config, fold: int, paths: list[Path], views: Sequence[str] = ("identity",), activation=False
 ) -> np.ndarray:
-    """(N, outputs) of teacher `tcfg`'s fold-`fold` model on `paths`: logits, or TTA-merged predictions."""
+    """(N, outputs) of teacher `tcfg`'s fold-`fold` model on `paths`: logits, or TTA-merged predictions (regression:
+    values in the target's units, whatever scale the teacher learnt them in)."""
     device = resolve_device(cfg.device)
     model = build_model(tcfg, num_outputs(tcfg.task, len(tcfg.run.read_classes()["classes"])), pretrained=False).to(
         device
     )
-    model.load_state_dict(load_best(checkpoint(tcfg, fold))["model"])
+    checkpoint(tcfg, fold)  # a teacher fold that is not finished is named first
+    scale = load_fold_weights(tcfg, model, fold)
     mean, std = resolve_normalization(tcfg.augment, model, tcfg.model.in_chans)
     dataset = ImageDataset(paths, None, build_transforms(tcfg.augment, False, mean, std), tcfg.model.in_chans)
     loader = DataLoader(dataset, batch_size=tcfg.tta.batch_size, num_workers=cfg.data.num_workers)
     dtype, desc = amp_dtype(cfg.train.amp, device), f"teacher {tcfg.exp} fold {fold}"
-    out = predict_loader(model, loader, tcfg.task, device, dtype, views, tcfg.tta.merge, activation, desc=desc)
+    out = predict_loader(model, loader, tcfg.task, device, dtype, views, tcfg.tta.merge, activation, desc, scale)
     return out.reshape(len(paths), -1)
 
 
@@ -190,13 +198,16 @@ def cached(path: Path, ids: list[str], key: dict, compute: Callable[[], np.ndarr
 
 def teacher_logits(cfg: Config, leaves: dict[str, float], fold: int, ids: list[str], split: str) -> TeacherOutput:
     """The weighted mean of the leaves' fold-`fold` logits on images `ids` of `split` (train | test), cached
-    (without TTA) in outputs/<student>/teacher/fold<k>[_test].npz."""
+    (without TTA) in outputs/<student>/teacher/fold<k>[_test].npz. Regression teachers give values in the target's
+    units (each learnt in its own fold's scale); the student standardises them with its own (distill.py)."""
     tcfgs = {e: teacher_config(cfg, e) for e in leaves}
     stamps = [[e, w, stamp(checkpoint(tcfgs[e], fold))] for e, w in leaves.items()]
-    key = {"split": split, "fold": fold, "teachers": stamps}
+    values = cfg.task == "regression"
+    key = {"split": split, "fold": fold, "teachers": stamps, "outputs": "values" if values else "logits"}
 
     def compute() -> np.ndarray:
-        parts = [w * predict_fold(cfg, tcfgs[e], fold, split_paths(tcfgs[e], split, ids)) for e, w in leaves.items()]
+        parts = [w * predict_fold(cfg, tcfgs[e], fold, split_paths(tcfgs[e], split, ids), activation=values)
+                 for e, w in leaves.items()]  # fmt: skip
         return np.sum(parts, axis=0)
 
     name = f"fold{fold}" if split == "train" else f"fold{fold}_{split}"
