@@ -145,7 +145,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path, new_project):
     assert done.stdout.count("fold 0 epoch 3/3") == 1  # rank 0 reports for all
 
     scores = [json.loads((root / "outputs/exp/cv.json").read_text())["folds"]["0"] for root in (one, two)]
-    assert scores[0] > 0.8 and abs(scores[0] - scores[1]) <= 0.01, scores
+    assert scores[0] > 0.5 and abs(scores[0] - scores[1]) <= 0.01, scores  # it learnt, and alike
     folds = read(two / "data" / "folds.csv")
     updates = [torch.load(root / "outputs/exp/fold0/last.pt", weights_only=True)["scheduler"]["last_epoch"]
                for root in (one, two)]  # fmt: skip

@@ -495,6 +495,7 @@ RESUME_IGNORES = (
     "data.num_workers",
     "data.cache_images",
     "model.compile",
+    "train.pick_averaged",  # which of the averages best.pt holds is chosen after training
     "tta",
     "wandb",
     "submit",

@@ -44,7 +44,7 @@ from .data.augment import build_transforms, resolve_normalization
 from .data.images import ImageDataset, reseed
 from .data.problem import Problem, build_fold_data, load_problem, pred_frame
 from .modeling import deploy, metrics
-from .modeling.models import build_model
+from .modeling.models import backbone_lr_mult, build_model
 from .modeling.predictors import OnnxPredictor, Predictor, TorchPredictor
 from .predict import activate, fold_models, predict_loader
 
@@ -219,7 +219,7 @@ def finetune(cfg: Config, k: int, model: nn.Module) -> None:
     s = setup_fold(ft, k)  # seeded for fold k; it builds a model of its own, unused here
     model.to(s.device)
     steps = total_updates(s.n_batches, ft.optim.grad_accum, x.prune_finetune_epochs)
-    optimizer = build_optimizer(model, ft.optim, steps, backbone_lr_mult=ft.model.backbone_lr_mult)
+    optimizer = build_optimizer(model, ft.optim, steps, backbone_lr_mult=backbone_lr_mult(ft.model))
     scheduler = build_scheduler(optimizer, ft.optim, steps)
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)
     step = lambda m, b, c: supervised_step(m, b, c, s.mixer)  # noqa: E731
