@@ -72,6 +72,8 @@ def write_competition(root: Path, task: str, seed: int = 0) -> str:
     returns the YAML of the config keys that describe it (task, metric, data.*)."""
     rng = np.random.default_rng(seed)
     images, labels = _rows(task, rng)
+    order = rng.permutation(len(images))  # rows come grouped by label: the test rows must be a random share
+    images, labels = [images[i] for i in order], [labels[i] for i in order]
     ext = ".jpg" if task == "multilabel" else ".png"
     ids = [f"s{i:05d}" for i in range(len(images))]
     n_test = len(ids) // 10

@@ -10,11 +10,13 @@ what anyone sets for digits (no flips).
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
 import synthetic
-from {{ cookiecutter.package_name }} import cli, config
+from {{ cookiecutter.package_name }} import cli, config, submission
 from {{ cookiecutter.package_name }}.modeling import metrics
 
 PROJECT = Path(cli.__file__).parents[2]  # src/<package>/cli.py -> the project, with its configs/
@@ -64,3 +66,17 @@ def test_defaults_beat_logistic_regression_on_raw_pixels(tmp_path, task):
     model, baseline = cv["folds"]["0"], synthetic.pixel_baseline(cfg, 0)
     better = model > baseline if metrics.get_metric(cv["metric"]).higher_is_better else model < baseline
     assert better, f"{task}: {cv['metric']} {model:.4f} with the defaults, {baseline:.4f} for logistic regression"
+    if task == "regression":  # ordinal grades scored with QWK: rounded at cuts tuned on OOF, in cv.json and the file
+        check_ordinal_submission(path, cv)
+
+
+def check_ordinal_submission(path: Path, cv: dict) -> None:
+    levels, cuts = np.array(cv["ordinal"]["levels"]), np.array(cv["ordinal"]["cuts"])
+    assert levels.tolist() == [0, 1, 2, 3, 4] and cv["cv_ordinal"] >= cv["cv"]
+    for command in ("predict", "make-submission"):
+        assert cli.main([command, "-c", str(path)]) == 0
+    root = path.parents[1]
+    sub = pd.read_csv(root / "submissions" / "guard.csv")
+    pred = pd.read_csv(root / "outputs" / "guard" / "test_pred.csv").set_index("image_id").loc[sub["image_id"]]
+    expected = submission.apply_cuts(np.clip(pred["grade"].to_numpy(), 0, 4), levels, cuts)
+    np.testing.assert_array_equal(sub["grade"], expected)

@@ -173,6 +173,23 @@ def test_valley_on_a_known_curve():
     assert lr_find.suggest_valley(lrs[:1], [1.0]) is None
 
 
+def test_suggestion_is_the_middle_of_the_descent_despite_a_sloped_plateau_and_a_noisy_floor():
+    # What a head started at the prior gives: a plateau that decreases smoothly, then the real descent, then a flat
+    # noisy floor whose lowest point lies far right, then the blow-up.
+    rng = np.random.default_rng(0)
+    lrs = list(10 ** np.linspace(-6, 1, 100))
+    plateau = [1.0 - 1e-5 * i for i in range(50)]  # points 0..49
+    descent = [1.0 - 0.025 * (k + 1) for k in range(20)]  # points 50..69: 0.975 ... 0.5
+    floor = list(0.5 + 0.01 * rng.uniform(-1, 1, 20))  # points 70..89
+    floor[18] = 0.49  # the lowest point: far right on the floor
+    rise = [0.6 + 0.2 * k for k in range(10)]
+    losses = plateau + descent + floor + rise
+    # plateau ~1.0 (the median of points 10..29), floor 0.49, a fall of ~0.51: 30% of it is covered from point 56
+    # (0.825) on, 80% at point 66 (0.575); the middle, on the log scale, is point 61.
+    assert lrfind.suggest_lr(lrs, losses) == pytest.approx(lrs[61], rel=1e-9)
+    assert lrfind.suggest_lr(lrs, [1.0] * 30) == lrfind.suggest_valley(lrs, [1.0] * 30)  # no descent: the fallback
+
+
 def test_plot_is_a_png(tmp_path):
     model, batches, loss_fn = _problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
