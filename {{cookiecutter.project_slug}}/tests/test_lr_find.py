@@ -186,8 +186,8 @@ def test_suggestion_is_the_middle_of_the_descent_despite_a_sloped_plateau_and_a_
     losses = plateau + descent + floor + rise
     # plateau ~1.0 (the median of points 10..29), floor 0.49, a fall of ~0.51: 30% of it is covered from point 56
     # (0.825) on, 80% at point 66 (0.575); the middle, on the log scale, is point 61.
-    assert lrfind.suggest_lr(lrs, losses) == pytest.approx(lrs[61], rel=1e-9)
-    assert lrfind.suggest_lr(lrs, [1.0] * 30) == lrfind.suggest_valley(lrs, [1.0] * 30)  # no descent: the fallback
+    assert lr_find.suggest_lr(lrs, losses) == pytest.approx(lrs[61], rel=1e-9)
+    assert lr_find.suggest_lr(lrs, [1.0] * 30) == lr_find.suggest_valley(lrs, [1.0] * 30)  # no descent: the fallback
 
 
 def test_plot_is_a_png(tmp_path):
