@@ -23,7 +23,7 @@ from PIL import Image
 
 from {{ cookiecutter.package_name }} import cli
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.data import demo
+from {{ cookiecutter.package_name }}.data import demo, images
 
 from conftest import small_digits
 
@@ -388,8 +388,6 @@ def test_a_diverging_run_stops_with_one_line(base, tmp_path, monkeypatch, capsys
 
 
 def test_image_check_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
-    from {{ cookiecutter.package_name }}.data import images
-
     for i in range(5):
         Image.fromarray(np.full((8, 8), i * 40, np.uint8)).save(tmp_path / f"{i}.png")
     paths = [tmp_path / f"{i}.png" for i in range(5)]
@@ -411,12 +409,10 @@ def test_image_check_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
 def test_sixteen_bit_images_keep_their_brightness(tmp_path):
     """Two 16-bit images, one four times as bright as the other: scaled by the fixed 255/65535, not each to its own
     min..max (which would make them identical)."""
-    from {{ cookiecutter.package_name }}.data.images import read_image
-
     ramp = np.linspace(0, 1, 64).reshape(8, 8)
     for name, top in (("dark", 16000), ("bright", 64000)):
         Image.fromarray((ramp * top).astype(np.uint16)).save(tmp_path / f"{name}.png")
-    dark, bright = (read_image(tmp_path / f"{n}.png", 1)[..., 0].astype(int) for n in ("dark", "bright"))
+    dark, bright = (images.read_image(tmp_path / f"{n}.png", 1)[..., 0].astype(int) for n in ("dark", "bright"))
     assert Image.open(tmp_path / "dark.png").mode.startswith("I;16")
     np.testing.assert_allclose(dark, np.rint(ramp * 16000 * 255 / 65535), atol=1)
     np.testing.assert_allclose(bright, np.rint(ramp * 64000 * 255 / 65535), atol=1)
