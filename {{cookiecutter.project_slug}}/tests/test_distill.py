@@ -20,7 +20,14 @@ from {{ cookiecutter.package_name }}.data import problem as fold_data
 from {{ cookiecutter.package_name }}.modeling.losses import build_loss
 from {{ cookiecutter.package_name }}.students import distill, teachers
 
-from conftest import check_fold, fingerprint_teacher, small_config, spy_on_training, weighted_teacher
+from conftest import (
+    SMALL,
+    check_fold,
+    fingerprint_teacher,
+    small_config,
+    spy_on_training,
+    weighted_teacher,
+)
 
 N_FOLDS, N_CLASSES, N_TEST = 2, 10, 32
 
@@ -171,3 +178,23 @@ def test_distillation_end_to_end(small_project, tmp_path):
     assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
     path = submission.make_submission(cfg, "exp003", out_dir=tmp_path, log=lambda s: None)
     assert len(pd.read_csv(path)) == N_TEST
+
+
+def test_regression_teacher_reaches_the_student_in_the_students_units(tmp_path, new_project):
+    # A regression teacher learns standardised targets; what it hands the student must be in the student's units
+    # (its own fold's standardisation), which here, on the same folds, is exactly the teacher's raw output.
+    new_project(tmp_path, "regression", n_folds=2, extra=SMALL)
+    path = tmp_path / "configs" / "exp.yaml"
+    tcfg = config.load(path)
+    train.train_one_fold(tcfg, 0)
+    cfg = config.load(path, ["exp=student"])
+    problem = fold_data.load_problem(cfg)
+    mean, std = teachers.student_normalization(cfg, problem)
+    data, _ = distill.build_distill_fold(cfg, problem, 0, {"exp": 1.0}, mean, std)
+    paths = [problem.paths[i] for i in problem.rows(0, valid=False)]
+    raw = teachers.predict_fold(cfg, teachers.teacher_config(cfg, "exp"), 0, paths).ravel()
+    values = teachers.predict_fold(cfg, teachers.teacher_config(cfg, "exp"), 0, paths, activation=True).ravel()
+    np.testing.assert_allclose(data.train.extras["teacher"].ravel(), raw, rtol=1e-4, atol=1e-5)
+    scale = problem.target_scale(0, "regression")
+    assert abs(values.mean() - scale.mean) < abs(raw.mean() - scale.mean)  # values: the digits' units
+    np.testing.assert_allclose(values, scale.invert(raw), rtol=1e-4, atol=1e-4)

@@ -131,6 +131,20 @@ def test_ordinal_submission_applies_the_cuts_tuned_on_oof(projects):
     np.testing.assert_array_equal(sub["label"], submission.apply_cuts(np.clip(pred.to_numpy(), 0, 9), levels, cuts))
 
 
+def test_ordinal_levels_are_the_targets_grades(projects):
+    base = projects["regression"]
+    cfg = config.load(Path(base.output_dir).parent / "configs" / "exp.yaml", ["submit.ordinal=true"])
+    assert submission.target_levels(cfg, np.array([2.0, 0.5, 2.0, 1.0])).tolist() == [0.5, 1.0, 2.0]
+    qwk = config.load(Path(base.output_dir).parent / "configs" / "exp.yaml", ["metric=qwk"])
+    assert submission.ordinal(qwk) and not submission.ordinal(
+        config.load(Path(base.output_dir).parent / "configs" / "exp.yaml")
+    )
+    # QWK scores whole grades
+    assert submission.target_levels(qwk, np.array([2.2, 0.4, 1.0])).tolist() == [0.0, 1.0, 2.0]
+    with pytest.raises(UserError, match=r"column 'label' has 150 distinct values.*submit.ordinal=false"):
+        submission.target_levels(cfg, np.linspace(0, 1, 150))
+
+
 def test_multilabel_rows_never_empty(projects):
     base = projects["multilabel"]
     cfg = config.load(

@@ -142,7 +142,7 @@ def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], Non
     if averaging:
         result["weight_averaging"] = averaging
     if ordinal(cfg):  # the cuts the submission will apply (the same function on the same OOF)
-        levels = target_levels(problem.y, f"{cfg.data.train_csv}: column '{cfg.target_cols[0]}'")
+        levels = target_levels(cfg, problem.y)
         cuts = tune_cuts(y_true, pred, levels, name)
         result["ordinal"] = {"levels": levels.tolist(), "cuts": cuts.tolist()}
         result["cv_ordinal"] = metrics.score(name, y_true, apply_cuts(pred, levels, cuts), cfg.task)

@@ -60,13 +60,15 @@ def ordinal(cfg: Config) -> bool:
 MAX_LEVELS = 100  # more distinct target values than this is a continuous target, not grades
 
 
-def target_levels(target: np.ndarray, where: str) -> np.ndarray:
-    """The grades an ordinal prediction is rounded to: the distinct target values of the training rows."""
-    levels = np.unique(np.asarray(target, dtype=np.float64))
+def target_levels(cfg: Config, target: np.ndarray) -> np.ndarray:
+    """The grades an ordinal prediction is rounded to: the distinct target values of the training rows (whole
+    numbers for qwk, which scores rounded values)."""
+    values = np.asarray(target, dtype=np.float64)
+    levels = np.unique(np.rint(values) if metric_name(cfg) == "qwk" else values)
     if len(levels) > MAX_LEVELS:
         raise UserError(
-            f"{where} has {len(levels)} distinct values: submit.ordinal rounds to the target's values, which needs "
-            f"grades (at most {MAX_LEVELS}); set submit.ordinal=false"
+            f"{cfg.data.train_csv}: column '{cfg.target_cols[0]}' has {len(levels)} distinct values: submit.ordinal "
+            f"rounds to the target's values, which needs grades (at most {MAX_LEVELS}); set submit.ordinal=false"
         )
     return levels
 
@@ -207,7 +209,7 @@ def _regression_values(cfg: Config, exp: str, pred: np.ndarray, train: pd.DataFr
     if cfg.submit.clip:
         values = np.clip(values, np.nanmin(target), np.nanmax(target))
     if ordinal(cfg):
-        levels = target_levels(target, f"{cfg.data.train_csv}: column '{cfg.target_cols[0]}'")
+        levels = target_levels(cfg, target)
         out = apply_cuts(values, levels, rounding_cuts(cfg, exp, levels, log))
         return out.astype(np.int64) if np.all(levels == np.rint(levels)) else out
     return values
