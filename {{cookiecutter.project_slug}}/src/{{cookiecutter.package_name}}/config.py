@@ -25,6 +25,7 @@ from .core.runs import Run, atomic_write_text
 from .core.tasks import TASKS
 from .data import folds as folds_module
 from .data.augment import PRESETS
+from .data.cache import MODES as CACHE_MODES
 from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
 from .modeling.optim import OPTIMIZERS, SCHEDULES
@@ -42,8 +43,9 @@ class DataConfig:
     target_col: Any = "label"  # one column, or (multilabel) a list of 0/1 columns
     label_sep: str = " "  # multilabel tags in one column are split on this
     image_ext: str = ".png"  # appended to the id unless the id already ends with an extension
-    cache_images: bool = False  # decode every image once and keep it in memory (small datasets)
-    num_workers: int = 2
+    cache: str = "none"  # none | memory | disk: decode each image once, at the size training needs (data/cache.py)
+    cache_dir: str = "data/cache"  # data.cache=disk: where the decoded arrays live (relative to the project)
+    num_workers: int | str = "auto"  # loader processes; auto: see threads
 
 
 @dataclass
@@ -65,8 +67,8 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     freeze_backbone_epochs: int = 0  # train only the head for the first N epochs
     backbone_lr_mult: float = 1.0  # backbone LR = lr * this (head gets lr)
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: bool | str = "auto"  # auto: on for CUDA, off on CPU
+    compile: bool = False  # torch.compile the training model
 
 
 @dataclass
@@ -178,6 +180,9 @@ class Config:
     competition: str = ""  # the Kaggle competition slug (kaggle competitions download/submit)
     output_dir: str = "outputs"
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
+    # torch threads of the main process; auto (with data.num_workers: auto): on CUDA every core but one decodes,
+    # on CPU a quarter of the cores decode and the rest compute, so that threads + workers <= cores (runtime.plan_cpu)
+    threads: int | str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -211,6 +216,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS,
     "metric": ("auto", *metrics.list_metrics()),
     "folds.method": folds_module.METHODS,
+    "data.cache": CACHE_MODES,
     "augment.preset": tuple(PRESETS.names()),
     "loss.name": ("auto", *losses.list_losses()),
     "loss.class_weight": ("none", "balanced"),
@@ -255,7 +261,8 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key=value (e.g. train.epochs=3)")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), file_cfg, OmegaConf.from_dotlist(list(overrides)))
+        cli_cfg = _renamed(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(OmegaConf.structured(Config), _renamed(file_cfg), cli_cfg)
         if OmegaConf.is_missing(merged, "exp"):
             merged.exp = path.stem
         cfg = OmegaConf.to_object(merged)
@@ -267,6 +274,18 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     return cfg
+
+
+def _renamed(node: DictConfig) -> DictConfig:
+    """Configs written before a key was renamed (an older run's outputs/<exp>/config.yaml, read again by teachers,
+    `upload` and the offline notebook) load under the new name: data.cache_images true/false -> data.cache
+    memory/none (unless data.cache is given too)."""
+    data = node.get("data")
+    if isinstance(data, DictConfig) and "cache_images" in data:
+        old = data.pop("cache_images")
+        if "cache" not in data:
+            data.cache = "memory" if old else "none"
+    return node
 
 
 def _describe(e: OmegaConfBaseException) -> str:
@@ -327,7 +346,11 @@ def validate(cfg: Config) -> None:
     checks = [
         (2 <= cfg.folds.n_folds <= 20, "folds.n_folds", cfg.folds.n_folds, "2..20"),
         (cfg.folds.n_bins >= 2, "folds.n_bins", cfg.folds.n_bins, ">= 2"),
-        (cfg.data.num_workers >= 0, "data.num_workers", cfg.data.num_workers, ">= 0"),
+        (cfg.seed >= 0, "seed", cfg.seed, ">= 0"),
+        (_auto_or_int(cfg.data.num_workers, 0), "data.num_workers", cfg.data.num_workers, "auto or an integer >= 0"),
+        (_auto_or_int(cfg.threads, 1), "threads", cfg.threads, "auto or an integer >= 1"),
+        (cfg.model.channels_last in (True, False, "auto"), "model.channels_last", cfg.model.channels_last,
+         "auto, true or false"),
         (cfg.model.in_chans in (1, 3), "model.in_chans", cfg.model.in_chans, "1 (grayscale) or 3 (RGB)"),
         (0 <= cfg.model.drop_rate < 1, "model.drop_rate", cfg.model.drop_rate, "0 <= value < 1"),
         (0 <= cfg.model.drop_path_rate < 1, "model.drop_path_rate", cfg.model.drop_path_rate, "0 <= value < 1"),
@@ -382,6 +405,10 @@ def validate(cfg: Config) -> None:
     losses.check_options(cfg.loss, cfg.task)
     if cfg.train.sampler != "none" and cfg.task == "regression":
         raise UserError("config key 'train.sampler' balances classes; task=regression has none (use none)")
+
+
+def _auto_or_int(value: int | str, low: int) -> bool:
+    return value == "auto" or (isinstance(value, int) and value >= low)
 
 
 def metric_name(cfg: Config) -> str:

@@ -7,21 +7,22 @@ Both carry the checkpoints and views they came from (core/runs.py, derived files
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .config import Config
 from .core.errors import UserError
 from .core.runs import load_best, read_derived, stamp, write_derived
-from .core.runtime import amp_dtype, autocast, resolve_device
+from .core.runtime import amp_dtype, autocast, compute_setup, use_channels_last
 from .core.tasks import num_outputs
-from .data.augment import resolve_normalization
+from .data.augment import Normalize, resolve_normalization
+from .data.images import DeviceLoader, make_loader
 from .data.problem import build_fold_data, load_problem, pred_frame, test_dataset
 from .modeling import tta
 from .modeling.models import build_model
@@ -39,9 +40,42 @@ def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def predict_models(
+    models: Mapping[str, nn.Module],
+    loader: Iterable[dict],
+    task: str,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    views: Sequence[str] = ("identity",),
+    merge: str = "mean",
+    activation: bool = True,
+    desc: str = "predict",
+) -> dict[str, np.ndarray]:
+    """Predictions of each of `models` for every row of `loader` (a DeviceLoader: batches on `device`, images
+    normalised), in order, from one pass over the data. With several views they are merged after activation
+    (merging logits of sigmoid/softmax models is biased; regression merges values with a plain mean).
+    Outputs stay on the device until the end: copying each batch back would wait for the GPU every batch."""
+    for model in models.values():
+        model.eval()
+    outs: dict[str, list[torch.Tensor]] = {name: [] for name in models}
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None):
+        x = batch["image"]
+        if not x.is_floating_point():
+            raise TypeError("predict_models takes normalised images: wrap the DataLoader in data.images.DeviceLoader")
+        for name, model in models.items():
+            per_view = []
+            for view in views:
+                with autocast(device, dtype):
+                    logits = model(tta.get_view(view).apply(x)).float()
+                per_view.append(activate(logits, task) if activation or len(views) > 1 else logits)
+            how = "mean" if task == "regression" else merge
+            outs[name].append(per_view[0] if len(per_view) == 1 else torch.as_tensor(tta.merge(per_view, how)))
+    return {name: torch.cat(o).cpu().numpy() for name, o in outs.items()}
+
+
 def predict_loader(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[dict],
     task: str,
     device: torch.device,
     dtype: torch.dtype | None = None,
@@ -50,23 +84,8 @@ def predict_loader(
     activation: bool = True,
     desc: str = "predict",
 ) -> np.ndarray:
-    """Predictions for every row of `loader`, in order. With several views they are merged after activation
-    (merging logits of sigmoid/softmax models is biased; regression merges values with a plain mean)."""
-    model.eval()
-    outs = []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None):
-        x = batch["image"].to(device, non_blocking=True)
-        per_view = []
-        for name in views:
-            with autocast(device, dtype):
-                logits = model(tta.get_view(name).apply(x)).float()
-            per_view.append(activate(logits, task) if activation or len(views) > 1 else logits)
-        if len(per_view) == 1:
-            outs.append(per_view[0].cpu())
-        else:
-            how = "mean" if task == "regression" else merge
-            outs.append(torch.as_tensor(tta.merge(per_view, how)).cpu())
-    return torch.cat(outs).numpy()
+    """predict_models for one model."""
+    return predict_models({"model": model}, loader, task, device, dtype, views, merge, activation, desc)["model"]
 
 
 def fold_models(cfg: Config) -> list[int]:
@@ -92,13 +111,21 @@ def folds_source(cfg: Config, folds: list[int]) -> dict:
     return {"folds": {str(k): prediction_source(cfg, k) for k in folds}}
 
 
-def _predictor(cfg: Config, n_classes: int) -> tuple[nn.Module, torch.device, torch.dtype | None, tuple, tuple]:
-    """An untrained model of the experiment's shape on its device, its autocast dtype and input normalisation;
-    fold checkpoints are loaded into it one after the other."""
-    device = resolve_device(cfg.device)
+def predictor(cfg: Config, n_classes: int) -> tuple[nn.Module, torch.device, torch.dtype | None, Callable]:
+    """An untrained model of the experiment's shape on its device (fold checkpoints are loaded into it one after
+    the other), its autocast dtype, and `loader(dataset)`: a DeviceLoader of tta.batch_size that feeds it, its
+    images normalised as in training."""
+    device, workers = compute_setup(cfg.device, cfg.threads, cfg.data.num_workers)
     model = build_model(cfg, num_outputs(cfg.task, n_classes), pretrained=False).to(device)
-    mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
-    return model, device, amp_dtype(cfg.train.amp, device), mean, std
+    channels_last = use_channels_last(cfg.model.channels_last, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    normalize = Normalize(*resolve_normalization(cfg.augment, model, cfg.model.in_chans)).to(device)
+
+    def loader(dataset: Dataset) -> DeviceLoader:
+        return make_loader(dataset, cfg.tta.batch_size, False, workers, device, normalize, channels_last=channels_last)
+
+    return model, device, amp_dtype(cfg.train.amp, device), loader
 
 
 def predict_test(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
@@ -106,9 +133,9 @@ def predict_test(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
     own (pseudo-labelling for fold k may only use fold k's model)."""
     run, folds = cfg.run, folds if folds is not None else fold_models(cfg)
     classes = list(run.read_classes()["classes"])
-    model, device, dtype, mean, std = _predictor(cfg, len(classes))
-    ids, dataset = test_dataset(cfg, mean, std)
-    loader = DataLoader(dataset, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
+    model, device, dtype, make = predictor(cfg, len(classes))
+    ids, dataset = test_dataset(cfg)
+    loader = make(dataset)
     total = None
     for k in folds:
         model.load_state_dict(load_best(run.fold(k).best)["model"])
@@ -129,11 +156,11 @@ def predict_oof_tta(cfg: Config) -> pd.DataFrame:
     if done is not None:
         return done
     problem = load_problem(cfg)
-    model, device, dtype, mean, std = _predictor(cfg, len(problem.classes))
+    model, device, dtype, make = predictor(cfg, len(problem.classes))
     frames = []
     for k in folds:
-        data = build_fold_data(cfg, problem, k, mean, std)
-        loader = DataLoader(data.valid, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
+        data = build_fold_data(cfg, problem, k)
+        loader = make(data.valid)
         model.load_state_dict(load_best(run.fold(k).best)["model"])
         pred = predict_loader(model, loader, cfg.task, device, dtype, cfg.tta.views, cfg.tta.merge, desc=f"oof {k}")
         frame = pred_frame(data.valid_ids, pred, problem.classes, cfg.data.id_col)

@@ -3,9 +3,13 @@
 set up model, data, loss and mixup for fold k (`setup_fold`, shared with lr-find, pseudo and distill)
 optimizer (Ranger by default) and schedule (one-cycle, stepped once per optimizer update)
 resume from last.pt if a previous run was interrupted
-each epoch: train (AMP, accumulation, clipping, EMA), evaluate raw and EMA weights, keep the better,
+each epoch: train (AMP, accumulation, clipping, EMA), evaluate raw and EMA weights (one pass), keep the better,
             write best.pt and last.pt atomically, stop early when the metric stalls
 predict the validation rows with the best weights -> fold<k>/oof.csv
+
+The data path runs at GPU speed: workers persist across epochs and send uint8 images, which are copied without
+blocking and normalised on the device (data.images.DeviceLoader); the loop never waits for the GPU within an epoch
+(the loss is summed on the device and read every LOG_EVERY steps).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from .config import Config, metric_name, save
@@ -40,25 +44,28 @@ from .core.runtime import (
     amp_dtype,
     autocast,
     barrier,
+    compute_setup,
     init_distributed,
     is_main,
-    resolve_device,
     seed_everything,
     sync_buffers,
+    use_channels_last,
     world_size,
 )
 from .core.tasks import num_outputs
 from .core.tracking import Tracker
-from .data.augment import MixBatch, build_mixup, resolve_normalization
-from .data.images import make_loader, reseed
+from .data.augment import MixBatch, Normalize, build_mixup, resolve_normalization
+from .data.images import DeviceLoader, make_loader, set_epoch
 from .data.problem import FoldData, Problem, build_fold_data, load_problem, pred_frame, save_classes
 from .data.samplers import build_sampler
 from .modeling import metrics
 from .modeling.losses import build_loss
 from .modeling.models import build_model, checkpoint_state, set_backbone_trainable
 from .modeling.optim import build_optimizer, build_scheduler, total_updates
-from .predict import activate, predict_loader
+from .predict import activate, predict_loader, predict_models
 
+LOG_EVERY = 50  # steps between reads of the loss on the host (progress bar, non-finite check): each read waits for
+# the GPU to finish the queued steps, so reading every step would keep the GPU idle while the host launches the next
 Step = Callable[[nn.Module, dict, nn.Module], dict[str, torch.Tensor]]
 
 
@@ -77,8 +84,8 @@ class FoldSetup:
     model: nn.Module
     criterion: nn.Module
     mixer: MixBatch | None
-    loader: DataLoader
-    valid_loader: DataLoader
+    loader: DeviceLoader  # batches on the device, images normalised
+    valid_loader: DeviceLoader
     n_batches: int  # training batches per epoch (train.limit_batches caps it)
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None = full precision
@@ -87,21 +94,24 @@ class FoldSetup:
 
 def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetup:
     generator = seed_everything(cfg.seed + fold, cfg.train.deterministic)
-    device = resolve_device(cfg.device)
+    device, workers = compute_setup(cfg.device, cfg.threads, cfg.data.num_workers)
     problem = load_problem(cfg)
     n_out = num_outputs(cfg.task, len(problem.classes))
     model = build_model(cfg, n_out).to(device)
-    if cfg.model.channels_last:
+    channels_last = use_channels_last(cfg.model.channels_last, device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
-    data = data or build_fold_data(cfg, problem, fold, mean, std)
+    normalize = Normalize(*resolve_normalization(cfg.augment, model, cfg.model.in_chans)).to(device)
+    data = data or build_fold_data(cfg, problem, fold)
+    set_epoch(data.train, cfg.seed, fold, 0)  # seeded before any pass (lr-find iterates without epochs)
     sampler = None
     if data.sampler_labels is not None:  # balance classes in training only; validation keeps its distribution
         sampler = build_sampler(data.sampler_labels, cfg.train.sampler, cfg.train.sampler_power, cfg.seed + fold)
     if world_size() > 1:  # each rank sees its own share of every epoch
         sampler = ShardedSampler(sampler, len(data.train)) if sampler else DistributedSampler(data.train, seed=cfg.seed)
-    loader = make_loader(data.train, cfg.train.batch_size, True, cfg.data.num_workers, sampler, generator,
-                         batch_sampler=data.batch_sampler)  # fmt: skip
+    to_device = {"device": device, "normalize": normalize, "channels_last": channels_last}
+    loader = make_loader(data.train, cfg.train.batch_size, True, workers, **to_device, sampler=sampler,
+                         batch_sampler=data.batch_sampler, seed=cfg.seed + fold, generator=generator)  # fmt: skip
     n_batches = min(len(loader), cfg.train.limit_batches or len(loader))
     if n_batches == 0:
         raise ValueError(f"fold {fold}: {len(data.train)} training rows < train.batch_size={cfg.train.batch_size}")
@@ -109,7 +119,7 @@ def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetu
     # Mixup already smooths its soft targets: the loss must not smooth them a second time.
     loss_cfg = dataclasses.replace(cfg.loss, label_smoothing=0.0) if mixer else cfg.loss
     criterion = build_loss(loss_cfg, cfg.task, n_out, data.class_counts).to(device)
-    valid_loader = make_loader(data.valid, cfg.tta.batch_size, False, cfg.data.num_workers)
+    valid_loader = make_loader(data.valid, cfg.tta.batch_size, False, workers, **to_device)
     dtype = amp_dtype(cfg.train.amp, device)
     return FoldSetup(problem, data, model, criterion, mixer, loader, valid_loader, n_batches, device, dtype, generator)
 
@@ -155,19 +165,15 @@ def train_one_fold(cfg: Config, fold: int, data: FoldData | None = None, step: S
     tracker = Tracker(cfg, f"fold{fold}", f"fold{fold}")
     sign = 1.0 if metric.higher_is_better else -1.0
     for epoch in tqdm(range(state.epoch, cfg.train.epochs), desc=f"fold {fold}", disable=None):
-        for sampler in (s.loader.sampler, s.loader.batch_sampler):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-        reseed(s.data.train, cfg.seed * 1000 + fold * 100 + epoch)
+        s.loader.set_epoch(epoch)  # the order of the rows
+        set_epoch(s.data.train, cfg.seed, fold, epoch)  # and their augmentations: both from (seed, fold, epoch)
         t0 = time.perf_counter()
         train_loss = train_epoch(cfg, s, train_model, optimizer, scheduler, scaler, ema, step, epoch)
         seconds = time.perf_counter() - t0
         sync_buffers(model)
 
-        # Evaluate the raw and the EMA weights; the better of the two is kept.
-        results = {"model": evaluate(cfg, s, model)}
-        if ema is not None:
-            results["ema"] = evaluate(cfg, s, ema.module)
+        # Evaluate the raw and the EMA weights, in one pass over the validation rows; the better of the two is kept.
+        results = evaluate(cfg, s, {"model": model} | ({"ema": ema.module} if ema is not None else {}))
         source = max(results, key=lambda k: sign * results[k][1])
         valid_loss, score = results[source]
         if state.best_score is None or sign * score > sign * state.best_score:
@@ -217,14 +223,13 @@ def train_epoch(cfg: Config, s: FoldSetup, model: nn.Module, optimizer, schedule
     # The first model.freeze_backbone_epochs train the head alone (after model.train(): frozen BatchNorm layers
     # go back to eval mode, so their running statistics stay those of the pretrained backbone).
     set_backbone_trainable(model, epoch >= cfg.model.freeze_backbone_epochs)
-    accum, n_batches, total, seen = cfg.optim.grad_accum, s.n_batches, 0.0, 0
+    accum, n_batches = cfg.optim.grad_accum, s.n_batches
+    total = torch.zeros((), device=s.device)  # summed where the loss is: no wait for the GPU at each step
+    seen = 0
     bar = tqdm(s.loader, total=n_batches, desc=f"epoch {epoch + 1}", leave=False, disable=None)
-    for i, batch in enumerate(bar):
+    for i, batch in enumerate(bar):  # batches arrive on the device, images normalised (DeviceLoader)
         if i >= n_batches:
             break
-        batch = {k: v.to(s.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        if cfg.model.channels_last:
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         with autocast(s.device, s.dtype):
             losses = step(model, batch, s.criterion)
         group = min(accum, n_batches - (i // accum) * accum)  # the last group may hold fewer batches
@@ -239,22 +244,33 @@ def train_epoch(cfg: Config, s: FoldSetup, model: nn.Module, optimizer, schedule
             scheduler.step()
             if ema is not None:
                 ema.update(getattr(model, "module", model), step=scheduler.last_epoch)
-        loss = losses["loss"].item()
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at epoch {epoch + 1} batch {i}: lower optim.lr or set amp=off")
-        total, seen = total + loss, seen + 1
-        bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
-    return total / max(seen, 1)
+        total += losses["loss"].detach().float()
+        seen += 1
+        if seen % LOG_EVERY == 0 or i + 1 == n_batches:  # a non-finite loss makes the sum non-finite for good
+            check_finite(float(total), epoch, i)
+            bar.set_postfix({k: f"{float(v.detach()):.4f}" for k, v in losses.items()})
+    return float(total) / max(seen, 1)
+
+
+def check_finite(total: float, epoch: int, batch: int) -> None:
+    if not math.isfinite(total):
+        first = batch - (batch % LOG_EVERY)
+        raise FloatingPointError(f"loss is {total} at epoch {epoch + 1} batch {first}..{batch}: lower optim.lr or set "
+                                 "amp=off")  # fmt: skip
 
 
 @torch.no_grad()
-def evaluate(cfg: Config, s: FoldSetup, model: nn.Module) -> tuple[float, float]:
-    """(validation loss, metric) of `model` on fold k's validation rows."""
-    logits = torch.from_numpy(predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, activation=False))
+def evaluate(cfg: Config, s: FoldSetup, models: dict[str, nn.Module]) -> dict[str, tuple[float, float]]:
+    """(validation loss, metric) of each of `models` on fold k's validation rows, all from one pass of the loader."""
+    outputs = predict_models(models, s.valid_loader, cfg.task, s.device, s.dtype, activation=False)
     y = torch.as_tensor(s.data.y_valid)
-    loss = float(s.criterion(logits.reshape(len(y), -1).to(s.device), y.to(s.device)))
-    probs = activate(logits, cfg.task).numpy()
-    return loss, metrics.score(metric_name(cfg), s.data.y_valid, probs, cfg.task)
+    results = {}
+    for name, out in outputs.items():
+        logits = torch.from_numpy(out)
+        loss = float(s.criterion(logits.reshape(len(y), -1).to(s.device), y.to(s.device)))
+        probs = activate(logits, cfg.task).numpy()
+        results[name] = (loss, metrics.score(metric_name(cfg), s.data.y_valid, probs, cfg.task))
+    return results
 
 
 def fold_pending(cfg: Config, fold: int, force: bool, log: Callable[[str], None] = print) -> bool:

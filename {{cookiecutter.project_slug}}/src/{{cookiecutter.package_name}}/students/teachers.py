@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader
 
 from ..config import Config, load
 from ..core.errors import UserError
@@ -30,15 +29,13 @@ from ..core.runs import (
     read_pred_csv,
     stamp,
 )
-from ..core.runtime import amp_dtype, resolve_device, world_size
-from ..core.tasks import num_outputs
+from ..core.runtime import world_size
 from ..cv import summarize
-from ..data.augment import build_transforms, resolve_normalization
+from ..data.augment import build_transforms
 from ..data.images import IMAGE_EXTS, ImageDataset, image_paths
-from ..data.problem import FoldData, Problem
+from ..data.problem import FoldData, Problem, image_cache
 from ..data.tables import data_path, read_table
-from ..modeling.models import build_model
-from ..predict import predict_loader, predict_test, prediction_source
+from ..predict import predict_loader, predict_test, prediction_source, predictor
 from ..train import Step, fold_pending, train_one_fold
 
 Source = tuple[str, int]  # (teacher experiment, fold): the one model an array of teacher outputs came from
@@ -104,10 +101,11 @@ def check_teachers(cfg: Config, problem: Problem, names: Sequence[str], leaves: 
 
 
 def teacher_config(cfg: Config, exp: str) -> Config:
-    """The teacher's saved config, run on the student's device, workers and output folder."""
+    """The teacher's saved config, run on the student's device, threads, workers and output folder."""
     tcfg = load(Run.named(cfg.output_dir, exp).config)
     data = dataclasses.replace(tcfg.data, num_workers=cfg.data.num_workers)
-    return dataclasses.replace(tcfg, exp=exp, output_dir=cfg.output_dir, device=cfg.device, data=data)
+    return dataclasses.replace(tcfg, exp=exp, output_dir=cfg.output_dir, device=cfg.device, threads=cfg.threads,
+                               data=data)  # fmt: skip
 
 
 def checkpoint(tcfg: Config, fold: int) -> Path:
@@ -152,15 +150,11 @@ def predict_fold(
     cfg: Config, tcfg: Config, fold: int, paths: list[Path], views: Sequence[str] = ("identity",), activation=False
 ) -> np.ndarray:
     """(N, outputs) of teacher `tcfg`'s fold-`fold` model on `paths`: logits, or TTA-merged predictions."""
-    device = resolve_device(cfg.device)
-    model = build_model(tcfg, num_outputs(tcfg.task, len(tcfg.run.read_classes()["classes"])), pretrained=False).to(
-        device
-    )
+    model, device, dtype, make_loader = predictor(tcfg, len(tcfg.run.read_classes()["classes"]))
     model.load_state_dict(load_best(checkpoint(tcfg, fold))["model"])
-    mean, std = resolve_normalization(tcfg.augment, model, tcfg.model.in_chans)
-    dataset = ImageDataset(paths, None, build_transforms(tcfg.augment, False, mean, std), tcfg.model.in_chans)
-    loader = DataLoader(dataset, batch_size=tcfg.tta.batch_size, num_workers=cfg.data.num_workers)
-    dtype, desc = amp_dtype(cfg.train.amp, device), f"teacher {tcfg.exp} fold {fold}"
+    tf = build_transforms(tcfg.augment, False, tcfg.model.in_chans)
+    loader = make_loader(ImageDataset(paths, None, tf, tcfg.model.in_chans, image_cache(tcfg, paths)))
+    desc = f"teacher {tcfg.exp} fold {fold}"
     out = predict_loader(model, loader, tcfg.task, device, dtype, views, tcfg.tta.merge, activation, desc=desc)
     return out.reshape(len(paths), -1)
 
@@ -234,16 +228,10 @@ def teacher_predictions(cfg: Config, leaves: dict[str, float], fold: int, unl: U
 # --- the student's training loop -------------------------------------------------------------------------------------
 
 
-def student_normalization(cfg: Config, problem: Problem) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) train_one_fold and predict_test will use: they come from the built model's pretrained_cfg."""
-    model = build_model(cfg, num_outputs(cfg.task, len(problem.classes)), pretrained=False)
-    return resolve_normalization(cfg.augment, model, cfg.model.in_chans)
-
-
-def student_rows(cfg: Config, paths: list[Path], y: np.ndarray, mean: tuple, std: tuple, **extras) -> ImageDataset:
+def student_rows(cfg: Config, paths: list[Path], y: np.ndarray, **extras) -> ImageDataset:
     """Rows that join fold k's training set next to its labelled rows: same augmentation, per-row `extras`."""
-    tf = build_transforms(cfg.augment, True, mean, std)
-    return ImageDataset(paths, y, tf, cfg.model.in_chans, cfg.data.cache_images, extras=extras)
+    tf = build_transforms(cfg.augment, True, cfg.model.in_chans)
+    return ImageDataset(paths, y, tf, cfg.model.in_chans, image_cache(cfg, paths), extras=extras)
 
 
 def start_lineage(
