@@ -54,7 +54,8 @@ def decode(path: Path, in_chans: int, size: int | None) -> np.ndarray:
 
 
 def cache_key(paths: Sequence[Path], in_chans: int, size: int | None) -> str:
-    """Hash of the image set (path, byte size, modification time of each file, in order), size, channels, version."""
+    """Hash of the image set (path, byte size, modification time of each file), size, channels, version. `paths`
+    in a fixed order (open_cache sorts them), so that another row order of the same images finds the same entry."""
     h = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "in_chans": in_chans, "size": size}).encode())
     for p in paths:
         st = os.stat(p)
@@ -171,6 +172,7 @@ def open_cache(
         return None
     if mode not in MODES:
         raise ValueError(f"data.cache={mode!r}; expected one of {MODES}")
+    paths = sorted(paths, key=str)  # row r of the entry is the r-th path in this order, whatever the table's order
     key = cache_key(paths, in_chans, size)
     if mode == "memory":
         if key not in _MEMORY:
