@@ -151,7 +151,7 @@ def test_a_non_finite_loss_still_stops_training(tmp_path, new_project):
     def nan_step(model, batch, criterion):
         return {"loss": model(batch["image"]).sum() * float("nan")}
 
-    with pytest.raises(FloatingPointError, match="epoch 1 batch 0..3"):
+    with pytest.raises(FloatingPointError, match=r"epoch 1 batch 0\.\.3"):
         train.train_one_fold(cfg, 0, step=nan_step)
 
 
