@@ -96,7 +96,8 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor([255.0 * s for s in std]).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std
+        # One new tensor, then in place: a batch of 128 images at 224 px is 77 MB in float32.
+        return x.to(torch.float32, copy=True).sub_(self.mean).div_(self.std)
 
 
 def build_transforms(cfg_aug: AugmentConfig, train: bool, in_chans: int) -> A.Compose:

@@ -56,7 +56,8 @@ def read_image(path: Path, in_chans: int, min_side: int | None = None) -> np.nda
             arr = np.asarray(im, dtype=np.float32)
             span = float(arr.max() - arr.min()) or 1.0
             im = Image.fromarray(((arr - arr.min()) * (255.0 / span)).astype(np.uint8))
-        arr = np.array(im.convert("L" if in_chans == 1 else "RGB"))  # a writable copy
+        mode = "L" if in_chans == 1 else "RGB"
+        arr = np.array(im if im.mode == mode else im.convert(mode))  # a writable copy (convert would copy twice)
     return arr[..., None] if arr.ndim == 2 else arr
 
 
@@ -139,7 +140,6 @@ class DeviceLoader:
 
     def __init__(self, loader: DataLoader, device: torch.device, normalize: Callable, channels_last: bool = False):
         self.loader, self.device, self.normalize, self.channels_last = loader, device, normalize, channels_last
-        self.dataset = loader.dataset
 
     def __len__(self) -> int:
         return len(self.loader)
