@@ -94,11 +94,8 @@ def plan_cpu(device: torch.device, threads: int | str = "auto", num_workers: int
 
 
 def set_threads(threads: int) -> None:
-    """Torch's intra-op threads and OpenCV's thread pool (albumentations runs on OpenCV) in this process."""
+    """Torch's intra-op threads in this process (OpenCV's: data.images.make_loader)."""
     torch.set_num_threads(threads)
-    import cv2  # albumentations' dependency; imported here so that core needs it only when threads are set
-
-    cv2.setNumThreads(threads)
 
 
 def compute_setup(device: str, threads: int | str = "auto", workers: int | str = "auto") -> tuple[torch.device, int]:

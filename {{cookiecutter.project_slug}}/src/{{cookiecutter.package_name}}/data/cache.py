@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..core.runs import atomic_save_npy, atomic_write_json, read_json, remove_stale_tmp
 from ..core.runtime import barrier, is_main
-from .images import read_image, worker_init
+from .images import one_opencv_thread, read_image, worker_init
 
 MODES = ("none", "memory", "disk")
 CACHE_VERSION = 1  # bump when read_image or shrink changes what a cached array holds
@@ -133,6 +133,7 @@ def _as_is(item: np.ndarray | None) -> np.ndarray | None:
 
 def _decode_all(job: _Decode, workers: int, desc: str) -> list:
     """job[i] for every row, in order, decoded by `workers` processes (0: here), with a progress bar."""
+    one_opencv_thread()
     loader = DataLoader(job, batch_size=None, num_workers=workers, worker_init_fn=worker_init, collate_fn=_as_is)
     return list(tqdm(loader, total=len(job), desc=desc, disable=None))
 

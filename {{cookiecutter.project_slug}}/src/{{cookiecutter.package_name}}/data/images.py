@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -118,15 +119,18 @@ def set_epoch(dataset: Dataset, seed: int, fold: int, epoch: int) -> None:
             ds.augment_key.copy_(torch.tensor([seed, fold, epoch, part]))
 
 
-def worker_init(worker_id: int) -> None:
-    """One torch and one OpenCV thread per worker: the workers already run in parallel, and OpenCV's default of
-    one thread per core in every worker oversubscribed the cores (a loader at 2,292 images/s, 3,101 with one).
-    numpy and random are seeded from torch's per-worker seed for any code that draws from them; the
-    augmentations do not (they are seeded per sample, ImageDataset)."""
-    import cv2
-
-    torch.set_num_threads(1)
+def one_opencv_thread() -> None:
+    """OpenCV (albumentations' engine) on one thread in this process and in the loader workers it forks: the workers
+    already run in parallel, and OpenCV's default of one thread per core in every worker oversubscribed the cores
+    (a loader at 2,292 images/s, 3,101 with one). It must be set here, before the workers fork: cv2.setNumThreads
+    in a forked worker hangs for ever once this process has started OpenCV's thread pool (its condition variables
+    are copied with waiters that do not exist in the child). Torch sets one thread in each worker itself."""
     cv2.setNumThreads(1)
+
+
+def worker_init(worker_id: int) -> None:
+    """numpy and random are seeded from torch's per-worker seed for any code that draws from them; the
+    augmentations do not (they are seeded per sample, ImageDataset)."""
     info = get_worker_info()
     seed = info.seed % 2**32 if info else worker_id
     np.random.seed(seed)
@@ -184,6 +188,7 @@ def make_loader(
     `generator`, never from torch's global one: the global stream (dropout, drop-path) and the batches are then the
     same whatever the number of workers. Workers persist across epochs and prefetch (the default 2 batches each);
     pinned memory on CUDA, for the non-blocking copies of DeviceLoader."""
+    one_opencv_thread()
     if train and sampler is None and batch_sampler is None:
         sampler = ShuffleSampler(len(dataset), seed)
     common = {
