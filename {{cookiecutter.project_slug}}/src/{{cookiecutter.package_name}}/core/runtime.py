@@ -74,8 +74,8 @@ def plan_cpu(device: torch.device, threads: int | str = "auto", num_workers: int
 
     cuda: the GPU computes, the cores decode and augment: every core but one is a loader worker (at most
           MAX_AUTO_WORKERS), and the training process keeps the cores the workers leave (at least one thread).
-    cpu:  the model computes in the training process: a quarter of the cores decode (one on 2-3 cores, none on one
-          core), the training process takes the rest as torch threads. More threads than free cores do not run in
+    cpu:  the model computes in the training process: a quarter of the cores decode (at least one, none on a
+          single core), the training process takes the rest as torch threads. More threads than free cores do not run in
           parallel, they wait for each other: on a 2-core machine shared with another busy process, two torch
           threads trained ~12x slower than one (docs: PITFALLS).
     An explicit number wins; the other 'auto' takes what it leaves.

@@ -135,7 +135,14 @@ def _decode_all(job: _Decode, workers: int, desc: str) -> list:
     """job[i] for every row, in order, decoded by `workers` processes (0: here), with a progress bar."""
     one_opencv_thread()
     loader = DataLoader(job, batch_size=None, num_workers=workers, worker_init_fn=worker_init, collate_fn=_as_is)
-    return list(tqdm(loader, total=len(job), desc=desc, disable=None))
+    out = []
+    # tqdm.auto(loader) would call iter(loader) twice (its asyncio flavour takes an iterator up front), starting
+    # every worker twice; the bar is updated by hand instead.
+    with tqdm(total=len(job), desc=desc, disable=None) as bar:
+        for item in loader:
+            out.append(item)
+            bar.update()
+    return out
 
 
 @contextlib.contextmanager
