@@ -3,9 +3,9 @@
 Every comparison is measured side by side in this one run (warm-up, then the variants interleaved, median of the
 repeats) and reported as a ratio to its baseline. See benchmarks/README.md for what each row measures.
 
-    python benchmarks/run.py                  # 2-3 minutes on 2 CPU cores
-    BENCH_QUICK=1 python benchmarks/run.py    # a smoke run of ~30-40 s: fewer images, steps and repeats
-    BENCH_THREADS=2 python benchmarks/run.py  # torch threads for every row but 2c (default 1, see the README)
+    python benchmarks/run.py                  # ~5 minutes on 2 idle CPU cores; the GPU rows too where CUDA is
+    BENCH_QUICK=1 python benchmarks/run.py    # a smoke run: fewer images, steps and repeats
+    BENCH_THREADS=2 python benchmarks/run.py  # torch threads for the rows of sections 2-4 but 2c (default 1)
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import datapath
 import numpy as np
 import pandas as pd
 import timm
@@ -45,15 +46,29 @@ ALL_THREADS = torch.get_num_threads()  # torch's default: one per core
 BATCH = 64  # training-step batch (the pipeline run keeps the demo config's own batch size)
 STEPS = {"cpu": 1, "cuda": 20}  # training steps per timed run: one CPU step already takes a tenth of a second
 OPT_STEPS = 5  # optimizer.step() calls per timed run
-# The generated package's modules that the benchmarks call.
-MODS = ("augment", "config", "data", "demo", "folds", "infer", "losses", "models", "optim", "runtime", "train", "tta")
+# The generated package's modules that the benchmarks call: short name -> module inside the package.
+MODS = {
+    "augment": "data.augment",
+    "cache": "data.cache",
+    "config": "config",
+    "demo": "data.demo",
+    "folds": "data.folds",
+    "images": "data.images",
+    "losses": "modeling.losses",
+    "models": "modeling.models",
+    "optim": "modeling.optim",
+    "predict": "predict",
+    "runtime": "core.runtime",
+    "tasks": "core.tasks",
+    "train": "train",
+    "tta": "modeling.tta",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
     warmup: int  # untimed runs of every variant first (lazy init, allocator, caches)
     repeats: int  # timed runs of every variant, interleaved; the median is reported
-    load_images: int  # images per data-loading pass
     infer_images: int  # images per inference pass
     pipeline_warmup: int
     pipeline_repeats: int
@@ -61,7 +76,7 @@ class Plan:
     slow_s: float  # a training-step variant whose warm-up run takes longer is not repeated
 
 
-PLAN = Plan(1, 2, 384, 64, 0, 1, 4, 3.0) if QUICK else Plan(1, 5, 768, 128, 1, 2, 0, 10.0)
+PLAN = Plan(1, 2, 64, 0, 1, 4, 3.0) if QUICK else Plan(1, 5, 128, 1, 2, 0, 10.0)
 
 
 def bench(variants: dict[str, Callable[[], Any]], device: torch.device, slow_s: float | None = None) -> dict:
@@ -79,7 +94,7 @@ def render_and_import(tmp: Path) -> tuple[Path, SimpleNamespace]:
     project = Path(cookiecutter(str(ROOT), no_input=True, output_dir=str(tmp / "render")))
     (pkg_dir,) = [p.parent for p in (project / "src").glob("*/__init__.py")]
     sys.path.insert(0, str(project / "src"))
-    mods = {name: importlib.import_module(f"{pkg_dir.name}.{name}") for name in MODS}
+    mods = {name: importlib.import_module(f"{pkg_dir.name}.{module}") for name, module in MODS.items()}
     where = Path(mods["train"].__file__).resolve().parent
     if where != pkg_dir.resolve():  # an installed copy (e.g. `make demo`'s editable install) would be timed instead
         raise RuntimeError(f"imported {pkg_dir.name} from {where}, not from the render {pkg_dir}")
@@ -101,49 +116,31 @@ def load_demo(P: SimpleNamespace, project: Path, tmp: Path) -> Demo:
     """The demo competition in the render and its config (configs/demo.yaml), 1 epoch, outputs in `tmp`."""
     os.chdir(project)  # the config's paths (data/demo, ...) are relative to the project
     P.demo.write_demo("data/demo")
-    overrides = ["train.epochs=1", f"train.limit_batches={PLAN.limit_batches}", f"output_dir={tmp / 'outputs'}"]
+    overrides = ["train.epochs=1", f"train.limit_batches={PLAN.limit_batches}", f"output_dir={tmp / 'outputs'}",
+                 f"threads={THREADS}"]  # fmt: skip
     cfg = P.config.load("configs/demo.yaml", overrides)
     d = cfg.data
     table = pd.read_csv(Path(d.dir) / d.train_csv, dtype={d.id_col: str})
-    paths = [P.data.image_path(Path(d.dir) / d.train_images, i, d.image_ext) for i in table[d.id_col]]
+    paths = [P.images.image_path(Path(d.dir) / d.train_images, i, d.image_ext) for i in table[d.id_col]]
     y = table[d.target_col].to_numpy(np.int64, copy=True)
     counts = np.bincount(y)
     mean, std = P.augment.resolve_normalization(cfg.augment, {}, cfg.model.in_chans)
-    return Demo(cfg, paths, y, P.models.num_outputs(cfg.task, len(counts)), counts, mean, std)
+    return Demo(cfg, paths, y, P.tasks.num_outputs(cfg.task, len(counts)), counts, mean, std)
+
+
+def demo_dataset(P: SimpleNamespace, demo: Demo, n: int) -> Any:
+    """The first `n` demo images, decoded once (data.cache=memory), with the evaluation transforms."""
+    tf = P.augment.build_transforms(demo.cfg.augment, False, demo.cfg.model.in_chans)
+    with quiet():  # its progress bar
+        cache = P.cache.open_cache("memory", demo.paths[:n], demo.cfg.model.in_chans, None)
+    return P.images.ImageDataset(demo.paths[:n], demo.y[:n], tf, demo.cfg.model.in_chans, cache)
 
 
 def demo_tensors(P: SimpleNamespace, demo: Demo, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `n` demo images as one normalised batch (evaluation transforms), and their labels."""
-    tf = P.augment.build_transforms(demo.cfg.augment, False, demo.mean, demo.std)
-    ds = P.data.ImageDataset(demo.paths[:n], demo.y[:n], tf, demo.cfg.model.in_chans)
-    return torch.stack([ds[i]["image"] for i in range(len(ds))]), torch.as_tensor(demo.y[:n])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# 1. data loading
-
-
-def bench_loading(P: SimpleNamespace, demo: Demo) -> list[Row]:
-    cfg, n = demo.cfg, min(PLAN.load_images, len(demo.paths))
-    tf = P.augment.build_transforms(cfg.augment, True, demo.mean, demo.std)  # the demo's training augmentation
-    t0 = time.perf_counter()
-    with quiet():  # its progress bar
-        cached = P.data.ImageDataset(demo.paths[:n], demo.y[:n], tf, cfg.model.in_chans, cache=True)
-    fill = time.perf_counter() - t0
-    plain = P.data.ImageDataset(demo.paths[:n], demo.y[:n], tf, cfg.model.in_chans, cache=False)
-
-    def one_pass(ds: Any) -> Callable[[], None]:
-        def run() -> None:
-            for _ in P.data.make_loader(ds, BATCH, True, num_workers=0):
-                pass
-
-        return run
-
-    med = bench({"cache_images=false": one_pass(plain), "cache_images=true": one_pass(cached)}, torch.device("cpu"))
-    seen = n // BATCH * BATCH  # training loaders drop the last partial batch
-    notes = {k: f"{seen / v:,.0f} img/s" for k, v in med.items()}
-    notes["cache_images=true"] += f"; filling the cache took {fill:.2f} s, once"
-    return group(f"1. data loading, {seen} imgs (cpu)", med, "cache_images=false", notes)
+    ds = demo_dataset(P, demo, n)
+    images = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    return P.augment.Normalize(demo.mean, demo.std)(images), torch.as_tensor(demo.y[:n])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,21 +234,20 @@ def bench_optimizer_step(P: SimpleNamespace, demo: Demo, batch: tuple, device: t
 def bench_tta(P: SimpleNamespace, demo: Demo, device: torch.device) -> list[Row]:
     cfg, n = demo.cfg, min(PLAN.infer_images, len(demo.paths))
     model = P.models.build_model(cfg, demo.n_out, pretrained=False).to(device)
-    tf = P.augment.build_transforms(cfg.augment, False, demo.mean, demo.std)
-    with quiet():
-        dataset = P.data.ImageDataset(demo.paths[:n], None, tf, cfg.model.in_chans, cache=True)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.tta.batch_size, num_workers=0)
+    normalize = P.augment.Normalize(demo.mean, demo.std).to(device)
+    loader = P.images.make_loader(demo_dataset(P, demo, n), cfg.tta.batch_size, False, 0, device, normalize)
     dtype = P.runtime.amp_dtype(cfg.train.amp, device)
     views = {"1 view: identity": ["identity"], "2 views: identity, hflip": ["identity", "hflip"]}
     if len(cfg.tta.views) > 1 and list(cfg.tta.views) != ["identity", "hflip"]:
         views[f"{len(cfg.tta.views)} views: {', '.join(cfg.tta.views)} (demo)"] = list(cfg.tta.views)
-    views["8 views: d4"] = P.tta.d4_views()
+    d4 = P.tta.list_tta_views()  # the eight symmetries of the square
+    views[f"{len(d4)} views: d4"] = d4
     for names in views.values():
         for name in names:
             P.tta.get_view(name)  # an unknown view fails here, before any timing
 
     def predict(v: list[str]) -> Callable[[], None]:
-        return lambda: P.infer.predict_loader(model, loader, cfg.task, device, dtype, v, cfg.tta.merge)
+        return lambda: P.predict.predict_loader(model, loader, cfg.task, device, dtype, v, cfg.tta.merge)
 
     med = bench({k: predict(v) for k, v in views.items()}, device)
     one = med["1 view: identity"]
@@ -343,12 +339,17 @@ def machine_facts(P: SimpleNamespace) -> list[str]:
     return [
         f"torch {torch.__version__}, timm {timm.__version__}, python {platform.python_version()}; "
         f"package {P.name} rendered with the defaults from {ROOT}",
-        f"cpu {cpu_name()}, {os.cpu_count()} logical cores; torch threads {THREADS} for every row but 2c "
-        f"(BENCH_THREADS; torch's default here is {ALL_THREADS}); cuda: {cuda}",
+        f"cpu {cpu_name()}, {os.cpu_count()} logical cores; torch threads {THREADS} for sections 2-4 but 2c "
+        f"(BENCH_THREADS; torch's default here is {ALL_THREADS}); sections 1 and 5 use the pipeline's own threads "
+        f"and workers (runtime.plan_cpu); cuda: {cuda}",
         f"load average (1/5/15 min) at the end: {load}  (other processes on the machine skew absolute times)",
         f"mode: {'quick (BENCH_QUICK=1)' if QUICK else 'full'}; warm-up {PLAN.warmup}, then the median of "
         f"{PLAN.repeats} interleaved repeats ({warm}{limit})",
     ]
+
+
+def log(name: str, seconds: float) -> None:
+    print(f"[bench] {name}: {seconds:.1f} s", flush=True)
 
 
 def main() -> int:
@@ -360,7 +361,7 @@ def main() -> int:
             project, P = render_and_import(tmp)
             demo = load_demo(P, project, tmp)
             devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-            sections: list[tuple[str, Callable[[], list[Row]]]] = [("1. data loading", lambda: bench_loading(P, demo))]
+            sections: list[tuple[str, Callable[[], list[Row]]]] = []
             for dev in devices:
                 sections.append((f"2. train step ({dev.type})", lambda d=dev: bench_train_step(P, demo, d)))
                 sections.append((f"3. TTA ({dev.type})", lambda d=dev: bench_tta(P, demo, d)))
@@ -369,7 +370,9 @@ def main() -> int:
             for name, run in sections:
                 t0 = time.perf_counter()
                 rows += run()
-                print(f"[bench] {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+                log(name, time.perf_counter() - t0)
+            rows = datapath.run_sections(P, tmp, QUICK, log) + rows  # sections 1 and 5
+            rows = [r for r in rows if not r.bench.startswith("5.")] + [r for r in rows if r.bench.startswith("5.")]
         finally:
             os.chdir(cwd)
     print("\n" + "\n".join(machine_facts(P)))

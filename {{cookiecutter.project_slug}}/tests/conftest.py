@@ -48,6 +48,7 @@ train:
   ema: false
 data:
   num_workers: 0
+threads: 1
 """
 
 
@@ -152,7 +153,7 @@ def on_other_folds(cfg: config.Config, exp: str) -> None:
 # TINY with smaller batches, a fixed normalisation and a single TTA view (and two folds, see small_config).
 SMALL_CHANGES = """
 data:
-  cache_images: true
+  cache: memory
 augment:
   mean: [0.5]
   std: [0.5]

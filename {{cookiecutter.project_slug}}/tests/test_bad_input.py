@@ -36,7 +36,7 @@ CONFIG = """
 data:
   dir: data
   num_workers: 0
-  cache_images: true
+  cache: memory
 folds:
   n_folds: 2
   path: data/folds.csv

@@ -161,3 +161,17 @@ def test_ordinal_rounding_and_head_init_keys(tmp_path):
     assert config.load(path).model.init_head == "prior"
     with pytest.raises(UserError, match=r"'model.init_head' is 'zeros'; allowed: prior, none"):
         config.load(path, ["model.init_head=zeros"])
+
+
+@pytest.mark.parametrize("how", ["file", "override"])
+def test_amp_off_means_off_although_yaml_reads_it_as_false(tmp_path, how):
+    """`train.amp: off` is YAML 1.1's False; the hint for a diverging loss says `train.amp=off`: both must work."""
+    path = tmp_path / "e.yaml"
+    path.write_text("train:\n  amp: off\n" if how == "file" else "{}\n")
+    cfg = config.load(path, [] if how == "file" else ["train.amp=off"])
+    assert cfg.train.amp == "off"
+    assert config.load(path, ["train.amp=on"]).train.amp == "auto"
+    assert config.load(path, ["train.amp=bf16"]).train.amp == "bf16"
+    saved = tmp_path / "saved.yaml"  # the run's config.yaml reads back as written
+    config.save(cfg, saved)
+    assert config.load(saved).train.amp == "off"

@@ -189,8 +189,7 @@ def test_regression_teacher_reaches_the_student_in_the_students_units(tmp_path, 
     train.train_one_fold(tcfg, 0)
     cfg = config.load(path, ["exp=student"])
     problem = fold_data.load_problem(cfg)
-    mean, std = teachers.student_normalization(cfg, problem)
-    data, _ = distill.build_distill_fold(cfg, problem, 0, {"exp": 1.0}, mean, std)
+    data, _ = distill.build_distill_fold(cfg, problem, 0, {"exp": 1.0})
     paths = [problem.paths[i] for i in problem.rows(0, valid=False)]
     raw = teachers.predict_fold(cfg, teachers.teacher_config(cfg, "exp"), 0, paths).ravel()
     values = teachers.predict_fold(cfg, teachers.teacher_config(cfg, "exp"), 0, paths, activation=True).ravel()

@@ -1,6 +1,7 @@
 """End to end through the CLI on the demo competition: every task type from folds to a validated submission,
 resume after a real interruption, wandb offline logging, and torchrun with two processes (gloo on CPU)."""
 
+import functools
 import json
 import os
 import subprocess
@@ -127,7 +128,7 @@ model: {backbone: test_vit}
 augment: {preset: none, mean: [0.5], std: [0.5]}
 optim: {lr: 0.003}
 train: {epochs: 3, limit_batches: 0}
-data: {cache_images: true}
+data: {cache: memory}
 """)))  # fmt: skip
 
 
@@ -188,3 +189,18 @@ def test_lr_find_from_the_command_line(tmp_path, new_project, capsys):
     assert "suggested optim.lr=" in out
     assert (tmp_path / "outputs" / "exp" / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "outputs" / "exp" / "fold0" / "best.pt").exists()  # a range test trains nothing
+
+
+def test_compiled_model_trains_on_cpu(tmp_path, new_project, monkeypatch):
+    """model.compile=true: torch.compile traces the training model (dynamo + AOT autograd) and a fold finishes.
+    The backend is aot_eager: inductor's C++ code generation alone takes minutes on a shared 2-core machine."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    new_project(tmp_path, "multiclass", n_folds=2, extra=TINY.replace("limit_batches: 4", "limit_batches: 2"))
+    torch._dynamo.reset()
+    run("train", "-c", tmp_path / "configs" / "exp.yaml", "--fold", "0", "model.compile=true")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # compiled, not silently run eagerly
+    history = json.loads((tmp_path / "outputs" / "exp" / "fold0" / "history.json").read_text())
+    assert history[0]["train_loss"] > 0 and (tmp_path / "outputs" / "exp" / "fold0" / "oof.csv").is_file()
+    torch._dynamo.reset()

@@ -97,8 +97,8 @@ def test_onnx_probabilities_match_torch_on_validation_images(exported):
     model = build_model(cfg, num_outputs(cfg.task, len(problem.classes)), pretrained=False).eval()
     for k in (0, 1):
         model.load_state_dict(torch.load(cfg.run.fold(k).best, weights_only=True)["model"])
-        data = build_fold_data(cfg, problem, k, (0.5,), (0.5,))
-        x = torch.stack([data.valid[i]["image"] for i in range(len(data.valid))])
+        feed = predict.feeder(cfg, model, torch.device("cpu"), workers=0)  # normalised as in training
+        x = torch.cat([batch["image"] for batch in feed(build_fold_data(cfg, problem, k).valid)])
         session = ort.InferenceSession(str(cfg.run.export_fold(k).onnx), providers=["CPUExecutionProvider"])
         for batch in (x[:1], x[1:8], x):
             ours = torch.from_numpy(session.run(None, {"image": batch.numpy()})[0]).softmax(-1)
@@ -240,8 +240,8 @@ def test_estimate_projects_from_a_timed_pass_over_every_view(exported, capsys, m
     calls, real = [], predict.fold_predictors
 
     def counting(cfg, n_classes):
-        load, mean, std = real(cfg, n_classes)
-        return (lambda k: Counting(load(k), calls)), mean, std
+        load, feed = real(cfg, n_classes)
+        return (lambda k: Counting(load(k), calls)), feed
 
     monkeypatch.setattr(predict, "fold_predictors", counting)
     tta_cfg = small_config(root, "exp", TTA)

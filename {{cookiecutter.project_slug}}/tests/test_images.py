@@ -4,11 +4,12 @@ names, numeric classes, grayscale/RGB, PNG/JPEG - and one clear error for each k
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.data import images, tables
+from {{ cookiecutter.package_name }}.data import cache, images, tables
 
 
 def cfg_for(tmp_path, yaml: str) -> config.Config:
@@ -123,8 +124,8 @@ def test_dataset_items_and_cache_agree(tmp_path):
     paths = [tmp_path / f"{i}.png" for i in range(3)]
     y = np.array([0, 1, 2])
     plain = images.ImageDataset(paths, y, None, in_chans=1, extras={"w": np.array([0.5, 1.0, 2.0])})
-    cached = images.ImageDataset(paths, y, None, in_chans=1, cache=True)
+    cached = images.ImageDataset(paths, y, None, in_chans=1, cache=cache.open_cache("memory", paths, 1, None))
     item = plain[2]
-    assert item["image"].shape == (1, 4, 4) and int(item["image"].max()) == 100
+    assert item["image"].shape == (1, 4, 4) and item["image"].dtype == torch.uint8 and int(item["image"].max()) == 100
     assert int(item["target"]) == 2 and float(item["w"]) == 2.0 and item["index"] == 2
     assert (cached[1]["image"] == plain[1]["image"]).all()

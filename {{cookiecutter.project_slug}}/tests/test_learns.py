@@ -35,7 +35,7 @@ train:
 folds:
   n_folds: 4
 data:
-  cache_images: true
+  cache: memory
   num_workers: 0
 tta:
   views: [identity]

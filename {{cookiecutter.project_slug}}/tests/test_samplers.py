@@ -12,6 +12,7 @@ from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.config import CHOICES
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.data import samplers, tables
+from {{ cookiecutter.package_name }}.data.augment import Normalize
 from {{ cookiecutter.package_name }}.data.problem import build_fold_data, load_problem
 from {{ cookiecutter.package_name }}.train import train_loader
 
@@ -153,14 +154,15 @@ def test_torchrun_ranks_share_out_exactly_the_batches_of_one_process(small_proje
     """train.batch_size is the global batch: under torchrun rank r takes batch_size / N rows of every batch, and
     batch b of all ranks together is batch b of one process (same rows, same order of batches, same count)."""
     cfg = small_config(small_project, overrides=[f"train.sampler={sampler}", "train.batch_size=8"])
-    data = build_fold_data(cfg, load_problem(cfg), 0, (0.5,), (0.5,))
+    data = build_fold_data(cfg, load_problem(cfg), 0)
+    to_device = {"device": torch.device("cpu"), "normalize": Normalize((0.5,), (0.5,))}
 
     def batches(world: int, rank: int) -> list[list[int]]:
         monkeypatch.setenv("WORLD_SIZE", str(world))
         monkeypatch.setenv("RANK", str(rank))
         generator = torch.Generator()
         generator.manual_seed(cfg.seed)
-        return [sorted(b["index"].tolist()) for b in train_loader(cfg, 0, data, generator)]
+        return [sorted(b["index"].tolist()) for b in train_loader(cfg, 0, data, generator, 0, **to_device)]
 
     one, rank0, rank1 = batches(1, 0), batches(2, 0), batches(2, 1)
     assert len(one) == len(rank0) == len(rank1) == len(data.train) // 8
@@ -168,4 +170,4 @@ def test_torchrun_ranks_share_out_exactly_the_batches_of_one_process(small_proje
     assert [sorted(a + b) for a, b in zip(rank0, rank1, strict=True)] == one
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(UserError, match=r"'train.batch_size' is 8: under torchrun .* split across 3 processes"):
-        train_loader(cfg, 0, data, torch.Generator())
+        train_loader(cfg, 0, data, torch.Generator(), 0, **to_device)

@@ -14,7 +14,7 @@ import numpy as np
 from .config import Config
 from .core.runs import atomic_savefig
 from .core.tracking import Tracker
-from .data.augment import augmentations
+from .data.augment import build_transforms
 from .data.images import image_paths, read_image
 from .data.tables import data_path, read_train
 
@@ -25,9 +25,9 @@ import matplotlib.pyplot as plt
 def preview_rows(images: list[np.ndarray], cfg: Config, draws: int) -> list[list[np.ndarray]]:
     """Per image: the resized original, then `draws` augmented versions (uint8 HWC), reproducible from cfg.seed."""
     n_chans = cfg.model.in_chans
-    augment = augmentations(cfg.augment, n_chans)
+    augment = build_transforms(cfg.augment, True, n_chans)
     augment.set_random_seed(cfg.seed)
-    resize = augmentations(cfg.augment, n_chans, train=False)
+    resize = build_transforms(cfg.augment, False, n_chans)
     return [[resize(image=img)["image"]] + [augment(image=img)["image"] for _ in range(draws)] for img in images]
 
 

@@ -26,6 +26,7 @@ from .core.runtime import parse_device
 from .core.tasks import TASKS
 from .data import folds as folds_module
 from .data.augment import PRESETS, RANDAUGMENT_MAX_M, aug_ops, check_normalization
+from .data.cache import MODES as CACHE_MODES
 from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
 from .modeling.deploy import EXPORTERS
@@ -48,8 +49,9 @@ class DataConfig:
     target_col: Any = "label"  # one column, or (multilabel) a list of 0/1 columns
     label_sep: str = " "  # multilabel tags in one column are split on this
     image_ext: str = ".png"  # appended to the id unless the id already ends with an extension
-    cache_images: bool = False  # decode every image once and keep it in memory (small datasets)
-    num_workers: int = 2
+    cache: str = "none"  # none | memory | disk: decode each image once, at the size training needs (data/cache.py)
+    cache_dir: str = "data/cache"  # data.cache=disk: where the decoded arrays live (relative to the project)
+    num_workers: int | str = "auto"  # loader processes; auto: see threads
 
 
 @dataclass
@@ -72,8 +74,8 @@ class ModelConfig:
     freeze_backbone_epochs: int = 0  # train only the head for the first N epochs
     # backbone LR = optim.lr * this (the head gets optim.lr); unset: 0.1 with pretrained weights, 1 from scratch
     backbone_lr_mult: float | None = None
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: bool | str = "auto"  # auto: on for CUDA, off on CPU
+    compile: bool = False  # torch.compile the training model
     init_head: str = "prior"  # prior: logits start at the training fold's label prior (regression: the mean) | none
 
 
@@ -124,7 +126,7 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
-    amp: str = "auto"  # auto (bf16 on a GPU that has it, else fp16; off on CPU) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (bf16 on a GPU that has it, else fp16; off on CPU) | bf16 | fp16 | off (true: auto)
     ema: bool = True
     ema_decay: float = 0.998
     swa: bool = False  # also average the weights of the last epochs (SWA), scored beside the best epoch
@@ -217,6 +219,9 @@ class Config:
     competition: str = ""  # the Kaggle competition slug (kaggle competitions download/submit)
     output_dir: str = "outputs"
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
+    # torch threads of the main process; auto (with data.num_workers: auto): on CUDA every core but one decodes,
+    # on CPU a quarter of the cores decode and the rest compute, so that threads + workers <= cores (runtime.plan_cpu)
+    threads: int | str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -252,6 +257,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS,
     "metric": ("auto", *metrics.list_metrics()),
     "folds.method": folds_module.METHODS,
+    "data.cache": CACHE_MODES,
     "augment.preset": tuple(PRESETS.names()),
     "model.init_head": ("prior", "none"),
     "loss.name": ("auto", *losses.list_losses()),
@@ -296,24 +302,33 @@ def _read_yaml(path: Path, trail: tuple[Path, ...] = ()) -> Any:
 WORD_OR_LIST = ("tta.views",)
 
 
-def _words_to_lists(node: DictConfig) -> DictConfig:
+# Word keys whose words YAML 1.1 reads as booleans: `train.amp: off` (and `train.amp=off` on the command line) arrives
+# as False. The boolean is read back as the word meant.
+BOOLEAN_WORDS = {"train.amp": {False: "off", True: "auto"}}
+
+
+def _normalise_words(node: DictConfig) -> DictConfig:
     for key in WORD_OR_LIST:
         value = OmegaConf.select(node, key, default=None)
         if isinstance(value, str):
             OmegaConf.update(node, key, [value], merge=False)
+    for key, words in BOOLEAN_WORDS.items():
+        value = OmegaConf.select(node, key, default=None)
+        if isinstance(value, bool):
+            OmegaConf.update(node, key, words[value], merge=False)
     return node
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- base YAML <- YAML file <- `key=value` overrides, checked against the schema and validated."""
     path = Path(path)
-    file_cfg = _words_to_lists(_read_yaml(path))
+    file_cfg = _normalise_words(_read_yaml(path))
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key=value (e.g. train.epochs=3)")
     try:
-        cli_cfg = _words_to_lists(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.merge(OmegaConf.structured(Config), file_cfg, cli_cfg)
+        cli_cfg = _renamed(_normalise_words(OmegaConf.from_dotlist(list(overrides))))
+        merged = OmegaConf.merge(OmegaConf.structured(Config), _renamed(file_cfg), cli_cfg)
         if OmegaConf.is_missing(merged, "exp"):
             merged.exp = path.stem
         cfg = OmegaConf.to_object(merged)
@@ -325,6 +340,18 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     return cfg
+
+
+def _renamed(node: DictConfig) -> DictConfig:
+    """Configs written before a key was renamed (an older run's outputs/<exp>/config.yaml, read again by teachers,
+    `upload` and the offline notebook) load under the new name: data.cache_images true/false -> data.cache
+    memory/none (unless data.cache is given too)."""
+    data = node.get("data")
+    if isinstance(data, DictConfig) and "cache_images" in data:
+        old = data.pop("cache_images")
+        if "cache" not in data:
+            data.cache = "memory" if old else "none"
+    return node
 
 
 def _describe(e: OmegaConfBaseException) -> str:
@@ -391,7 +418,11 @@ def validate(cfg: Config) -> None:
     checks = [
         (2 <= cfg.folds.n_folds <= 20, "folds.n_folds", cfg.folds.n_folds, "2..20"),
         (cfg.folds.n_bins >= 2, "folds.n_bins", cfg.folds.n_bins, ">= 2"),
-        (cfg.data.num_workers >= 0, "data.num_workers", cfg.data.num_workers, ">= 0"),
+        (cfg.seed >= 0, "seed", cfg.seed, ">= 0"),
+        (_auto_or_int(cfg.data.num_workers, 0), "data.num_workers", cfg.data.num_workers, "auto or an integer >= 0"),
+        (_auto_or_int(cfg.threads, 1), "threads", cfg.threads, "auto or an integer >= 1"),
+        (cfg.model.channels_last in (True, False, "auto"), "model.channels_last", cfg.model.channels_last,
+         "auto, true or false"),
         (cfg.model.in_chans in (1, 3), "model.in_chans", cfg.model.in_chans, "1 (grayscale) or 3 (RGB)"),
         (0 <= cfg.model.drop_rate < 1, "model.drop_rate", cfg.model.drop_rate, "0 <= value < 1"),
         (0 <= cfg.model.drop_path_rate < 1, "model.drop_path_rate", cfg.model.drop_path_rate, "0 <= value < 1"),
@@ -492,8 +523,11 @@ RESUME_IGNORES = (
     "competition",
     "device",
     "data.dir",
+    "threads",
     "data.num_workers",
-    "data.cache_images",
+    "data.cache",
+    "data.cache_dir",
+    "model.channels_last",
     "model.compile",
     "train.pick_averaged",  # which of the averages best.pt holds is chosen after training
     "tta",
@@ -516,7 +550,7 @@ def training_changes(saved: Path, cfg: Config) -> list[str]:
     """'key old -> new' for each key that alters training (all but RESUME_IGNORES) and differs between the
     config a run was trained with (its config.yaml, `saved`) and `cfg`."""
     try:
-        old = _flatten(OmegaConf.to_container(OmegaConf.load(saved)))
+        old = _flatten(OmegaConf.to_container(_renamed(OmegaConf.load(saved))))
     except Exception as e:
         raise UserError(f"{saved}: not readable ({str(e).splitlines()[0]}); --force starts the run over") from None
     new = _flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
@@ -531,6 +565,10 @@ def training_changes(saved: Path, cfg: Config) -> list[str]:
     keys = [k for k in dict.fromkeys([*old, *new]) if not ignored(k)]
     return [f"{k} {show(old.get(k, absent))} -> {show(new.get(k, absent))}"
             for k in keys if old.get(k, absent) != new.get(k, absent)]  # fmt: skip
+
+
+def _auto_or_int(value: int | str, low: int) -> bool:
+    return value == "auto" or (isinstance(value, int) and value >= low)
 
 
 def metric_name(cfg: Config) -> str:

@@ -32,21 +32,20 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from .config import Config, metric_name
 from .core.errors import UserError
 from .core.runs import atomic_torch_save, atomic_write_json, checksum, load_best, read_json
-from .core.runtime import amp_dtype, resolve_device
+from .core.runtime import amp_dtype, compute_setup
 from .core.tasks import TargetScale, num_outputs
 from .cv import score_oof
-from .data.augment import build_transforms, resolve_normalization
-from .data.images import ImageDataset, reseed
+from .data.augment import build_transforms
+from .data.images import ImageDataset, set_epoch
 from .data.problem import Problem, build_fold_data, load_problem, pred_frame
 from .modeling import deploy, metrics
 from .modeling.models import backbone_lr_mult, build_model
 from .modeling.predictors import OnnxPredictor, Predictor, TorchPredictor
-from .predict import activate, fold_models, predict_loader
+from .predict import Feed, activate, feeder, fold_models, predict_loader
 
 REFERENCE = "torch"  # the fp32 checkpoint itself: every other variant is compared with it
 ONNX_VARIANT = {"fp32": "onnx", "int8": "onnx_int8"}  # predict.onnx_model -> its variant
@@ -68,11 +67,12 @@ def run_export(cfg: Config) -> dict:
     run, folds = cfg.run, fold_models(cfg)
     problem = load_problem(cfg)
     model = build_model(cfg, num_outputs(cfg.task, len(problem.classes)), pretrained=False)
-    mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
+    device, workers = compute_setup(cfg.device, cfg.threads, cfg.data.num_workers)
+    feed = feeder(cfg, model, torch.device("cpu"), workers)  # images normalised on the CPU, where variants are checked
     per_fold, oof = {}, {}
     for k in folds:
         print(f"fold {k}: exporting {', '.join(cfg.export.variants)}")
-        per_fold[str(k)], preds = export_fold(cfg, problem, k, model, mean, std)
+        per_fold[str(k)], preds = export_fold(cfg, problem, k, model, feed, device)
         for name, frame in preds.items():
             oof.setdefault(name, []).append(frame)
     overall = {name: score_oof(cfg, pd.concat(frames, ignore_index=True))[1] for name, frames in oof.items()}
@@ -93,7 +93,7 @@ def run_export(cfg: Config) -> dict:
 
 
 def export_fold(
-    cfg: Config, problem: Problem, k: int, model: nn.Module, mean: tuple, std: tuple
+    cfg: Config, problem: Problem, k: int, model: nn.Module, feed: Feed, device: torch.device
 ) -> tuple[dict, dict[str, pd.DataFrame]]:
     """Fold k's variants: written, checked on the CPU against torch, timed, scored on fold k's validation rows.
     Returns fold k's entry of export.json and each variant's OOF predictions."""
@@ -102,11 +102,10 @@ def export_fold(
     model.to("cpu").load_state_dict(state["model"])
     scale = TargetScale.from_dict(state.get("target_scale"))  # regression outputs -> target values
     model.eval()
-    data = build_fold_data(cfg, problem, k, mean, std)
-    loader = DataLoader(data.valid, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
+    data = build_fold_data(cfg, problem, k)
+    loader = feed(data.valid)
     check = [batch["image"] for batch in islice(loader, x.check_batches)]
     example = torch.cat([check[0], check[0]])[:2]  # two rows: torch.export would specialise a batch of one
-    device = resolve_device(cfg.device)
     dtype = amp_dtype(cfg.train.amp, device)
     cpu = torch.device("cpu")
 
@@ -123,9 +122,7 @@ def export_fold(
         deploy.export_onnx(model, example, files.onnx, x.exporter, x.opset, x.dynamic_size)
         variants.append(Variant("onnx", files.onnx, lambda d: OnnxPredictor(files.onnx, d)))
     if "onnx_int8" in x.variants:
-        deploy.quantize_int8(
-            files.onnx, files.onnx_int8, calibration_batches(cfg, problem, k, mean, std), x.per_channel
-        )
+        deploy.quantize_int8(files.onnx, files.onnx_int8, calibration_batches(cfg, problem, k, feed), x.per_channel)
         variants.append(Variant("onnx_int8", files.onnx_int8, lambda d: OnnxPredictor(files.onnx_int8, d)))
     if "pruned" in x.variants:
         pruned, sparsity = prune_model(cfg, k, model)
@@ -178,15 +175,14 @@ def timed_probs(
     return torch.cat(out).numpy(), sum(len(b) for b in batches) / max(seconds, 1e-9)
 
 
-def calibration_batches(cfg: Config, problem: Problem, k: int, mean: tuple, std: tuple) -> Iterator[np.ndarray]:
+def calibration_batches(cfg: Config, problem: Problem, k: int, feed: Feed) -> Iterator[np.ndarray]:
     """export.calibration_batches batches of fold k's training images (a seeded random draw), transformed as at
     prediction time: int8 ranges must never see the validation rows the int8 model is scored on."""
     rows = problem.rows(k, valid=False)
     n = min(len(rows), cfg.export.calibration_batches * cfg.tta.batch_size)
     rows = np.random.default_rng(cfg.seed + k).choice(rows, size=n, replace=False)
-    tf = build_transforms(cfg.augment, False, mean, std)
-    dataset = ImageDataset([problem.paths[i] for i in rows], None, tf, cfg.model.in_chans)
-    for batch in DataLoader(dataset, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers):
+    tf = build_transforms(cfg.augment, False, cfg.model.in_chans)
+    for batch in feed(ImageDataset([problem.paths[i] for i in rows], None, tf, cfg.model.in_chans)):
         yield batch["image"].numpy()
 
 
@@ -224,7 +220,8 @@ def finetune(cfg: Config, k: int, model: nn.Module) -> None:
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)
     step = lambda m, b, c: supervised_step(m, b, c, s.mixer)  # noqa: E731
     for epoch in range(x.prune_finetune_epochs):
-        reseed(s.data.train, cfg.seed * 1000 + k * 100 + epoch)
+        s.loader.set_epoch(cfg.train.epochs + epoch)  # draws of their own, after the training epochs'
+        set_epoch(s.data.train, cfg.seed, k, cfg.train.epochs + epoch)
         loss = train_epoch(ft, s, model, optimizer, scheduler, scaler, None, step, epoch)
         print(f"fold {k} pruned fine-tune epoch {epoch + 1}/{x.prune_finetune_epochs} train_loss {loss:.4f}")
     model.eval()

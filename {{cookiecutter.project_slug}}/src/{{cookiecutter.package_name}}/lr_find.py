@@ -232,8 +232,7 @@ def sweep(cfg: Config, fold: int, num_iter: int = SWEEP["num_iter"]) -> LRFindRe
     optimizer = build_optimizer(s.model, cfg.optim, num_iter, backbone_lr_mult=backbone_lr_mult(cfg.model))
     s.model.train()
 
-    def compute_loss(batch: dict):
-        batch = {k: v.to(s.device) if hasattr(v, "to") else v for k, v in batch.items()}
+    def compute_loss(batch: dict):  # batches arrive on the device, normalised (DeviceLoader)
         with autocast(s.device, s.dtype):
             return supervised_step(s.model, batch, s.criterion, s.mixer)["loss"]
 

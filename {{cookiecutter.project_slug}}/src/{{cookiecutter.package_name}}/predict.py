@@ -17,24 +17,26 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from .config import Config, metric_name
 from .config import load as load_config
 from .core.errors import UserError
 from .core.runs import atomic_write_json, checksum, load_best, read_derived, read_json, stamp, write_derived
-from .core.runtime import amp_dtype, resolve_device
+from .core.runtime import amp_dtype, compute_setup, use_channels_last
 from .core.tasks import TargetScale, num_outputs
-from .data.augment import resolve_normalization
+from .data.augment import Normalize, resolve_normalization
 from .data.folds import expected_folds
+from .data.images import DeviceLoader, make_loader
 from .data.problem import build_fold_data, load_problem, pred_frame, test_dataset
 from .modeling import metrics, tta
 from .modeling.models import build_model
@@ -57,9 +59,9 @@ def activate(logits: torch.Tensor, task: str, scale: TargetScale | None = None) 
 
 
 @torch.inference_mode()
-def predict_loader(
-    model: nn.Module | Predictor,
-    loader: DataLoader,
+def predict_models(
+    models: Mapping[str, nn.Module | Predictor],
+    loader: Iterable[dict],
     task: str,
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
@@ -68,26 +70,39 @@ def predict_loader(
     activation: bool = True,
     desc: str = "predict",
     scale: TargetScale | None = None,
-) -> np.ndarray:
-    """Predictions for every row of `loader`, in order, by a Predictor (or a torch model on `device` under `dtype`
-    autocast). With several views they are merged after activation (merging logits of sigmoid/softmax models is
-    biased; regression merges values with a plain mean). Regression outputs are turned back into target values with
-    the fold's target scale (`scale`, else the predictor's, from its best.pt)."""
-    predictor = model if isinstance(model, Predictor) else TorchPredictor(model, device or torch.device("cpu"), dtype)
-    scale = scale if scale is not None else predictor.scale
-    outs = []
+) -> dict[str, np.ndarray]:
+    """Predictions of each of `models` for every row of `loader`, in order, from one pass over the data (training
+    evaluates its raw and EMA weights together). A model is a Predictor, or a torch model on `device` under `dtype`
+    autocast. `loader` is a data.images.DeviceLoader: batches on the device, images normalised as in training.
+    With several views they are merged after activation (merging logits of sigmoid/softmax models is biased;
+    regression merges values with a plain mean). Regression outputs are turned back into target values with the
+    fold's target scale (`scale`, else each predictor's, from its best.pt). Outputs stay on the device until the
+    end: copying each batch back would wait for the GPU every batch."""
+    predictors = {
+        name: m if isinstance(m, Predictor) else TorchPredictor(m, device or torch.device("cpu"), dtype)
+        for name, m in models.items()
+    }
+    outs: dict[str, list[torch.Tensor]] = {name: [] for name in predictors}
+    how = "mean" if task == "regression" else merge
     for batch in tqdm(loader, desc=desc, leave=False, disable=None):
-        x = batch["image"].to(predictor.device, non_blocking=True)
-        per_view = []
-        for name in views:
-            logits = predictor(tta.get_view(name).apply(x))
-            per_view.append(activate(logits, task, scale) if activation or len(views) > 1 else logits)
-        if len(per_view) == 1:
-            outs.append(per_view[0].cpu())
-        else:
-            how = "mean" if task == "regression" else merge
-            outs.append(torch.as_tensor(tta.merge(per_view, how)).cpu())
-    return torch.cat(outs).numpy()
+        x = batch["image"]
+        if not x.is_floating_point():
+            raise TypeError("predict_models takes normalised images: feed it a data.images.DeviceLoader")
+        for name, predictor in predictors.items():
+            fold_scale = scale if scale is not None else predictor.scale
+            per_view = []
+            for view in views:
+                logits = predictor(tta.get_view(view).apply(x.to(predictor.device, non_blocking=True)))
+                per_view.append(activate(logits, task, fold_scale) if activation or len(views) > 1 else logits)
+            outs[name].append(per_view[0] if len(per_view) == 1 else torch.as_tensor(tta.merge(per_view, how)))
+    return {name: torch.cat(o).cpu().numpy() for name, o in outs.items()}
+
+
+def predict_loader(
+    model: nn.Module | Predictor, loader: Iterable[dict], task: str, *args: Any, **kwargs: Any
+) -> np.ndarray:
+    """predict_models for one model, with the same options."""
+    return predict_models({"model": model}, loader, task, *args, **kwargs)["model"]
 
 
 class _ViewStack(Predictor):
@@ -102,7 +117,7 @@ class _ViewStack(Predictor):
         return torch.stack([self.predictor(view.apply(x)).float() for view in self.views], dim=1)
 
 
-def predict_views(predictor: Predictor, loader: DataLoader, task: str, views: Sequence[str],
+def predict_views(predictor: Predictor, loader: Iterable[dict], task: str, views: Sequence[str],
                   desc: str = "views") -> dict[str, np.ndarray]:  # fmt: skip
     """Each view's own (activated, unmerged) predictions of every row of `loader`."""
     stacked = predict_loader(_ViewStack(predictor, views), loader, task, activation=False, desc=desc)
@@ -170,25 +185,40 @@ def _onnx_model(cfg: Config, fold: int) -> Path:
     return exported_onnx(cfg, fold, cfg.predict.onnx_model)
 
 
-def fold_predictors(cfg: Config, n_classes: int) -> tuple[Callable[[int], Predictor], tuple, tuple]:
-    """`load(k)` -> fold k's model in the configured runtime (predict.runtime), and the input normalisation.
-    torch: one model on the device, each fold's checkpoint loaded into it in turn. onnx: the fold's exported model
-    in an onnxruntime session; the torch model is then only built (on the meta device: no memory) for the
-    normalisation its pretrained config names."""
-    device = resolve_device(cfg.device)
+Feed = Callable[[Dataset], DeviceLoader]
+
+
+def feeder(cfg: Config, model: nn.Module, device: torch.device, workers: int, channels_last: bool = False) -> Feed:
+    """`feed(dataset)`: a DeviceLoader of tta.batch_size for prediction, its images normalised as `model` was
+    trained (its pretrained config, or augment.mean/std) and, with `channels_last`, in that memory format."""
+    normalize = Normalize(*resolve_normalization(cfg.augment, model, cfg.model.in_chans)).to(device)
+
+    def feed(dataset: Dataset) -> DeviceLoader:
+        return make_loader(dataset, cfg.tta.batch_size, False, workers, device, normalize, channels_last=channels_last)
+
+    return feed
+
+
+def fold_predictors(cfg: Config, n_classes: int) -> tuple[Callable[[int], Predictor], Feed]:
+    """`load(k)` -> fold k's model in the configured runtime (predict.runtime), and `feed(dataset)` -> the loader
+    that feeds it. torch: one model on the device, each fold's checkpoint loaded into it in turn. onnx: the fold's
+    exported model in an onnxruntime session; the torch model is then only built (on the meta device: no memory)
+    for the normalisation its pretrained config names."""
+    device, workers = compute_setup(cfg.device, cfg.threads, cfg.data.num_workers)
     if cfg.predict.runtime == "onnx":
         with torch.device("meta"):
             model = build_model(cfg, num_outputs(cfg.task, n_classes), pretrained=False)
-        mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
 
         def load_onnx(k: int) -> Predictor:
             predictor = OnnxPredictor(_onnx_model(cfg, k), device)
             predictor.scale = TargetScale.from_dict(load_best(cfg.run.fold(k).best).get("target_scale"))
             return predictor
 
-        return load_onnx, mean, std
+        return load_onnx, feeder(cfg, model, device, workers)
     model = build_model(cfg, num_outputs(cfg.task, n_classes), pretrained=False).to(device)
-    mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
+    channels_last = use_channels_last(cfg.model.channels_last, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     dtype = amp_dtype(cfg.train.amp, device)
 
     def load(k: int) -> Predictor:
@@ -196,7 +226,7 @@ def fold_predictors(cfg: Config, n_classes: int) -> tuple[Callable[[int], Predic
         predictor.scale = load_fold_weights(cfg, model, k)
         return predictor
 
-    return load, mean, std
+    return load, feeder(cfg, model, device, workers, channels_last)
 
 
 # ----------------------------------------------------------------------------------------------- tta.views: auto
@@ -239,11 +269,11 @@ def choose_views(cfg: Config) -> dict:
     OOF predictions become oof_tta.csv, as `predict_oof_tta` would write them."""
     run, folds, candidates = cfg.run, fold_models(cfg), _candidates(cfg)
     problem = load_problem(cfg)
-    load, mean, std = fold_predictors(cfg, len(problem.classes))
+    load, feed = fold_predictors(cfg, len(problem.classes))
     ids, fold_col, per_view = [], [], {v: [] for v in candidates}
     for k in folds:
-        data = build_fold_data(cfg, problem, k, mean, std)
-        loader = DataLoader(data.valid, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
+        data = build_fold_data(cfg, problem, k)
+        loader = feed(data.valid)
         for v, pred in predict_views(load(k), loader, cfg.task, candidates, f"oof views {k}").items():
             per_view[v].append(pred)
         ids += data.valid_ids
@@ -289,9 +319,9 @@ def predict_test_folds(cfg: Config, folds: list[int]) -> tuple[list[str], dict[i
     cfg = resolve_views(cfg)
     run = cfg.run
     classes = list(run.read_classes()["classes"])
-    load, mean, std = fold_predictors(cfg, len(classes))
-    ids, dataset = test_dataset(cfg, mean, std)
-    loader = DataLoader(dataset, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
+    load, feed = fold_predictors(cfg, len(classes))
+    ids, dataset = test_dataset(cfg)
+    loader = feed(dataset)
     preds = {}
     for k in folds:
         pred = predict_loader(load(k), loader, cfg.task, views=cfg.tta.views, merge=cfg.tta.merge, desc=f"fold {k}")
@@ -323,11 +353,11 @@ def predict_oof_tta(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame
     if done is not None:
         return done
     problem = load_problem(cfg)
-    load, mean, std = fold_predictors(cfg, len(problem.classes))
+    load, feed = fold_predictors(cfg, len(problem.classes))
     frames = []
     for k in folds:
-        data = build_fold_data(cfg, problem, k, mean, std)
-        loader = DataLoader(data.valid, batch_size=cfg.tta.batch_size, num_workers=cfg.data.num_workers)
+        data = build_fold_data(cfg, problem, k)
+        loader = feed(data.valid)
         pred = predict_loader(load(k), loader, cfg.task, views=cfg.tta.views, merge=cfg.tta.merge, desc=f"oof {k}")
         frame = pred_frame(data.valid_ids, pred, problem.classes, cfg.data.id_col)
         frame.insert(1, "fold", k)
@@ -362,7 +392,7 @@ def estimate(cfg: Config, n_images: int, batches: int = 3, log: Callable[[str], 
     and TTA views. Timed: the first fold's model loaded (with the one-off imports and model building), a second
     fold's loaded, then up to `batches` batches of real test images through the first with every view, decoding
     and augmenting included (after one untimed warm-up batch that pays the first-call costs). Projected:
-    first load + (folds - 1) x load + folds x n_images x per-image time. With data.cache_images the real run
+    first load + (folds - 1) x load + folds x n_images x per-image time. With data.cache the real run
     decodes each image once, not once per fold: the projection is an upper bound, as a time limit wants. The OOF
     re-prediction is left out: a code competition's notebook predicts the test set only."""
     if n_images < 1:
@@ -370,20 +400,19 @@ def estimate(cfg: Config, n_images: int, batches: int = 3, log: Callable[[str], 
     folds, views = fold_models(cfg), list(cfg.tta.views)
     classes = list(cfg.run.read_classes()["classes"])
     start = time.perf_counter()
-    load, mean, std = fold_predictors(cfg, len(classes))
+    load, feed = fold_predictors(cfg, len(classes))
     predictor = load(folds[0])
     first_s = time.perf_counter() - start
     start = time.perf_counter()
     predictor = load(folds[-1])  # loading the next fold: what each fold after the first costs
     load_s = time.perf_counter() - start
-    uncached = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_images=False))
-    _, dataset = test_dataset(uncached, mean, std)  # decoded inside the timed pass
+    uncached = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache="none"))
+    _, dataset = test_dataset(uncached)  # decoded inside the timed pass
     size = cfg.tta.batch_size
     sample = Subset(dataset, range(min(len(dataset), batches * size)))
     if len(sample) == 0:
         raise UserError(f"{cfg.data.test_csv}: no test images to time")
-    loader = DataLoader(sample, batch_size=size, num_workers=cfg.data.num_workers)
-    warm = DataLoader(Subset(dataset, range(min(len(dataset), size))), batch_size=size)
+    loader, warm = feed(sample), feed(Subset(dataset, range(min(len(dataset), size))))
     predict_loader(predictor, warm, cfg.task, views=views, merge=cfg.tta.merge, desc="warm-up")
     start = time.perf_counter()
     predict_loader(predictor, loader, cfg.task, views=views, merge=cfg.tta.merge, desc="timing")

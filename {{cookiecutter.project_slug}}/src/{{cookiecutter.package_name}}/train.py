@@ -5,11 +5,15 @@ hold the fold's lock (one live process per fold); start over (--force), or check
 set up model, data, loss and mixup for fold k (`setup_fold`, shared with lr-find, pseudo and distill)
 optimizer (Ranger by default) and schedule (one-cycle, stepped once per optimizer update)
 resume from last.pt if a previous run was interrupted (crash, kill, Ctrl-C)
-each epoch: train (AMP, accumulation, clipping, EMA), evaluate raw and EMA weights, keep the better,
+each epoch: train (AMP, accumulation, clipping, EMA), evaluate raw and EMA weights (one pass), keep the better,
             write best.pt and last.pt atomically, stop early when the metric stalls
             (train.swa / train.avg_best_k: collect the weights to average, modeling/averaging.py)
 score the averaged weights beside the best epoch's (BatchNorm recomputed); train.pick_averaged may put one in best.pt
 predict the validation rows with the best weights -> fold<k>/oof.csv
+
+The data path runs at GPU speed: workers persist across epochs and send uint8 images, which are copied without
+blocking and normalised on the device (data.images.DeviceLoader); the loop never waits for the GPU within an epoch
+(the loss is summed on the device and read every LOG_EVERY steps).
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from .config import Config, metric_name, save, training_changes
@@ -47,6 +50,7 @@ from .core.runtime import (
     amp_dtype,
     autocast,
     barrier,
+    compute_setup,
     init_distributed,
     is_main,
     per_rank_batch,
@@ -55,22 +59,25 @@ from .core.runtime import (
     resolve_device,
     seed_everything,
     sync_buffers,
+    use_channels_last,
     world_size,
 )
 from .core.tasks import TargetScale, num_outputs
 from .core.tracking import Tracker, finish_active
-from .data.augment import MixBatch, build_mixup, resolve_normalization
+from .data.augment import MixBatch, Normalize, build_mixup, resolve_normalization
 from .data.folds import expected_folds
-from .data.images import make_loader, reseed
+from .data.images import DeviceLoader, make_loader, set_epoch
 from .data.problem import FoldData, Problem, build_fold_data, load_problem, pred_frame, save_classes
-from .data.samplers import build_sampler
+from .data.samplers import ShuffleSampler, build_sampler
 from .modeling import metrics
 from .modeling.averaging import WeightAveraging, recompute_batchnorm, swa_start_epoch
 from .modeling.losses import build_loss, prior_logits
 from .modeling.models import backbone_lr_mult, build_model, checkpoint_state, init_head, set_backbone_trainable
 from .modeling.optim import build_optimizer, build_scheduler, total_updates
-from .predict import activate, load_fold_weights, predict_loader
+from .predict import activate, load_fold_weights, predict_loader, predict_models
 
+LOG_EVERY = 50  # steps between reads of the loss on the host (progress bar, non-finite check): each read waits for
+# the GPU to finish the queued steps, so reading every step would keep the GPU idle while the host launches the next
 Step = Callable[[nn.Module, dict, nn.Module], dict[str, torch.Tensor]]
 
 
@@ -89,8 +96,8 @@ class FoldSetup:
     model: nn.Module
     criterion: nn.Module
     mixer: MixBatch | None
-    loader: DataLoader
-    valid_loader: DataLoader
+    loader: DeviceLoader  # batches on the device, images normalised
+    valid_loader: DeviceLoader
     n_batches: int  # training batches per epoch (train.limit_batches caps it)
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None = full precision
@@ -107,21 +114,24 @@ def rank_batch_size(cfg: Config) -> int:
     return batch
 
 
-def train_loader(cfg: Config, fold: int, data: FoldData, generator: torch.Generator) -> DataLoader:
-    """Fold k's training batches. Under torchrun every rank draws the same order and keeps its own stride of it
-    (ShardedSampler), batch_size / N rows a batch: the N ranks' batches together are one process's batches."""
+def train_loader(
+    cfg: Config, fold: int, data: FoldData, generator: torch.Generator, workers: int, **to_device
+) -> DeviceLoader:
+    """Fold k's training batches, on the device (`to_device`: make_loader's device, normalize, channels_last). Under
+    torchrun every rank draws the same order and keeps its own stride of it (ShardedSampler), batch_size / N rows a
+    batch: the N ranks' batches together are one process's batches."""
     sampler = None
     if data.sampler_labels is not None:  # balance classes in training only; validation keeps its distribution
         sampler = build_sampler(data.sampler_labels, cfg.train.sampler, cfg.train.sampler_power, cfg.seed + fold)
     if world_size() > 1:
-        sampler = ShardedSampler(sampler or RandomSampler(data.train, generator=generator))
-    return make_loader(data.train, rank_batch_size(cfg), True, cfg.data.num_workers, sampler, generator,
-                       batch_sampler=data.batch_sampler)  # fmt: skip
+        sampler = ShardedSampler(sampler or ShuffleSampler(len(data.train), cfg.seed + fold))
+    return make_loader(data.train, rank_batch_size(cfg), True, workers, **to_device, sampler=sampler,
+                       batch_sampler=data.batch_sampler, seed=cfg.seed + fold, generator=generator)  # fmt: skip
 
 
 def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetup:
     generator = seed_everything(cfg.seed + fold, cfg.train.deterministic)
-    device = resolve_device(cfg.device)
+    device, workers = compute_setup(cfg.device, cfg.threads, cfg.data.num_workers)
     rank_batch_size(cfg)
     problem = load_problem(cfg)  # tables, folds, and every image decoded once: bad input stops here
     n_rows = len(problem.rows(fold, valid=False))
@@ -130,11 +140,14 @@ def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetu
                         f"rows of fold {fold}; use at most {n_rows}")  # fmt: skip
     n_out = num_outputs(cfg.task, len(problem.classes))
     model = build_model(cfg, n_out).to(device)
-    if cfg.model.channels_last:
+    channels_last = use_channels_last(cfg.model.channels_last, device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    mean, std = resolve_normalization(cfg.augment, model, cfg.model.in_chans)
-    data = data or build_fold_data(cfg, problem, fold, mean, std)
-    loader = train_loader(cfg, fold, data, generator)
+    normalize = Normalize(*resolve_normalization(cfg.augment, model, cfg.model.in_chans)).to(device)
+    data = data or build_fold_data(cfg, problem, fold)
+    set_epoch(data.train, cfg.seed, fold, 0)  # seeded before any pass (lr-find iterates without epochs)
+    to_device = {"device": device, "normalize": normalize, "channels_last": channels_last}
+    loader = train_loader(cfg, fold, data, generator, workers, **to_device)
     n_batches = min(len(loader), cfg.train.limit_batches or len(loader))
     if n_batches == 0:
         raise UserError(f"fold {fold}: its {len(data.train)} training rows make no full batch of "
@@ -150,7 +163,7 @@ def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetu
     start = prior_logits(cfg.loss, cfg.task, n_out, data.class_counts)
     if cfg.model.init_head == "prior" and not init_head(model, start):
         print(f"note: no output layer with a bias found in {cfg.model.backbone}'s head; model.init_head skipped")
-    valid_loader = make_loader(data.valid, cfg.tta.batch_size, False, cfg.data.num_workers)
+    valid_loader = make_loader(data.valid, cfg.tta.batch_size, False, workers, **to_device)
     dtype = amp_dtype(cfg.train.amp, device)
     return FoldSetup(problem, data, model, criterion, mixer, loader, valid_loader, n_batches, device, dtype, generator,
                      scale)  # fmt: skip
@@ -248,10 +261,8 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
     tracker = Tracker(cfg, f"fold{fold}", f"fold{fold}")
     sign = 1.0 if metric.higher_is_better else -1.0
     for epoch in tqdm(range(state.epoch, cfg.train.epochs), desc=f"fold {fold}", disable=None):
-        for sampler in (s.loader.sampler, s.loader.batch_sampler):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-        reseed(s.data.train, cfg.seed * 1000 + fold * 100 + epoch)
+        s.loader.set_epoch(epoch)  # the order of the rows
+        set_epoch(s.data.train, cfg.seed, fold, epoch)  # and their augmentations: both from (seed, fold, epoch)
         t0 = time.perf_counter()
         train_loss = train_epoch(cfg, s, train_model, optimizer, scheduler, scaler, ema, step, epoch)
         seconds = time.perf_counter() - t0
@@ -262,10 +273,8 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
         if ema is not None:
             sync_buffers(ema.module)
 
-        # Evaluate the raw and the EMA weights; the better of the two is kept.
-        results = {"model": evaluate(cfg, s, model)}
-        if ema is not None:
-            results["ema"] = evaluate(cfg, s, ema.module)
+        # Evaluate the raw and the EMA weights, in one pass over the validation rows; the better of the two is kept.
+        results = evaluate(cfg, s, {"model": model} | ({"ema": ema.module} if ema is not None else {}))
         source = max(results, key=lambda k: sign * results[k][1])
         valid_loss, score = results[source]
         if not math.isfinite(valid_loss):  # weights blown up although each training loss was still finite
@@ -321,8 +330,7 @@ def training_images(cfg: Config, s: FoldSetup) -> Iterator[torch.Tensor]:
     for i, batch in enumerate(s.loader):
         if i >= s.n_batches:
             break
-        x = batch["image"].to(s.device, non_blocking=True)
-        yield x.contiguous(memory_format=torch.channels_last) if cfg.model.channels_last else x
+        yield batch["image"]  # on the device, normalised and in the model's memory format (DeviceLoader)
 
 
 def compare_averages(cfg: Config, s: FoldSetup, fold: int, averaging: WeightAveraging) -> dict[str, float]:
@@ -373,14 +381,13 @@ def train_epoch(cfg: Config, s: FoldSetup, model: nn.Module, optimizer, schedule
     # The first model.freeze_backbone_epochs train the head alone (after model.train(): frozen BatchNorm layers
     # go back to eval mode, so their running statistics stay those of the pretrained backbone).
     set_backbone_trainable(model, epoch >= cfg.model.freeze_backbone_epochs)
-    accum, n_batches, total, seen = cfg.optim.grad_accum, s.n_batches, 0.0, 0
+    accum, n_batches = cfg.optim.grad_accum, s.n_batches
+    total = torch.zeros((), device=s.device)  # summed where the loss is: no wait for the GPU at each step
+    seen = 0
     bar = tqdm(s.loader, total=n_batches, desc=f"epoch {epoch + 1}", leave=False, disable=None)
-    for i, batch in enumerate(bar):
+    for i, batch in enumerate(bar):  # batches arrive on the device, images normalised (DeviceLoader)
         if i >= n_batches:
             break
-        batch = {k: v.to(s.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        if cfg.model.channels_last:
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         with autocast(s.device, s.dtype):
             losses = step(model, batch, s.criterion)
         group = min(accum, n_batches - (i // accum) * accum)  # the last group may hold fewer batches
@@ -395,24 +402,35 @@ def train_epoch(cfg: Config, s: FoldSetup, model: nn.Module, optimizer, schedule
             scheduler.step()
             if ema is not None:
                 ema.update(getattr(model, "module", model), step=scheduler.last_epoch)
-        loss = losses["loss"].item()
-        if not math.isfinite(loss):
-            # The targets are checked finite when the table is read: a diverging run is the usual cause. last.pt
-            # still holds the last finished epoch.
-            raise UserError(f"loss is {loss} at epoch {epoch + 1} batch {i}: lower optim.lr, or set train.amp=off")
-        total, seen = total + loss, seen + 1
-        bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
-    return total / max(seen, 1)
+        total += losses["loss"].detach().float()
+        seen += 1
+        if seen % LOG_EVERY == 0 or i + 1 == n_batches:  # a non-finite loss makes the sum non-finite for good
+            check_finite(float(total), epoch, i)
+            bar.set_postfix({k: f"{float(v.detach()):.4f}" for k, v in losses.items()})
+    return float(total) / max(seen, 1)
+
+
+def check_finite(total: float, epoch: int, batch: int) -> None:
+    """The targets are checked finite when the table is read: a diverging run is the usual cause of a non-finite
+    loss. last.pt still holds the last finished epoch."""
+    if not math.isfinite(total):
+        first = batch - (batch % LOG_EVERY)
+        where = f"batch {batch}" if first == batch else f"batches {first}..{batch}"
+        raise UserError(f"loss is {total} at epoch {epoch + 1} {where}: lower optim.lr, or set train.amp=off")
 
 
 @torch.no_grad()
-def evaluate(cfg: Config, s: FoldSetup, model: nn.Module) -> tuple[float, float]:
-    """(validation loss, metric) of `model` on fold k's validation rows."""
-    logits = torch.from_numpy(predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, activation=False))
+def evaluate(cfg: Config, s: FoldSetup, models: dict[str, nn.Module]) -> dict[str, tuple[float, float]]:
+    """(validation loss, metric) of each of `models` on fold k's validation rows, all from one pass of the loader."""
+    outputs = predict_models(models, s.valid_loader, cfg.task, s.device, s.dtype, activation=False)
     y = torch.as_tensor(s.data.y_valid)
-    loss = float(s.criterion(logits.reshape(len(y), -1).to(s.device), y.to(s.device)))
-    probs = activate(logits, cfg.task, s.target_scale).numpy()
-    return loss, metrics.score(metric_name(cfg), s.data.y_valid, probs, cfg.task)
+    results = {}
+    for name, out in outputs.items():
+        logits = torch.from_numpy(out)
+        loss = float(s.criterion(logits.reshape(len(y), -1).to(s.device), y.to(s.device)))
+        probs = activate(logits, cfg.task, s.target_scale).numpy()
+        results[name] = (loss, metrics.score(metric_name(cfg), s.data.y_valid, probs, cfg.task))
+    return results
 
 
 def fold_pending(cfg: Config, fold: int, force: bool, log: Callable[[str], None] = print) -> bool:

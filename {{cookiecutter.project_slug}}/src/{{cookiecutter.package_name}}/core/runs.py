@@ -167,6 +167,14 @@ def atomic_save_npz(path: str | Path, **arrays: Any) -> Path:
     return _atomic(path, write)
 
 
+def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append '.npy' to a name
+            np.save(f, array, allow_pickle=False)
+
+    return _atomic(path, write)
+
+
 def atomic_savefig(path: str | Path, fig: Any) -> Path:
     return _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 

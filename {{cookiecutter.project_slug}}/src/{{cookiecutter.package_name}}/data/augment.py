@@ -1,9 +1,11 @@
-"""Image augmentation: albumentations presets (none / light / medium / heavy / trivial / randaugment) and mixup /
-cutmix on batches.
+"""Image augmentation: albumentations presets (none / light / medium / heavy / trivial / randaugment),
+normalisation, mixup / cutmix on batches.
 
-Transforms take a numpy HWC uint8 image with 1 or 3 channels (grayscale is HxWx1) and return a normalised float32
-CHW tensor. Flips and 90-degree rotations are only added when the config allows them: a mirrored digit is another
-class. Colour transforms that need RGB are skipped for grayscale.
+Transforms take a numpy HWC uint8 image with 1 or 3 channels (grayscale is HxWx1) and return an HWC uint8 image of
+the training size: the loader's workers send uint8 (a quarter of float32's bytes), and `Normalize` turns a batch
+into normalised float32 on the device, right after the copy (data.images.DeviceLoader), for training, evaluation,
+prediction and TTA alike. Flips and 90-degree rotations are only added when the config allows them: a mirrored
+digit is another class. Colour transforms that need RGB are skipped for grayscale.
 
 `trivial` (TrivialAugment, Muller & Hutter 2021) and `randaugment` (Cubuk et al. 2020) draw from one table of ops,
 AUG_OPS, each built from albumentations' own transforms at a level in [-1, 1] (signed ops) or [0, 1]: trivial
@@ -13,16 +15,17 @@ applies one op per image at a level drawn uniformly (the sign at random), randau
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks PyPI for a newer version on import
 
 import albumentations as A
-from albumentations.pytorch import ToTensorV2
 from timm.data.mixup import Mixup, mixup_target
 
 from ..core.errors import UserError
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# A preset maps (config, number of channels) to the training transforms before Normalize + ToTensorV2.
+# A preset maps (config, number of channels) to the training transforms (uint8 in, uint8 out).
 PresetFn = Callable[["AugmentConfig", int], list[Any]]
 PRESETS: Registry[PresetFn] = Registry("augment preset")
 # An op of trivial / randaugment maps a level range (lo, hi) to one albumentations transform that always applies.
@@ -98,23 +101,52 @@ def _adapt_channels(values: Sequence[float], in_chans: int, key: str) -> tuple[f
 # ----------------------------------------------------------------------------------------------- transforms
 
 
-def build_transforms(cfg_aug: AugmentConfig, train: bool, mean: Sequence[float], std: Sequence[float]) -> A.Compose:
-    """The full pipeline: (train preset | deterministic resize) -> Normalize -> ToTensorV2.
+class Normalize(nn.Module):
+    """uint8 images (N, C, H, W), 0..255 -> float32 (x / 255 - mean) / std, on the batch's device.
 
-    The number of channels is len(mean): it decides whether RGB-only colour transforms are used.
-    """
-    n_chans = len(mean)
-    if len(std) != n_chans:
-        raise UserError(f"normalisation has {n_chans} mean values but {len(std)} std values")
-    steps = list(augmentations(cfg_aug, n_chans, train).transforms)
-    steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+    The one place where images are normalised (train, evaluate, predict, TTA, lr-find, teachers): build it from
+    resolve_normalization. The memory format of the input (channels_last) is kept."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std):
+            raise UserError(f"normalisation has {len(mean)} mean values but {len(std)} std values")
+        self.register_buffer("mean", torch.tensor([255.0 * m for m in mean]).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer(
+            "inv_std", torch.tensor([1 / (255.0 * s) for s in std]).view(1, -1, 1, 1), persistent=False
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One new tensor, then in place (a batch of 128 images at 224 px is 77 MB in float32), with the arithmetic
+        # of albumentations' Normalize: (x - 255 mean) * (1 / (255 std)).
+        return x.to(torch.float32, copy=True).sub_(self.mean).mul_(self.inv_std)
+
+
+def build_transforms(cfg_aug: AugmentConfig, train: bool, in_chans: int) -> A.Compose:
+    """uint8 HWC in, uint8 HWC of cfg_aug.image_size out: the train preset, or a deterministic resize.
+    `in_chans` decides whether RGB-only colour transforms are used."""
+    size = cfg_aug.image_size
+    steps = PRESETS.get(cfg_aug.preset)(cfg_aug, in_chans) if train else [A.Resize(size, size)]
     return A.Compose(steps)
 
 
-def augmentations(cfg_aug: AugmentConfig, n_chans: int, train: bool = True) -> A.Compose:
-    """The geometry and colour steps alone, uint8 HWC in and out: the training preset, or (evaluation) a resize."""
-    size = cfg_aug.image_size
-    return A.Compose(PRESETS.get(cfg_aug.preset)(cfg_aug, n_chans) if train else [A.Resize(size, size)])
+def source_size(cfg_aug: AugmentConfig, in_chans: int) -> int | None:
+    """The shorter image side the transforms need so that they lose nothing: a decode cache may shrink images to it
+    (never beyond). Read from the first step of the training and the evaluation pipelines, which take the image
+    from the file: Resize(h, w) needs max(h, w); RandomResizedCrop needs its size / sqrt(smallest area share),
+    times sqrt of the most elongated aspect ratio (the crop's short side must still cover the output). None when a
+    pipeline starts with another step (a custom preset): then images are kept at full size."""
+    needed = []
+    for train in (True, False):
+        first = next(iter(build_transforms(cfg_aug, train, in_chans).transforms), None)
+        if isinstance(first, A.RandomResizedCrop):
+            elongation = max(first.ratio[1], 1.0 / first.ratio[0], 1.0)
+            needed.append(max(first.size) * math.sqrt(elongation / first.scale[0]))
+        elif isinstance(first, A.Resize):
+            needed.append(max(first.height, first.width))
+        else:
+            return None
+    return math.ceil(max(needed))
 
 
 def _flips(cfg_aug: AugmentConfig) -> list[Any]:

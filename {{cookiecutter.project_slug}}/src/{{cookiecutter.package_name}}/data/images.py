@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -19,6 +22,10 @@ from tqdm.auto import tqdm
 
 from ..core.errors import UserError
 from ..core.runs import atomic_write_json
+from .samplers import ShuffleSampler
+
+if TYPE_CHECKING:
+    from .cache import ImageCache
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -49,16 +56,23 @@ def image_paths(folder: Path, ids: Sequence[str], ext: str, key: str) -> list[Pa
 SCALE_TO_8BIT = {"I;16": 255 / 65535, "I;16L": 255 / 65535, "I;16B": 255 / 65535, "I": 255 / 65535, "F": 255.0}
 
 
-def read_image(path: Path, in_chans: int) -> np.ndarray:
+def read_image(path: Path, in_chans: int, min_side: int | None = None) -> np.ndarray:
     """HWC uint8 with `in_chans` channels (1 or 3), whatever the file holds (L, RGB, RGBA, palette, 16-bit, float).
 
     16-bit images are scaled by the fixed 255/65535 (32-bit integer images are read as 16-bit: values clipped to
-    0..65535), float images as 0..1; values outside the range are clipped."""
+    0..65535), float images as 0..1; values outside the range are clipped.
+    `min_side`: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, several times faster) as long
+    as its shorter side stays >= min_side; other formats decode at full size."""
     with Image.open(path) as im:
+        if min_side and im.format == "JPEG":
+            w, h = im.size
+            scale = min_side / min(w, h)
+            im.draft(im.mode, (math.ceil(w * scale), math.ceil(h * scale)))  # the smallest DCT scale >= this size
         if im.mode in SCALE_TO_8BIT:
             arr = np.asarray(im, dtype=np.float64) * SCALE_TO_8BIT[im.mode]
             im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
-        arr = np.array(im.convert("L" if in_chans == 1 else "RGB"))  # a writable copy
+        mode = "L" if in_chans == 1 else "RGB"
+        arr = np.array(im if im.mode == mode else im.convert(mode))  # a writable copy (convert would copy twice)
     return arr[..., None] if arr.ndim == 2 else arr
 
 
@@ -114,7 +128,12 @@ def check_images(paths: Sequence[Path], key: str, cache: Path | None = None, wor
 
 
 class ImageDataset(Dataset):
-    """Yields {"image": CHW float tensor, "target": task target, "index": row} (+ any `extras` arrays by name)."""
+    """Yields {"image": CHW uint8 tensor, "target": task target, "index": row} (+ any `extras` arrays by name).
+
+    Images come from `cache` (data.cache: decoded once, data/cache.py) or are decoded from the file each time.
+    Augmentations are seeded per sample from (seed, fold, epoch, part, row) once `set_epoch` has run, so that a
+    row is augmented alike whichever worker loads it: results do not depend on data.num_workers, and a resumed run
+    repeats the interrupted one. The key lives in shared memory, so persistent workers see each new epoch."""
 
     def __init__(
         self,
@@ -122,31 +141,34 @@ class ImageDataset(Dataset):
         targets: np.ndarray | None,
         transform: Callable | None,
         in_chans: int = 3,
-        cache: bool = False,
+        cache: ImageCache | None = None,
         extras: dict[str, np.ndarray] | None = None,
     ) -> None:
         if in_chans not in (1, 3):
             raise UserError(f"model.in_chans={in_chans}: images are read as 1 (grayscale) or 3 (RGB) channels")
         self.paths, self.targets, self.transform, self.in_chans = list(paths), targets, transform, in_chans
-        self.extras = extras or {}
-        self.images: list[np.ndarray] | None = None
-        if cache:
-            self.images = [
-                read_image(p, in_chans) for p in tqdm(self.paths, desc="cache images", leave=False, disable=None)
-            ]
+        self.cache, self.extras = cache, extras or {}
+        self.augment_key = torch.full((4,), -1, dtype=torch.int64).share_memory_()  # seed, fold, epoch, part
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def reseed(self, seed: int) -> None:
-        """albumentations draws from its own generator: seed it so runs (and resumed runs) repeat exactly."""
-        if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(seed)
+    def read(self, i: int) -> np.ndarray:
+        return self.cache.read(self.paths[i]) if self.cache is not None else read_image(self.paths[i], self.in_chans)
+
+    def _seed_transform(self, i: int) -> None:
+        key = self.augment_key.tolist()
+        if key[0] >= 0 and hasattr(self.transform, "set_random_state"):
+            rng = np.random.default_rng([*key, i])  # albumentations draws from one numpy and one python stream
+            self.transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
 
     def __getitem__(self, i: int) -> dict:
-        image = self.images[i] if self.images is not None else read_image(self.paths[i], self.in_chans)
-        x = self.transform(image=image)["image"] if self.transform else torch.from_numpy(image).permute(2, 0, 1)
-        item = {"image": x, "index": i}
+        image = self.read(i)
+        if self.transform is not None:
+            self._seed_transform(i)
+            image = self.transform(image=image)["image"]
+        image = image[..., None] if image.ndim == 2 else image
+        item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), "index": i}
         if self.targets is not None:
             item["target"] = torch.as_tensor(self.targets[i])
         for name, values in self.extras.items():
@@ -154,21 +176,59 @@ class ImageDataset(Dataset):
         return item
 
 
-def reseed(dataset: Dataset, seed: int) -> None:
-    """Reseed the augmentations of `dataset` (or of each part of a ConcatDataset)."""
-    for ds in getattr(dataset, "datasets", [dataset]):
-        if hasattr(ds, "reseed"):
-            ds.reseed(seed)
+def set_epoch(dataset: Dataset, seed: int, fold: int, epoch: int) -> None:
+    """Seed the augmentations of `dataset` for (seed, fold, epoch); each part of a ConcatDataset gets its own
+    stream (its position), so that row i of the labelled part and row i of the pseudo part differ."""
+    for part, ds in enumerate(getattr(dataset, "datasets", [dataset])):
+        if isinstance(ds, ImageDataset):
+            ds.augment_key.copy_(torch.tensor([seed, fold, epoch, part]))
 
 
-def _worker_init(worker_id: int) -> None:
-    """Each worker reseeds numpy, random and the augmentations from torch's per-worker seed."""
+def one_opencv_thread() -> None:
+    """OpenCV (albumentations' engine) on one thread in this process and in the loader workers it forks: the workers
+    already run in parallel, and OpenCV's default of one thread per core in every worker oversubscribed the cores
+    (a loader at 2,292 images/s, 3,101 with one). It must be set here, before the workers fork: cv2.setNumThreads
+    in a forked worker hangs for ever once this process has started OpenCV's thread pool (its condition variables
+    are copied with waiters that do not exist in the child). Torch sets one thread in each worker itself."""
+    cv2.setNumThreads(1)
+
+
+def worker_init(worker_id: int) -> None:
+    """numpy and random are seeded from torch's per-worker seed for any code that draws from them; the
+    augmentations do not (they are seeded per sample, ImageDataset)."""
     info = get_worker_info()
     seed = info.seed % 2**32 if info else worker_id
     np.random.seed(seed)
     random.seed(seed)
-    if info is not None:
-        reseed(info.dataset, seed)
+
+
+class DeviceLoader:
+    """A DataLoader's batches on `device`: tensors copied from pinned memory without blocking the host, the uint8
+    images made channels_last (when asked) and normalised to float32 there, by `normalize` (augment.Normalize).
+    Iterate it like the DataLoader; `set_epoch` reaches its sampler."""
+
+    def __init__(self, loader: DataLoader, device: torch.device, normalize: Callable, channels_last: bool = False):
+        self.loader, self.device, self.normalize, self.channels_last = loader, device, normalize, channels_last
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        for sampler in (self.loader.sampler, self.loader.batch_sampler):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+
+    def to_device(self, batch: dict) -> dict:
+        out = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        image = out["image"]
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        out["image"] = self.normalize(image)
+        return out
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.loader:
+            yield self.to_device(batch)
 
 
 def make_loader(
@@ -176,31 +236,35 @@ def make_loader(
     batch_size: int,
     train: bool,
     num_workers: int,
+    device: torch.device,
+    normalize: Callable,
+    *,
+    channels_last: bool = False,
     sampler: Sampler | None = None,
-    generator: torch.Generator | None = None,
     batch_sampler: Sampler | None = None,
-) -> DataLoader:
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+) -> DeviceLoader:
     """Training loaders shuffle (unless a sampler decides) and drop the last partial batch (mixup needs even
     batches, BatchNorm dislikes a batch of one); evaluation loaders keep order and every row.
-    A `batch_sampler` (pseudo-labelling's labelled:pseudo mix) composes whole batches itself."""
+    A `batch_sampler` (pseudo-labelling's labelled:pseudo mix) composes whole batches itself.
+
+    Shuffling depends on (seed, epoch) only (ShuffleSampler), and the loader draws its workers' seeds from its own
+    `generator`, never from torch's global one: the global stream (dropout, drop-path) and the batches are then the
+    same whatever the number of workers. Workers persist across epochs and prefetch (the default 2 batches each);
+    pinned memory on CUDA, for the non-blocking copies of DeviceLoader."""
+    one_opencv_thread()
+    if train and sampler is None and batch_sampler is None:
+        sampler = ShuffleSampler(len(dataset), seed)
+    common = {
+        "num_workers": num_workers,
+        "pin_memory": device.type == "cuda",
+        "worker_init_fn": worker_init,
+        "generator": generator or torch.Generator().manual_seed(seed),
+        "persistent_workers": num_workers > 0,
+    }
     if batch_sampler is not None:
-        return DataLoader(
-            dataset,
-            batch_sampler=batch_sampler,
-            num_workers=num_workers,
-            pin_memory=torch.cuda.is_available(),
-            worker_init_fn=_worker_init,
-            generator=generator,
-        )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        drop_last=train,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-        worker_init_fn=_worker_init,
-        generator=generator,
-        persistent_workers=False,
-    )
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, **common)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, **common)
+    return DeviceLoader(loader, device, normalize, channels_last)

@@ -16,8 +16,10 @@ from torch.utils.data import Dataset, Sampler
 
 from ..core.errors import UserError
 from ..core.runs import atomic_write_json, image_check_cache
+from ..core.runtime import available_cores
 from ..core.tasks import TargetScale
-from .augment import build_transforms
+from .augment import build_transforms, source_size
+from .cache import ImageCache, open_cache
 from .folds import read_folds
 from .images import ImageDataset, check_images, image_paths
 from .tables import (
@@ -82,12 +84,21 @@ def load_problem(cfg: Config) -> Problem:
     return Problem(ids, train["fold"].to_numpy(np.int64), y, paths, classes, positive, h)
 
 
-def build_fold_data(cfg: Config, problem: Problem, fold: int, mean: tuple, std: tuple) -> FoldData:
+def image_cache(cfg: Config, paths: list[Path]) -> ImageCache | None:
+    """The decode cache (data.cache) of an image set, built on first use: every training image at once, so that
+    all folds share one entry. Its build decodes with data.num_workers processes ('auto': one per core, since
+    nothing else runs yet)."""
+    workers = cfg.data.num_workers if cfg.data.num_workers != "auto" else available_cores()
+    size = source_size(cfg.augment, cfg.model.in_chans)
+    return open_cache(cfg.data.cache, paths, cfg.model.in_chans, size, cfg.data.cache_dir, int(workers))
+
+
+def build_fold_data(cfg: Config, problem: Problem, fold: int) -> FoldData:
     tr, va = problem.rows(fold, valid=False), problem.rows(fold, valid=True)
-    in_chans, cache = cfg.model.in_chans, cfg.data.cache_images
-    train_tf = build_transforms(cfg.augment, True, mean, std)
-    valid_tf = build_transforms(cfg.augment, False, mean, std)
-    paths = problem.paths
+    in_chans, paths = cfg.model.in_chans, problem.paths
+    cache = image_cache(cfg, paths)
+    train_tf = build_transforms(cfg.augment, True, in_chans)
+    valid_tf = build_transforms(cfg.augment, False, in_chans)
     train_ds = ImageDataset([paths[i] for i in tr], problem.y[tr], train_tf, in_chans, cache)
     valid_ds = ImageDataset([paths[i] for i in va], problem.y[va], valid_tf, in_chans, cache)
     labels = stratify_labels(cfg, problem.y[tr]) if cfg.train.sampler != "none" else None
@@ -101,14 +112,14 @@ def build_fold_data(cfg: Config, problem: Problem, fold: int, mean: tuple, std: 
     )
 
 
-def test_dataset(cfg: Config, mean: tuple, std: tuple) -> tuple[list[str], ImageDataset]:
+def test_dataset(cfg: Config) -> tuple[list[str], ImageDataset]:
     test = read_table(data_path(cfg, cfg.data.test_csv), cfg.data.id_col)
     ids = test[cfg.data.id_col].tolist()
     folder = data_path(cfg, cfg.data.test_images)
     paths = image_paths(folder, ids, cfg.data.image_ext, "test_images")
     check_images(paths, "test_images", image_check_cache(cfg.output_dir, folder))
-    tf = build_transforms(cfg.augment, False, mean, std)
-    return ids, ImageDataset(paths, None, tf, cfg.model.in_chans, cfg.data.cache_images)
+    tf = build_transforms(cfg.augment, False, cfg.model.in_chans)
+    return ids, ImageDataset(paths, None, tf, cfg.model.in_chans, image_cache(cfg, paths))
 
 
 def save_classes(cfg: Config, problem: Problem) -> None:

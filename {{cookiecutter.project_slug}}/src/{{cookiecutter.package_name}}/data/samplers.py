@@ -115,6 +115,25 @@ class BalanceClassSampler(Sampler[int]):
         return iter(rng.permutation(drawn).tolist())
 
 
+class ShuffleSampler(Sampler[int]):
+    """Plain shuffling whose order depends only on (seed, epoch): call `set_epoch` before each epoch. torch's
+    RandomSampler draws from the loader's generator, which the loader also draws its workers' seeds from, once
+    per epoch without persistent workers and once per run with them: the order would depend on num_workers."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        super().__init__()
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+
 @SAMPLERS.register("none")
 def _none(labels: np.ndarray, power: float, seed: int) -> None:
     return None

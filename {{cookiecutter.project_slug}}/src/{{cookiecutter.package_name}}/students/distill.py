@@ -28,7 +28,6 @@ from ..train import Step
 from .teachers import (
     Log,
     start_lineage,
-    student_normalization,
     student_rows,
     teacher_logits,
     train_students,
@@ -61,11 +60,9 @@ def _in_student_units(teacher: np.ndarray, problem: Problem, fold: int, task: st
     return teacher if scale is None else scale.standardize(teacher).astype(np.float32)
 
 
-def build_distill_fold(
-    cfg: Config, problem: Problem, fold: int, leaves: dict[str, float], mean: tuple, std: tuple
-) -> tuple[FoldData, dict]:
+def build_distill_fold(cfg: Config, problem: Problem, fold: int, leaves: dict[str, float]) -> tuple[FoldData, dict]:
     """Fold k's data with each training row's teacher logits (from fold k's teachers), + test rows if use_test."""
-    data = build_fold_data(cfg, problem, fold, mean, std)
+    data = build_fold_data(cfg, problem, fold)
     ids = [problem.ids[i] for i in problem.rows(fold, valid=False)]
     teach = teacher_logits(cfg, leaves, fold, ids, "train")
     teach.check_fold(fold)
@@ -80,7 +77,7 @@ def build_distill_fold(
     dummy = np.zeros((len(test.ids), *problem.y.shape[1:]), problem.y.dtype)  # never scored: labelled = 0
     labelled = np.zeros(len(test.ids), np.float32)
     soft_out = _in_student_units(soft.values, problem, fold, cfg.task)
-    test_rows = student_rows(cfg, test.paths, dummy, mean, std, teacher=soft_out, labelled=labelled)
+    test_rows = student_rows(cfg, test.paths, dummy, teacher=soft_out, labelled=labelled)
     record.update(test_rows=len(test.ids), test_sources=soft.sources)
     # The class-balancing sampler knows the labelled rows only; the test rows are drawn like the rest.
     return dataclasses.replace(data, train=ConcatDataset([data.train, test_rows]), sampler_labels=None), record
@@ -102,8 +99,7 @@ def run_distill(
     problem = load_problem(cfg)
     settings = dataclasses.asdict(dataclasses.replace(cfg.distill, teachers=names))
     leaves, lineage = start_lineage(cfg, problem, "distill", names, settings, force)
-    mean, std = student_normalization(cfg, problem)
     log(f"{cfg.exp}: distilling {cfg.model.backbone} from {', '.join(f'{e} ({w:.3f})' for e, w in leaves.items())}")
     step = distill_step(cfg.task, cfg.distill.alpha, cfg.distill.temperature)
-    build = lambda k: build_distill_fold(cfg, problem, k, leaves, mean, std)  # noqa: E731
+    build = lambda k: build_distill_fold(cfg, problem, k, leaves)  # noqa: E731
     return train_students(cfg, folds, lineage, build, step, force, log, allow_partial)

@@ -47,7 +47,6 @@ from .teachers import (
     Log,
     Unlabelled,
     start_lineage,
-    student_normalization,
     student_rows,
     teacher_predictions,
     train_students,
@@ -190,13 +189,11 @@ def build_pseudo_fold(
     fold: int,
     leaves: dict[str, float],
     unl: Unlabelled,
-    mean: tuple,
-    std: tuple,
     log: Log = print,
 ) -> tuple[FoldData, dict]:
     """Fold k's data: its training rows + the unlabelled rows fold k's teacher labels confidently enough."""
     p, task, classes = cfg.pseudo, cfg.task, problem.classes
-    data = build_fold_data(cfg, problem, fold, mean, std)
+    data = build_fold_data(cfg, problem, fold)
     teach = teacher_predictions(cfg, leaves, fold, unl, log)
     teach.check_fold(fold)
     chosen = select_pseudo(teach.values, task, p.threshold, p.top_fraction, p.max_per_class)
@@ -220,7 +217,7 @@ def build_pseudo_fold(
     data.train.targets = labelled_targets(data.train.targets, task, len(classes))
     data.train.extras["pseudo"] = np.zeros(len(data.train), np.float32)
     flag = np.ones(len(chosen), np.float32)
-    rows = student_rows(cfg, [unl.paths[i] for i in chosen], targets, mean, std, pseudo=flag)
+    rows = student_rows(cfg, [unl.paths[i] for i in chosen], targets, pseudo=flag)
     sampler = None
     if p.batch_ratio > 0:
         sampler = RatioBatchSampler(len(data.train), len(chosen), cfg.train.batch_size, p.batch_ratio, cfg.seed + fold)
@@ -239,7 +236,6 @@ def run_round(
     teacher: str,
     r: int,
     unl: Unlabelled,
-    norm: tuple[tuple, tuple],
     folds: Sequence[int] | None,
     force: bool,
     log: Log,
@@ -254,7 +250,7 @@ def run_round(
     # The criterion smooths labels already, and smoothing is linear: mixing must not smooth them a second time.
     mixer = build_mixup(cfg.augment, cfg.task, num_outputs(cfg.task, len(problem.classes)), 0.0)
     step = pseudo_step(cfg.pseudo.weight, mixer)
-    build = lambda k: build_pseudo_fold(cfg, problem, k, leaves, unl, *norm, log)  # noqa: E731
+    build = lambda k: build_pseudo_fold(cfg, problem, k, leaves, unl, log)  # noqa: E731
     return train_students(cfg, folds, lineage, build, step, force, log, allow_partial)
 
 
@@ -273,14 +269,13 @@ def run_pseudo(
         raise UserError("pseudo needs a teacher: --teacher EXP or config key 'pseudo.teacher'")
     problem = load_problem(cfg)
     unl = unlabelled_images(cfg, cfg.pseudo.extra_images)
-    norm = student_normalization(cfg, problem)
     rounds, result = [], {}
     for r in range(1, cfg.pseudo.rounds + 1):
         # The round's config names its real teacher, so config.yaml agrees with lineage.json.
         rcfg = dataclasses.replace(
             cfg, exp=round_name(cfg.exp, r), pseudo=dataclasses.replace(cfg.pseudo, teacher=teacher)
         )
-        result = run_round(rcfg, problem, teacher, r, unl, norm, folds, force, log, allow_partial)
+        result = run_round(rcfg, problem, teacher, r, unl, folds, force, log, allow_partial)
         rounds.append({"round": r, "exp": rcfg.exp, "teacher": teacher, "cv": result["cv"]})
         teacher = rcfg.exp
     return {**result, "rounds": rounds}

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader
 
 from ..config import Config, load
 from ..core.errors import UserError
@@ -29,15 +28,16 @@ from ..core.runs import (
     read_pred_csv,
     stamp,
 )
-from ..core.runtime import amp_dtype, resolve_device, world_size
+from ..core.runtime import amp_dtype, compute_setup, world_size
 from ..core.tasks import num_outputs
 from ..cv import summarize
-from ..data.augment import build_transforms, resolve_normalization
+from ..data.augment import build_transforms
 from ..data.images import IMAGE_EXTS, ImageDataset, image_paths
-from ..data.problem import FoldData, Problem
+from ..data.problem import FoldData, Problem, image_cache
 from ..data.tables import data_path, read_table
 from ..modeling.models import build_model
 from ..predict import (
+    feeder,
     load_fold_weights,
     predict_loader,
     predict_test,
@@ -120,10 +120,11 @@ def check_teachers(cfg: Config, problem: Problem, names: Sequence[str], leaves: 
 
 
 def teacher_config(cfg: Config, exp: str) -> Config:
-    """The teacher's saved config, run on the student's device, workers and output folder."""
+    """The teacher's saved config, run on the student's device, threads, workers and output folder."""
     tcfg = load(Run.named(cfg.output_dir, exp).config)
     data = dataclasses.replace(tcfg.data, num_workers=cfg.data.num_workers)
-    return dataclasses.replace(tcfg, exp=exp, output_dir=cfg.output_dir, device=cfg.device, data=data)
+    return dataclasses.replace(tcfg, exp=exp, output_dir=cfg.output_dir, device=cfg.device, threads=cfg.threads,
+                               data=data)  # fmt: skip
 
 
 def checkpoint(tcfg: Config, fold: int) -> Path:
@@ -168,16 +169,16 @@ def predict_fold(
     cfg: Config, tcfg: Config, fold: int, paths: list[Path], views: Sequence[str] = ("identity",), activation=False
 ) -> np.ndarray:
     """(N, outputs) of teacher `tcfg`'s fold-`fold` model on `paths`: logits, or TTA-merged predictions (regression:
-    values in the target's units, whatever scale the teacher learnt them in)."""
-    device = resolve_device(cfg.device)
-    model = build_model(tcfg, num_outputs(tcfg.task, len(tcfg.run.read_classes()["classes"])), pretrained=False).to(
-        device
-    )
+    values in the target's units, whatever scale the teacher learnt them in). The teacher's model settings, this
+    run's device, threads, workers and precision."""
+    device, workers = compute_setup(cfg.device, cfg.threads, cfg.data.num_workers)
+    n_out = num_outputs(tcfg.task, len(tcfg.run.read_classes()["classes"]))
+    model = build_model(tcfg, n_out, pretrained=False).to(device)
     checkpoint(tcfg, fold)  # a teacher fold that is not finished is named first
     scale = load_fold_weights(tcfg, model, fold)
-    mean, std = resolve_normalization(tcfg.augment, model, tcfg.model.in_chans)
-    dataset = ImageDataset(paths, None, build_transforms(tcfg.augment, False, mean, std), tcfg.model.in_chans)
-    loader = DataLoader(dataset, batch_size=tcfg.tta.batch_size, num_workers=cfg.data.num_workers)
+    tf = build_transforms(tcfg.augment, False, tcfg.model.in_chans)
+    dataset = ImageDataset(paths, None, tf, tcfg.model.in_chans, image_cache(tcfg, paths))
+    loader = feeder(tcfg, model, device, workers)(dataset)
     dtype, desc = amp_dtype(cfg.train.amp, device), f"teacher {tcfg.exp} fold {fold}"
     out = predict_loader(model, loader, tcfg.task, device, dtype, views, tcfg.tta.merge, activation, desc, scale)
     return out.reshape(len(paths), -1)
@@ -255,16 +256,10 @@ def teacher_predictions(cfg: Config, leaves: dict[str, float], fold: int, unl: U
 # --- the student's training loop -------------------------------------------------------------------------------------
 
 
-def student_normalization(cfg: Config, problem: Problem) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) train_one_fold and predict_test will use: they come from the built model's pretrained_cfg."""
-    model = build_model(cfg, num_outputs(cfg.task, len(problem.classes)), pretrained=False)
-    return resolve_normalization(cfg.augment, model, cfg.model.in_chans)
-
-
-def student_rows(cfg: Config, paths: list[Path], y: np.ndarray, mean: tuple, std: tuple, **extras) -> ImageDataset:
+def student_rows(cfg: Config, paths: list[Path], y: np.ndarray, **extras) -> ImageDataset:
     """Rows that join fold k's training set next to its labelled rows: same augmentation, per-row `extras`."""
-    tf = build_transforms(cfg.augment, True, mean, std)
-    return ImageDataset(paths, y, tf, cfg.model.in_chans, cfg.data.cache_images, extras=extras)
+    tf = build_transforms(cfg.augment, True, cfg.model.in_chans)
+    return ImageDataset(paths, y, tf, cfg.model.in_chans, image_cache(cfg, paths), extras=extras)
 
 
 def start_lineage(
