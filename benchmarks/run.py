@@ -139,7 +139,7 @@ def demo_dataset(P: SimpleNamespace, demo: Demo, n: int) -> Any:
 def demo_tensors(P: SimpleNamespace, demo: Demo, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `n` demo images as one normalised batch (evaluation transforms), and their labels."""
     ds = demo_dataset(P, demo, n)
-    images = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    images = torch.stack([ds[i]["image"] for i in range(len(ds))]).permute(0, 3, 1, 2)  # items are HWC
     return P.augment.Normalize(demo.mean, demo.std)(images), torch.as_tensor(demo.y[:n])
 
 

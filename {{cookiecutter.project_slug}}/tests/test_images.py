@@ -126,6 +126,6 @@ def test_dataset_items_and_cache_agree(tmp_path):
     plain = images.ImageDataset(paths, y, None, in_chans=1, extras={"w": np.array([0.5, 1.0, 2.0])})
     cached = images.ImageDataset(paths, y, None, in_chans=1, cache=cache.open_cache("memory", paths, 1, None))
     item = plain[2]
-    assert item["image"].shape == (1, 4, 4) and item["image"].dtype == torch.uint8 and int(item["image"].max()) == 100
+    assert item["image"].shape == (4, 4, 1) and item["image"].dtype == torch.uint8 and int(item["image"].max()) == 100
     assert int(item["target"]) == 2 and float(item["w"]) == 2.0 and item["index"] == 2
     assert (cached[1]["image"] == plain[1]["image"]).all()

@@ -50,7 +50,7 @@ def test_device_loader_gives_normalised_float_batches_from_uint8_items(tmp_path)
         batch = next(iter(loader))
         x = batch["image"]
         assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last) == channels_last
-        raw = torch.stack([ds[i]["image"] for i in range(4)]).float()
+        raw = torch.stack([ds[i]["image"] for i in range(4)]).permute(0, 3, 1, 2).float()  # items are HWC
         torch.testing.assert_close(x, (raw / 255 - 0.5) / 0.25)
         assert batch["target"].tolist() == [0, 1, 2, 3]
     with pytest.raises(TypeError, match="DeviceLoader"):  # raw uint8 batches are refused, not silently mis-scaled
@@ -65,7 +65,7 @@ class _WorkerFacts(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         facts = [os.getpid(), torch.get_num_threads(), cv2.getNumThreads()]
-        return {"image": torch.zeros(1, 2, 2, dtype=torch.uint8), "facts": torch.tensor(facts)}
+        return {"image": torch.zeros(2, 2, 1, dtype=torch.uint8), "facts": torch.tensor(facts)}
 
 
 def _alarm(signum, frame):
@@ -149,7 +149,7 @@ class _Counting(Dataset):
     def __getitem__(self, i: int) -> dict:
         self.reads += 1
         g = torch.Generator().manual_seed(i)
-        return {"image": torch.randint(0, 256, (1, 8, 8), generator=g, dtype=torch.uint8)}
+        return {"image": torch.randint(0, 256, (8, 8, 1), generator=g, dtype=torch.uint8)}
 
 
 def test_raw_and_ema_weights_evaluated_in_one_pass():

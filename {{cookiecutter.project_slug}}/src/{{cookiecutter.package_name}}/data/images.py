@@ -128,7 +128,9 @@ def check_images(paths: Sequence[Path], key: str, cache: Path | None = None, wor
 
 
 class ImageDataset(Dataset):
-    """Yields {"image": CHW uint8 tensor, "target": task target, "index": row} (+ any `extras` arrays by name).
+    """Yields {"image": HWC uint8 tensor, "target": task target, "index": row} (+ any `extras` arrays by name).
+    HWC as the transforms leave it: the batch is laid out NCHW on the device (DeviceLoader), not here, image by
+    image (a copy in every worker, 8% of an image's decoding and resizing at 224 px).
 
     Images come from `cache` (data.cache: decoded once, data/cache.py) or are decoded from the file each time.
     Augmentations are seeded per sample from (seed, fold, epoch, part, row) once `set_epoch` has run, so that a
@@ -168,7 +170,7 @@ class ImageDataset(Dataset):
             self._seed_transform(i)
             image = self.transform(image=image)["image"]
         image = image[..., None] if image.ndim == 2 else image
-        item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), "index": i}
+        item = {"image": torch.from_numpy(np.ascontiguousarray(image)), "index": i}
         if self.targets is not None:
             item["target"] = torch.as_tensor(self.targets[i])
         for name, values in self.extras.items():
@@ -204,7 +206,8 @@ def worker_init(worker_id: int) -> None:
 
 class DeviceLoader:
     """A DataLoader's batches on `device`: tensors copied from pinned memory without blocking the host, the uint8
-    images made channels_last (when asked) and normalised to float32 there, by `normalize` (augment.Normalize).
+    NHWC images laid out NCHW there (channels_last when asked: NHWC is that layout already, so no copy at all) and
+    normalised to float32 by `normalize` (augment.Normalize, which keeps the layout).
     Iterate it like the DataLoader; `set_epoch` reaches its sampler."""
 
     def __init__(self, loader: DataLoader, device: torch.device, normalize: Callable, channels_last: bool = False):
@@ -220,10 +223,8 @@ class DeviceLoader:
 
     def to_device(self, batch: dict) -> dict:
         out = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        image = out["image"]
-        if self.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        out["image"] = self.normalize(image)
+        image = out["image"].permute(0, 3, 1, 2)  # NHWC -> NCHW: a view with channels_last strides
+        out["image"] = self.normalize(image if self.channels_last else image.contiguous())
         return out
 
     def __iter__(self) -> Iterator[dict]:
