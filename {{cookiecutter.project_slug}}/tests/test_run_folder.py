@@ -48,10 +48,13 @@ def read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"id": str})
 
 
-def start_train(config: Path, fold: int) -> subprocess.Popen:
-    """`python -m <package> train -c CONFIG --fold FOLD` in another process, as typed in a terminal."""
-    cmd = [sys.executable, "-m", PKG, "train", "-c", str(config), "--fold", str(fold)]
-    return subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_train(config: Path, fold: int, *overrides: str) -> subprocess.Popen:
+    """`python -m <package> train -c CONFIG --fold FOLD` in another process, as typed in a terminal: in a process
+    group of its own (its loader workers join it), which a terminal's Ctrl-C signals as a whole."""
+    cmd = [sys.executable, "-m", PKG, "train", "-c", str(config), "--fold", str(fold), *overrides]
+    return subprocess.Popen(
+        cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
@@ -168,13 +171,15 @@ def test_a_second_live_process_on_a_fold_is_refused_and_a_dead_ones_lock_taken_o
 
 
 @pytest.mark.e2e
-def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path, capsys, workers):
+    """Ctrl-C reaches the training process and its loader workers (one process group): still one line."""
     make_project(tmp_path, n_folds=2, extra=TINY.replace("epochs: 1", "epochs: 6"))
     exp = tmp_path / "configs" / "exp.yaml"
     last = tmp_path / "outputs" / "exp" / "fold0" / "last.pt"
-    proc = start_train(exp, 0)
+    proc = start_train(exp, 0, f"data.num_workers={workers}")
     wait_for(last, proc)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     epoch = torch.load(last, weights_only=True)["state"]["epoch"]
     assert proc.returncode == 130, err[-2000:]
