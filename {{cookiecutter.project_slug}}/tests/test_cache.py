@@ -67,7 +67,7 @@ def test_disk_cache_decodes_once_and_is_reused(tmp_path, decodes):
         assert again.read(p).shape == (20, 27, 3) and np.array_equal(again.read(p), want)
 
 
-def test_disk_cache_rebuilds_when_images_or_size_change(tmp_path, decodes):
+def test_disk_cache_rebuilds_when_images_size_or_decoder_change(tmp_path, decodes, monkeypatch):
     paths = _jpegs(tmp_path / "img", 4)
     root = tmp_path / "cache"
     a = cache.open_cache("disk", paths, 3, 20, root)
@@ -81,6 +81,9 @@ def test_disk_cache_rebuilds_when_images_or_size_change(tmp_path, decodes):
     e = cache.open_cache("disk", paths, 3, 20, root)
     assert e.folder != a.folder and len(decodes) == 4
     assert (e.read(paths[2]) == 7).all() and not (a.read(paths[2]) == 7).all()
+    monkeypatch.setattr(cache.PIL, "__version__", "0.0.1")  # another decoder: another entry, decoded again
+    decodes.clear()
+    assert cache.open_cache("disk", paths, 3, 20, root).folder != e.folder and len(decodes) == 4
 
 
 def test_crashed_build_is_resumed_and_torn_files_decoded_again(tmp_path, decodes, monkeypatch):

@@ -9,10 +9,10 @@ Cached images are shrunk (never enlarged) so that their shorter side is the size
 nothing (augment.source_size: the training size, more for random crops that zoom in); a 2-3k pixel fundus photo
 trained at 256-512 px then decodes from a file a tenth of its size. JPEGs are decoded at reduced DCT scale when that
 still covers the size. The key (the folder's name) hashes the image set (paths, sizes, modification times), the size,
-the channels and CACHE_VERSION: change any of them and a new entry is built next to the old one (delete
-<data.cache_dir> to reclaim the space). Each array is written to a temporary name and renamed; `manifest.json` is
-written last and marks the entry complete. An entry without it (a crash, Ctrl-C) is resumed: arrays that read back
-whole are kept, the rest are decoded again.
+the channels and the decoder (CACHE_VERSION, Pillow's and OpenCV's versions): change any of them and a new entry is
+built next to the old one (delete <data.cache_dir> to reclaim the space). Each array is written to a temporary name
+and renamed; `manifest.json` is written last and marks the entry complete. An entry without it (a crash, Ctrl-C) is
+resumed: arrays that read back whole are kept, the rest are decoded again.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import PIL
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -34,7 +35,15 @@ from ..core.runtime import barrier, is_main
 from .images import one_opencv_thread, read_image, worker_init
 
 MODES = ("none", "memory", "disk")
-CACHE_VERSION = 1  # bump when read_image or shrink changes what a cached array holds
+CACHE_VERSION = 2  # bump when read_image or shrink changes what a cached array holds (2: fixed 16-bit scaling)
+
+
+def decoder() -> dict[str, str]:
+    """What a cached array was decoded with: this code's CACHE_VERSION and the decoding libraries' versions (a new
+    Pillow or OpenCV may decode or resize a JPEG a few levels differently)."""
+    return {"version": str(CACHE_VERSION), "pillow": PIL.__version__, "opencv": cv2.__version__}
+
+
 MANIFEST = "manifest.json"
 
 
@@ -54,9 +63,9 @@ def decode(path: Path, in_chans: int, size: int | None) -> np.ndarray:
 
 
 def cache_key(paths: Sequence[Path], in_chans: int, size: int | None) -> str:
-    """Hash of the image set (path, byte size, modification time of each file), size, channels, version. `paths`
+    """Hash of the image set (path, byte size, modification time of each file), size, channels and decoder. `paths`
     in a fixed order (open_cache sorts them), so that another row order of the same images finds the same entry."""
-    h = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "in_chans": in_chans, "size": size}).encode())
+    h = hashlib.sha256(json.dumps({"decoder": decoder(), "in_chans": in_chans, "size": size}).encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
