@@ -232,7 +232,8 @@ def pipeline_epoch(P: SimpleNamespace, prof: Profile, root: Path, out: Path) -> 
     cfg = P.config.load(root / "bench.yaml", overrides)
     s = P.train.setup_fold(cfg, 0)
     total = P.optim.total_updates(s.n_batches, cfg.optim.grad_accum, cfg.train.epochs)
-    optimizer = P.optim.build_optimizer(s.model, cfg.optim, total, backbone_lr_mult=P.models.backbone_lr_mult(cfg.model))
+    lr_mult = P.models.backbone_lr_mult(cfg.model)
+    optimizer = P.optim.build_optimizer(s.model, cfg.optim, total, backbone_lr_mult=lr_mult)
     scheduler = P.optim.build_scheduler(optimizer, cfg.optim, total)
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)
     ema = timm.utils.ModelEmaV3(s.model, decay=cfg.train.ema_decay, use_warmup=True)
@@ -244,8 +245,7 @@ def pipeline_epoch(P: SimpleNamespace, prof: Profile, root: Path, out: Path) -> 
     def run() -> None:
         e = epoch[0]
         epoch[0] += 1
-        s.loader.set_epoch(e)
-        P.images.set_epoch(s.data.train, cfg.seed, 0, e)
+        P.train.start_epoch(cfg, s, 0, e)
         with quiet():
             P.train.train_epoch(cfg, s, s.model, optimizer, scheduler, scaler, ema, step, e)
 

@@ -19,44 +19,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from {{ cookiecutter.package_name }} import cli
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.data import demo, images
 
-from conftest import small_digits
+from conftest import TINY, small_digits
 
 PKG = cli.__package__
 SRC = str(Path(cli.__file__).parents[1])
 C = "configs/exp.yaml"
 
-# The user's layout: paths relative to the project root (the working directory of every case).
-CONFIG = """
-data:
-  dir: data
-  num_workers: 0
-  cache: memory
-folds:
-  n_folds: 2
-  path: data/folds.csv
-model:
-  backbone: test_resnet
-  pretrained: false
-  in_chans: 1
-augment:
-  image_size: 16
-  hflip: false
-  mean: [0.5]
-  std: [0.5]
-train:
-  epochs: 1
-  batch_size: 16
-  limit_batches: 2
-  ema: false
-wandb:
-  mode: disabled
-"""
+# The user's layout: paths relative to the project root (the working directory of every case), on conftest's TINY.
+CONFIG = OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.create(TINY), OmegaConf.create("""
+data: {dir: data, cache: memory}
+folds: {n_folds: 2, path: data/folds.csv}
+augment: {mean: [0.5], std: [0.5]}
+train: {batch_size: 16, limit_batches: 2}
+wandb: {mode: disabled}
+""")))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ from .core.runtime import amp_dtype, compute_setup
 from .core.tasks import TargetScale, num_outputs
 from .cv import score_oof
 from .data.augment import build_transforms
-from .data.images import ImageDataset, set_epoch
+from .data.images import ImageDataset
 from .data.problem import Problem, build_fold_data, load_problem, pred_frame
 from .modeling import deploy, metrics
 from .modeling.models import backbone_lr_mult, build_model
@@ -203,7 +203,7 @@ def finetune(cfg: Config, k: int, model: nn.Module) -> None:
     mixup, AMP as configured): export.prune_finetune_epochs epochs at export.prune_finetune_lr x optim.lr, no EMA,
     nothing frozen, the validation rows untouched."""
     from .modeling.optim import build_optimizer, build_scheduler, total_updates
-    from .train import setup_fold, supervised_step, train_epoch
+    from .train import setup_fold, start_epoch, supervised_step, train_epoch
 
     x = cfg.export
     ft = dataclasses.replace(
@@ -220,8 +220,7 @@ def finetune(cfg: Config, k: int, model: nn.Module) -> None:
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)
     step = lambda m, b, c: supervised_step(m, b, c, s.mixer)  # noqa: E731
     for epoch in range(x.prune_finetune_epochs):
-        s.loader.set_epoch(cfg.train.epochs + epoch)  # draws of their own, after the training epochs'
-        set_epoch(s.data.train, cfg.seed, k, cfg.train.epochs + epoch)
+        start_epoch(cfg, s, k, cfg.train.epochs + epoch)  # draws of their own, after the training epochs'
         loss = train_epoch(ft, s, model, optimizer, scheduler, scaler, None, step, epoch)
         print(f"fold {k} pruned fine-tune epoch {epoch + 1}/{x.prune_finetune_epochs} train_loss {loss:.4f}")
     model.eval()

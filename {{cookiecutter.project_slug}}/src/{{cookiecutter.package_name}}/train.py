@@ -169,6 +169,12 @@ def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetu
                      scale)  # fmt: skip
 
 
+def start_epoch(cfg: Config, s: FoldSetup, fold: int, epoch: int) -> None:
+    """Epoch `epoch`'s order of the training rows and their augmentations: both from (seed, fold, epoch) only."""
+    s.loader.set_epoch(epoch)
+    set_epoch(s.data.train, cfg.seed, fold, epoch)
+
+
 @dataclass
 class FoldState:
     epoch: int = 0  # epochs completed
@@ -261,8 +267,7 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
     tracker = Tracker(cfg, f"fold{fold}", f"fold{fold}")
     sign = 1.0 if metric.higher_is_better else -1.0
     for epoch in tqdm(range(state.epoch, cfg.train.epochs), desc=f"fold {fold}", disable=None):
-        s.loader.set_epoch(epoch)  # the order of the rows
-        set_epoch(s.data.train, cfg.seed, fold, epoch)  # and their augmentations: both from (seed, fold, epoch)
+        start_epoch(cfg, s, fold, epoch)
         t0 = time.perf_counter()
         train_loss = train_epoch(cfg, s, train_model, optimizer, scheduler, scaler, ema, step, epoch)
         seconds = time.perf_counter() - t0
