@@ -230,24 +230,19 @@ def pipeline_epoch(P: SimpleNamespace, prof: Profile, root: Path, out: Path) -> 
     ]  # fmt: skip
     (root / "bench.yaml").write_text("task: multiclass\n")
     cfg = P.config.load(root / "bench.yaml", overrides)
-    s = P.train.setup_fold(cfg, 0)
-    total = P.optim.total_updates(s.n_batches, cfg.optim.grad_accum, cfg.train.epochs)
-    lr_mult = P.models.backbone_lr_mult(cfg.model)
-    optimizer = P.optim.build_optimizer(s.model, cfg.optim, total, backbone_lr_mult=lr_mult)
-    scheduler = P.optim.build_scheduler(optimizer, cfg.optim, total)
-    scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)
-    ema = timm.utils.ModelEmaV3(s.model, decay=cfg.train.ema_decay, use_warmup=True)
+    s = P.fold.setup_fold(cfg, 0)
+    t = P.trainer.build_trainer(cfg, s.model, s.n_batches, s.device, s.dtype)  # the optimizer, schedule, scaler, EMA
     epoch = [0]
 
     def step(m: nn.Module, b: dict, c: nn.Module) -> dict:
-        return P.train.supervised_step(m, b, c, s.mixer)
+        return P.fold.supervised_step(m, b, c, s.mixer)
 
     def run() -> None:
         e = epoch[0]
         epoch[0] += 1
-        P.train.start_epoch(cfg, s, 0, e)
+        P.fold.start_epoch(cfg, s, 0, e)
         with quiet():
-            P.train.train_epoch(cfg, s, s.model, optimizer, scheduler, scaler, ema, step, e)
+            P.loop.train_epoch(cfg, s, s.model, t.optimizer, t.scheduler, t.scaler, t.ema, step, e)
 
     return run, s.n_batches * cfg.train.batch_size
 

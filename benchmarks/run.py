@@ -53,14 +53,18 @@ MODS = {
     "config": "config",
     "demo": "data.demo",
     "folds": "data.folds",
+    "decode": "data.decode",
+    "fold": "engine.fold",
     "images": "data.images",
+    "inference": "engine.inference",
+    "loop": "engine.loop",
     "losses": "modeling.losses",
     "models": "modeling.models",
     "optim": "modeling.optim",
-    "predict": "predict",
     "runtime": "core.runtime",
     "tasks": "core.tasks",
     "train": "train",
+    "trainer": "engine.trainer",
     "tta": "modeling.tta",
 }
 
@@ -121,7 +125,7 @@ def load_demo(P: SimpleNamespace, project: Path, tmp: Path) -> Demo:
     cfg = P.config.load("configs/demo.yaml", overrides)
     d = cfg.data
     table = pd.read_csv(Path(d.dir) / d.train_csv, dtype={d.id_col: str})
-    paths = [P.images.image_path(Path(d.dir) / d.train_images, i, d.image_ext) for i in table[d.id_col]]
+    paths = [P.decode.image_path(Path(d.dir) / d.train_images, i, d.image_ext) for i in table[d.id_col]]
     y = table[d.target_col].to_numpy(np.int64, copy=True)
     counts = np.bincount(y)
     mean, std = P.augment.resolve_normalization(cfg.augment, {}, cfg.model.in_chans)
@@ -171,7 +175,7 @@ def make_step(
 
     def step() -> None:
         with P.runtime.autocast(device, dtype):
-            loss = P.train.supervised_step(model, item, criterion)["loss"]
+            loss = P.fold.supervised_step(model, item, criterion)["loss"]
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -247,7 +251,7 @@ def bench_tta(P: SimpleNamespace, demo: Demo, device: torch.device) -> list[Row]
             P.tta.get_view(name)  # an unknown view fails here, before any timing
 
     def predict(v: list[str]) -> Callable[[], None]:
-        return lambda: P.predict.predict_loader(model, loader, cfg.task, device, dtype, v, cfg.tta.merge)
+        return lambda: P.inference.predict_loader(model, loader, cfg.task, device, dtype, v, cfg.tta.merge)
 
     med = bench({k: predict(v) for k, v in views.items()}, device)
     one = med["1 view: identity"]

@@ -25,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
 from {{ cookiecutter.package_name }}.config import Config, metric_name
-from {{ cookiecutter.package_name }}.data.images import read_image
+from {{ cookiecutter.package_name }}.data.decode import read_image
 from {{ cookiecutter.package_name }}.data.problem import load_problem
 from {{ cookiecutter.package_name }}.modeling import metrics
 

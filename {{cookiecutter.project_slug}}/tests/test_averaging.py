@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from {{ cookiecutter.package_name }} import cli, config, predict
+from {{ cookiecutter.package_name }} import cli, config
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.core.runs import load_best
 from {{ cookiecutter.package_name }}.data.problem import build_fold_data, load_problem
+from {{ cookiecutter.package_name }}.engine import inference
 from {{ cookiecutter.package_name }}.modeling import averaging
 from {{ cookiecutter.package_name }}.modeling.models import build_model
 
@@ -111,8 +112,8 @@ def test_averages_reported_beside_the_best_epoch_and_picked_only_when_asked(tmp_
         model = build_model(cfg, 10, pretrained=False)
         model.load_state_dict(load_best(files.averaged("swa"))["model"])
         data = build_fold_data(cfg, load_problem(cfg), k)
-        feed = predict.feeder(cfg, model, torch.device("cpu"), workers=0)
-        probs = predict.predict_loader(model, feed(data.valid), cfg.task)
+        feed = inference.feeder(cfg, model, torch.device("cpu"), workers=0)
+        probs = inference.predict_loader(model, feed(data.valid), cfg.task)
         saved = pd.read_csv(files.variant_oof("swa"), dtype={"id": str})
         torch.testing.assert_close(torch.from_numpy(probs), torch.tensor(saved.iloc[:, 2:].to_numpy()).float())
 

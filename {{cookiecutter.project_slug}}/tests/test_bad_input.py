@@ -24,7 +24,7 @@ from PIL import Image
 
 from {{ cookiecutter.package_name }} import cli
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.data import demo, images
+from {{ cookiecutter.package_name }}.data import decode, demo
 
 from conftest import TINY, small_digits
 
@@ -376,16 +376,16 @@ def test_image_check_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
     paths = [tmp_path / f"{i}.png" for i in range(5)]
     cache = tmp_path / "cache" / "check.json"
     decoded = []
-    real = images.read_image
-    monkeypatch.setattr(images, "read_image", lambda p, c: decoded.append(p.name) or real(p, c))
-    images.check_images(paths, "train_images", cache, workers=2)
+    real = decode.read_image
+    monkeypatch.setattr(decode, "read_image", lambda p, c: decoded.append(p.name) or real(p, c))
+    decode.check_images(paths, "train_images", cache, workers=2)
     assert sorted(decoded) == [p.name for p in paths]
     decoded.clear()
-    images.check_images(paths, "train_images", cache)
+    decode.check_images(paths, "train_images", cache)
     assert decoded == []  # a second run opens nothing
     paths[3].write_bytes(paths[3].read_bytes()[:30])  # changed size: checked again, and found
     with pytest.raises(UserError, match=r"1 of 5 images cannot be read.*first: 3.png: "):
-        images.check_images(paths, "train_images", cache)
+        decode.check_images(paths, "train_images", cache)
     assert decoded == ["3.png"]
 
 
@@ -395,7 +395,7 @@ def test_sixteen_bit_images_keep_their_brightness(tmp_path):
     ramp = np.linspace(0, 1, 64).reshape(8, 8)
     for name, top in (("dark", 16000), ("bright", 64000)):
         Image.fromarray((ramp * top).astype(np.uint16)).save(tmp_path / f"{name}.png")
-    dark, bright = (images.read_image(tmp_path / f"{n}.png", 1)[..., 0].astype(int) for n in ("dark", "bright"))
+    dark, bright = (decode.read_image(tmp_path / f"{n}.png", 1)[..., 0].astype(int) for n in ("dark", "bright"))
     assert Image.open(tmp_path / "dark.png").mode.startswith("I;16")
     np.testing.assert_allclose(dark, np.rint(ramp * 16000 * 255 / 65535), atol=1)
     np.testing.assert_allclose(bright, np.rint(ramp * 64000 * 255 / 65535), atol=1)

@@ -16,6 +16,7 @@ from {{ cookiecutter.package_name }} import config, submission, train
 from {{ cookiecutter.package_name }}.config import LossConfig
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.core.runs import read_json
+from {{ cookiecutter.package_name }}.cv import summarize
 from {{ cookiecutter.package_name }}.data import problem as fold_data
 from {{ cookiecutter.package_name }}.modeling.losses import build_loss
 from {{ cookiecutter.package_name }}.students import distill, teachers
@@ -166,6 +167,7 @@ def test_teacher_logits_are_cached_until_the_teacher_changes(small_project, monk
 def test_distillation_end_to_end(small_project, tmp_path):
     teacher = small_config(small_project, "exp001")
     train.train_folds(teacher, list(range(N_FOLDS)))
+    summarize(teacher)  # what `train` runs after the folds (cli)
     cfg = small_config(small_project, "exp003", ["model.backbone=test_efficientnet", "distill.use_test=true"])
     result = distill.run_distill(cfg, ["exp001"], log=lambda s: None)
     assert result["exp"] == "exp003" and set(result["folds"]) == {"0", "1"}

@@ -17,6 +17,7 @@ from {{ cookiecutter.package_name }} import cli, config, export, predict
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.core.tasks import num_outputs
 from {{ cookiecutter.package_name }}.data.problem import build_fold_data, load_problem
+from {{ cookiecutter.package_name }}.engine import inference
 from {{ cookiecutter.package_name }}.modeling import deploy
 from {{ cookiecutter.package_name }}.modeling.models import build_model
 from {{ cookiecutter.package_name }}.modeling.predictors import Predictor
@@ -97,7 +98,7 @@ def test_onnx_probabilities_match_torch_on_validation_images(exported):
     model = build_model(cfg, num_outputs(cfg.task, len(problem.classes)), pretrained=False).eval()
     for k in (0, 1):
         model.load_state_dict(torch.load(cfg.run.fold(k).best, weights_only=True)["model"])
-        feed = predict.feeder(cfg, model, torch.device("cpu"), workers=0)  # normalised as in training
+        feed = inference.feeder(cfg, model, torch.device("cpu"), workers=0)  # normalised as in training
         x = torch.cat([batch["image"] for batch in feed(build_fold_data(cfg, problem, k).valid)])
         session = ort.InferenceSession(str(cfg.run.export_fold(k).onnx), providers=["CPUExecutionProvider"])
         for batch in (x[:1], x[1:8], x):
@@ -237,7 +238,7 @@ def test_estimate_projects_from_a_timed_pass_over_every_view(exported, capsys, m
         expected = float(first) + float(load) + 2 * n * float(ms) / 1000
         assert float(total) == pytest.approx(expected, abs=2 * (0.0005 + n * 0.0005 / 1000) + 0.05)  # rounding
 
-    calls, real = [], predict.fold_predictors
+    calls, real = [], inference.fold_predictors
 
     def counting(cfg, n_classes):
         load, feed = real(cfg, n_classes)

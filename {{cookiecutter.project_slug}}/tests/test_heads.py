@@ -15,13 +15,14 @@ from PIL import Image
 from torch import nn
 
 import synthetic
-from {{ cookiecutter.package_name }} import cli, config, predict
+from {{ cookiecutter.package_name }} import cli, config
 from {{ cookiecutter.package_name }}.config import LossConfig
 from {{ cookiecutter.package_name }}.core.tasks import TargetScale
 from {{ cookiecutter.package_name }}.data import folds
 from {{ cookiecutter.package_name }}.data.problem import load_problem
+from {{ cookiecutter.package_name }}.engine import inference
+from {{ cookiecutter.package_name }}.engine.fold import setup_fold
 from {{ cookiecutter.package_name }}.modeling import losses, models
-from {{ cookiecutter.package_name }}.train import setup_fold
 
 from conftest import TINY, write_config
 
@@ -203,7 +204,7 @@ def test_target_scale_round_trip_and_activation():
     assert z.mean() == pytest.approx(0) and z.std() == pytest.approx(1)
     np.testing.assert_allclose(scale.invert(z), y)
     out = torch.tensor([[-1.0], [0.0], [2.0]])
-    np.testing.assert_allclose(predict.activate(out, "regression", scale).numpy(), scale.invert(out[:, 0].numpy()))
+    np.testing.assert_allclose(inference.activate(out, "regression", scale).numpy(), scale.invert(out[:, 0].numpy()))
     assert TargetScale.fit([4.0, 4.0]) == TargetScale(4.0, 1.0)  # a constant target: shifted, not divided by 0
     assert TargetScale.from_dict(scale.to_dict()) == scale and TargetScale.from_dict(None) == TargetScale()
 

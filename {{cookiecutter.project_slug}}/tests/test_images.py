@@ -9,7 +9,7 @@ from PIL import Image
 
 from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.data import cache, images, tables
+from {{ cookiecutter.package_name }}.data import cache, decode, images, tables
 
 
 def cfg_for(tmp_path, yaml: str) -> config.Config:
@@ -89,18 +89,18 @@ def test_unknown_class_in_a_later_table_is_named(tmp_path):
 
 
 def test_image_path_keeps_an_existing_extension(tmp_path):
-    assert images.image_path(tmp_path, "a", ".png").name == "a.png"
-    assert images.image_path(tmp_path, "a.JPG", ".png").name == "a.JPG"
-    assert images.image_path(tmp_path, "scan.v2", ".png").name == "scan.v2.png"  # '.v2' is not an image extension
+    assert decode.image_path(tmp_path, "a", ".png").name == "a.png"
+    assert decode.image_path(tmp_path, "a.JPG", ".png").name == "a.JPG"
+    assert decode.image_path(tmp_path, "scan.v2", ".png").name == "scan.v2.png"  # '.v2' is not an image extension
 
 
 def test_missing_images_counted_and_listed(tmp_path):
     (tmp_path / "img").mkdir()
     Image.new("L", (4, 4)).save(tmp_path / "img" / "a.png")
     with pytest.raises(UserError, match=r"2 of 3 images not found, first: \['b.png', 'c.png'\].*data.train_images"):
-        images.image_paths(tmp_path / "img", ["a", "b", "c"], ".png", "train_images")
+        decode.image_paths(tmp_path / "img", ["a", "b", "c"], ".png", "train_images")
     with pytest.raises(UserError, match="image folder not found"):
-        images.image_paths(tmp_path / "nope", ["a"], ".png", "train_images")
+        decode.image_paths(tmp_path / "nope", ["a"], ".png", "train_images")
 
 
 FILE_MODES = [("png", m) for m in ("L", "RGB", "RGBA", "P", "I;16")] + [("jpeg", m) for m in ("L", "RGB")]
@@ -114,7 +114,7 @@ def test_any_image_mode_reads_as_hwc_uint8(tmp_path, mode, fmt, in_chans):
     img = Image.fromarray(arr).convert(mode) if mode != "I;16" else Image.fromarray(arr[..., 0].astype(np.uint16) * 200)
     path = tmp_path / f"x.{fmt}"
     img.save(path)
-    out = images.read_image(path, in_chans)
+    out = decode.read_image(path, in_chans)
     assert out.shape == (6, 5, in_chans) and out.dtype == np.uint8
 
 

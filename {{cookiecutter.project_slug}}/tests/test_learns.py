@@ -16,7 +16,8 @@ import pytest
 from omegaconf import OmegaConf
 
 import synthetic
-from {{ cookiecutter.package_name }} import cli, config, submission
+from {{ cookiecutter.package_name }} import cli, config
+from {{ cookiecutter.package_name }}.engine import scoring
 from {{ cookiecutter.package_name }}.modeling import metrics
 
 PROJECT = Path(cli.__file__).parents[2]  # src/<package>/cli.py -> the project, with its configs/
@@ -78,5 +79,5 @@ def check_ordinal_submission(path: Path, cv: dict) -> None:
     root = path.parents[1]
     sub = pd.read_csv(root / "submissions" / "guard.csv")
     pred = pd.read_csv(root / "outputs" / "guard" / "test_pred.csv").set_index("image_id").loc[sub["image_id"]]
-    expected = submission.apply_cuts(np.clip(pred["grade"].to_numpy(), 0, 4), levels, cuts)
+    expected = scoring.apply_cuts(np.clip(pred["grade"].to_numpy(), 0, 4), levels, cuts)
     np.testing.assert_array_equal(sub["grade"], expected)

@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 
-from {{ cookiecutter.package_name }} import cli, config, predict, train
+from {{ cookiecutter.package_name }} import cli, config, train
 from {{ cookiecutter.package_name }}.core import runtime
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.data import augment, images, samplers
+from {{ cookiecutter.package_name }}.engine import inference
 
 from conftest import TINY
 
@@ -54,7 +55,7 @@ def test_device_loader_gives_normalised_float_batches_from_uint8_items(tmp_path)
         torch.testing.assert_close(x, (raw / 255 - 0.5) / 0.25)
         assert batch["target"].tolist() == [0, 1, 2, 3]
     with pytest.raises(TypeError, match="DeviceLoader"):  # raw uint8 batches are refused, not silently mis-scaled
-        predict.predict_loader(torch.nn.Identity(), [{"image": raw.to(torch.uint8)}], "multiclass", CPU)
+        inference.predict_loader(torch.nn.Identity(), [{"image": raw.to(torch.uint8)}], "multiclass", CPU)
 
 
 class _WorkerFacts(Dataset):
@@ -157,10 +158,10 @@ def test_raw_and_ema_weights_evaluated_in_one_pass():
     loader = images.make_loader(ds, 4, False, 0, CPU, augment.Normalize((0.5,), (0.5,)))
     torch.manual_seed(0)
     nets = {k: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)) for k in ("model", "ema")}
-    both = predict.predict_models(nets, loader, "multiclass", CPU)
+    both = inference.predict_models(nets, loader, "multiclass", CPU)
     assert ds.reads == 10  # every row read once for both models
     for name, net in nets.items():
-        np.testing.assert_array_equal(both[name], predict.predict_loader(net, loader, "multiclass", CPU))
+        np.testing.assert_array_equal(both[name], inference.predict_loader(net, loader, "multiclass", CPU))
 
 
 def test_a_non_finite_loss_still_stops_training(tmp_path, new_project):

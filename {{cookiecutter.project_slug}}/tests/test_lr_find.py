@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from {{ cookiecutter.package_name }} import cli, config, lr_find
+from {{ cookiecutter.package_name }} import cli, config
 from {{ cookiecutter.package_name }}.core.runs import stamp
+from {{ cookiecutter.package_name }}.engine import lr as lr_range
 
 from conftest import small_config
 
@@ -39,7 +40,7 @@ def test_sweep_is_exponential_and_keeps_group_ratios():
         seen.append([g["lr"] for g in opt.param_groups])
         return loss_fn(b)
 
-    res = lr_find.lr_find(model, opt, batches, compute_loss, start_lr=1e-6, end_lr=1e-2, num_iter=40)
+    res = lr_range.lr_find(model, opt, batches, compute_loss, start_lr=1e-6, end_lr=1e-2, num_iter=40)
     assert not res.diverged and len(res.lrs) == len(res.losses) == 40  # 16 batches, cycled
     lrs = np.array(res.lrs)
     assert lrs[0] == pytest.approx(1e-6) and lrs[-1] == pytest.approx(1e-2)
@@ -60,7 +61,7 @@ def test_losses_are_smoothed_and_bias_corrected():
         raw.append(loss.item())
         return loss
 
-    res = lr_find.lr_find(model, opt, batches, compute_loss, start_lr=1e-9, end_lr=1e-8, num_iter=10, smooth=0.9)
+    res = lr_range.lr_find(model, opt, batches, compute_loss, start_lr=1e-9, end_lr=1e-8, num_iter=10, smooth=0.9)
     # Exponential moving average with weights 0.1 * 0.9**(i-j), divided by the weights' sum 1 - 0.9**(i+1).
     for i in range(10):
         w = np.array([0.1 * 0.9 ** (i - j) for j in range(i + 1)])
@@ -71,7 +72,7 @@ def test_losses_are_smoothed_and_bias_corrected():
 def test_stops_on_divergence_and_suggests_a_lr_that_trains(make_opt):
     model, batches, loss_fn = _problem()
     opt = make_opt(model.parameters())
-    res = lr_find.lr_find(model, opt, batches, loss_fn, start_lr=1e-7, end_lr=100.0, num_iter=100)
+    res = lr_range.lr_find(model, opt, batches, loss_fn, start_lr=1e-7, end_lr=100.0, num_iter=100)
     assert res.diverged and len(res.lrs) < 100
     assert res.losses[-1] > 4.0 * min(res.losses)
     best = res.lrs[int(np.argmin(res.losses))]
@@ -109,7 +110,7 @@ def test_model_optimizer_and_rng_are_restored_exactly():
         if with_find:
             before = {k: v.clone() for k, v in model.state_dict().items()}
             model.eval()
-            res = lr_find.lr_find(model, opt, batches, loss_fn, end_lr=100.0, num_iter=50)
+            res = lr_range.lr_find(model, opt, batches, loss_fn, end_lr=100.0, num_iter=50)
             assert res.diverged  # the sweep really wrecked the weights before they were restored
             assert not model.training
             model.train()
@@ -129,7 +130,7 @@ def test_grad_scaler_is_used_and_restored():
         model, batches, loss_fn = _problem()
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3) if use_scaler else None
-        results.append(lr_find.lr_find(model, opt, batches, loss_fn, end_lr=1.0, num_iter=30, scaler=scaler))
+        results.append(lr_range.lr_find(model, opt, batches, loss_fn, end_lr=1.0, num_iter=30, scaler=scaler))
         if scaler is not None:
             assert scaler.get_scale() == 2.0**10 and scaler.state_dict()["_growth_tracker"] == 0
     assert results[1].lrs == results[0].lrs
@@ -149,7 +150,7 @@ def test_restores_even_when_the_loss_raises():
         return loss_fn(b)
 
     with pytest.raises(RuntimeError, match="boom"):
-        lr_find.lr_find(model, opt, batches, failing, start_lr=1e-2, end_lr=10.0, num_iter=10)
+        lr_range.lr_find(model, opt, batches, failing, start_lr=1e-2, end_lr=10.0, num_iter=10)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert opt.param_groups[0]["lr"] == 0.1
 
@@ -158,9 +159,9 @@ def test_batches_that_cannot_be_cycled_fail_clearly():
     model, batches, loss_fn = _problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="no batch"):
-        lr_find.lr_find(model, opt, [], loss_fn)
+        lr_range.lr_find(model, opt, [], loss_fn)
     with pytest.raises(ValueError, match="cannot restart"):
-        lr_find.lr_find(model, opt, iter(batches[:2]), loss_fn, num_iter=5)
+        lr_range.lr_find(model, opt, iter(batches[:2]), loss_fn, num_iter=5)
 
 
 def test_valley_on_a_known_curve():
@@ -169,8 +170,8 @@ def test_valley_on_a_known_curve():
     descent = [1.0 - 0.04 * k for k in range(1, 22)]  # points 30..50
     rise = [0.16 + 0.1 * k for k in range(1, 11)]  # points 51..60
     # The valley: one plateau point + the 21 descent points, ending at point 50 -> points 29..50; 2/3 down: point 43.
-    assert lr_find.suggest_valley(lrs, plateau + descent + rise) == pytest.approx(lrs[43], rel=1e-9)
-    assert lr_find.suggest_valley(lrs[:1], [1.0]) is None
+    assert lr_range.suggest_valley(lrs, plateau + descent + rise) == pytest.approx(lrs[43], rel=1e-9)
+    assert lr_range.suggest_valley(lrs[:1], [1.0]) is None
 
 
 def test_suggestion_is_the_middle_of_the_descent_despite_a_sloped_plateau_and_a_noisy_floor():
@@ -186,15 +187,15 @@ def test_suggestion_is_the_middle_of_the_descent_despite_a_sloped_plateau_and_a_
     losses = plateau + descent + floor + rise
     # plateau ~1.0 (the median of points 10..29), floor 0.49, a fall of ~0.51: 30% of it is covered from point 56
     # (0.825) on, 80% at point 66 (0.575); the middle, on the log scale, is point 61.
-    assert lr_find.suggest_lr(lrs, losses) == pytest.approx(lrs[61], rel=1e-9)
-    assert lr_find.suggest_lr(lrs, [1.0] * 30) == lr_find.suggest_valley(lrs, [1.0] * 30)  # no descent: the fallback
+    assert lr_range.suggest_lr(lrs, losses) == pytest.approx(lrs[61], rel=1e-9)
+    assert lr_range.suggest_lr(lrs, [1.0] * 30) == lr_range.suggest_valley(lrs, [1.0] * 30)  # no descent: the fallback
 
 
 def test_plot_is_a_png(tmp_path):
     model, batches, loss_fn = _problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    res = lr_find.lr_find(model, opt, batches, loss_fn, end_lr=100.0, num_iter=60)
-    out = lr_find.plot_lr_find(res, tmp_path / "exp" / "lr_find.png")
+    res = lr_range.lr_find(model, opt, batches, loss_fn, end_lr=100.0, num_iter=60)
+    out = lr_range.plot_lr_find(res, tmp_path / "exp" / "lr_find.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(out) as im:
         im.verify()
@@ -212,7 +213,7 @@ def test_auto_lr_sweeps_once_per_experiment_and_every_fold_trains_at_its_suggest
     assert "running the LR finder on fold 0" in out
     sweep = json.loads((run / "lr_find.json").read_text())
     lr = sweep["suggestion"]
-    assert 1e-6 < lr < 10 and len(sweep["lrs"]) == len(sweep["losses"]) <= lr_find.SWEEP["num_iter"]
+    assert 1e-6 < lr < 10 and len(sweep["lrs"]) == len(sweep["losses"]) <= lr_range.SWEEP["num_iter"]
     assert f"optim.lr=auto -> {lr:.3g}" in out
     assert (run / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert config.load(run / "config.yaml").optim.lr == pytest.approx(lr)  # the run records the LR it used
@@ -226,6 +227,6 @@ def test_auto_lr_sweeps_once_per_experiment_and_every_fold_trains_at_its_suggest
     assert cv["lr"] == pytest.approx(lr) and cv["lr_auto"] is True
 
     # The cache holds while only what the sweep ignores changes; anything it depends on makes it sweep again.
-    assert lr_find.cached_sweep(config.load(path, ["optim.lr=auto", "train.epochs=9", "tta.views=[hflip]"]))
-    assert lr_find.cached_sweep(config.load(path, ["optim.lr=auto", "augment.preset=none"])) is None
-    assert lr_find.cached_sweep(config.load(path, ["optim.lr=auto", "model.drop_rate=0.2"])) is None
+    assert lr_range.cached_sweep(config.load(path, ["optim.lr=auto", "train.epochs=9", "tta.views=[hflip]"]))
+    assert lr_range.cached_sweep(config.load(path, ["optim.lr=auto", "augment.preset=none"])) is None
+    assert lr_range.cached_sweep(config.load(path, ["optim.lr=auto", "model.drop_rate=0.2"])) is None

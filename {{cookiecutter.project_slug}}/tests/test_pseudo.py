@@ -17,9 +17,10 @@ from {{ cookiecutter.package_name }} import config, submission, train
 from {{ cookiecutter.package_name }}.config import LossConfig
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.core.runs import read_json, write_derived
+from {{ cookiecutter.package_name }}.cv import summarize
 from {{ cookiecutter.package_name }}.data import problem as fold_data
+from {{ cookiecutter.package_name }}.engine.inference import prediction_source
 from {{ cookiecutter.package_name }}.modeling.losses import build_loss
-from {{ cookiecutter.package_name }}.predict import prediction_source
 from {{ cookiecutter.package_name }}.students import pseudo, teachers
 
 from conftest import check_fold, fingerprint_teacher, small_config, spy_on_training, weighted_teacher
@@ -245,6 +246,7 @@ def test_ensemble_teacher_blends_the_members_fold_k_predictions(project, monkeyp
 def test_two_pseudo_rounds_end_to_end(project, tmp_path):
     teacher = small_config(project, "exp001")
     train.train_folds(teacher, list(range(N_FOLDS)))  # no test predictions yet: pseudo makes them
+    summarize(teacher)  # what `train` runs after the folds (cli)
     cfg = small_config(project, "exp002", ["pseudo.rounds=2", "pseudo.top_fraction=0.5", "pseudo.max_per_class=2"])
     result = pseudo.run_pseudo(cfg, "exp001", log=lambda s: None)
     lineage = [(r["round"], r["exp"], r["teacher"]) for r in result["rounds"]]

@@ -14,7 +14,7 @@ from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.data import samplers, tables
 from {{ cookiecutter.package_name }}.data.augment import Normalize
 from {{ cookiecutter.package_name }}.data.problem import build_fold_data, load_problem
-from {{ cookiecutter.package_name }}.train import train_loader
+from {{ cookiecutter.package_name }}.engine.fold import train_loader
 
 from conftest import small_config
 

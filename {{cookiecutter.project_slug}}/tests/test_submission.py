@@ -9,6 +9,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc
 
 from {{ cookiecutter.package_name }} import cli, config, submission
 from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.engine import scoring
 from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
 from {{ cookiecutter.package_name }}.modeling import metrics
 
@@ -109,11 +110,11 @@ def test_ordinal_cuts_tuned_on_oof_beat_plain_rounding(metric):
     y = rng.integers(0, 5, 2000).astype(float)
     p = 2.0 + 0.6 * (y - 2.0) + 0.3 * rng.standard_normal(len(y))
     levels = np.arange(5.0)
-    cuts = submission.tune_cuts(y, p, levels, metric)
+    cuts = scoring.tune_cuts(y, p, levels, metric)
     assert np.all(np.diff(cuts) > 0) and len(cuts) == 4
     sign = 1 if metric == "qwk" else -1
-    tuned = metrics.score(metric, y, submission.apply_cuts(p, levels, cuts), "regression")
-    rounded = metrics.score(metric, y, submission.apply_cuts(p, levels, levels[:-1] + 0.5), "regression")
+    tuned = metrics.score(metric, y, scoring.apply_cuts(p, levels, cuts), "regression")
+    rounded = metrics.score(metric, y, scoring.apply_cuts(p, levels, levels[:-1] + 0.5), "regression")
     assert sign * tuned > sign * rounded + 0.02
 
 
@@ -126,23 +127,23 @@ def test_ordinal_submission_applies_the_cuts_tuned_on_oof(projects):
     assert pd.api.types.is_integer_dtype(sub["label"]) and any("ordinal cuts tuned on OOF for rmse" in s for s in seen)
     y, oof = submission.oof_predictions(cfg, "noisy")
     levels = np.arange(10.0)
-    cuts = submission.tune_cuts(y, oof[:, 0], levels, "rmse")
+    cuts = scoring.tune_cuts(y, oof[:, 0], levels, "rmse")
     pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"], "label"]
-    np.testing.assert_array_equal(sub["label"], submission.apply_cuts(np.clip(pred.to_numpy(), 0, 9), levels, cuts))
+    np.testing.assert_array_equal(sub["label"], scoring.apply_cuts(np.clip(pred.to_numpy(), 0, 9), levels, cuts))
 
 
 def test_ordinal_levels_are_the_targets_grades(projects):
     base = projects["regression"]
     cfg = config.load(Path(base.output_dir).parent / "configs" / "exp.yaml", ["submit.ordinal=true"])
-    assert submission.target_levels(cfg, np.array([2.0, 0.5, 2.0, 1.0])).tolist() == [0.5, 1.0, 2.0]
+    assert scoring.target_levels(cfg, np.array([2.0, 0.5, 2.0, 1.0])).tolist() == [0.5, 1.0, 2.0]
     qwk = config.load(Path(base.output_dir).parent / "configs" / "exp.yaml", ["metric=qwk"])
-    assert submission.ordinal(qwk) and not submission.ordinal(
+    assert scoring.ordinal(qwk) and not scoring.ordinal(
         config.load(Path(base.output_dir).parent / "configs" / "exp.yaml")
     )
     # QWK scores whole grades
-    assert submission.target_levels(qwk, np.array([2.2, 0.4, 1.0])).tolist() == [0.0, 1.0, 2.0]
+    assert scoring.target_levels(qwk, np.array([2.2, 0.4, 1.0])).tolist() == [0.0, 1.0, 2.0]
     with pytest.raises(UserError, match=r"column 'label' has 150 distinct values.*submit.ordinal=false"):
-        submission.target_levels(cfg, np.linspace(0, 1, 150))
+        scoring.target_levels(cfg, np.linspace(0, 1, 150))
 
 
 def test_multilabel_rows_never_empty(projects):

@@ -10,6 +10,7 @@ import torch
 from {{ cookiecutter.package_name }} import cli, config, predict
 from {{ cookiecutter.package_name }} import cv as cvm
 from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.engine import views
 from {{ cookiecutter.package_name }}.modeling import tta
 
 from conftest import TINY
@@ -197,7 +198,8 @@ def test_tta_views_auto_in_the_config(tmp_path):
         config.load(path, ["tta.views=[auto,hflip]"])
     with pytest.raises(UserError, match="flop"):
         config.load(path, ["tta.candidates=[hflip,flop]"])
-    assert set(tta.list_tta_views()) <= set(config.TTAConfig().candidates)
+    assert config.TTAConfig().candidates == []  # empty: tta.default_candidates, every registered view among them
+    assert set(tta.list_tta_views()) <= set(tta.default_candidates())
 
 
 @pytest.mark.e2e
@@ -221,17 +223,17 @@ def test_tta_views_auto_never_lowers_the_oof_score_on_the_demo(tmp_path, new_pro
     assert all(f["views"] == auto["views"] for f in source["folds"].values())
     auto_test = pd.read_csv(cfg.run.test_pred)
     # merging every candidate would have lowered the score: the choice mattered
-    every = predict.with_views(cfg, auto["candidates"])
+    every = views.with_views(cfg, auto["candidates"])
     predict.predict_oof_tta(every)
     assert cvm.summarize(every)["cv_tta"] < auto["identity"]
-    explicit = predict.predict_test(predict.with_views(cfg, auto["views"]))
+    explicit = predict.predict_test(views.with_views(cfg, auto["views"]))
     np.testing.assert_allclose(explicit.iloc[:, 1:].to_numpy(), auto_test.iloc[:, 1:].to_numpy(), atol=1e-6)
     # a second predict reuses the choice (same checkpoints, same candidates) and the OOF score it was chosen with
 
     def no_new_choice(cfg):
         raise AssertionError("the views were chosen already")
 
-    monkeypatch.setattr(predict, "choose_views", no_new_choice)
+    monkeypatch.setattr(views, "choose_views", no_new_choice)
     assert cli.main(["predict", "-c", str(path), "tta.views=auto"]) == 0
     again = json.loads(cfg.run.cv.read_text())
     assert again["tta_auto"] == auto and again.get("cv_tta", again["cv"]) == pytest.approx(auto["chosen"], abs=1e-12)
@@ -242,6 +244,6 @@ def test_tta_views_auto_never_lowers_the_oof_score_on_the_demo(tmp_path, new_pro
     assert cli.main(["predict", "-c", str(path), "tta.views=auto"]) == 0
     source = json.loads((cfg.run_dir / "test_pred.csv.source.json").read_text())
     assert all(f["views"] == ["identity", "vflip"] for f in source["folds"].values())
-    two = predict.predict_test(predict.with_views(cfg, ["identity", "vflip"]))
+    two = predict.predict_test(views.with_views(cfg, ["identity", "vflip"]))
     np.testing.assert_allclose(pd.read_csv(cfg.run.test_pred).iloc[:, 1:].to_numpy(), two.iloc[:, 1:].to_numpy())
     assert json.loads(cfg.run.cv.read_text())["tta_views"] == ["identity", "vflip"]

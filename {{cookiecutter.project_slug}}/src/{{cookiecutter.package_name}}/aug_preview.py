@@ -15,7 +15,7 @@ from .config import Config
 from .core.runs import atomic_savefig
 from .core.tracking import Tracker
 from .data.augment import build_transforms
-from .data.images import image_paths, read_image
+from .data.decode import image_paths, read_image
 from .data.tables import data_path, read_train
 
 matplotlib.use("Agg")

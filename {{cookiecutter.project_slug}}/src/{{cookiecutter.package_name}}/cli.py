@@ -113,10 +113,14 @@ def _folds(args: argparse.Namespace) -> None:
 
 @command("train", "train folds (default all), then print and save the CV summary", fold, force)
 def _train(args: argparse.Namespace) -> None:
+    from .core.runtime import is_main
+    from .cv import summarize
     from .train import train_folds
 
     cfg = config_of(args)
     train_folds(cfg, parse_folds(args.fold, cfg), force=args.force)
+    if is_main():  # under torchrun, rank 0 summarises
+        summarize(cfg)
 
 
 @command("cv", "recompute the CV summary (oof.csv, cv.json, figures) from the finished folds", allow_partial)
@@ -165,12 +169,15 @@ def _predict_flags(p: argparse.ArgumentParser) -> None:
     allow_partial,
 )
 def _predict(args: argparse.Namespace) -> None:
+    from .cv import summarize, warn_if_tta_hurts
     from .predict import estimate, run_predict
 
+    cfg = config_of(args)
     if args.estimate is not None:
-        estimate(config_of(args), args.estimate)
-    else:
-        run_predict(config_of(args), oof_tta=not args.no_oof_tta, allow_partial=args.allow_partial)
+        estimate(cfg, args.estimate)
+        return
+    views = run_predict(cfg, oof_tta=not args.no_oof_tta, allow_partial=args.allow_partial)
+    warn_if_tta_hurts(summarize(cfg, allow_partial=args.allow_partial), views)
 
 
 @command("export", "each fold's best model -> TorchScript, ONNX, int8, pruned; parity, OOF, size, speed")

@@ -17,10 +17,19 @@ from .core.errors import UserError
 from .core.runs import atomic_savefig, atomic_write_csv, atomic_write_json, read_derived, read_json
 from .core.tracking import Tracker
 from .data.problem import load_problem
-from .lr_find import recorded_lr
+from .engine.inference import (
+    folds_source,
+)
+from .engine.lr import recorded_lr
+from .engine.scoring import (
+    apply_cuts,
+    ordinal,
+    score_oof,
+    target_levels,
+    tune_cuts,
+)
+from .engine.views import read_choice, with_views
 from .modeling import metrics, tta
-from .predict import folds_source, read_choice, with_views
-from .submission import apply_cuts, ordinal, target_levels, tune_cuts
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -79,22 +88,6 @@ def _save(fig: plt.Figure, path: Path) -> Path:
         plt.close(fig)
 
 
-def score_oof(cfg: Config, oof: pd.DataFrame) -> tuple[dict[str, float], float, np.ndarray, np.ndarray]:
-    """Per-fold scores, the overall OOF score, and the aligned (truth, prediction) arrays."""
-    problem = load_problem(cfg)
-    position = {i: n for n, i in enumerate(problem.ids)}
-    rows = np.array([position[i] for i in oof[cfg.data.id_col]])
-    y_true, pred = problem.y[rows], oof[problem.classes].to_numpy()
-    if cfg.task in ("binary", "regression"):
-        pred = pred[:, 0]
-    name = metric_name(cfg)
-    per_fold = {}
-    for k in sorted(oof["fold"].unique()):
-        m = (oof["fold"] == k).to_numpy()
-        per_fold[str(int(k))] = metrics.score(name, y_true[m], pred[m], cfg.task)
-    return per_fold, metrics.score(name, y_true, pred, cfg.task), y_true, pred
-
-
 def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], None] = print) -> dict:
     """The finished folds' OOF rows -> oof.csv, cv.json, the table and the figures. `complete` in cv.json means
     every fold of folds.csv is finished; `folds_missing` lists those that are not; `partial` records that the
@@ -151,6 +144,14 @@ def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], Non
     print(format_table(result))
     _figures(cfg, result, y_true, pred, problem.classes)
     return result
+
+
+def warn_if_tta_hurts(result: dict, views: list[str]) -> None:
+    """TTA is chosen on OOF, never on test: say so when the views predicted with score worse there than one view."""
+    sign = 1 if result["higher_is_better"] else -1
+    if "cv_tta" in result and sign * result["cv_tta"] < sign * result["cv"]:
+        print(f"warning: TTA {views} scores worse on OOF ({result['cv_tta']:.5f}) than one view "
+              f"({result['cv']:.5f}); try other tta.views, or tta.views=[identity]")  # fmt: skip
 
 
 def weight_averaging(cfg: Config, folds: list[int]) -> dict | None:

@@ -34,21 +34,30 @@ import torch
 from torch import nn
 
 from .config import Config, metric_name
-from .core.errors import UserError
-from .core.runs import atomic_torch_save, atomic_write_json, checksum, load_best, read_json
+from .core.runs import atomic_torch_save, atomic_write_json, checksum, load_best
 from .core.runtime import amp_dtype, compute_setup
 from .core.tasks import TargetScale, num_outputs
-from .cv import score_oof
 from .data.augment import build_transforms
 from .data.images import ImageDataset
 from .data.problem import Problem, build_fold_data, load_problem, pred_frame
+from .engine.fold import setup_fold, start_epoch, supervised_step
+from .engine.inference import (
+    Feed,
+    activate,
+    feeder,
+    fold_models,
+    predict_loader,
+)
+from .engine.loop import train_epoch
+from .engine.scoring import (
+    score_oof,
+)
+from .engine.trainer import build_trainer
 from .modeling import deploy, metrics
-from .modeling.models import backbone_lr_mult, build_model
+from .modeling.models import build_model
 from .modeling.predictors import OnnxPredictor, Predictor, TorchPredictor
-from .predict import Feed, activate, feeder, fold_models, predict_loader
 
 REFERENCE = "torch"  # the fp32 checkpoint itself: every other variant is compared with it
-ONNX_VARIANT = {"fp32": "onnx", "int8": "onnx_int8"}  # predict.onnx_model -> its variant
 
 
 @dataclass
@@ -202,9 +211,6 @@ def finetune(cfg: Config, k: int, model: nn.Module) -> None:
     """A short training run of `model` on fold k's training rows with train.py's own loop (augmentation, loss,
     mixup, AMP as configured): export.prune_finetune_epochs epochs at export.prune_finetune_lr x optim.lr, no EMA,
     nothing frozen, the validation rows untouched."""
-    from .modeling.optim import build_optimizer, build_scheduler, total_updates
-    from .train import setup_fold, start_epoch, supervised_step, train_epoch
-
     x = cfg.export
     ft = dataclasses.replace(
         cfg,
@@ -214,14 +220,11 @@ def finetune(cfg: Config, k: int, model: nn.Module) -> None:
     )
     s = setup_fold(ft, k)  # seeded for fold k; it builds a model of its own, unused here
     model.to(s.device)
-    steps = total_updates(s.n_batches, ft.optim.grad_accum, x.prune_finetune_epochs)
-    optimizer = build_optimizer(model, ft.optim, steps, backbone_lr_mult=backbone_lr_mult(ft.model))
-    scheduler = build_scheduler(optimizer, ft.optim, steps)
-    scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)
+    t = build_trainer(ft, model, s.n_batches, s.device, s.dtype)  # ft.train.ema is off: no EMA
     step = lambda m, b, c: supervised_step(m, b, c, s.mixer)  # noqa: E731
     for epoch in range(x.prune_finetune_epochs):
         start_epoch(cfg, s, k, cfg.train.epochs + epoch)  # draws of their own, after the training epochs'
-        loss = train_epoch(ft, s, model, optimizer, scheduler, scaler, None, step, epoch)
+        loss = train_epoch(ft, s, model, t.optimizer, t.scheduler, t.scaler, None, step, epoch)
         print(f"fold {k} pruned fine-tune epoch {epoch + 1}/{x.prune_finetune_epochs} train_loss {loss:.4f}")
     model.eval()
 
@@ -249,27 +252,3 @@ def format_table(info: dict) -> str:
             f"{np.mean([r['zipped_mb'] for r in rows]):>11.2f}{np.mean([r['images_per_s'] for r in rows]):>9.0f}{flag}"
         )
     return "\n".join(lines)
-
-
-def exported_onnx(cfg: Config, fold: int, which: str = "fp32") -> Path:
-    """Fold `fold`'s exported ONNX model (`which`: fp32 | int8) for predict.runtime=onnx, after checking that
-    export.json vouches for it: exported from the checkpoint the fold has now, fp32 parity with torch held."""
-    run, variant = cfg.run, ONNX_VARIANT[which]
-    path = run.export_fold(fold).onnx if which == "fp32" else run.export_fold(fold).onnx_int8
-    if not run.export_json.is_file():
-        raise UserError(f"{run.export_json} not found: predict.runtime=onnx runs the models that `export` writes; "
-                        f"run `make export EXP={cfg.exp}` first (or set predict.runtime=torch)")  # fmt: skip
-    entry = read_json(run.export_json)["folds"].get(str(fold), {})
-    if variant not in entry.get("variants", {}) or not path.is_file():
-        raise UserError(f"{path}: fold {fold} has no exported {variant} model; export it again with {variant} "
-                        f"in export.variants (predict.onnx_model={which})")  # fmt: skip
-    if entry["checkpoint"] != checksum(run.fold(fold).best):
-        raise UserError(f"{path} was exported from another {run.fold(fold).best.name} than fold {fold} has now "
-                        f"(retrained since?): run `make export EXP={cfg.exp}` again")  # fmt: skip
-    onnx = entry["variants"].get("onnx", {})
-    if not onnx.get("parity_ok", False):
-        raise UserError(f"{run.export_json}: fold {fold}'s ONNX model differs from torch by "
-                        f"{onnx.get('max_abs_diff', float('nan')):.2e} > {onnx.get('tolerance', float('nan')):.2e} "
-                        "(export.tolerance); use predict.runtime=torch "
-                        "or export again with another export.exporter")  # fmt: skip
-    return path

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize
 
 from .config import Config, metric_name
 from .core.errors import UserError
@@ -28,70 +27,15 @@ from .core.runs import (
 )
 from .data.problem import oof_truth
 from .data.tables import binary_positive, data_path, derive_classes, encode_targets, read_table, read_train
+from .engine.scoring import (
+    apply_cuts,
+    ordinal,
+    target_levels,
+    tune_binary_threshold,
+    tune_cuts,
+    tune_f1_thresholds,
+)
 from .modeling import metrics
-
-
-def tune_f1_thresholds(y: np.ndarray, p: np.ndarray, default: float) -> np.ndarray:
-    """Per column of (N, L) probabilities, the threshold among the default and 99 quantiles maximising F1."""
-    out = np.full(p.shape[1], default)
-    for j in range(p.shape[1]):
-        cand = np.unique(np.r_[default, np.quantile(p[:, j], np.linspace(0.01, 0.99, 99))])
-        pred, truth = p[:, j, None] >= cand[None, :], y[:, j, None] > 0.5
-        tp, fp, fn = (pred & truth).sum(0), (pred & ~truth).sum(0), (~pred & truth).sum(0)
-        f1 = np.divide(2.0 * tp, 2.0 * tp + fp + fn, out=np.zeros(len(cand)), where=(2 * tp + fp + fn) > 0)
-        out[j] = cand[int(np.argmax(f1))]
-    return out
-
-
-def tune_binary_threshold(y: np.ndarray, p: np.ndarray, metric: str, default: float) -> float:
-    cand = np.unique(np.r_[default, np.quantile(p, np.linspace(0.01, 0.99, 99))])
-    scores = [metrics.score(metric, y, (p >= t).astype(np.float64), "binary") for t in cand]
-    return float(cand[int(np.nanargmax(scores))])
-
-
-def ordinal(cfg: Config) -> bool:
-    """Whether regression predictions are rounded to the target's levels with cuts tuned on OOF (submit.ordinal;
-    unset: on for metric qwk, which scores whole grades)."""
-    if cfg.task != "regression":
-        return False
-    return cfg.submit.ordinal if cfg.submit.ordinal is not None else metric_name(cfg) == "qwk"
-
-
-MAX_LEVELS = 100  # more distinct target values than this is a continuous target, not grades
-
-
-def target_levels(cfg: Config, target: np.ndarray) -> np.ndarray:
-    """The grades an ordinal prediction is rounded to: the distinct target values of the training rows (whole
-    numbers for qwk, which scores rounded values)."""
-    values = np.asarray(target, dtype=np.float64)
-    levels = np.unique(np.rint(values) if metric_name(cfg) == "qwk" else values)
-    if len(levels) > MAX_LEVELS:
-        raise UserError(
-            f"{cfg.data.train_csv}: column '{cfg.target_cols[0]}' has {len(levels)} distinct values: submit.ordinal "
-            f"rounds to the target's values, which needs grades (at most {MAX_LEVELS}); set submit.ordinal=false"
-        )
-    return levels
-
-
-def apply_cuts(p: np.ndarray, levels: np.ndarray, cuts: np.ndarray) -> np.ndarray:
-    """Values -> levels: below cuts[0] the first level, between cuts[i-1] and cuts[i] level i, ..."""
-    return levels[np.digitize(p, np.sort(cuts))]
-
-
-def tune_cuts(y: np.ndarray, p: np.ndarray, levels: np.ndarray, metric: str) -> np.ndarray:
-    """The cuts between consecutive `levels` that score best on OOF (y, p) with `metric`: Nelder-Mead from the
-    midpoints (plain rounding), kept only if it beats them (the APTOS trick, for any regression metric)."""
-    if len(levels) < 2:
-        return np.zeros(0)
-    sign = 1.0 if metrics.get_metric(metric).higher_is_better else -1.0
-
-    def gain(t: np.ndarray) -> float:
-        s = metrics.score(metric, y, apply_cuts(p, levels, t), "regression")
-        return -np.inf if np.isnan(s) else sign * s
-
-    start = (levels[1:] + levels[:-1]) / 2
-    res = minimize(lambda t: -gain(t), start, method="Nelder-Mead", options={"maxiter": 400, "xatol": 1e-3})
-    return np.sort(res.x) if gain(res.x) > gain(start) else start
 
 
 def oof_predictions(cfg: Config, exp: str) -> tuple[np.ndarray, np.ndarray]:

@@ -26,8 +26,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from timm.utils import ModelEmaV3
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -46,133 +44,30 @@ from .core.runs import (
     set_rng_state,
 )
 from .core.runtime import (
-    ShardedSampler,
-    amp_dtype,
-    autocast,
     barrier,
-    compute_setup,
     init_distributed,
     is_main,
     per_rank_batch,
     reduce_mean,
     reduce_sum,
     resolve_device,
-    seed_everything,
     sync_buffers,
-    use_channels_last,
     world_size,
 )
-from .core.tasks import TargetScale, num_outputs
 from .core.tracking import Tracker, finish_active
-from .data.augment import MixBatch, Normalize, build_mixup, resolve_normalization
 from .data.folds import expected_folds
-from .data.images import DeviceLoader, make_loader, set_epoch
-from .data.problem import FoldData, Problem, build_fold_data, load_problem, pred_frame, save_classes
-from .data.samplers import ShuffleSampler, build_sampler
+from .data.problem import FoldData, pred_frame, save_classes
+from .engine.fold import FoldSetup, Step, rank_batch_size, setup_fold, start_epoch, supervised_step
+from .engine.inference import (
+    load_fold_weights,
+    predict_loader,
+)
+from .engine.loop import evaluate, train_epoch
+from .engine.lr import resolve_lr
+from .engine.trainer import build_trainer
 from .modeling import metrics
 from .modeling.averaging import WeightAveraging, recompute_batchnorm, swa_start_epoch
-from .modeling.losses import build_loss, prior_logits
-from .modeling.models import backbone_lr_mult, build_model, checkpoint_state, init_head, set_backbone_trainable
-from .modeling.optim import build_optimizer, build_scheduler, total_updates
-from .predict import activate, load_fold_weights, predict_loader, predict_models
-
-LOG_EVERY = 50  # steps between reads of the loss on the host (progress bar, non-finite check): each read waits for
-# the GPU to finish the queued steps, so reading every step would keep the GPU idle while the host launches the next
-Step = Callable[[nn.Module, dict, nn.Module], dict[str, torch.Tensor]]
-
-
-def supervised_step(model: nn.Module, batch: dict, criterion: nn.Module, mixer: MixBatch | None = None) -> dict:
-    """One forward pass -> named losses; "loss" is what gets back-propagated, the rest is only logged."""
-    x, y = batch["image"], batch["target"]
-    if mixer is not None:
-        x, y = mixer(x, y)
-    return {"loss": criterion(model(x), y)}
-
-
-@dataclass
-class FoldSetup:
-    problem: Problem
-    data: FoldData
-    model: nn.Module
-    criterion: nn.Module
-    mixer: MixBatch | None
-    loader: DeviceLoader  # batches on the device, images normalised
-    valid_loader: DeviceLoader
-    n_batches: int  # training batches per epoch (train.limit_batches caps it)
-    device: torch.device
-    dtype: torch.dtype | None  # autocast dtype; None = full precision
-    generator: torch.Generator  # drives shuffling; saved in last.pt so a resumed run draws the same batches
-    target_scale: TargetScale | None = None  # regression: the fold's target standardisation (saved in best.pt)
-
-
-def rank_batch_size(cfg: Config) -> int:
-    """This process's share of the global `train.batch_size` (all of it without torchrun); mixup needs it even."""
-    batch = per_rank_batch(cfg.train.batch_size)
-    if (cfg.augment.mixup_alpha > 0 or cfg.augment.cutmix_alpha > 0) and batch % 2:
-        per = f" per process ({world_size()} processes)" if world_size() > 1 else ""
-        raise UserError(f"config key 'train.batch_size' gives {batch} rows{per}; mixup/cutmix need an even number")
-    return batch
-
-
-def train_loader(
-    cfg: Config, fold: int, data: FoldData, generator: torch.Generator, workers: int, **to_device
-) -> DeviceLoader:
-    """Fold k's training batches, on the device (`to_device`: make_loader's device, normalize, channels_last). Under
-    torchrun every rank draws the same order and keeps its own stride of it (ShardedSampler), batch_size / N rows a
-    batch: the N ranks' batches together are one process's batches."""
-    sampler = None
-    if data.sampler_labels is not None:  # balance classes in training only; validation keeps its distribution
-        sampler = build_sampler(data.sampler_labels, cfg.train.sampler, cfg.train.sampler_power, cfg.seed + fold)
-    if world_size() > 1:
-        sampler = ShardedSampler(sampler or ShuffleSampler(len(data.train), cfg.seed + fold))
-    return make_loader(data.train, rank_batch_size(cfg), True, workers, **to_device, sampler=sampler,
-                       batch_sampler=data.batch_sampler, seed=cfg.seed + fold, generator=generator)  # fmt: skip
-
-
-def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetup:
-    generator = seed_everything(cfg.seed + fold, cfg.train.deterministic)
-    device, workers = compute_setup(cfg.device, cfg.threads, cfg.data.num_workers)
-    rank_batch_size(cfg)
-    problem = load_problem(cfg)  # tables, folds, and every image decoded once: bad input stops here
-    n_rows = len(problem.rows(fold, valid=False))
-    if data is None and n_rows < cfg.train.batch_size:
-        raise UserError(f"config key 'train.batch_size' is {cfg.train.batch_size}, more than the {n_rows} training "
-                        f"rows of fold {fold}; use at most {n_rows}")  # fmt: skip
-    n_out = num_outputs(cfg.task, len(problem.classes))
-    model = build_model(cfg, n_out).to(device)
-    channels_last = use_channels_last(cfg.model.channels_last, device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    normalize = Normalize(*resolve_normalization(cfg.augment, model, cfg.model.in_chans)).to(device)
-    data = data or build_fold_data(cfg, problem, fold)
-    set_epoch(data.train, cfg.seed, fold, 0)  # seeded before any pass (lr-find iterates without epochs)
-    to_device = {"device": device, "normalize": normalize, "channels_last": channels_last}
-    loader = train_loader(cfg, fold, data, generator, workers, **to_device)
-    n_batches = min(len(loader), cfg.train.limit_batches or len(loader))
-    if n_batches == 0:
-        raise UserError(f"fold {fold}: its {len(data.train)} training rows make no full batch of "
-                        f"train.batch_size={cfg.train.batch_size}; lower train.batch_size")  # fmt: skip
-    mixer = build_mixup(cfg.augment, cfg.task, n_out, cfg.loss.label_smoothing)
-    # Mixup already smooths its soft targets: the loss must not smooth them a second time.
-    loss_cfg = dataclasses.replace(cfg.loss, label_smoothing=0.0) if mixer else cfg.loss
-    scale = problem.target_scale(fold, cfg.task)  # regression targets are learnt standardised
-    criterion = build_loss(loss_cfg, cfg.task, n_out, data.class_counts, scale).to(device)
-    # The logits start at the best constant prediction (the training rows' prior; regression: the mean), so the
-    # first loss is the prior's entropy: no epoch goes into learning a bias, which with rare labels and a sigmoid
-    # head starting at p = 0.5 cost more than the runs were long.
-    start = prior_logits(cfg.loss, cfg.task, n_out, data.class_counts)
-    if cfg.model.init_head == "prior" and not init_head(model, start):
-        print(f"note: no output layer with a bias found in {cfg.model.backbone}'s head; model.init_head skipped")
-    valid_loader = make_loader(data.valid, cfg.tta.batch_size, False, workers, **to_device)
-    dtype = amp_dtype(cfg.train.amp, device)
-    return FoldSetup(problem, data, model, criterion, mixer, loader, valid_loader, n_batches, device, dtype, generator,
-                     scale)  # fmt: skip
-
-
-def start_epoch(cfg: Config, s: FoldSetup, fold: int, epoch: int) -> None:
-    """Epoch `epoch`'s order of the training rows and their augmentations: both from (seed, fold, epoch) only."""
-    s.loader.set_epoch(epoch)
-    set_epoch(s.data.train, cfg.seed, fold, epoch)
+from .modeling.models import checkpoint_state
 
 
 @dataclass
@@ -212,7 +107,6 @@ def train_one_fold(
 ) -> dict:
     """Train fold `fold`, resuming its last.pt; `force` removes the fold's files first and starts over. Ctrl-C
     stops with `Interrupted`, leaving last.pt (the last finished epoch) to resume from."""
-    from .lr_find import resolve_lr  # lr_find builds on setup_fold: imported here, not at the top
 
     cfg = resolve_lr(cfg)  # optim.lr: auto -> the LR finder's suggestion (once per experiment, cached)
     out = cfg.run.fold(fold)
@@ -242,12 +136,8 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
     model, metric = s.model, metrics.get_metric(metric_name(cfg))
     step = step or (lambda m, b, c: supervised_step(m, b, c, s.mixer))
 
-    total_steps = total_updates(s.n_batches, cfg.optim.grad_accum, cfg.train.epochs)
-    optimizer = build_optimizer(model, cfg.optim, total_steps, backbone_lr_mult=backbone_lr_mult(cfg.model))
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-    scaler = torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16)  # bf16 needs no loss scaling
-    # EMA decay warms up from 0 towards train.ema_decay, so short runs average over a sensible window too.
-    ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
+    trainer = build_trainer(cfg, model, s.n_batches, s.device, s.dtype)
+    optimizer, scheduler, scaler, ema = trainer.optimizer, trainer.scheduler, trainer.scaler, trainer.ema
     swa_from = swa_start_epoch(cfg.train.swa_start, cfg.train.epochs) if cfg.train.swa else None
     averaging = WeightAveraging(model, swa_from, cfg.train.avg_best_k, metric.higher_is_better)
     # Each rank keeps its own BatchNorm statistics during the epoch; sync_buffers averages them after it.
@@ -256,8 +146,7 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
         train_model = torch.compile(train_model)
 
     state = FoldState()
-    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema,
-                "averaging": averaging}  # fmt: skip
+    stateful = {"model": model, **trainer.stateful(), "averaging": averaging}
     if out.last.exists():  # an interrupted run, of this very config (check_resumable): carry on where it stopped
         extra = load_last(out.last, **stateful)
         state = FoldState(**extra["state"])
@@ -378,66 +267,6 @@ def compare_averages(cfg: Config, s: FoldSetup, fold: int, averaging: WeightAver
     return {f"averaging_{n}": v for n, v in scores.items()}
 
 
-def train_epoch(cfg: Config, s: FoldSetup, model: nn.Module, optimizer, scheduler, scaler, ema, step: Step,
-                epoch: int) -> float:  # fmt: skip
-    """One pass over the training loader; returns the mean loss. The schedule steps once per optimizer update,
-    so gradient accumulation and the last, partial group of batches are counted right."""
-    model.train()
-    # The first model.freeze_backbone_epochs train the head alone (after model.train(): frozen BatchNorm layers
-    # go back to eval mode, so their running statistics stay those of the pretrained backbone).
-    set_backbone_trainable(model, epoch >= cfg.model.freeze_backbone_epochs)
-    accum, n_batches = cfg.optim.grad_accum, s.n_batches
-    total = torch.zeros((), device=s.device)  # summed where the loss is: no wait for the GPU at each step
-    seen = 0
-    bar = tqdm(s.loader, total=n_batches, desc=f"epoch {epoch + 1}", leave=False, disable=None)
-    for i, batch in enumerate(bar):  # batches arrive on the device, images normalised (DeviceLoader)
-        if i >= n_batches:
-            break
-        with autocast(s.device, s.dtype):
-            losses = step(model, batch, s.criterion)
-        group = min(accum, n_batches - (i // accum) * accum)  # the last group may hold fewer batches
-        scaler.scale(losses["loss"] / group).backward()
-        if (i + 1) % accum == 0 or i + 1 == n_batches:
-            if cfg.optim.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if ema is not None:
-                ema.update(getattr(model, "module", model), step=scheduler.last_epoch)
-        total += losses["loss"].detach().float()
-        seen += 1
-        if seen % LOG_EVERY == 0 or i + 1 == n_batches:  # a non-finite loss makes the sum non-finite for good
-            check_finite(float(total), epoch, i)
-            bar.set_postfix({k: f"{float(v.detach()):.4f}" for k, v in losses.items()})
-    return float(total) / max(seen, 1)
-
-
-def check_finite(total: float, epoch: int, batch: int) -> None:
-    """The targets are checked finite when the table is read: a diverging run is the usual cause of a non-finite
-    loss. last.pt still holds the last finished epoch."""
-    if not math.isfinite(total):
-        first = batch - (batch % LOG_EVERY)
-        where = f"batch {batch}" if first == batch else f"batches {first}..{batch}"
-        raise UserError(f"loss is {total} at epoch {epoch + 1} {where}: lower optim.lr, or set train.amp=off")
-
-
-@torch.no_grad()
-def evaluate(cfg: Config, s: FoldSetup, models: dict[str, nn.Module]) -> dict[str, tuple[float, float]]:
-    """(validation loss, metric) of each of `models` on fold k's validation rows, all from one pass of the loader."""
-    outputs = predict_models(models, s.valid_loader, cfg.task, s.device, s.dtype, activation=False)
-    y = torch.as_tensor(s.data.y_valid)
-    results = {}
-    for name, out in outputs.items():
-        logits = torch.from_numpy(out)
-        loss = float(s.criterion(logits.reshape(len(y), -1).to(s.device), y.to(s.device)))
-        probs = activate(logits, cfg.task, s.target_scale).numpy()
-        results[name] = (loss, metrics.score(metric_name(cfg), s.data.y_valid, probs, cfg.task))
-    return results
-
-
 def fold_pending(cfg: Config, fold: int, force: bool, log: Callable[[str], None] = print) -> bool:
     """Whether `fold` still needs training: a finished fold (its oof.csv) is skipped unless `force` (then
     train_one_fold removes its files first, so nothing resumes from them)."""
@@ -448,9 +277,8 @@ def fold_pending(cfg: Config, fold: int, force: bool, log: Callable[[str], None]
     return True
 
 
-def train_folds(cfg: Config, folds: list[int], force: bool = False) -> dict:
-    """Train the given folds in order (finished ones are skipped unless `force`), then the CV summary."""
-    from .cv import summarize
+def train_folds(cfg: Config, folds: list[int], force: bool = False) -> None:
+    """Train the given folds in order (finished ones are skipped unless `force`); the CV summary follows (cli)."""
 
     rank_batch_size(cfg)  # a batch that does not split across the processes stops before they connect
     resolve_device(cfg.device)  # and a device that is not there, before a fold folder (or its lock) is made
@@ -459,4 +287,3 @@ def train_folds(cfg: Config, folds: list[int], force: bool = False) -> dict:
     for k in folds:
         if fold_pending(cfg, k, force):
             train_one_fold(cfg, k, force=force)
-    return summarize(cfg) if is_main() else {}

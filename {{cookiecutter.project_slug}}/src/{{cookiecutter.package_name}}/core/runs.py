@@ -502,7 +502,7 @@ def cv_vs_lb_paths(folder: str | Path) -> tuple[Path, Path]:
 
 
 def image_check_cache(output_dir: str | Path, folder: Path) -> Path:
-    """Where the images of `folder` that decoded are remembered (data.images.check_images), one file per folder."""
+    """Where the images of `folder` that decoded are remembered (data.decode.check_images), one file per folder."""
     digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
     return Path(output_dir) / CACHE_DIR / "image_check" / f"{folder.name}-{digest}.json"
 

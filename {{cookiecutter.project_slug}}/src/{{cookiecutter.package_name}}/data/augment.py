@@ -32,7 +32,7 @@ from ..core.errors import UserError
 from ..core.registry import Registry
 
 if TYPE_CHECKING:
-    from ..config import AugmentConfig
+    from ..core.schema import AugmentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..core.runs import atomic_save_npy, atomic_write_json, read_json, remove_stale_tmp
 from ..core.runtime import barrier, is_main
-from .images import one_opencv_thread, read_image, worker_init
+from .decode import one_opencv_thread, read_image, worker_init
 
 MODES = ("none", "memory", "disk")
 CACHE_VERSION = 2  # bump when read_image or shrink changes what a cached array holds (2: fixed 16-bit scaling)

@@ -20,7 +20,7 @@ from ..core.runs import atomic_write_csv, atomic_write_json, read_json
 from .tables import derive_classes, encode_targets, read_train
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..core.schema import Config
 
 
 METHODS = ("auto", "stratified", "multilabel", "group", "stratified_group", "binned", "kfold")

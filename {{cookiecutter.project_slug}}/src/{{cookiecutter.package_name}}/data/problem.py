@@ -20,8 +20,9 @@ from ..core.runtime import available_cores
 from ..core.tasks import TargetScale
 from .augment import build_transforms, source_size
 from .cache import ImageCache, open_cache
+from .decode import check_images, image_paths
 from .folds import read_folds
-from .images import ImageDataset, check_images, image_paths
+from .images import ImageDataset
 from .tables import (
     binary_positive,
     class_counts,
@@ -34,7 +35,7 @@ from .tables import (
 )
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..core.schema import Config
 
 
 @dataclass

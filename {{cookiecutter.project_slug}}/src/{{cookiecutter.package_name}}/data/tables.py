@@ -15,7 +15,7 @@ import pandas as pd
 from ..core.errors import UserError
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..core.schema import Config
 
 
 def data_path(cfg: Config, name: str) -> Path:

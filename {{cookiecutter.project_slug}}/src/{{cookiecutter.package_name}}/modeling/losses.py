@@ -27,7 +27,7 @@ from ..core.registry import Registry
 from ..core.tasks import SIGMOID_TASKS, TASKS, TargetScale
 
 if TYPE_CHECKING:
-    from ..config import LossConfig
+    from ..core.schema import LossConfig
 
 
 def upcast(x: Tensor) -> Tensor:

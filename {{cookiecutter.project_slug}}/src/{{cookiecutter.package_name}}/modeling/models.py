@@ -14,7 +14,7 @@ from torch import nn
 from ..core.errors import UserError
 
 if TYPE_CHECKING:
-    from ..config import Config, ModelConfig
+    from ..core.schema import Config, ModelConfig
 
 
 def check_backbone(name: str) -> None:

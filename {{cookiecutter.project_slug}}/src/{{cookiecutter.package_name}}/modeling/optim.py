@@ -21,7 +21,7 @@ from ..core.registry import Registry
 from .models import head_parameter_ids, unwrap
 
 if TYPE_CHECKING:
-    from ..config import OptimConfig
+    from ..core.schema import OptimConfig
 
 OptimizerFactory = Callable[..., Optimizer]  # (params, cfg_optim, **extra) -> Optimizer
 ScheduleFactory = Callable[[Optimizer, "OptimConfig", int], LRScheduler]

@@ -23,8 +23,8 @@ from torch.utils.data import ConcatDataset
 from ..config import Config
 from ..core.errors import UserError
 from ..data.problem import FoldData, Problem, build_fold_data, load_problem
+from ..engine.fold import Step
 from ..modeling.losses import distillation_loss
-from ..train import Step
 from .teachers import (
     Log,
     start_lineage,

@@ -42,7 +42,7 @@ from ..core.runs import atomic_write_csv
 from ..core.tasks import num_outputs
 from ..data.augment import build_mixup
 from ..data.problem import FoldData, Problem, build_fold_data, load_problem, pred_frame
-from ..train import Step
+from ..engine.fold import Step
 from .teachers import (
     Log,
     Unlabelled,

@@ -32,20 +32,16 @@ from ..core.runtime import amp_dtype, compute_setup, world_size
 from ..core.tasks import num_outputs
 from ..cv import summarize
 from ..data.augment import build_transforms
-from ..data.images import IMAGE_EXTS, ImageDataset, image_paths
+from ..data.decode import IMAGE_EXTS, image_paths
+from ..data.images import ImageDataset
 from ..data.problem import FoldData, Problem, image_cache
 from ..data.tables import data_path, read_table
+from ..engine.fold import Step
+from ..engine.inference import feeder, load_fold_weights, predict_loader, prediction_source
+from ..engine.views import resolve_views
 from ..modeling.models import build_model
-from ..predict import (
-    feeder,
-    load_fold_weights,
-    predict_loader,
-    predict_test,
-    predict_test_folds,
-    prediction_source,
-    resolve_views,
-)
-from ..train import Step, check_resumable, fold_pending, train_one_fold
+from ..predict import predict_test, predict_test_folds
+from ..train import check_resumable, fold_pending, train_one_fold
 
 Source = tuple[str, int]  # (teacher experiment, fold): the one model an array of teacher outputs came from
 Log = Callable[[str], None]

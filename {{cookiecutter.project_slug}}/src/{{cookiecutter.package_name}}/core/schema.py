@@ -1,0 +1,243 @@
+"""The experiment config's schema: typed dataclasses with their defaults, and nothing else.
+
+Types only: loading (`base:` inheritance, overrides) and every range and registry check live in config.py, which
+sits above data/ and modeling/; those read their sections' types from here, so nothing below config imports it.
+`configs/<exp>.yaml` holds only what differs from these defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+
+from .runs import Run
+
+EXPORT_VARIANTS = ("torchscript", "onnx", "onnx_int8", "pruned")  # besides the fp32 torch model, always measured
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data"  # the other paths are relative to it (unless absolute)
+    train_csv: str = "train.csv"
+    test_csv: str = "test.csv"
+    sample_submission: str = "sample_submission.csv"
+    train_images: str = "train"
+    test_images: str = "test"
+    id_col: str = "id"
+    target_col: Any = "label"  # one column, or (multilabel) a list of 0/1 columns
+    label_sep: str = " "  # multilabel tags in one column are split on this
+    image_ext: str = ".png"  # appended to the id unless the id already ends with an extension
+    cache: str = "none"  # none | memory | disk: decode each image once, at the size training needs (data/cache.py)
+    cache_dir: str = "data/cache"  # data.cache=disk: where the decoded arrays live (relative to the project)
+    num_workers: int | str = "auto"  # loader processes; auto: see threads
+
+
+@dataclass
+class FoldsConfig:
+    n_folds: int = 5
+    method: str = "auto"  # auto | stratified | multilabel | group | stratified_group | binned | kfold
+    group_col: str | None = None  # rows sharing a group never straddle folds
+    n_bins: int = 10  # regression targets are binned into quantiles before stratifying
+    seed: int = 42  # separate from `seed`: changing the training seed must not change the split
+    path: str = "data/folds.csv"
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"
+    pretrained: bool = True
+    in_chans: int = 3
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    freeze_backbone_epochs: int = 0  # train only the head for the first N epochs
+    # backbone LR = optim.lr * this (the head gets optim.lr); unset: 0.1 with pretrained weights, 1 from scratch
+    backbone_lr_mult: float | None = None
+    channels_last: bool | str = "auto"  # auto: on for CUDA, off on CPU
+    compile: bool = False  # torch.compile the training model
+    init_head: str = "prior"  # prior: logits start at the training fold's label prior (regression: the mean) | none
+
+
+@dataclass
+class AugmentConfig:
+    image_size: int = 256
+    preset: str = "light"  # none | light | medium | heavy | trivial | randaugment (PRESETS in data/augment.py)
+    randaugment_n: int = 2  # randaugment: ops per image
+    randaugment_m: float = 9.0  # randaugment: their level, 0..10
+    hflip: bool = True
+    vflip: bool = False
+    rotate90: bool = False
+    mixup_alpha: float = 0.0  # > 0 turns mixup on (timm.data.Mixup)
+    cutmix_alpha: float = 0.0  # > 0 turns cutmix on
+    mix_prob: float = 1.0
+    switch_prob: float = 0.5
+    mean: list[float] | None = None  # None: the backbone's pretrained normalisation
+    std: list[float] | None = None
+
+
+@dataclass
+class LossConfig:
+    name: str = "auto"  # auto: ce (multiclass), bce (binary, multilabel), mse (regression)
+    label_smoothing: float = 0.0
+    class_weight: str = "none"  # none | balanced
+    pos_weight: float | None = None  # BCE positive weight; None = 1
+    focal_gamma: float = 2.0
+    huber_delta: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "ranger"
+    lr: Any = 0.03  # a number > 0, or auto: the LR finder's suggestion (fold 0, once per experiment, cached)
+    weight_decay: float = 1e-2
+    momentum: float = 0.9
+    schedule: str = "one_cycle"  # one_cycle | flat_cos | cosine | constant
+    pct_start: float = 0.25  # one_cycle: share of steps rising to the peak LR
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    flat_pct: float = 0.7  # flat_cos: share of steps at the full LR before the cosine decay
+    warmup_pct: float = 0.05  # cosine: linear warm-up share
+    grad_accum: int = 1
+    clip_grad: float = 0.0  # max gradient norm; 0 = off
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    amp: str = "auto"  # auto (bf16 on a GPU that has it, else fp16; off on CPU) | bf16 | fp16 | off (true: auto)
+    ema: bool = True
+    ema_decay: float = 0.998
+    swa: bool = False  # also average the weights of the last epochs (SWA), scored beside the best epoch
+    swa_start: float = 0.75  # SWA averages the epochs after this fraction of train.epochs
+    avg_best_k: int = 0  # > 1: also average the K best epochs' weights, scored beside the best epoch
+    pick_averaged: bool = False  # best.pt becomes an average when it scores better on the fold's validation rows
+    early_stopping: int = 0  # patience in epochs; 0 = off
+    sampler: str = "none"  # none | weighted | upsample | downsample
+    sampler_power: float = 1.0  # weighted: weight = 1 / count ** power
+    deterministic: bool = False
+    limit_batches: int = 0  # > 0: stop each epoch after this many batches (smoke runs)
+
+
+@dataclass
+class TTAConfig:
+    views: list[str] = field(default_factory=lambda: ["identity"])  # or auto: chosen on OOF among the candidates
+    # views: auto picks among these; empty: modeling/tta.default_candidates (the eight symmetries of the square and
+    # two mild rescalings)
+    candidates: list[str] = field(default_factory=list)
+    merge: str = "mean"  # mean | gmean | max
+    batch_size: int = 64
+
+
+@dataclass
+class PredictConfig:
+    runtime: str = "torch"  # torch: the fold checkpoints | onnx: the models `export` wrote (onnxruntime)
+    onnx_model: str = "fp32"  # runtime onnx: fp32 (model.onnx) | int8 (model_int8.onnx)
+
+
+@dataclass
+class ExportConfig:
+    variants: list[str] = field(default_factory=lambda: list(EXPORT_VARIANTS))  # fp32 torch is always measured
+    exporter: str = "dynamo"  # dynamo (torch.export; needs onnxscript) | torchscript (older tracer, quicker)
+    opset: int = 18
+    dynamic_size: bool = False  # ONNX height/width dynamic too (TTA scale_* views resize the input)
+    tolerance: float = 1e-4  # max |probability difference| ONNX vs torch; beyond it the ONNX model is refused
+    check_batches: int = 4  # validation batches (tta.batch_size) for the parity check and the CPU images/s
+    calibration_batches: int = 8  # int8: batches of fold k's training images that set the activation ranges
+    per_channel: bool = True  # int8: one weight scale per output channel
+    sparsity: float = 0.5  # pruned: share of conv/linear weights zeroed (global magnitude pruning)
+    prune_finetune_epochs: int = 0  # pruned: epochs of fine-tuning with the zeros kept (0 = none)
+    prune_finetune_lr: float = 0.1  # ... at this share of optim.lr
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # online | offline | disabled
+    project: str = "kaggle"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PseudoConfig:
+    teacher: str = ""  # experiment (or ensemble) directory name under output_dir
+    rounds: int = 1
+    soft: bool = True  # soft: teacher probabilities; hard: one-hot argmax
+    threshold: float = 0.0  # keep rows whose confidence is at least this
+    top_fraction: float = 1.0  # and within the most confident share of each class
+    max_per_class: int = 0  # cap per class; 0 = no cap
+    weight: float = 1.0  # loss weight of pseudo rows
+    batch_ratio: float = 0.3  # share of each training batch drawn from pseudo rows
+    extra_images: str | None = None  # an extra unlabelled image folder
+    tta: bool = True
+
+
+@dataclass
+class DistillConfig:
+    teachers: list[str] = field(default_factory=list)
+    alpha: float = 0.5  # weight of the distillation term; 1 - alpha goes to the task loss
+    temperature: float = 4.0
+    use_test: bool = False  # also distil on test images (soft teacher labels)
+
+
+@dataclass
+class SubmitConfig:
+    format: str = "auto"  # auto (from sample_submission) | label | probs | tags | value
+    threshold: float = 0.5  # multilabel / binary-label default threshold
+    tune_thresholds: bool = True  # tune per-label thresholds on OOF
+    clip: bool = True  # clip regression values to the training range
+    # Regression: round predictions to the target's levels (grades) with cuts tuned on OOF for the metric; recorded
+    # in cv.json (cv_ordinal) and applied to the test predictions. Unset: on for metric qwk, off otherwise.
+    ordinal: bool | None = None
+
+
+@dataclass
+class Config:
+    task: str = "multiclass"  # multiclass | binary | multilabel | regression
+    metric: str = "auto"  # auto: the usual metric for the task
+    seed: int = 42
+    exp: str = MISSING  # the config file's stem
+    competition: str = ""  # the Kaggle competition slug (kaggle competitions download/submit)
+    output_dir: str = "outputs"
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
+    # torch threads of the main process; auto (with data.num_workers: auto): on CUDA every core but one decodes,
+    # on CPU a quarter of the cores decode and the rest compute, so that threads + workers <= cores (runtime.plan_cpu)
+    threads: int | str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tta: TTAConfig = field(default_factory=TTAConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.exp
+
+    @property
+    def run(self) -> Run:
+        """This experiment's run folder: every artefact path (core/runs.py)."""
+        return Run(self.run_dir)
+
+    @property
+    def target_cols(self) -> list[str]:
+        t = self.data.target_col
+        return [t] if isinstance(t, str) else list(t)
+
+
+DEFAULT_METRIC = {"multiclass": "accuracy", "binary": "roc_auc", "multilabel": "f1_micro", "regression": "rmse"}
+
+
+def metric_name(cfg: Config) -> str:
+    """The metric the experiment is scored with: `metric`, or the task's usual one when it is auto."""
+    return DEFAULT_METRIC[cfg.task] if cfg.metric == "auto" else cfg.metric

@@ -1,0 +1,113 @@
+"""`tta.views: auto`: each candidate view predicts every fold's validation rows once; the views are chosen greedily on
+those OOF predictions (modeling/tta.greedy_views: a view is kept only when it raises the OOF score), recorded in
+tta_auto.json with the checkpoints' sha256 (a retrained fold or another candidate list chooses again), and read back
+by every later stage that predicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..config import Config, metric_name
+from ..core.runs import (
+    atomic_write_json,
+    checksum,
+    read_json,
+    write_derived,
+)
+from ..data.problem import (
+    build_fold_data,
+    load_problem,
+    pred_frame,
+)
+from ..modeling import metrics, tta
+from .inference import (
+    fold_models,
+    fold_predictors,
+    folds_source,
+    merge_views,
+    predict_views,
+)
+
+
+def checkpoint_digests(cfg: Config, folds: list[int]) -> dict[str, str]:
+    """Content hashes, not times: a packaged run (Kaggle dataset) keeps its choice although its files are copies."""
+    return {str(k): checksum(cfg.run.fold(k).best) for k in folds}
+
+
+def _candidates(cfg: Config) -> list[str]:
+    """identity first, then tta.candidates (empty: tta.default_candidates), each once."""
+    listed = cfg.tta.candidates or tta.default_candidates()
+    return ["identity", *[v for v in dict.fromkeys(listed) if v != "identity"]]
+
+
+def read_choice(cfg: Config) -> dict | None:
+    """tta_auto.json if it was chosen among the configured candidates and merge by the current checkpoints."""
+    path = cfg.run.tta_auto
+    if not path.is_file():
+        return None
+    choice = read_json(path)
+    same = choice.get("candidates") == _candidates(cfg) and choice.get("merge") == cfg.tta.merge
+    return choice if same and choice.get("checkpoints") == checkpoint_digests(cfg, cfg.run.finished_folds()) else None
+
+
+def with_views(cfg: Config, views: Sequence[str]) -> Config:
+    return dataclasses.replace(cfg, tta=dataclasses.replace(cfg.tta, views=list(views)))
+
+
+def resolve_views(cfg: Config, choose: bool = True) -> Config | None:
+    """`cfg` with concrete TTA views: as configured, or (tta.views: auto) those chosen on OOF, choosing them now if
+    no valid choice exists and `choose` (else None)."""
+    if list(cfg.tta.views) != [tta.AUTO]:
+        return cfg
+    choice = read_choice(cfg) or (choose_views(cfg) if choose else None)
+    return None if choice is None else with_views(cfg, choice["views"])
+
+
+def choose_views(cfg: Config) -> dict:
+    """Greedy forward selection of TTA views on OOF (see the module's doc) -> tta_auto.json; the chosen views' merged
+    OOF predictions become oof_tta.csv, as `predict_oof_tta` would write them."""
+    run, folds, candidates = cfg.run, fold_models(cfg), _candidates(cfg)
+    problem = load_problem(cfg)
+    load, feed = fold_predictors(cfg, len(problem.classes))
+    ids, fold_col, per_view = [], [], {v: [] for v in candidates}
+    for k in folds:
+        data = build_fold_data(cfg, problem, k)
+        loader = feed(data.valid)
+        for v, pred in predict_views(load(k), loader, cfg.task, candidates, f"oof views {k}").items():
+            per_view[v].append(pred)
+        ids += data.valid_ids
+        fold_col += [k] * len(data.valid_ids)
+    preds = {v: np.concatenate(parts) for v, parts in per_view.items()}
+    position = {i: n for n, i in enumerate(problem.ids)}
+    y = problem.y[[position[i] for i in ids]]
+    metric = metrics.get_metric(metric_name(cfg))
+    sign = 1.0 if metric.higher_is_better else -1.0
+
+    def gain(pred: np.ndarray) -> float:
+        score = metrics.score(metric.name, y, pred, cfg.task)
+        return -np.inf if np.isnan(score) else sign * score
+
+    chosen, steps = tta.greedy_views(preds, gain, "mean" if cfg.task == "regression" else cfg.tta.merge)
+    choice = {
+        "candidates": candidates,
+        "merge": cfg.tta.merge,
+        "metric": metric.name,
+        "views": chosen,
+        "identity": sign * steps[0]["gain"],
+        "chosen": sign * steps[-1]["gain"],
+        "steps": [{"view": st["view"], "score": sign * st["gain"]} for st in steps],
+        "checkpoints": checkpoint_digests(cfg, folds),
+    }
+    resolved = with_views(cfg, chosen)
+    oof = pred_frame(ids, merge_views([preds[v] for v in chosen], cfg.task, cfg.tta.merge), problem.classes,
+                     cfg.data.id_col)  # fmt: skip
+    oof.insert(1, "fold", fold_col)
+    write_derived(run.oof_tta, oof, folds_source(resolved, folds))
+    atomic_write_json(run.tta_auto, choice)
+    print(f"{cfg.exp}: TTA views chosen on OOF {chosen}: {metric.name} {choice['chosen']:.5f} "
+          f"(identity alone {choice['identity']:.5f}; candidates {candidates})")  # fmt: skip
+    return choice
