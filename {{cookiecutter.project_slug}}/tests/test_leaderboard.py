@@ -117,7 +117,7 @@ def test_submit_appends_to_the_log_and_lb_joins_it_to_kaggle(project, monkeypatc
 
 
 class _Clock:
-    """datetime for kaggle/submissions.py whose now() is the fake Kaggle's clock (+ 2 s: the log is written just after)."""
+    """datetime for kaggle/submissions.py whose now() is the fake Kaggle's clock (+ 2 s: the log is written after)."""
 
     def __init__(self, fake: FakeKaggle):
         self.fake = fake
