@@ -16,11 +16,11 @@ import pandas as pd
 from .config import Config, metric_name
 from .core.errors import UserError
 from .core.runs import (
+    CVSummary,
     Run,
     append_csv_row,
     atomic_write_csv,
     checksum,
-    read_json,
     read_pred_csv,
     submission_log_path,
     submission_path,
@@ -42,10 +42,10 @@ def oof_predictions(cfg: Config, exp: str) -> tuple[np.ndarray, np.ndarray]:
     """The experiment's OOF targets and predictions (N, C), aligned by id."""
     run = Run.named(cfg.output_dir, exp)
     classes = run.read_classes()
-    oof = read_pred_csv(run.oof, cfg.data.id_col, list(classes["classes"]))
+    oof = read_pred_csv(run.oof, cfg.data.id_col, classes.classes)
     ids = oof[cfg.data.id_col].tolist()
-    y, _, _ = oof_truth(cfg, ids, classes, trained_on=run.read_cv().get("folds_hash"), where=str(run.oof))
-    return y, oof[list(classes["classes"])].to_numpy(np.float64)
+    y, _, _ = oof_truth(cfg, ids, classes, trained_on=run.read_cv().folds_hash, where=str(run.oof))
+    return y, oof[classes.classes].to_numpy(np.float64)
 
 
 def binary_threshold(cfg: Config, exp: str, log: Callable[[str], None]) -> float:
@@ -238,7 +238,7 @@ def make_submission(
     """outputs/<exp>/test_pred.csv -> submissions/<name or exp>.csv in the sample submission's format."""
     run, id_col = Run.named(cfg.output_dir, exp), cfg.data.id_col
     info = run.read_classes()
-    classes, positive = list(info["classes"]), info.get("positive")
+    classes, positive = list(info.classes), info.positive
     test = read_pred_csv(run.test_pred, id_col, classes)
     sample_path = data_path(cfg, cfg.data.sample_submission)
     sample = read_table(sample_path, id_col)
@@ -373,31 +373,32 @@ def score_submission(cfg: Config, submission_path: str | Path, solution_path: st
     return metrics.score(metric_name(cfg), y, pred, cfg.task)
 
 
-def cv_of(cfg: Config, exp: str) -> dict | None:
+def cv_of(cfg: Config, exp: str) -> CVSummary | None:
     """cv.json of the experiment a submission file was made from (its file name), if there is one."""
     run = Run.named(cfg.output_dir, exp)
-    return read_json(run.cv) if run.cv.is_file() else None
+    return run.read_cv() if run.cv.is_file() else None
 
 
 def default_message(cfg: Config, exp: str) -> str:
     cv = cv_of(cfg, exp)
-    return exp if cv is None else f"{exp} CV {cv.get('metric', metric_name(cfg))}={cv['cv']:.5f}"
+    return exp if cv is None else f"{exp} CV {cv.metric}={cv.cv:.5f}"
 
 
 def log_submission(cfg: Config, path: str | Path, message: str, competition: str) -> dict:
     """Append what was just sent to submissions/log.csv (time in UTC, the file's size and sha256, the experiment it
     was made from and its CV), so `lb` can put the public scores beside the CVs later."""
     path = Path(path)
-    cv = cv_of(cfg, path.stem) or {}
+    cv = cv_of(cfg, path.stem)
     row = {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "file": path.name,
         "bytes": path.stat().st_size,
         "sha256": checksum(path),
         "experiment": path.stem,
-        "cv": cv.get("cv", ""),
-        "cv_tta": cv.get("cv_tta", ""),  # test_pred.csv is made with the TTA views: this CV is that of the file
-        "metric": cv.get("metric", metric_name(cfg)),
+        "cv": cv.cv if cv is not None else "",
+        # test_pred.csv is made with the TTA views: this CV is that of the file
+        "cv_tta": cv.cv_tta if cv is not None and cv.cv_tta is not None else "",
+        "metric": cv.metric if cv is not None else metric_name(cfg),
         "competition": competition,
         "message": message,
     }
@@ -412,5 +413,5 @@ def score_line(cfg: Config, file: str | Path, solution: str | Path | None = None
     line = f"{file}: {metric_name(cfg)} = {score_submission(cfg, file, solution):.5f}"
     cv = cv_of(cfg, Path(file).stem)
     if cv is not None:
-        line += f"  |  OOF CV {cv['cv']:.5f}" + (f" (with TTA {cv['cv_tta']:.5f})" if "cv_tta" in cv else "")
+        line += f"  |  OOF CV {cv.cv:.5f}" + (f" (with TTA {cv.cv_tta:.5f})" if cv.cv_tta is not None else "")
     return line
