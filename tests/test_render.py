@@ -274,12 +274,13 @@ def test_generated_test_suite_passes(rendered, ctx, selection, tmp_path):
 REGISTRY_PROBE = """
 metrics = importlib.import_module(PKG + ".modeling.metrics")
 config = importlib.import_module(PKG + ".config")
+schema = importlib.import_module(PKG + ".core.schema")
 offered = json.loads(sys.argv[1])
 print(json.dumps({
     "tasks_of": {m: sorted(metrics.get_metric(m).tasks) for m in offered if m in metrics.list_metrics()},
     "listed": {t: sorted(set(metrics.list_metrics(t)) & set(offered)) for t in config.CHOICES["task"]},
     "all_tasks": list(config.TASKS),
-    "default_metric": config.DEFAULT_METRIC,
+    "default_metric": schema.DEFAULT_METRIC,
 }))
 """
 
@@ -292,7 +293,7 @@ def test_hook_metric_table_matches_the_generated_metrics_registry(rendered):
     hook = hook_metric_tasks()
     assert set(hook) == set(METRICS), "the hook's METRIC_TASKS and cookiecutter.json's metric choices differ"
     assert sorted(got["all_tasks"]) == sorted(TASKS) == sorted(hook["auto"])
-    assert got["default_metric"] == DEFAULT_METRIC, "cookiecutter.json _default_metric != config.DEFAULT_METRIC"
+    assert got["default_metric"] == DEFAULT_METRIC, "cookiecutter.json _default_metric != core/schema.DEFAULT_METRIC"
     missing = [m for m in offered if m not in got["tasks_of"]]
     assert not missing, f"metrics offered by cookiecutter.json but not in the generated registry: {missing}"
     mismatch = {m: {"hook": sorted(hook[m]), "registry": got["tasks_of"][m]} for m in offered}

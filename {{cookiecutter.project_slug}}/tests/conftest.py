@@ -1,7 +1,6 @@
 """Shared test set-up: everything offline, and small demo competitions written on demand."""
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch
 
 from {{ cookiecutter.package_name }} import config
-from {{ cookiecutter.package_name }}.core.runs import Run, atomic_torch_save, write_derived
+from {{ cookiecutter.package_name }}.core.runs import BlendWeights, Checkpoint, Classes, CVSummary, Run, write_derived
 from {{ cookiecutter.package_name }}.data import demo, folds, tables
 from {{ cookiecutter.package_name }}.data import problem as fold_data
 from {{ cookiecutter.package_name }}.engine import codec
@@ -115,8 +114,9 @@ def fake_experiment(
     cfg: config.Config, exp: str, noise: float, seed: int = 0, shuffle: bool = False, cv: float | None = None
 ) -> Path:
     """outputs/<exp>/{oof.csv, test_pred.csv (rows in test.csv order), cv.json, classes.json, decisions.json} in the
-    training stage's formats, of a model whose error grows with `noise`. `shuffle`: oof.csv in another row order;
-    `cv` stands in for the OOF score in cv.json."""
+    training stage's formats (cv.json, classes.json and decisions.json through the run folder's own writers), of a
+    model whose error grows with `noise`. `shuffle`: oof.csv in another row order; `cv` stands in for the OOF score
+    in cv.json."""
     rng, id_col, run = np.random.default_rng(seed), cfg.data.id_col, Path(cfg.output_dir) / exp
     fold_df, h = folds.read_folds(cfg)
     train = tables.read_train(cfg).merge(fold_df[[id_col, "fold"]], on=id_col)
@@ -136,13 +136,27 @@ def fake_experiment(
     source = {"folds": {"0": {"checkpoint": "fake", "views": way["views"], "merge": way["merge"]}}}
     write_derived(run / "test_pred.csv", test, source)
     name = config.metric_name(cfg)
-    if cv is None:
-        pred = oof[classes].to_numpy()
-        cv = metrics.score(name, y, pred[:, 0] if cfg.task in ("binary", "regression") else pred, cfg.task)
-    info = {"exp": exp, "task": cfg.task, "metric": name, "higher_is_better": metrics.get_metric(name).higher_is_better}
-    info.update(cv=cv, folds={}, folds_hash=h, pred_cols=classes)
-    (run / "cv.json").write_text(json.dumps(info))
-    (run / "classes.json").write_text(json.dumps({"task": cfg.task, "classes": classes, "positive": positive}))
+    pred = oof[classes].to_numpy()
+    pred = pred[:, 0] if cfg.task in ("binary", "regression") else pred
+    fold = train["fold"].to_numpy()
+    per_fold = {str(k): metrics.score(name, y[fold == k], pred[fold == k], cfg.task) for k in np.unique(fold)}
+    summary = CVSummary(
+        exp=exp,
+        task=cfg.task,
+        metric=name,
+        higher_is_better=metrics.get_metric(name).higher_is_better,
+        cv=metrics.score(name, y, pred, cfg.task) if cv is None else cv,
+        folds=per_fold,
+        complete=True,
+        folds_missing=[],
+        partial=False,
+        folds_hash=h,
+        pred_cols=classes,
+        lr=cfg.optim.lr if cfg.optim.lr != "auto" else None,
+        lr_auto=cfg.optim.lr == "auto",
+    )
+    Run(run).write_cv(summary)
+    Run(run).write_classes(Classes(cfg.task, classes, positive))
     # decisions.json as `cv` writes it (thresholds, cuts tuned on this OOF): what make-submission applies
     codec.record_decisions(cfg, Run(run), classes, y, oof[classes].to_numpy(), y, "oof.csv", way)
     return run
@@ -150,8 +164,8 @@ def fake_experiment(
 
 def on_other_folds(cfg: config.Config, exp: str) -> None:
     """Makes the experiment `exp` look trained on another split: folds hash 0123456789abcdef in its cv.json."""
-    path = Path(cfg.output_dir) / exp / "cv.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "folds_hash": "0123456789abcdef"}))
+    run = Run.named(cfg.output_dir, exp)
+    run.write_cv(dataclasses.replace(run.read_cv(), folds_hash="0123456789abcdef"))
 
 
 # --- teacher-student projects (pseudo-labelling, distillation) -------------------------------------------------------
@@ -201,38 +215,85 @@ def small_project(tmp_path_factory) -> Iterator[Path]:
 
 def fingerprint_teacher(cfg: config.Config, name: str, offset: int = 0) -> None:
     """A fake trained multiclass teacher whose fold j model outputs the logits 5 * onehot(j + offset) for any image
-    (zero weights, a bias): logits of any other origin than fold k's models show up in fold k."""
+    (zero weights, a bias): logits of any other origin than fold k's models show up in fold k. Its files are written
+    by the run folder's own writers; its fold j model predicts class j + offset, so its accuracy is that class's
+    share of fold j's validation rows."""
     tcfg = dataclasses.replace(cfg, exp=name)
     problem = fold_data.load_problem(cfg)
     n_classes = len(problem.classes)
+    scores = {}
     for j in range(cfg.folds.n_folds):
         model = models.build_model(tcfg, n_classes, pretrained=False)
         with torch.no_grad():
             model.get_classifier().weight.zero_()
             model.get_classifier().bias.copy_(5.0 * torch.eye(n_classes)[j + offset])
-        atomic_torch_save(tcfg.run.fold(j).best, {"model": model.state_dict()})
+        scores[str(j)] = float(np.mean(problem.y[problem.rows(j, valid=True)] == j + offset))
+        tcfg.run.fold(j).write_best(Checkpoint(model.state_dict(), 1, scores[str(j)], "model", problem.classes))
         tcfg.run.fold(j).oof.write_text(f"{cfg.data.id_col},fold\n")  # a finished fold has both
     config.save(tcfg, tcfg.run_dir / "config.yaml")
-    info = {"task": "multiclass", "classes": problem.classes, "positive": None}
-    (tcfg.run_dir / "classes.json").write_text(json.dumps(info))
-    cv = {"exp": name, "task": "multiclass", "folds_hash": problem.folds_hash, "pred_cols": problem.classes}
-    (tcfg.run_dir / "cv.json").write_text(json.dumps(cv))
+    tcfg.run.write_classes(Classes("multiclass", problem.classes, None))
+    correct = sum(np.sum(problem.y[problem.rows(j, valid=True)] == j + offset) for j in range(cfg.folds.n_folds))
+    summary = CVSummary(
+        exp=name,
+        task="multiclass",
+        metric="accuracy",
+        higher_is_better=True,
+        cv=float(correct / len(problem.y)),
+        folds=scores,
+        complete=True,
+        folds_missing=[],
+        partial=False,
+        folds_hash=problem.folds_hash,
+        pred_cols=problem.classes,
+        lr=tcfg.optim.lr if tcfg.optim.lr != "auto" else None,
+        lr_auto=tcfg.optim.lr == "auto",
+    )
+    tcfg.run.write_cv(summary)
 
 
 def weighted_teacher(cfg: config.Config, name: str, members: list[str], weights: list[float]) -> None:
-    """outputs/<name>: a weighted blend of the teachers `members` as the ensemble stage leaves it (weights.json, and
-    the members' cv.json)."""
-    ens = Path(cfg.output_dir) / name
-    ens.mkdir()
-    (ens / "weights.json").write_text(json.dumps({"method": "weighted", "members": members, "weights": weights}))
-    (ens / "cv.json").write_text((Path(cfg.output_dir) / members[0] / "cv.json").read_text())
+    """outputs/<name>: a weighted blend of the teachers `members` as the ensemble stage leaves it (weights.json,
+    classes.json and a cv.json of the members' split and columns), through the run folder's own writers."""
+    ens, first = Run.named(cfg.output_dir, name), Run.named(cfg.output_dir, members[0])
+    ens.path.mkdir()
+    total = sum(weights)
+    ens.write_weights(BlendWeights("weighted", members, [w / total for w in weights]))
+    ens.write_classes(first.read_classes())
+    member_cv = {m: Run.named(cfg.output_dir, m).read_cv().cv for m in members}
+    summary = dataclasses.replace(
+        first.read_cv(),
+        exp=name,
+        lr=None,
+        lr_auto=None,
+        members=members,
+        method="weighted",
+        weights=[w / total for w in weights],
+        member_cv=member_cv,
+    )
+    ens.write_cv(summary)
+
+
+# What the spied-on summary says of a student whose folds were "trained" (no cv.json is written).
+TRAINED = CVSummary(
+    exp="",
+    task="multiclass",
+    metric="accuracy",
+    higher_is_better=True,
+    cv=0.0,
+    folds={},
+    complete=True,
+    folds_missing=[],
+    partial=False,
+    folds_hash="",
+    pred_cols=[],
+)
 
 
 def spy_on_training(monkeypatch) -> dict:
     """Record what each fold's student is given, instead of training it."""
     seen: dict = {}
     monkeypatch.setattr(teachers, "train_one_fold", lambda cfg, fold, data, step, force: seen.setdefault(fold, data))
-    monkeypatch.setattr(teachers, "summarize", lambda cfg, **kw: {"cv": 0.0, "folds_missing": []})
+    monkeypatch.setattr(teachers, "summarize", lambda cfg, **kw: dataclasses.replace(TRAINED, exp=cfg.exp))
     monkeypatch.setattr(teachers, "run_predict", lambda cfg, **kw: ["identity"])
     return seen
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from {{ cookiecutter.package_name }} import cli, config
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.core.runs import load_best
+from {{ cookiecutter.package_name }}.core.runs import read_checkpoint
 from {{ cookiecutter.package_name }}.data.problem import build_fold_data, load_problem
 from {{ cookiecutter.package_name }}.engine import inference
 from {{ cookiecutter.package_name }}.modeling import averaging
@@ -105,12 +105,12 @@ def test_averages_reported_beside_the_best_epoch_and_picked_only_when_asked(tmp_
     assert wa["folds"]["0"]["best"] == pytest.approx(cv["folds"]["0"])
     for k in (0, 1):
         files = cfg.run.fold(k)
-        assert load_best(files.best)["source"] in ("model", "ema") and not files.best_epoch.exists()
+        assert files.read_best().source in ("model", "ema") and not files.best_epoch.exists()
         info = json.loads(files.averaging.read_text())
         assert info["swa"] == {"from_epoch": 3, "n_averaged": 2} and len(info["avg_best_k"]["epochs"]) == 3
         # swa.pt, BatchNorm statistics included, predicts the fold's validation rows as oof_swa.csv says
         model = build_model(cfg, 10, pretrained=False)
-        model.load_state_dict(load_best(files.averaged("swa"))["model"])
+        model.load_state_dict(read_checkpoint(files.averaged("swa")).model)
         data = build_fold_data(cfg, load_problem(cfg), k)
         feed = inference.feeder(cfg, model, torch.device("cpu"), workers=0)
         probs = inference.predict_loader(model, feed(data.valid), cfg.task)
@@ -125,7 +125,7 @@ def test_averages_reported_beside_the_best_epoch_and_picked_only_when_asked(tmp_
     picked = max(scores, key=scores.get)
     assert cv["weight_averaging"]["picked"]["0"] == picked and cv["folds"]["0"] == pytest.approx(scores[picked])
     if picked != "best":
-        assert load_best(files.best)["source"] == picked and files.best_epoch.is_file()
-        assert load_best(files.best_epoch)["source"] in ("model", "ema")
+        assert files.read_best().source == picked and files.best_epoch.is_file()
+        assert read_checkpoint(files.best_epoch).source in ("model", "ema")
     else:
-        assert load_best(files.best)["source"] in ("model", "ema") and not files.best_epoch.exists()
+        assert files.read_best().source in ("model", "ema") and not files.best_epoch.exists()

@@ -170,8 +170,8 @@ def test_distillation_end_to_end(small_project, tmp_path):
     summarize(teacher)  # what `train` runs after the folds (cli)
     cfg = small_config(small_project, "exp003", ["model.backbone=test_efficientnet", "distill.use_test=true"])
     result = distill.run_distill(cfg, ["exp001"], log=lambda s: None)
-    assert result["exp"] == "exp003" and set(result["folds"]) == {"0", "1"}
-    assert read_json(cfg.run_dir / "cv.json")["cv"] == result["cv"]
+    assert result.exp == "exp003" and set(result.folds) == {"0", "1"}
+    assert read_json(cfg.run_dir / "cv.json") == result.to_dict()
     lineage = read_json(cfg.run_dir / "lineage.json")
     assert lineage["teachers"] == ["exp001"] and lineage["backbone"] == "test_efficientnet"
     assert [lineage["folds"][str(k)]["sources"] for k in range(N_FOLDS)] == [[["exp001", k]] for k in range(N_FOLDS)]

@@ -10,6 +10,7 @@ from sklearn.metrics import accuracy_score, mean_squared_error, roc_auc_score
 
 from {{ cookiecutter.package_name }} import cli, ensemble
 from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.core.runs import BlendWeights, Run
 from {{ cookiecutter.package_name }}.data import tables
 from {{ cookiecutter.package_name }}.students import teachers
 
@@ -49,20 +50,20 @@ def test_mean_is_the_arithmetic_mean_aligned_by_id(projects):
     tests = [read_by_id(run / m / "test_pred.csv") for m in MEMBERS]
     np.testing.assert_allclose(read_by_id(run / "ens_mean" / "test_pred.csv").to_numpy(), (sum(tests) / 3).to_numpy())
     y = encode_truth(cfg, tables.read_train(cfg).set_index("id").loc[got.index].reset_index())[0]
-    assert result["cv"] == pytest.approx(accuracy_score(y, got[expected.columns].to_numpy().argmax(1)))
-    assert result["weights"] == pytest.approx([1 / 3] * 3)
+    assert result.cv == pytest.approx(accuracy_score(y, got[expected.columns].to_numpy().argmax(1)))
+    assert result.weights == pytest.approx([1 / 3] * 3)
 
 
 def test_weighted_normalises_the_given_weights(projects):
     cfg = projects["regression"]
     result = ensemble.blend(cfg, MEMBERS, "weighted", "ens_w", weights=[1, 3, 0], log=lambda s: None)
-    assert result["weights"] == pytest.approx([0.25, 0.75, 0.0])
+    assert result.weights == pytest.approx([0.25, 0.75, 0.0])
     run = Path(cfg.output_dir)
     a, b = (read_by_id(run / m / "oof.csv")["label"] for m in ("m0", "m1"))
     got = read_by_id(run / "ens_w" / "oof.csv")["label"]
     np.testing.assert_allclose(got, 0.25 * a + 0.75 * b, atol=1e-9)
     y = tables.read_train(cfg).set_index("id").loc[got.index, "label"]
-    assert result["cv"] == pytest.approx(np.sqrt(mean_squared_error(y, got)))
+    assert result.cv == pytest.approx(np.sqrt(mean_squared_error(y, got)))
     with pytest.raises(UserError, match="one weight per experiment"):
         ensemble.blend(cfg, MEMBERS, "weighted", "ens_w2", weights=[1, 2], log=lambda s: None)
 
@@ -71,13 +72,13 @@ def test_weighted_normalises_the_given_weights(projects):
 def test_hill_climb_never_worse_than_the_best_member(projects, task):
     cfg = projects[task]
     result = ensemble.blend(cfg, MEMBERS, "hill_climb", f"ens_hc_{task}", log=lambda s: None)
-    member = result["member_cv"].values()
-    best = max(member) if result["higher_is_better"] else min(member)
-    assert (result["cv"] >= best - 1e-12) if result["higher_is_better"] else (result["cv"] <= best + 1e-12)
-    counts = np.array(result["weights"]) / min(w for w in result["weights"] if w > 0)
+    member = result.member_cv.values()
+    best = max(member) if result.higher_is_better else min(member)
+    assert (result.cv >= best - 1e-12) if result.higher_is_better else (result.cv <= best + 1e-12)
+    counts = np.array(result.weights) / min(w for w in result.weights if w > 0)
     np.testing.assert_allclose(counts, np.round(counts), atol=1e-9)  # selection counts / total
-    assert set(result["folds_nested"]) == {str(k) for k in range(N_FOLDS)}
-    assert result["cv_nested"] == pytest.approx(np.mean(list(result["folds_nested"].values())))
+    assert set(result.folds_nested) == {str(k) for k in range(N_FOLDS)}
+    assert result.cv_nested == pytest.approx(np.mean(list(result.folds_nested.values())))
 
 
 def test_optimize_finds_inverse_variance_weights(projects):
@@ -85,16 +86,16 @@ def test_optimize_finds_inverse_variance_weights(projects):
     cfg = projects["regression"]
     result = ensemble.blend(cfg, MEMBERS, "optimize", "ens_opt", log=lambda s: None)
     ideal = np.array([4.0, 1.0, 0.25]) / 5.25
-    np.testing.assert_allclose(result["weights"], ideal, atol=0.06)
-    assert result["cv"] <= min(result["member_cv"].values())
-    assert np.isfinite(result["cv_nested"]) and result["cv_nested"] >= result["cv"] - 0.05
+    np.testing.assert_allclose(result.weights, ideal, atol=0.06)
+    assert result.cv <= min(result.member_cv.values())
+    assert np.isfinite(result.cv_nested) and result.cv_nested >= result.cv - 0.05
 
 
 def test_optimize_label_metric_uses_the_surrogate(projects):
     cfg = projects["multiclass"]
     result = ensemble.blend(cfg, MEMBERS, "optimize", "ens_opt_mc", log=lambda s: None)
-    assert sum(result["weights"]) == pytest.approx(1.0)
-    assert result["weights"][0] > result["weights"][2]  # the least noisy member weighs most
+    assert sum(result.weights) == pytest.approx(1.0)
+    assert result.weights[0] > result.weights[2]  # the least noisy member weighs most
 
 
 @pytest.mark.parametrize("method", ensemble.list_blend_methods())
@@ -112,7 +113,7 @@ def test_every_method_writes_a_complete_blendable_experiment(projects, method):
         "decisions.json",
     }
     cv = json.loads((out / "cv.json").read_text())
-    assert cv == result and cv["members"] == MEMBERS and cv["method"] == method
+    assert cv == result.to_dict() and cv["members"] == MEMBERS and cv["method"] == method
     info = json.loads((out / "weights.json").read_text())
     if method in ("stacking", "vote"):  # no weighted mean: weights.json holds what it is instead
         assert cv["weights"] is None and info["model"]["kind"] == method
@@ -120,7 +121,8 @@ def test_every_method_writes_a_complete_blendable_experiment(projects, method):
         assert len(cv["weights"]) == 3 and sum(cv["weights"]) == pytest.approx(1.0) and "model" not in info
     # weights.json alone reproduces the test blend from the members' test predictions (the offline notebook's way)
     tests = np.stack([read_by_id(out.parent / m / "test_pred.csv").to_numpy() for m in MEMBERS])
-    np.testing.assert_allclose(ensemble.apply_saved(info, tests)[:, 0], read_by_id(out / "test_pred.csv")["label"])
+    blended = ensemble.apply_saved(BlendWeights.from_dict(info), tests)
+    np.testing.assert_allclose(blended[:, 0], read_by_id(out / "test_pred.csv")["label"])
     assert cv["pred_cols"] == ["label"] and cv["metric"] == "roc_auc"
     member_classes = json.loads((out.parent / "m0" / "classes.json").read_text())
     assert json.loads((out / "classes.json").read_text()) == member_classes
@@ -131,7 +133,7 @@ def test_every_method_writes_a_complete_blendable_experiment(projects, method):
     test_ids = pd.read_csv(Path(cfg.data.dir) / "test.csv", dtype=str)["id"]
     assert pd.read_csv(out / "test_pred.csv", dtype={"id": str})["id"].tolist() == test_ids.tolist()
     again = ensemble.blend(cfg, [f"ens_{method}", "m0"], "mean", f"ens2_{method}", log=lambda s: None)
-    assert np.isfinite(again["cv"])
+    assert np.isfinite(again.cv)
 
 
 def test_rank_refused_for_accuracy(projects):
@@ -187,14 +189,14 @@ def test_stacking_oof_score_is_honest_on_a_planted_leak(projects):
     for i, name in enumerate(leaks):
         noise_member(cfg, name, seed=100 + i)
     result = ensemble.blend(cfg, ["m0", *leaks], "stacking", "ens_leak", log=lambda s: None)
-    real = result["member_cv"]["m0"]
-    assert result["cv_in_sample"] > real + 0.02  # the in-sample fit claims a gain from pure noise...
-    assert result["cv"] < result["cv_in_sample"] - 0.02  # ...the fold-wise OOF score does not
-    assert result["cv"] <= real + 0.005
+    real = result.member_cv["m0"]
+    assert result.cv_in_sample > real + 0.02  # the in-sample fit claims a gain from pure noise...
+    assert result.cv < result.cv_in_sample - 0.02  # ...the fold-wise OOF score does not
+    assert result.cv <= real + 0.005
     oof = read_by_id(Path(cfg.output_dir) / "ens_leak" / "oof.csv")
     y = encode_truth(cfg, tables.read_train(cfg).set_index("id").loc[oof.index].reset_index())[0]
     cols = [c for c in oof.columns if c != "fold"]
-    assert result["cv"] == pytest.approx(accuracy_score(y, oof[cols].to_numpy().argmax(1)))  # cv is that of oof.csv
+    assert result.cv == pytest.approx(accuracy_score(y, oof[cols].to_numpy().argmax(1)))  # cv is that of oof.csv
     np.testing.assert_allclose(oof[cols].sum(1), 1.0, atol=1e-9)
 
 
@@ -238,8 +240,8 @@ def test_stacking_learns_what_a_weighted_mean_cannot(projects):
         (out / file).write_text((src / file).read_text())
     stacked = ensemble.blend(cfg, ["m1_biased", "m2"], "stacking", "ens_stack_reg", log=lambda s: None)
     mean = ensemble.blend(cfg, ["m1_biased", "m2"], "optimize", "ens_opt_reg", log=lambda s: None)
-    assert stacked["cv"] < min(stacked["member_cv"].values()) - 0.5
-    assert stacked["cv"] < mean["cv_nested"] - 0.3
+    assert stacked.cv < min(stacked.member_cv.values()) - 0.5
+    assert stacked.cv < mean.cv_nested - 0.3
 
 
 def test_vote_is_the_majority_with_ties_broken_by_the_soft_vote():
@@ -270,7 +272,7 @@ def test_vote_on_real_members_matches_an_independent_majority(projects):
         cli.main(["ensemble", "-c", str(config_file), "--exps", *MEMBERS, "--method", "vote", "--name", "ens_vote"])
         == 0
     )
-    result = json.loads((run / "ens_vote" / "cv.json").read_text())
+    result = Run(run / "ens_vote").read_cv()
     parts = [read_by_id(run / m / "oof.csv").drop(columns="fold") for m in MEMBERS]
     probs = np.stack([p.to_numpy() for p in parts])
     labels_ = probs.argmax(2)
@@ -280,7 +282,7 @@ def test_vote_on_real_members_matches_an_independent_majority(projects):
         tied = np.flatnonzero(counts == counts.max())
         majority.append(tied[probs[:, i, tied].mean(0).argmax()])
     y = encode_truth(cfg, tables.read_train(cfg).set_index("id").loc[parts[0].index].reset_index())[0]
-    assert result["cv"] == pytest.approx(accuracy_score(y, majority))
+    assert result.cv == pytest.approx(accuracy_score(y, majority))
     with pytest.raises(UserError, match="method=vote takes task"):
         ensemble.blend(projects["regression"], MEMBERS, "vote", "ens_vote_reg", log=lambda s: None)
 

@@ -2,6 +2,7 @@
 from the exported ONNX models (`predict.runtime=onnx`), and `predict --estimate N`, through the CLI on a small demo
 competition with a tiny model trained for it (e2e); global pruning and the config checks on their own."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ import torch
 
 from {{ cookiecutter.package_name }} import cli, config, export, predict
 from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.core.runs import ExportManifest, checksum
 from {{ cookiecutter.package_name }}.core.tasks import num_outputs
 from {{ cookiecutter.package_name }}.data.problem import build_fold_data, load_problem
 from {{ cookiecutter.package_name }}.engine import inference
@@ -68,7 +70,9 @@ def test_export_writes_every_variant_checked_scored_sized_and_timed(exported):
             path = run.path / row["file"]
             assert path == (run.fold(int(k)).best if name == "torch" else run.path / f"export/fold{k}" / FILES[name])
             assert row["size_mb"] == pytest.approx(path.stat().st_size / 2**20)
+            assert row["sha256"] == checksum(path)  # the file export wrote, which predict.runtime=onnx checks
             assert row["zipped_mb"] > 0 and row["images_per_s"] > 0 and 0 <= row["score"] <= 1
+        assert entry["checkpoint"] == entry["variants"]["torch"]["sha256"] == checksum(run.fold(int(k)).best)
         files = run.export_fold(int(k))
         assert entry["variants"]["onnx"]["max_abs_diff"] <= 1e-4 and entry["variants"]["onnx"]["parity_ok"]
         assert entry["variants"]["torchscript"]["max_abs_diff"] <= 1e-4
@@ -83,7 +87,7 @@ def test_export_writes_every_variant_checked_scored_sized_and_timed(exported):
         shares = [float((m.weight == 0).float().mean()) for m, _ in deploy.prunable(model)]
         assert deploy.sparsity_of(model) == pytest.approx(0.5, abs=1e-3) == entry["variants"]["pruned"]["sparsity"]
         assert max(shares) - min(shares) > 0.05
-    table = export.format_table(written)
+    table = export.format_table(ExportManifest.from_dict(written))
     for name in VARIANTS:
         assert f"\n  {name}" in table
     assert "pruned (50%)" in table
@@ -135,11 +139,18 @@ def test_predict_runtime_onnx_refuses_what_export_does_not_vouch_for(exported, c
     root, _, _ = exported
     ran = lambda name, *extra: cli.main(["predict", "-c", str(config_path(root, name)), "predict.runtime=onnx", *extra])  # noqa: E731
     stale = copy_experiment(root, "stale")
-    best = stale.run.fold(1).best
-    state = torch.load(best, weights_only=True)
-    torch.save({**state, "epoch": state["epoch"] + 1}, best)  # retrained since the export
+    ckpt = stale.run.fold(1).read_best()
+    stale.run.fold(1).write_best(dataclasses.replace(ckpt, epoch=ckpt.epoch + 1))  # retrained since the export
     assert ran("stale") == 2
     assert "exported from another best.pt than fold 1 has now" in capsys.readouterr().err
+    # A model file replaced after the export (here fold 1's model.onnx copied over fold 0's: a valid ONNX model,
+    # of another fold) is refused by its sha256, in one line naming it.
+    swapped = copy_experiment(root, "swapped")
+    shutil.copyfile(swapped.run.export_fold(1).onnx, swapped.run.export_fold(0).onnx)
+    assert ran("swapped") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(swapped.run.export_fold(0).onnx) in err and "sha256" in err and "make export EXP=swapped" in err
     failed = copy_experiment(root, "failed")
     info = json.loads(failed.run.export_json.read_text())
     info["folds"]["0"]["variants"]["onnx"]["parity_ok"] = False

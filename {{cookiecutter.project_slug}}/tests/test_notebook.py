@@ -17,7 +17,7 @@ import pytest
 
 from {{ cookiecutter.package_name }} import cli, config, ensemble, predict, submission
 from {{ cookiecutter.package_name }}.core import errors
-from {{ cookiecutter.package_name }}.core.runs import Decisions, Run
+from {{ cookiecutter.package_name }}.core.runs import BlendWeights, Classes, Decisions, Run
 from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
 from {{ cookiecutter.package_name }}.kaggle import offline
 from {{ cookiecutter.package_name }}.kaggle import submissions as kaggle_submissions
@@ -225,9 +225,9 @@ def make_dataset(root: Path, runs: dict[str, list[str]]) -> Path:
     """A packaged dataset's run folders only: name -> ensemble members ([] for an experiment)."""
     for name, members in runs.items():
         (root / name).mkdir(parents=True)
-        (root / name / "classes.json").write_text('{"classes": ["0", "1"]}')
+        Run(root / name).write_classes(Classes("binary", ["0", "1"]))
         if members:
-            (root / name / "weights.json").write_text(json.dumps({"members": members, "weights": [1.0]}))
+            Run(root / name).write_weights(BlendWeights("mean", members, [1.0 / len(members)] * len(members)))
         else:
             (root / name / "config.yaml").write_text(f"exp: {name}\ncompetition: {COMPETITION}\n")
     return root

@@ -1,8 +1,11 @@
 """The run folder on the paths users take past the demo, through the CLI as typed: a fold counts only once finished
 (a killed fold is never averaged in), a resume continues only the training it was, one live process per fold,
-Ctrl-C leaves a resumable state, a checkpoint cannot run code, and files get the user's normal permissions."""
+Ctrl-C leaves a resumable state, a checkpoint cannot run code, and files get the user's normal permissions; and each
+artefact has one typed record in core/runs.py, its only writer and reader (read from the package's source)."""
 
+import ast
 import builtins
+import dataclasses
 import json
 import os
 import signal
@@ -17,7 +20,10 @@ import pytest
 import torch
 
 from {{ cookiecutter.package_name }} import cli
+from {{ cookiecutter.package_name }}.core import runs
+from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.core.runs import FoldLock, atomic_torch_save
+from {{ cookiecutter.package_name }}.core.tasks import TargetScale
 
 from conftest import TINY, fake_experiment, fingerprint_teacher, make_project, small_config, write_config
 
@@ -245,3 +251,294 @@ def test_artefacts_get_the_users_normal_permissions(tmp_path, capsys, umask, mod
     assert code == 0 and submission.is_file()
     for path in (submission, torch_file):
         assert stat.S_IMODE(path.stat().st_mode) == mode, (path, oct(path.stat().st_mode))
+
+
+# --- one typed record per artefact: one writer, one reader --------------------------------------------------------
+
+PACKAGE = Path(cli.__file__).parent
+RUNS = PACKAGE / "core" / "runs.py"
+# Each artefact's file-name constant (spelled only in core/runs.py), and the Run / FoldFiles property of its path.
+ARTEFACTS = {
+    "CV": "cv",
+    "CLASSES": "classes",
+    "WEIGHTS": "weights",
+    "EXPORT_JSON": "export_json",
+    "LINEAGE": "lineage",
+    "TTA_AUTO": "tta_auto",
+    "BEST": "best",
+}
+FILE_NAMES = {getattr(runs, name) for name in ARTEFACTS}
+# Calls that parse or write a file's content by hand (read_text / write_text ... on the path object itself).
+BY_HAND = {
+    "loads",
+    "load",
+    "read_json",
+    "load_checkpoint",
+    "read_text",
+    "read_bytes",
+    "open",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "atomic_write_text",
+    "atomic_write",
+    "save",
+    "dump",
+    "write_text",
+    "write_bytes",
+}
+METHODS = {"read_text", "read_bytes", "write_text", "write_bytes", "open"}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the docstring nodes (their text may name the files)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def hand_made(source: str, where: str) -> list[str]:
+    """Where `source` spells an artefact's file name or reads / writes one of those files by hand, instead of through
+    its record's writer and reader in core/runs.py."""
+    tree, bad = ast.parse(source), []
+    docs = _docstrings(tree)
+    for node in ast.walk(tree):
+        line = f"{where}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("runs"):
+            bad += [f"{line} imports runs.{a.name}" for a in node.names if a.name in ARTEFACTS]
+        elif isinstance(node, ast.Attribute) and node.attr in ARTEFACTS and getattr(node.value, "id", "") == "runs":
+            bad.append(f"{line} uses runs.{node.attr}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            text = node.value.strip()
+            if any(text == name or text.endswith("/" + name) for name in FILE_NAMES):
+                bad.append(f"{line} spells {text!r}")
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name not in BY_HAND:
+                continue
+            where_path = node.args[1:2] if name in ("save", "dump") else node.args[:1]  # torch.save(obj, path)
+            paths = [*where_path, *([func.value] if isinstance(func, ast.Attribute) and name in METHODS else [])]
+            for part in (n for p in paths for n in ast.walk(p)):
+                if isinstance(part, ast.Attribute) and part.attr in ARTEFACTS.values():
+                    bad.append(f"{line} {name}() on .{part.attr} by hand: {ast.unparse(node)[:80]}")
+    return bad
+
+
+def test_each_artefact_is_written_and_read_only_through_its_record_in_core_runs():
+    """The package's source, read: outside core/runs.py no module spells cv.json, classes.json, weights.json,
+    export.json, lineage.json, tta_auto.json or best.pt, nor uses their constants, nor json.loads / torch.load /
+    atomic_write_json ... on those paths: each artefact has one writer and one reader, its record's."""
+    files = [p for p in sorted(PACKAGE.rglob("*.py")) if p != RUNS and "__pycache__" not in p.parts]
+    assert len(files) > 40  # the whole package, not an empty glob
+    bad = [b for p in files for b in hand_made(p.read_text(), str(p.relative_to(PACKAGE)))]
+    assert bad == []
+    # The same reading catches each way of doing it by hand.
+    planted = """
+from ..core.runs import CV, atomic_write_json
+def f(run, out, cfg, state, torch, json, runs):
+    atomic_write_json(run.cv, {})
+    info = json.loads(run.classes.read_text())
+    torch.save(state, out.fold(0).best)
+    torch.load(cfg.run.fold(1).best)
+    run.export_json.write_text("{}")
+    return read_json(run.lineage), run.path / "tta_auto.json", runs.WEIGHTS, run.tta_auto.open()
+"""
+    found = hand_made(planted, "planted")
+    assert len(found) == 11, found
+    for text in (
+        "runs.CV",
+        "atomic_write_json() on .cv",
+        "loads() on .classes",
+        "read_text() on .classes",
+        "save() on .best",
+        "load() on .best",
+        "write_text() on .export_json",
+        "read_json() on .lineage",
+        "'tta_auto.json'",
+        "runs.WEIGHTS",
+        "open() on .tta_auto",
+    ):
+        assert any(text in f for f in found), (text, found)
+
+
+def _records() -> dict:
+    """One of each record with every field set (None-able ones too), as JSON-shaped as the files hold them."""
+    cv = runs.CVSummary(
+        exp="exp",
+        task="multiclass",
+        metric="accuracy",
+        higher_is_better=True,
+        cv=0.5,
+        folds={"0": 0.4, "1": 0.6},
+        complete=False,
+        folds_missing=[2],
+        partial=True,
+        folds_hash="abc",
+        pred_cols=["a", "b"],
+        lr=0.01,
+        lr_auto=True,
+        cv_tta=0.55,
+        tta_views=["identity", "hflip"],
+        tta_auto={"views": ["identity"]},
+        weight_averaging={"best": 0.5, "folds": {}, "picked": {}},
+        ordinal={"levels": [0, 1], "cuts": [0.5]},
+        cv_ordinal=0.5,
+    )
+    ensemble = dataclasses.replace(
+        cv,
+        lr=None,
+        lr_auto=None,
+        members=["m0", "m1"],
+        method="optimize",
+        weights=[0.25, 0.75],
+        member_cv={"m0": 0.4, "m1": 0.5},
+        cv_in_sample=0.7,
+        folds_nested={"0": 0.5},
+        cv_nested=0.5,
+    )
+    variant = runs.ExportedVariant(
+        file="export/fold0/model.onnx",
+        sha256="f" * 64,
+        score=0.5,
+        max_abs_diff=1e-6,
+        size_mb=1.0,
+        zipped_mb=0.9,
+        images_per_s=100.0,
+        parity_ok=True,
+        tolerance=1e-4,
+        sparsity=0.5,
+    )
+    export = runs.ExportManifest(
+        exp="exp",
+        metric="accuracy",
+        higher_is_better=True,
+        threads=1,
+        settings={"opset": 17},
+        overall={"onnx": 0.5},
+        folds={"0": runs.ExportedFold("e" * 64, {"onnx": variant})},
+    )
+    lineage = runs.Lineage(
+        kind="pseudo",
+        exp="s",
+        teachers=["t"],
+        teacher_weights={"t": 1.0},
+        settings={"soft": True},
+        backbone="test_resnet",
+        folds_hash="abc",
+        round=2,
+        folds={"0": {"sources": [["t", 0]]}},
+    )
+    choice = runs.TTAChoice(
+        candidates=["identity", "hflip"],
+        merge="mean",
+        metric="accuracy",
+        views=["identity"],
+        identity=0.5,
+        chosen=0.5,
+        steps=[{"view": "identity", "score": 0.5}],
+        checkpoints={"0": "d" * 64},
+    )
+    return {
+        "classes": runs.Classes("binary", ["neg", "pos"], "pos"),
+        "cv": cv,
+        "ensemble cv": ensemble,
+        "weights": runs.BlendWeights("stacking", ["m0", "m1"], None, True, {"kind": "stacking", "heads": []}),
+        "export": export,
+        "lineage": lineage,
+        "tta choice": choice,
+    }
+
+
+@pytest.mark.parametrize("kind", list(_records()))
+def test_each_record_round_trips_through_its_file(tmp_path, kind):
+    record = _records()[kind]
+    assert type(record).from_dict(json.loads(json.dumps(record.to_dict()))) == record
+    run = runs.Run(tmp_path / "exp")
+    write, read = {
+        runs.Classes: (run.write_classes, run.read_classes),
+        runs.CVSummary: (run.write_cv, run.read_cv),
+        runs.BlendWeights: (run.write_weights, run.read_weights),
+        runs.ExportManifest: (run.write_export, run.read_export),
+        runs.Lineage: (run.write_lineage, run.read_lineage),
+        runs.TTAChoice: (run.write_tta_choice, run.read_tta_choice),
+    }[type(record)]
+    path = write(record)
+    assert path.parent.is_relative_to(run.path) and read() == record
+    assert not list(path.parent.glob(f"*{runs.TMP_SUFFIX}"))  # written through a temporary file, replaced
+
+
+def test_files_keep_the_keys_the_stages_always_wrote():
+    """cv.json: an experiment's always holds lr and lr_auto (lr may be null), an ensemble's members, method, weights
+    (null for stacking) and member_cv; the optional keys only when set. weights.json keeps `weights` even when null."""
+    common = [
+        "exp",
+        "task",
+        "metric",
+        "higher_is_better",
+        "cv",
+        "folds",
+        "complete",
+        "folds_missing",
+        "partial",
+        "folds_hash",
+        "pred_cols",
+    ]
+    bare = runs.CVSummary(*["x"] * 4, 0.5, {}, True, [], False, "h", ["a"])
+    assert list(bare.to_dict()) == [*common, "lr", "lr_auto"]
+    ensemble = dataclasses.replace(bare, members=["m"], method="vote", member_cv={"m": 0.5})
+    assert list(ensemble.to_dict()) == [*common, "members", "method", "weights", "member_cv"]
+    assert ensemble.to_dict()["weights"] is None
+    assert runs.BlendWeights("vote", ["m"]).to_dict() == {
+        "method": "vote",
+        "members": ["m"],
+        "weights": None,
+        "rank": False,
+    }
+    assert "round" not in runs.Lineage("distill", "s", ["t"], {"t": 1.0}, {}, "b", "h").to_dict()
+    assert list(runs.Classes("multiclass", ["a"]).to_dict()) == ["task", "classes", "positive"]
+
+
+def test_a_checkpoint_round_trips_and_loads_without_pickled_code(tmp_path):
+    files = runs.FoldFiles(tmp_path / "fold0")
+    ckpt = runs.Checkpoint({"w": torch.arange(3.0)}, 4, 0.75, "ema", ["a", "b"], TargetScale(2.0, 3.0))
+    files.write_best(ckpt)
+    back = files.read_best()
+    torch.testing.assert_close(back.model["w"], ckpt.model["w"])
+    assert (back.epoch, back.score, back.source, back.classes, back.target_scale) == (
+        4,
+        0.75,
+        "ema",
+        ["a", "b"],
+        TargetScale(2.0, 3.0),
+    )
+    raw = torch.load(files.best, weights_only=True)  # plain tensors, numbers, strings: the safe load takes it
+    assert set(raw) == {"model", "epoch", "score", "source", "classes", "target_scale"}
+    averaged = runs.Checkpoint({"w": torch.zeros(1)}, source="swa")  # the averages: no epoch, score, scale
+    runs.write_checkpoint(files.averaged("swa"), averaged)
+    assert set(torch.load(files.averaged("swa"), weights_only=True)) == {"model", "source"}
+    assert runs.read_checkpoint(files.averaged("swa")).scale == TargetScale()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"task": "binary"}', "missing key(s) ['classes']"),
+        ('{"task": "binary", "classes": [], "positive": null, "colour": 1}', "unknown key(s) ['colour']"),
+    ],
+)
+def test_a_foreign_artefact_stops_with_one_line_naming_it(tmp_path, content, message):
+    run = runs.Run(tmp_path / "exp")
+    run.path.mkdir()
+    run.classes.write_text(content)
+    with pytest.raises(UserError) as e:
+        run.read_classes()
+    assert str(run.classes) in str(e.value) and message in str(e.value) and "\n" not in str(e.value)
+    files = run.fold(0)
+    runs.atomic_torch_save(files.best, {"weights": torch.zeros(1)})  # a checkpoint of something else
+    with pytest.raises(UserError, match=r"best\.pt: not a checkpoint as this version writes it"):
+        files.read_best()

@@ -1,5 +1,6 @@
 """TTA views: exact inverses, distinct pixel permutations of D4, independent formulas, and merging."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -225,7 +226,7 @@ def test_tta_views_auto_never_lowers_the_oof_score_on_the_demo(tmp_path, new_pro
     # merging every candidate would have lowered the score: the choice mattered
     every = views.with_views(cfg, auto["candidates"])
     predict.predict_oof_tta(every)
-    assert cvm.summarize(every)["cv_tta"] < auto["identity"]
+    assert cvm.summarize(every).cv_tta < auto["identity"]
     explicit = predict.predict_test(views.with_views(cfg, auto["views"]))
     np.testing.assert_allclose(explicit.iloc[:, 1:].to_numpy(), auto_test.iloc[:, 1:].to_numpy(), atol=1e-6)
     # a second predict reuses the choice (same checkpoints, same candidates) and the OOF score it was chosen with
@@ -238,9 +239,7 @@ def test_tta_views_auto_never_lowers_the_oof_score_on_the_demo(tmp_path, new_pro
     again = json.loads(cfg.run.cv.read_text())
     assert again["tta_auto"] == auto and again.get("cv_tta", again["cv"]) == pytest.approx(auto["chosen"], abs=1e-12)
     # whatever was chosen is what the test set is predicted with: here a choice of two views, as if made on OOF
-    cfg.run.tta_auto.write_text(
-        json.dumps({**json.loads(cfg.run.tta_auto.read_text()), "views": ["identity", "vflip"]})
-    )
+    cfg.run.write_tta_choice(dataclasses.replace(cfg.run.read_tta_choice(), views=["identity", "vflip"]))
     assert cli.main(["predict", "-c", str(path), "tta.views=auto"]) == 0
     source = json.loads((cfg.run_dir / "test_pred.csv.source.json").read_text())
     assert all(f["views"] == ["identity", "vflip"] for f in source["folds"].values())

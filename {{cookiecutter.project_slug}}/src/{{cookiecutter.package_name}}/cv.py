@@ -14,14 +14,7 @@ import pandas as pd
 
 from .config import Config, metric_name
 from .core.errors import UserError
-from .core.runs import (
-    atomic_savefig,
-    atomic_write_csv,
-    atomic_write_json,
-    read_derived,
-    read_json,
-    read_source,
-)
+from .core.runs import CVSummary, atomic_savefig, atomic_write_csv, read_derived, read_json, read_source
 from .core.tracking import Tracker
 from .data.problem import Problem, load_problem
 from .engine.codec import record_decisions
@@ -88,12 +81,15 @@ def _save(fig: plt.Figure, path: Path) -> Path:
         plt.close(fig)
 
 
-def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], None] = print) -> dict:
+def summarize(
+    cfg: Config, allow_partial: bool = False, log: Callable[[str], None] = print, problem: Problem | None = None
+) -> CVSummary:
     """The finished folds' OOF rows -> oof.csv, cv.json, the table and the figures. `complete` in cv.json means
     every fold of folds.csv is finished; `folds_missing` lists those that are not; `partial` records that the
-    experiment was used anyway (`allow_partial`: predict --allow-partial averaged the finished folds only)."""
+    experiment was used anyway (`allow_partial`: predict --allow-partial averaged the finished folds only).
+    `problem`: the command's data.problem.load_problem(cfg), read here when not given."""
     run = cfg.run
-    problem = load_problem(cfg)  # checks folds.csv, and that it holds folds.n_folds folds
+    problem = problem or load_problem(cfg)  # checks folds.csv, and that it holds folds.n_folds folds
     missing = run.missing_folds(cfg.folds.n_folds)
     folds = [k for k in range(cfg.folds.n_folds) if k not in missing]
     if not folds:
@@ -102,23 +98,23 @@ def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], Non
         log(f"{cfg.exp}: fold(s) {missing} of {cfg.folds.n_folds} not finished; the CV covers fold(s) {folds} only")
     frames = [pd.read_csv(run.fold(k).oof, dtype={cfg.data.id_col: str}) for k in folds]
     oof = pd.concat(frames, ignore_index=True)
-    per_fold, cv, y_true, pred = score_oof(cfg, oof, problem)
+    per_fold, cv, y_true, pred = score_oof(cfg, problem, oof)
     name = metric_name(cfg)
-    result = {
-        "exp": cfg.exp,
-        "task": cfg.task,
-        "metric": name,
-        "higher_is_better": metrics.get_metric(name).higher_is_better,
-        "cv": cv,
-        "folds": per_fold,
-        "complete": not missing,
-        "folds_missing": missing,
-        "partial": bool(missing) and allow_partial,
-        "folds_hash": problem.folds_hash,
-        "pred_cols": problem.classes,
-        "lr": recorded_lr(cfg),  # optim.lr, resolved when it is auto
-        "lr_auto": cfg.optim.lr == "auto",
-    }
+    result = CVSummary(
+        exp=cfg.exp,
+        task=cfg.task,
+        metric=name,
+        higher_is_better=metrics.get_metric(name).higher_is_better,
+        cv=cv,
+        folds=per_fold,
+        complete=not missing,
+        folds_missing=missing,
+        partial=bool(missing) and allow_partial,
+        folds_hash=problem.folds_hash,
+        pred_cols=problem.classes,
+        lr=recorded_lr(cfg),  # optim.lr, resolved when it is auto
+        lr_auto=cfg.optim.lr == "auto",
+    )
     # The OOF rows predicted as test_pred.csv was (views, merge, runtime, from these very checkpoints), if predict
     # made it; else, before predict, the configured (or, tta.views: auto, the chosen) views.
     way = current_prediction(cfg, folds)
@@ -127,32 +123,30 @@ def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], Non
     if way is not None:
         views, source = way["views"], read_source(run.test_pred)
     else:
-        views = choice["views"] if choice else (None if auto else list(cfg.tta.views))
+        views = choice.views if choice else (None if auto else list(cfg.tta.views))
         source = None if views is None else folds_source(with_views(cfg, views), folds)
     as_predicted = None if source is None else read_derived(run.oof_tta, source, cfg.data.id_col)
     if as_predicted is not None:
-        result["cv_tta"] = score_oof(cfg, as_predicted, problem)[1]
-        result["tta_views"] = views
-        result["runtime"] = way["runtime"] if way else runtime_name(cfg)
+        result.cv_tta = score_oof(cfg, problem, as_predicted)[1]
+        result.tta_views = views
+        result.runtime = way["runtime"] if way else runtime_name(cfg)
     if choice:
-        result["tta_auto"] = {k: choice[k] for k in ("candidates", "views", "identity", "chosen", "steps")}
-    averaging = weight_averaging(cfg, folds, problem)
-    if averaging:
-        result["weight_averaging"] = averaging
+        result.tta_auto = choice.summary()
+    result.weight_averaging = weight_averaging(cfg, problem, folds)
     # The decisions a submission applies, tuned on the OOF predicted as the test set is (the plain OOF when that is
     # one view in torch), and the CV of exactly what the submission holds.
     plain = way is None or (way["views"] == ["identity"] and way["runtime"] == "torch")
     tuned = (oof, run.oof.name) if as_predicted is None or plain else (as_predicted, run.oof_tta.name)
     if way is not None and not plain and as_predicted is None:
         log(f"{cfg.exp}: no OOF predicted as test_pred.csv (predict --no-oof-tta): decisions tuned on {run.oof.name}")
-    _, _, y_sub, pred_sub = score_oof(cfg, tuned[0], problem)
+    _, _, y_sub, pred_sub = score_oof(cfg, problem, tuned[0])
     d = record_decisions(cfg, run, problem.classes, y_sub, pred_sub, problem.y, tuned[1], way, folds)
     if d is not None:
-        result["cv_submission"] = d.cv
+        result.cv_submission = d.cv
         if d.ordinal is not None:
-            result["ordinal"], result["cv_ordinal"] = d.ordinal, d.cv
+            result.ordinal, result.cv_ordinal = d.ordinal, d.cv
     atomic_write_csv(run.oof, oof)
-    atomic_write_json(run.cv, result)
+    run.write_cv(result)
     print(format_table(result))
     _figures(cfg, result, y_true, pred, problem.classes)
     return result
@@ -169,15 +163,15 @@ def current_prediction(cfg: Config, folds: list[int]) -> dict | None:
     return way if now == source else None
 
 
-def warn_if_tta_hurts(result: dict, views: list[str]) -> None:
+def warn_if_tta_hurts(result: CVSummary, views: list[str]) -> None:
     """TTA is chosen on OOF, never on test: say so when the views predicted with score worse there than one view."""
-    sign = 1 if result["higher_is_better"] else -1
-    if "cv_tta" in result and sign * result["cv_tta"] < sign * result["cv"]:
-        print(f"warning: TTA {views} scores worse on OOF ({result['cv_tta']:.5f}) than one view "
-              f"({result['cv']:.5f}); try other tta.views, or tta.views=[identity]")  # fmt: skip
+    sign = 1 if result.higher_is_better else -1
+    if result.cv_tta is not None and sign * result.cv_tta < sign * result.cv:
+        print(f"warning: TTA {views} scores worse on OOF ({result.cv_tta:.5f}) than one view "
+              f"({result.cv:.5f}); try other tta.views, or tta.views=[identity]")  # fmt: skip
 
 
-def weight_averaging(cfg: Config, folds: list[int], problem: Problem) -> dict | None:
+def weight_averaging(cfg: Config, problem: Problem, folds: list[int]) -> dict | None:
     """train.swa / train.avg_best_k: the OOF score of the best epoch's weights ("best") and of each average, over
     every finished fold (a variant some fold lacks, e.g. SWA cut short by early stopping, gets per-fold scores
     only), each fold's scores, and which one each fold's best.pt holds."""
@@ -189,53 +183,51 @@ def weight_averaging(cfg: Config, folds: list[int], problem: Problem) -> dict | 
     for name in dict.fromkeys(n for info in infos.values() for n in info["scores"]):
         paths = [run.fold(k).variant_oof(name) for k in folds]
         if all(p.is_file() for p in paths):
-            frames = [pd.read_csv(p, dtype={cfg.data.id_col: str}) for p in paths]
-            out[name] = score_oof(cfg, pd.concat(frames), problem)[1]
+            frames = pd.concat([pd.read_csv(p, dtype={cfg.data.id_col: str}) for p in paths])
+            out[name] = score_oof(cfg, problem, frames)[1]
     out["folds"] = {str(k): info["scores"] for k, info in infos.items()}
     out["picked"] = {str(k): info["picked"] for k, info in infos.items()}
     return out
 
 
-def format_table(result: dict) -> str:
-    lines = [f"{result['exp']}: {result['metric']} per fold"]
-    lines += [f"  fold {k:>2}  {v:.5f}" for k, v in result["folds"].items()]
-    lines.append(f"  OOF CV   {result['cv']:.5f}" + ("" if result["complete"] else "  (not every fold trained)"))
-    if "cv_tta" in result:
-        runtime = result.get("runtime", "torch")
-        lines.append(f"  OOF CV as predicted (TTA {result['tta_views']}, {runtime}): {result['cv_tta']:.5f}")
-    if "weight_averaging" in result:
-        shown = " | ".join(
-            f"{k} {v:.5f}" for k, v in result["weight_averaging"].items() if k not in ("folds", "picked")
+def format_table(result: CVSummary) -> str:
+    lines = [f"{result.exp}: {result.metric} per fold"]
+    lines += [f"  fold {k:>2}  {v:.5f}" for k, v in result.folds.items()]
+    lines.append(f"  OOF CV   {result.cv:.5f}" + ("" if result.complete else "  (not every fold trained)"))
+    if result.cv_tta is not None:
+        lines.append(
+            f"  OOF CV as predicted (TTA {result.tta_views}, {result.runtime or 'torch'}): {result.cv_tta:.5f}"
         )
-        picked = sorted(set(result["weight_averaging"]["picked"].values()))
+    if result.weight_averaging is not None:
+        averaging = result.weight_averaging
+        shown = " | ".join(f"{k} {v:.5f}" for k, v in averaging.items() if k not in ("folds", "picked"))
+        picked = sorted(set(averaging["picked"].values()))
         lines.append(f"  weight averaging, OOF: {shown} (best.pt holds: {', '.join(picked)})")
-    if "tta_auto" in result:
-        auto = result["tta_auto"]
+    if result.tta_auto is not None:
+        auto = result.tta_auto
         lines.append(
             f"  TTA views chosen on OOF: {auto['views']} {auto['chosen']:.5f} (identity {auto['identity']:.5f})"
         )
-    if "cv_ordinal" in result:
-        cuts = ", ".join(f"{c:.3f}" for c in result["ordinal"]["cuts"])
-        lines.append(f"  OOF CV rounded to {len(result['ordinal']['levels'])} levels at cuts tuned on OOF "
-                     f"({cuts}): {result['cv_ordinal']:.5f}")  # fmt: skip
-    if "cv_submission" in result:
-        lines.append(
-            f"  OOF CV of the submission (its thresholds, cuts, clipping applied): {result['cv_submission']:.5f}"
-        )
-    if result.get("lr") is not None:
-        lines.append(f"  optim.lr {result['lr']:.3g}" + (" (auto: LR finder)" if result["lr_auto"] else ""))
+    if result.cv_ordinal is not None:
+        cuts = ", ".join(f"{c:.3f}" for c in result.ordinal["cuts"])
+        lines.append(f"  OOF CV rounded to {len(result.ordinal['levels'])} levels at cuts tuned on OOF "
+                     f"({cuts}): {result.cv_ordinal:.5f}")  # fmt: skip
+    if result.cv_submission is not None:
+        lines.append(f"  OOF CV of the submission (thresholds, cuts, clipping applied): {result.cv_submission:.5f}")
+    if result.lr is not None:
+        lines.append(f"  optim.lr {result.lr:.3g}" + (" (auto: LR finder)" if result.lr_auto else ""))
     return "\n".join(lines)
 
 
-def _figures(cfg: Config, result: dict, y_true: np.ndarray, pred: np.ndarray, classes: list[str]) -> None:
+def _figures(cfg: Config, result: CVSummary, y_true: np.ndarray, pred: np.ndarray, classes: list[str]) -> None:
     run, histories = cfg.run, {}
-    for k in result["folds"]:
+    for k in result.folds:
         path = run.fold(int(k)).history
         if path.exists():
             histories[k] = read_json(path)
     made = {
-        "learning_curves": learning_curves(histories, result["metric"], run.figure("learning_curves")),
-        "fold_scores": fold_scores(result["folds"], result["cv"], result["metric"], run.figure("fold_scores")),
+        "learning_curves": learning_curves(histories, result.metric, run.figure("learning_curves")),
+        "fold_scores": fold_scores(result.folds, result.cv, result.metric, run.figure("fold_scores")),
     }
     if cfg.task == "multiclass":
         made["confusion_matrix"] = confusion_matrix(
@@ -246,5 +238,5 @@ def _figures(cfg: Config, result: dict, y_true: np.ndarray, pred: np.ndarray, cl
         tracker.image(key, path)
     if cfg.task == "multiclass":
         tracker.confusion(y_true.astype(int).tolist(), pred.argmax(1).tolist(), classes)
-    tracker.summary({"cv": result["cv"], **{f"fold{k}": v for k, v in result["folds"].items()}})
+    tracker.summary({"cv": result.cv, **{f"fold{k}": v for k, v in result.folds.items()}})
     tracker.finish()

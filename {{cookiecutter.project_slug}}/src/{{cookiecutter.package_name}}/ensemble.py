@@ -38,7 +38,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from .config import Config, metric_name
 from .core.errors import UserError
 from .core.registry import Registry
-from .core.runs import Run, atomic_write_csv, atomic_write_json, read_pred_csv
+from .core.runs import BlendWeights, Classes, CVSummary, Run, atomic_write_csv, read_pred_csv
 from .core.tasks import TASKS
 from .data.folds import expected_folds
 from .data.problem import oof_truth
@@ -286,11 +286,11 @@ BLEND_METHODS.register("stacking", _stacking, foldwise=True)
 BLEND_METHODS.register("vote", _vote, tasks=LABEL_TASKS)
 
 
-def apply_saved(info: dict, preds: np.ndarray) -> np.ndarray:
-    """Blend (M, N, C) member predictions as weights.json `info` records (the offline notebook recomputes an
+def apply_saved(info: BlendWeights, preds: np.ndarray) -> np.ndarray:
+    """Blend (M, N, C) member predictions as weights.json (`info`) records (the offline notebook recomputes an
     uploaded ensemble with it)."""
-    weights = None if info.get("weights") is None else np.asarray(info["weights"], dtype=np.float64)
-    return Blend(weights, info.get("model")).apply(to_ranks(preds) if info.get("rank") else preds)
+    weights = None if info.weights is None else np.asarray(info.weights, dtype=np.float64)
+    return Blend(weights, info.model).apply(to_ranks(preds) if info.rank else preds)
 
 
 @dataclass
@@ -298,8 +298,8 @@ class Members:
     """The experiments' predictions aligned by id: oof (M, N, C) on the OOF ids, test (M, T, C) or None."""
 
     names: list[str]
-    cv: list[dict]
-    classes: dict
+    cv: list[CVSummary]
+    classes: Classes
     ids: list[str]
     oof: np.ndarray
     test_ids: list[str] | None
@@ -307,12 +307,12 @@ class Members:
     folds_missing: list[int]  # folds some member has not finished (blended anyway: --allow-partial)
 
 
-def _check_same(names: list[str], infos: list[dict], key: str, what: str) -> None:
+def _check_same(names: list[str], infos: list[CVSummary], key: str, what: str) -> None:
     for name, info in zip(names[1:], infos[1:], strict=True):
-        if info.get(key) != infos[0].get(key):
+        if getattr(info, key) != getattr(infos[0], key):
             raise UserError(
                 f"experiments {names[0]!r} and {name!r} have different {what} "
-                f"({infos[0].get(key)} vs {info.get(key)}); only experiments sharing them can be blended"
+                f"({getattr(infos[0], key)} vs {getattr(info, key)}); only experiments sharing them can be blended"
             )
 
 
@@ -322,7 +322,7 @@ def _missing_folds(run: Run, n_folds: int, allow_partial: bool, log: Callable[[s
     if run.is_experiment():
         finished = run.usable_folds(n_folds, allow_partial, "ensemble", log)
         return [k for k in range(n_folds) if k not in finished]
-    missing = [int(k) for k in run.read_cv().get("folds_missing", [])]
+    missing = [int(k) for k in run.read_cv().folds_missing]
     if missing and not allow_partial:
         raise UserError(f"{run.name}: blends fold(s) {missing} unfinished; finish them, blend again, or pass "
                         "--allow-partial")  # fmt: skip
@@ -349,11 +349,11 @@ def load_members(
     cvs = [run.read_cv() for run in runs]
     _check_same(exps, cvs, "folds_hash", "folds (folds_hash)")
     _check_same(exps, cvs, "pred_cols", "prediction columns (pred_cols)")
-    if cvs[0].get("task") != cfg.task:
-        raise UserError(f"experiment {exps[0]!r} is task={cvs[0].get('task')}, the config says task={cfg.task}")
+    if cvs[0].task != cfg.task:
+        raise UserError(f"experiment {exps[0]!r} is task={cvs[0].task}, the config says task={cfg.task}")
     n_folds = expected_folds(cfg)
     missing = sorted({k for run in runs for k in _missing_folds(run, n_folds, allow_partial, log)})
-    cols = list(cvs[0]["pred_cols"])
+    cols = list(cvs[0].pred_cols)
     oofs = [read_pred_csv(as_predicted(run), id_col, ["fold", *cols]) for run in runs]
     if missing:  # only the folds every member finished
         oofs = [df[~df["fold"].isin(missing)] for df in oofs]
@@ -397,14 +397,14 @@ def blend(
     weights: list[float] | None = None,
     log: Callable[[str], None] = print,
     allow_partial: bool = False,
-) -> dict:
+) -> CVSummary:
     """Blend `exps` with `method` into outputs/<name>/ and return its cv.json. Members with unfinished folds stop
     the blend unless `allow_partial` (then the folds every member finished are blended, and cv.json says so)."""
     blender = get_blend_method(method)
     metric = metric_name(cfg)
     _check_request(cfg, exps, blender, method, metric, name, weights)
     members = load_members(cfg, exps, allow_partial, log)
-    y, fold, folds_hash = oof_truth(cfg, members.ids, members.classes, trained_on=members.cv[0].get("folds_hash"),
+    y, fold, folds_hash = oof_truth(cfg, members.ids, members.classes, trained_on=members.cv[0].folds_hash,
                                     where=f"{members.names[0]}/oof.csv")  # fmt: skip
     obj = Objective(metric, cfg.task, y, metrics.get_metric(metric).higher_is_better)
     preds = to_ranks(members.oof) if blender.rank else members.oof
@@ -417,47 +417,47 @@ def blend(
     else:
         oof = fitted.apply(preds)
     folds = fold_scores(obj, oof, fold)
-    result = {
-        "exp": name,
-        "task": cfg.task,
-        "metric": metric,
-        "higher_is_better": obj.higher,
-        "cv": obj.score(oof),
-        "folds": folds,
-        "complete": not members.folds_missing,
-        "folds_missing": members.folds_missing,
-        "partial": bool(members.folds_missing),
-        "folds_hash": folds_hash,
-        "pred_cols": list(members.classes["classes"]),
-        "members": list(exps),
-        "method": method,
-        "weights": None if fitted.weights is None else [float(v) for v in fitted.weights],
-        "member_cv": member_cv,
-    }
+    result = CVSummary(
+        exp=name,
+        task=cfg.task,
+        metric=metric,
+        higher_is_better=obj.higher,
+        cv=obj.score(oof),
+        folds=folds,
+        complete=not members.folds_missing,
+        folds_missing=members.folds_missing,
+        partial=bool(members.folds_missing),
+        folds_hash=folds_hash,
+        pred_cols=list(members.classes.classes),
+        members=list(exps),
+        method=method,
+        weights=None if fitted.weights is None else [float(v) for v in fitted.weights],
+        member_cv=member_cv,
+    )
     if blender.foldwise:  # cv is already out of fold; the in-sample score shows what an in-sample fit would claim
-        result["cv_in_sample"] = obj.score(fitted.apply(preds))
+        result.cv_in_sample = obj.score(fitted.apply(preds))
     if blender.tuned and len(np.unique(fold)) > 1:  # one trained fold leaves nothing to tune on
         nested = fold_scores(obj, out_of_fold(blender, preds, obj, fold, weights), fold)
-        result["folds_nested"] = nested
-        result["cv_nested"] = float(np.mean(list(nested.values())))
+        result.folds_nested = nested
+        result.cv_nested = float(np.mean(list(nested.values())))
     _write(cfg, name, members, fold, oof, fitted, blender, result)
     # The blend's own decisions (thresholds, cuts) tuned on its blended OOF, and the CV of its submission.
     out = Run.named(cfg.output_dir, name)
-    d = record_decisions(cfg, out, result["pred_cols"], y, oof, y, out.oof.name, members=exps)
+    d = record_decisions(cfg, out, result.pred_cols, y, oof, y, out.oof.name, members=exps)
     if d is not None:
-        result["cv_submission"] = d.cv
-        atomic_write_json(out.cv, result)
+        result.cv_submission = d.cv
+        out.write_cv(result)
     for e, s in member_cv.items():
         log(f"  {e:<24} {metric} {s:.5f}")
-    if "cv_nested" in result:
-        note = f"  (nested, tuned on other folds: {result['cv_nested']:.5f})"
-    elif "cv_in_sample" in result:
-        note = f"  (fold by fold; fitted and scored on the same rows it would claim {result['cv_in_sample']:.5f})"
+    if result.cv_nested is not None:
+        note = f"  (nested, tuned on other folds: {result.cv_nested:.5f})"
+    elif result.cv_in_sample is not None:
+        note = f"  (fold by fold; fitted and scored on the same rows it would claim {result.cv_in_sample:.5f})"
     else:
         note = ""
     shown = ", ".join(exps if fitted.weights is None else
                       (f"{e}={v:.4f}" for e, v in zip(exps, fitted.weights, strict=True)))  # fmt: skip
-    log(f"{name} = {method}({shown}): {metric} {result['cv']:.5f}{note}")
+    log(f"{name} = {method}({shown}): {metric} {result.cv:.5f}{note}")
     return result
 
 
@@ -484,8 +484,8 @@ def _check_request(cfg: Config, exps: list[str], blender: BlendMethod, method: s
 
 
 def _write(cfg: Config, name: str, members: Members, fold, oof, fitted: Blend, blender: BlendMethod,
-           result: dict) -> None:  # fmt: skip
-    out, id_col, cols = Run.named(cfg.output_dir, name), cfg.data.id_col, result["pred_cols"]
+           result: CVSummary) -> None:  # fmt: skip
+    out, id_col, cols = Run.named(cfg.output_dir, name), cfg.data.id_col, result.pred_cols
     frame = pd.DataFrame(oof, columns=cols)
     frame.insert(0, "fold", fold)
     frame.insert(0, id_col, members.ids)
@@ -497,14 +497,7 @@ def _write(cfg: Config, name: str, members: Members, fold, oof, fitted: Blend, b
         atomic_write_csv(out.test_pred, frame)
     else:
         out.test_pred.unlink(missing_ok=True)  # a stale one would not match these weights
-    info = {
-        "method": result["method"],
-        "members": result["members"],
-        "weights": result["weights"],  # None when the blend is no weighted mean: then `model` says what it is
-        "rank": blender.rank,
-    }
-    if fitted.model is not None:
-        info["model"] = fitted.model
-    atomic_write_json(out.weights, info)
-    atomic_write_json(out.classes, members.classes)
-    atomic_write_json(out.cv, result)
+    # weights None when the blend is no weighted mean: then `model` says what it is
+    out.write_weights(BlendWeights(result.method, result.members, result.weights, blender.rank, fitted.model))
+    out.write_classes(members.classes)
+    out.write_cv(result)

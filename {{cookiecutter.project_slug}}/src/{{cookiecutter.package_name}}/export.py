@@ -5,8 +5,9 @@
                                  model_int8.onnx   ONNX int8: static quantisation calibrated on fold k's training images
                                  pruned.pt         globally magnitude-pruned weights (optionally fine-tuned)
     outputs/<exp>/export/export.json               per fold and variant: OOF score on fold k's validation rows,
-                                                   max |probability difference| with torch, file size, CPU images/s;
-                                                   each variant's overall OOF score; the checkpoint it came from
+                                                   max |probability difference| with torch, file size, CPU images/s,
+                                                   the file's sha256; each variant's overall OOF score; the
+                                                   checkpoint's sha256 it came from (core/runs.ExportManifest)
 
 Each variant is scored like the fp32 torch model it came from: on the fold's validation rows (never seen in
 training, calibration or fine-tuning), so the table says what int8 or pruning costs in the competition's metric.
@@ -14,7 +15,7 @@ Parity and speed are measured on the CPU (a code competition's notebook may have
 `export.check_batches` validation batches, decoded beforehand: images/s is the model's, not the loader's.
 An ONNX model further than `export.tolerance` from torch (on probabilities; relative to the largest value for
 regression) is recorded as failing and `predict.runtime=onnx` refuses it, as it refuses a model exported from
-another checkpoint than the fold has now.
+another checkpoint than the fold has now, or a file whose sha256 is not the one export.json records.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 
 from .config import Config, metric_name
-from .core.runs import atomic_torch_save, atomic_write_json, checksum, load_best
+from .core.runs import ExportedFold, ExportedVariant, ExportManifest, atomic_torch_save, checksum
 from .core.runtime import amp_dtype, compute_setup
 from .core.tasks import TargetScale, num_outputs
 from .data.augment import build_transforms
@@ -67,10 +68,10 @@ class Variant:
     name: str
     path: Path
     make: Callable[[torch.device], Predictor]
-    extra: dict = dataclasses.field(default_factory=dict)  # recorded as is (the pruned model's sparsity)
+    sparsity: float | None = None  # the pruned model's
 
 
-def run_export(cfg: Config) -> dict:
+def run_export(cfg: Config) -> ExportManifest:
     """The `export` command: every finished fold, every variant in export.variants (and the fp32 torch model they
     are compared with) -> export/, export.json, and a printed table."""
     run, folds = cfg.run, fold_models(cfg)
@@ -84,18 +85,18 @@ def run_export(cfg: Config) -> dict:
         per_fold[str(k)], preds = export_fold(cfg, problem, k, model, feed, device)
         for name, frame in preds.items():
             oof.setdefault(name, []).append(frame)
-    overall = {name: score_oof(cfg, pd.concat(frames, ignore_index=True))[1] for name, frames in oof.items()}
+    overall = {n: score_oof(cfg, problem, pd.concat(frames, ignore_index=True))[1] for n, frames in oof.items()}
     name = metric_name(cfg)
-    info = {
-        "exp": cfg.exp,
-        "metric": name,
-        "higher_is_better": metrics.get_metric(name).higher_is_better,
-        "threads": torch.get_num_threads(),
-        "settings": dataclasses.asdict(cfg.export),
-        "overall": overall,
-        "folds": per_fold,
-    }
-    atomic_write_json(run.export_json, info)
+    info = ExportManifest(
+        exp=cfg.exp,
+        metric=name,
+        higher_is_better=metrics.get_metric(name).higher_is_better,
+        threads=torch.get_num_threads(),
+        settings=dataclasses.asdict(cfg.export),
+        overall=overall,
+        folds=per_fold,
+    )
+    run.write_export(info)
     print(format_table(info))
     print(f"{run.export_json} written")
     return info
@@ -103,13 +104,13 @@ def run_export(cfg: Config) -> dict:
 
 def export_fold(
     cfg: Config, problem: Problem, k: int, model: nn.Module, feed: Feed, device: torch.device
-) -> tuple[dict, dict[str, pd.DataFrame]]:
+) -> tuple[ExportedFold, dict[str, pd.DataFrame]]:
     """Fold k's variants: written, checked on the CPU against torch, timed, scored on fold k's validation rows.
     Returns fold k's entry of export.json and each variant's OOF predictions."""
     best, files, x = cfg.run.fold(k).best, cfg.run.export_fold(k), cfg.export
-    state = load_best(best)
-    model.to("cpu").load_state_dict(state["model"])
-    scale = TargetScale.from_dict(state.get("target_scale"))  # regression outputs -> target values
+    ckpt = cfg.run.fold(k).read_best()
+    model.to("cpu").load_state_dict(ckpt.model)
+    scale = ckpt.scale  # regression outputs -> target values
     model.eval()
     data = build_fold_data(cfg, problem, k)
     loader = feed(data.valid)
@@ -118,8 +119,8 @@ def export_fold(
     dtype = amp_dtype(cfg.train.amp, device)
     cpu = torch.device("cpu")
 
-    def torch_variant(name: str, path: Path, module: nn.Module, extra: dict | None = None) -> Variant:
-        return Variant(name, path, lambda d: TorchPredictor(module, d, dtype if d.type != "cpu" else None), extra or {})
+    def torch_variant(name: str, path: Path, module: nn.Module, sparsity: float | None = None) -> Variant:
+        return Variant(name, path, lambda d: TorchPredictor(module, d, dtype if d.type != "cpu" else None), sparsity)
 
     variants = [torch_variant(REFERENCE, best, model)]
     if "torchscript" in x.variants:
@@ -136,9 +137,9 @@ def export_fold(
     if "pruned" in x.variants:
         pruned, sparsity = prune_model(cfg, k, model)
         atomic_torch_save(files.pruned, {"model": pruned.state_dict(), "sparsity": sparsity})
-        variants.append(torch_variant("pruned", files.pruned, pruned, {"sparsity": sparsity}))
+        variants.append(torch_variant("pruned", files.pruned, pruned, sparsity))
 
-    entry, preds, reference = {"checkpoint": checksum(best), "variants": {}}, {}, None
+    entry, preds, reference = ExportedFold(checksum(best), {}), {}, None
     for v in variants:
         probs, images_per_s = timed_probs(v.make(cpu), check, cfg.task, scale)
         if reference is None:
@@ -151,20 +152,23 @@ def export_fold(
         frame.insert(1, "fold", k)
         preds[v.name] = frame
         diff = float(np.abs(probs - reference).max())
-        entry["variants"][v.name] = {
-            "file": v.path.relative_to(cfg.run.path).as_posix(),
-            "score": metrics.score(metric_name(cfg), data.y_valid, oof, cfg.task),
-            "max_abs_diff": diff,
-            "size_mb": v.path.stat().st_size / 2**20,
-            "zipped_mb": len(zlib.compress(v.path.read_bytes())) / 2**20,
-            "images_per_s": images_per_s,
-            **({"parity_ok": diff <= tolerance, "tolerance": tolerance} if v.name == "onnx" else {}),
-            **v.extra,
-        }
-    onnx = entry["variants"].get("onnx", {})
-    if not onnx.get("parity_ok", True):
+        content = v.path.read_bytes()
+        entry.variants[v.name] = ExportedVariant(
+            file=v.path.relative_to(cfg.run.path).as_posix(),
+            sha256=checksum(v.path),
+            score=metrics.score(metric_name(cfg), data.y_valid, oof, cfg.task),
+            max_abs_diff=diff,
+            size_mb=len(content) / 2**20,
+            zipped_mb=len(zlib.compress(content)) / 2**20,
+            images_per_s=images_per_s,
+            parity_ok=diff <= tolerance if v.name == "onnx" else None,
+            tolerance=tolerance if v.name == "onnx" else None,
+            sparsity=v.sparsity,
+        )
+    onnx = entry.variants.get("onnx")
+    if onnx is not None and not onnx.parity_ok:
         print(
-            f"warning: fold {k}: ONNX probabilities differ from torch by up to {onnx['max_abs_diff']:.2e} > "
+            f"warning: fold {k}: ONNX probabilities differ from torch by up to {onnx.max_abs_diff:.2e} > "
             f"{tolerance:.2e} (export.tolerance); predict.runtime=onnx refuses it (try another export.exporter)"
         )
     model.to(cpu)
@@ -229,26 +233,25 @@ def finetune(cfg: Config, k: int, model: nn.Module) -> None:
     model.eval()
 
 
-def format_table(info: dict) -> str:
+def format_table(info: ExportManifest) -> str:
     """One row per variant: overall OOF score and its difference with torch, the largest probability difference
     with torch over the folds, and the per-fold means of file size and CPU images/s."""
-    folds = list(info["folds"].values())
-    names = list(info["overall"])
-    sign = "higher" if info["higher_is_better"] else "lower"
+    folds = list(info.folds.values())
+    sign = "higher" if info.higher_is_better else "lower"
     header = ("OOF score", 11), ("vs torch", 11), ("max|dp|", 10), ("size MB", 10), ("zipped MB", 11), ("img/s", 9)
     lines = [
-        f"{info['exp']}: export of {len(folds)} fold(s); {info['metric']} on OOF ({sign} is better); "
-        f"CPU images/s with {info['threads']} thread(s)",
+        f"{info.exp}: export of {len(folds)} fold(s); {info.metric} on OOF ({sign} is better); "
+        f"CPU images/s with {info.threads} thread(s)",
         f"  {'variant':<14}" + "".join(f"{title:>{width}}" for title, width in header),
     ]
-    ref = info["overall"][REFERENCE]
-    for name in names:
-        rows = [f["variants"][name] for f in folds]
-        label = name + (f" ({100 * rows[0]['sparsity']:.0f}%)" if "sparsity" in rows[0] else "")
-        flag = "" if all(r.get("parity_ok", True) for r in rows) else "  PARITY FAILED"
+    ref = info.overall[REFERENCE]
+    for name, score in info.overall.items():
+        rows = [f.variants[name] for f in folds]
+        label = name + (f" ({100 * rows[0].sparsity:.0f}%)" if rows[0].sparsity is not None else "")
+        flag = "" if all(r.parity_ok is not False for r in rows) else "  PARITY FAILED"
         lines.append(
-            f"  {label:<14}{info['overall'][name]:>11.5f}{info['overall'][name] - ref:>+11.5f}"
-            f"{max(r['max_abs_diff'] for r in rows):>10.1e}{np.mean([r['size_mb'] for r in rows]):>10.2f}"
-            f"{np.mean([r['zipped_mb'] for r in rows]):>11.2f}{np.mean([r['images_per_s'] for r in rows]):>9.0f}{flag}"
+            f"  {label:<14}{score:>11.5f}{score - ref:>+11.5f}"
+            f"{max(r.max_abs_diff for r in rows):>10.1e}{np.mean([r.size_mb for r in rows]):>10.2f}"
+            f"{np.mean([r.zipped_mb for r in rows]):>11.2f}{np.mean([r.images_per_s for r in rows]):>9.0f}{flag}"
         )
     return "\n".join(lines)

@@ -49,7 +49,7 @@ def predict_test_folds(cfg: Config, folds: list[int]) -> tuple[list[str], dict[i
     only use fold k's model). Returns the test ids and the predictions by fold."""
     cfg = resolve_views(cfg)
     run = cfg.run
-    classes = list(run.read_classes()["classes"])
+    classes = run.read_classes().classes
     load, feed = fold_predictors(cfg, len(classes))
     ids, dataset = test_dataset(cfg)
     loader = feed(dataset)
@@ -67,7 +67,7 @@ def predict_test(cfg: Config, folds: list[int] | None = None, allow_partial: boo
     cfg = resolve_views(cfg)
     folds = folds if folds is not None else fold_models(cfg, allow_partial)
     ids, preds = predict_test_folds(cfg, folds)
-    classes = list(cfg.run.read_classes()["classes"])
+    classes = cfg.run.read_classes().classes
     df = pred_frame(ids, sum(preds.values()) / len(folds), classes, cfg.data.id_col)
     write_derived(cfg.run.test_pred, df, folds_source(cfg, folds))
     return df
@@ -126,7 +126,7 @@ def estimate(cfg: Config, n_images: int, batches: int = 3, log: Callable[[str], 
         raise UserError(f"--estimate {n_images}: expected the number of test images, >= 1")
     cfg = resolve_views(cfg)  # tta.views: auto -> the views chosen on OOF (chosen now if not yet), as predict does
     folds, views = fold_models(cfg), list(cfg.tta.views)
-    classes = list(cfg.run.read_classes()["classes"])
+    classes = cfg.run.read_classes().classes
     start = time.perf_counter()
     load, feed = fold_predictors(cfg, len(classes))
     predictor = load(folds[0])

@@ -50,7 +50,7 @@ def make_submission(
     run's decisions applied."""
     run, id_col = Run.named(cfg.output_dir, exp), cfg.data.id_col
     info = run.read_classes()
-    classes, positive = list(info["classes"]), info.get("positive")
+    classes, positive = list(info.classes), info.positive
     test = read_pred_csv(run.test_pred, id_col, classes)
     decisions = run.read_decisions()
     check_predicted_as_decided(run, decisions)

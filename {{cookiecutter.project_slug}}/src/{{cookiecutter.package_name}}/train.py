@@ -32,16 +32,17 @@ from tqdm.auto import tqdm
 from .config import Config, metric_name, save, training_changes
 from .core.errors import Interrupted, UserError
 from .core.runs import (
+    Checkpoint,
     FoldLock,
-    atomic_torch_save,
     atomic_write_csv,
     atomic_write_json,
-    load_best,
     load_last,
+    read_checkpoint,
     remove_stale_tmp,
     rng_state,
     save_last,
     set_rng_state,
+    write_checkpoint,
 )
 from .core.runtime import (
     barrier,
@@ -179,10 +180,7 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
         if state.best_score is None or sign * score > sign * state.best_score:
             state.best_score, state.best_source, state.bad_epochs = score, source, 0
             if is_main():
-                best = {"model": weights, "epoch": epoch + 1, "score": score, "source": source}
-                if s.target_scale is not None:
-                    best["target_scale"] = s.target_scale.to_dict()
-                atomic_torch_save(out.best, best | {"classes": s.problem.classes})
+                out.write_best(Checkpoint(weights, epoch + 1, score, source, s.problem.classes, s.target_scale))
         else:
             state.bad_epochs += 1
         averaging.after_epoch(epoch, model, weights, score)
@@ -234,15 +232,16 @@ def compare_averages(cfg: Config, s: FoldSetup, fold: int, averaging: WeightAver
     stay in best_epoch.pt); else best.pt keeps the best epoch. Returns the scores."""
     out, model = cfg.run.fold(fold), s.model
     metric = metrics.get_metric(metric_name(cfg))
-    plain = load_best(out.best_epoch if out.best_epoch.is_file() else out.best)  # a resumed fold may have picked
-    variants = {"best": plain["model"], **averaging.averaged()}
+    # A resumed fold may have put an average into best.pt already: the best epoch's weights are then in best_epoch.pt.
+    plain = read_checkpoint(out.best_epoch) if out.best_epoch.is_file() else out.read_best()
+    variants = {"best": plain.model, **averaging.averaged()}
     scores, weights = {}, {}
     for name, state in variants.items():
         model.load_state_dict(state)
         if name != "best":
             recompute_batchnorm(model, training_images(cfg, s))
-            scale = {"target_scale": s.target_scale.to_dict()} if s.target_scale is not None else {}
-            atomic_torch_save(out.averaged(name), {"model": checkpoint_state(model), "source": name, **scale})
+            averaged = Checkpoint(checkpoint_state(model), source=name, target_scale=s.target_scale)
+            write_checkpoint(out.averaged(name), averaged)
         # a copy: on the CPU checkpoint_state shares the model's storage, which the next variant overwrites
         weights[name] = {k: v.clone() for k, v in checkpoint_state(model).items()}
         probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} {name}",
@@ -256,10 +255,10 @@ def compare_averages(cfg: Config, s: FoldSetup, fold: int, averaging: WeightAver
     picked = max(ranked, key=lambda n: sign * scores[n]) if cfg.train.pick_averaged and ranked else "best"
     if picked != "best":
         if not out.best_epoch.is_file():
-            atomic_torch_save(out.best_epoch, plain)
-        atomic_torch_save(out.best, {**plain, "model": weights[picked], "score": scores[picked], "source": picked})
+            write_checkpoint(out.best_epoch, plain)
+        out.write_best(dataclasses.replace(plain, model=weights[picked], score=scores[picked], source=picked))
     elif out.best_epoch.is_file():  # a resumed fold that had put an average into best.pt before
-        atomic_torch_save(out.best, plain)
+        out.write_best(plain)
         out.best_epoch.unlink()
     atomic_write_json(out.averaging, {"scores": scores, "picked": picked, **averaging.describe()})
     shown = " | ".join(f"{n} {v:.5f}" for n, v in scores.items())

@@ -1,7 +1,17 @@
 """The run-folder contract: every artefact's name and path, how it is written, and how it is read back.
 
 No other module spells an artefact's file name: they ask a `Run` (an experiment or ensemble folder) or its
-`FoldFiles` for the path.
+`FoldFiles` for the path. Nor does any build or parse an artefact's content: each has one typed record here, written
+by one writer and read by one reader (tests/test_run_folder.py reads the package's source to hold this):
+
+    fold<k>/best.pt     Checkpoint       FoldFiles.write_best / read_best (write_checkpoint / read_checkpoint for
+                                         the averaged weights and best_epoch.pt, the same record)
+    classes.json        Classes          Run.write_classes / read_classes
+    cv.json             CVSummary        Run.write_cv / read_cv
+    weights.json        BlendWeights     Run.write_weights / read_weights
+    export/export.json  ExportManifest   Run.write_export / read_export
+    lineage.json        Lineage          Run.write_lineage / read_lineage
+    tta_auto.json       TTAChoice        Run.write_tta_choice / read_tta_choice
 
     outputs/<exp>/                      Run
         config.yaml                     the resolved config the run was trained with
@@ -23,7 +33,8 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
         aug_preview.png                 training images x draws of the augmentation preset (aug-preview)
         teacher/                        cached teacher outputs (students)
         export/                         `export`: deployable forms of each fold's best.pt
-            export.json                 per fold and variant: OOF score, parity with torch, file size, CPU img/s
+            export.json                 per fold and variant: OOF score, parity with torch, file size, CPU img/s,
+                                        the file's sha256 (and the checkpoint's it was exported from)
             fold<k>/model.onnx model_int8.onnx model.ts pruned.pt
         fold<k>/                        FoldFiles
             best.pt  last.pt            weights to predict with; everything to resume exactly
@@ -58,7 +69,7 @@ import random
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +78,7 @@ import pandas as pd
 import torch
 
 from .errors import UserError
+from .tasks import TargetScale
 
 CONFIG = "config.yaml"
 CLASSES = "classes.json"
@@ -250,6 +262,309 @@ def read_derived(path: Path, source: dict, id_col: str) -> pd.DataFrame | None:
     return pd.read_csv(path, dtype={id_col: str})
 
 
+# --------------------------------------------------------------------------------------------- artefact records
+#
+# One typed record per artefact, with one writer and one reader (a `Run` / `FoldFiles` method, or
+# write_checkpoint / read_checkpoint): no stage builds or parses these files by hand. `to_dict` gives the file's
+# keys (an optional field that is None is left out, as the stages always did); `from_dict` refuses a missing or an
+# unknown key, and the reader turns that into one line naming the file.
+
+
+def _plain(obj: Any) -> Any:
+    """As it reads back from JSON: tuples -> lists, dict keys -> strings."""
+    return json.loads(json.dumps(obj))
+
+
+def _from_dict(cls: type, d: Any, **convert: Callable[[Any], Any]) -> Any:
+    """`cls(**d)`, the fields `convert` names converted (when not None); a key missing or unknown raises KeyError."""
+    if not isinstance(d, dict):
+        raise TypeError(f"expected a JSON object, got {type(d).__name__}")
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in d if k not in names]
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [k for k in required if k not in d]
+    if unknown or missing:
+        raise KeyError(f"missing key(s) {missing}" if missing else f"unknown key(s) {unknown}")
+    return cls(**{k: (convert[k](v) if k in convert and v is not None else v) for k, v in d.items()})
+
+
+def _without_none(record: Any, always: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The record's fields in order; those that are None left out, unless named in `always`."""
+    out = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if value is not None or f.name in always:
+            out[f.name] = value
+    return out
+
+
+def _read_record(path: Path, parse: Callable[[Any], Any], hint: str) -> Any:
+    """The record in the JSON file `path`; a missing, unreadable or foreign file stops with one line naming it."""
+    if not path.is_file():
+        raise UserError(f"{path} not found: {hint}")
+    try:
+        data = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); {hint}") from None
+    try:
+        return parse(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: not a {path.name} as this version writes it ({_why(e)}); {hint}") from None
+
+
+def _why(error: Exception) -> str:
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
+@dataclass
+class Checkpoint:
+    """fold<k>/best.pt (and the weights it was chosen among: best_epoch.pt, swa.pt, avg_best_k.pt): the weights to
+    predict with, the epoch and validation score they had, where they came from (model | ema | swa | avg_best_k),
+    the prediction columns, and the regression target scale the outputs are in (None: the identity)."""
+
+    model: dict[str, torch.Tensor]
+    epoch: int | None = None
+    score: float | None = None
+    source: str = "model"
+    classes: list[str] | None = None
+    target_scale: TargetScale | None = None
+
+    @property
+    def scale(self) -> TargetScale:
+        return self.target_scale if self.target_scale is not None else TargetScale()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Tensors, numbers, strings and containers only: loadable with weights_only=True."""
+        out = _without_none(self)
+        if self.score is not None:
+            out["score"] = float(self.score)
+        if self.target_scale is not None:
+            out["target_scale"] = self.target_scale.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Checkpoint:
+        return _from_dict(cls, d, target_scale=TargetScale.from_dict)
+
+
+def write_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
+    return atomic_torch_save(path, ckpt.to_dict())
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    if not path.is_file():
+        raise UserError(f"{path} not found: train that fold first")
+    state = load_checkpoint(path)
+    try:
+        return Checkpoint.from_dict(state)
+    except (KeyError, TypeError, ValueError) as e:
+        why = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise UserError(
+            f"{path}: not a checkpoint as this version writes it ({why}); retrain the fold (--force)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Classes:
+    """classes.json: the prediction columns in order, the task, and the binary task's positive class."""
+
+    task: str
+    classes: list[str]
+    positive: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "classes": list(self.classes), "positive": self.positive}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Classes:
+        return _from_dict(cls, d, classes=list)
+
+
+@dataclass
+class CVSummary:
+    """cv.json of an experiment (cv.summarize) or an ensemble (ensemble.blend): per-fold and overall OOF score, which
+    folds it covers and on which split, the prediction columns; then what only one of the two writes."""
+
+    exp: str
+    task: str
+    metric: str
+    higher_is_better: bool
+    cv: float
+    folds: dict[str, float]
+    complete: bool  # every fold of folds.csv finished
+    folds_missing: list[int]
+    partial: bool  # used anyway (--allow-partial)
+    folds_hash: str
+    pred_cols: list[str]
+    # an experiment's (cv.summarize)
+    lr: float | None = None  # optim.lr, resolved when it is auto
+    lr_auto: bool | None = None
+    cv_tta: float | None = None  # OOF re-predicted with the TTA views `tta_views`
+    tta_views: list[str] | None = None
+    tta_auto: dict | None = None  # tta.views: auto: TTAChoice.summary()
+    weight_averaging: dict | None = None  # train.swa / avg_best_k: each variant's OOF score, per fold, picked
+    ordinal: dict | None = None  # {"levels", "cuts"}: regression rounded to grades at cuts tuned on OOF
+    cv_ordinal: float | None = None
+    runtime: str | None = None  # what predicted the OOF of cv_tta: torch, onnx fp32, onnx int8
+    cv_submission: float | None = None  # the CV of a submission: decisions.json's decisions applied (both kinds)
+    # an ensemble's (ensemble.blend)
+    members: list[str] | None = None
+    method: str | None = None
+    weights: list[float] | None = None  # None when the blend is no weighted mean (stacking, vote)
+    member_cv: dict[str, float] | None = None
+    cv_in_sample: float | None = None  # foldwise methods: the meta-model scored on the rows it was fitted on
+    folds_nested: dict[str, float] | None = None  # tuned methods: weights tuned on the other folds
+    cv_nested: float | None = None
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.members is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        always = ("members", "method", "weights", "member_cv") if self.is_ensemble else ("lr", "lr_auto")
+        head = tuple(f.name for f in fields(self))[:11]
+        return _plain(_without_none(self, head + always))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> CVSummary:
+        return _from_dict(cls, d)
+
+
+@dataclass
+class BlendWeights:
+    """weights.json of an ensemble: how its members' predictions are combined. `weights` (summing to 1) for a
+    weighted mean, else `model` (the JSON parameters of stacking or vote); `rank`: the members' ranks are blended."""
+
+    method: str
+    members: list[str]
+    weights: list[float] | None = None
+    rank: bool = False
+    model: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(_without_none(self, ("weights",)))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> BlendWeights:
+        return _from_dict(cls, d, members=list)
+
+
+@dataclass
+class ExportedVariant:
+    """One deployable form of a fold's model in export.json: its file (relative to the run folder) and that file's
+    sha256, its OOF score on the fold's validation rows, its largest difference with torch, size and CPU speed."""
+
+    file: str
+    sha256: str
+    score: float
+    max_abs_diff: float
+    size_mb: float
+    zipped_mb: float
+    images_per_s: float
+    parity_ok: bool | None = None  # onnx: within export.tolerance of torch
+    tolerance: float | None = None
+    sparsity: float | None = None  # pruned
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_none(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ExportedVariant:
+        return _from_dict(cls, d)
+
+
+@dataclass
+class ExportedFold:
+    checkpoint: str  # sha256 of the best.pt the variants were exported from
+    variants: dict[str, ExportedVariant]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "variants": {k: v.to_dict() for k, v in self.variants.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ExportedFold:
+        return _from_dict(cls, d, variants=lambda vs: {k: ExportedVariant.from_dict(v) for k, v in vs.items()})
+
+
+@dataclass
+class ExportManifest:
+    """export/export.json: per fold and variant what `export` wrote and measured; each variant's overall OOF score."""
+
+    exp: str
+    metric: str
+    higher_is_better: bool
+    threads: int
+    settings: dict
+    overall: dict[str, float]
+    folds: dict[str, ExportedFold]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = _without_none(self)
+        out["folds"] = {k: f.to_dict() for k, f in self.folds.items()}
+        return _plain(out)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ExportManifest:
+        return _from_dict(cls, d, folds=lambda fs: {k: ExportedFold.from_dict(f) for k, f in fs.items()})
+
+
+@dataclass
+class Lineage:
+    """lineage.json of a student (pseudo, distill): what it learns from, with which settings, on which split; and
+    per fold the record of what that fold was given (`folds`)."""
+
+    kind: str  # pseudo | distill
+    exp: str
+    teachers: list[str]
+    teacher_weights: dict[str, float]  # the teachers' experiments, ensembles expanded
+    settings: dict
+    backbone: str
+    folds_hash: str
+    round: int | None = None  # pseudo
+    folds: dict[str, dict] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        head = {"kind": self.kind, "exp": self.exp}
+        if self.round is not None:
+            head["round"] = self.round
+        rest = {k: getattr(self, k) for k in ("teachers", "teacher_weights", "settings", "backbone", "folds_hash")}
+        return _plain({**head, **rest, "folds": self.folds})
+
+    def origin(self) -> dict[str, Any]:
+        """Everything but the per-fold records: a student folder mixes no two origins."""
+        return {k: v for k, v in self.to_dict().items() if k != "folds"}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Lineage:
+        return _from_dict(cls, d)
+
+
+@dataclass
+class TTAChoice:
+    """tta_auto.json: the views chosen on OOF among `candidates` (merged with `merge`), the OOF score of the identity
+    view alone and of the choice, each greedy step, and the checkpoints' sha256 it was made with."""
+
+    candidates: list[str]
+    merge: str
+    metric: str
+    views: list[str]
+    identity: float
+    chosen: float
+    steps: list[dict]  # [{"view", "score"}]
+    checkpoints: dict[str, str]  # fold -> sha256 of its best.pt
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(_without_none(self))
+
+    def summary(self) -> dict[str, Any]:
+        """What cv.json records of it (CVSummary.tta_auto)."""
+        return _plain({k: getattr(self, k) for k in ("candidates", "views", "identity", "chosen", "steps")})
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TTAChoice:
+        return _from_dict(cls, d)
+
+
 # --------------------------------------------------------------------------------------------- run folders
 
 
@@ -303,6 +618,12 @@ class FoldFiles:
     def lock(self) -> Path:
         return self.path / LOCK
 
+    def write_best(self, ckpt: Checkpoint) -> Path:
+        return write_checkpoint(self.best, ckpt)
+
+    def read_best(self) -> Checkpoint:
+        return read_checkpoint(self.best)
+
     def finished(self) -> bool:
         """A fold is finished once its oof.csv exists: train writes it last, after best.pt."""
         return self.oof.is_file() and self.best.is_file()
@@ -355,6 +676,13 @@ class Decisions:
     ordinal: dict | None = None
     clip: list[float] | None = None  # regression: [low, high], the training target's range
     members: list[str] | None = None  # a blend: its members (each predicted with its own decisions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Decisions:
+        return _from_dict(cls, d)
 
 
 @dataclass(frozen=True)
@@ -440,31 +768,53 @@ class Run:
 
     def members(self) -> list[str]:
         """An ensemble's member runs (weights.json), else none."""
-        return list(read_json(self.weights).get("members", [])) if self.is_ensemble() else []
+        return list(self.read_weights().members) if self.is_ensemble() else []
 
-    def read_classes(self) -> dict:
-        if not self.classes.is_file():
-            raise UserError(f"{self.classes} not found: train experiment {self.name!r} first")
-        return read_json(self.classes)
+    # Each artefact's one writer and one reader.
 
-    def read_cv(self) -> dict:
-        if not self.cv.is_file():
-            raise UserError(f"{self.cv} not found: train experiment {self.name!r} (every fold) first")
-        return read_json(self.cv)
+    def write_classes(self, classes: Classes) -> Path:
+        return atomic_write_json(self.classes, classes.to_dict())
+
+    def read_classes(self) -> Classes:
+        return _read_record(self.classes, Classes.from_dict, f"train experiment {self.name!r} first")
+
+    def write_cv(self, summary: CVSummary) -> Path:
+        return atomic_write_json(self.cv, summary.to_dict())
+
+    def read_cv(self) -> CVSummary:
+        return _read_record(self.cv, CVSummary.from_dict, f"train experiment {self.name!r} (every fold) first")
 
     def write_decisions(self, decisions: Decisions) -> Path:
-        return atomic_write_json(self.decisions, dataclasses.asdict(decisions))
+        return atomic_write_json(self.decisions, decisions.to_dict())
 
     def read_decisions(self) -> Decisions:
         """The decisions every later stage applies; a run without them was not summarised since its last predict."""
-        if not self.decisions.is_file():
-            raise UserError(f"{self.decisions} not found: run `predict` (or `cv`) for {self.name!r} first; it "
-                            "decides the TTA views, thresholds and cuts that a submission applies")  # fmt: skip
-        known = {f.name for f in dataclasses.fields(Decisions)}
-        return Decisions(**{k: v for k, v in read_json(self.decisions).items() if k in known})
+        hint = f"run `predict` (or `cv`) for {self.name!r}: it decides the views, thresholds, cuts a submission applies"
+        return _read_record(self.decisions, Decisions.from_dict, hint)
 
-    def read_weights(self) -> dict:
-        return read_json(self.weights)
+    def write_weights(self, weights: BlendWeights) -> Path:
+        return atomic_write_json(self.weights, weights.to_dict())
+
+    def read_weights(self) -> BlendWeights:
+        return _read_record(self.weights, BlendWeights.from_dict, f"blend ensemble {self.name!r} again")
+
+    def write_export(self, manifest: ExportManifest) -> Path:
+        return atomic_write_json(self.export_json, manifest.to_dict())
+
+    def read_export(self) -> ExportManifest:
+        return _read_record(self.export_json, ExportManifest.from_dict, f"run `export` for {self.name!r}")
+
+    def write_lineage(self, lineage: Lineage) -> Path:
+        return atomic_write_json(self.lineage, lineage.to_dict())
+
+    def read_lineage(self) -> Lineage:
+        return _read_record(self.lineage, Lineage.from_dict, "train the student again (--force)")
+
+    def write_tta_choice(self, choice: TTAChoice) -> Path:
+        return atomic_write_json(self.tta_auto, choice.to_dict())
+
+    def read_tta_choice(self) -> TTAChoice:
+        return _read_record(self.tta_auto, TTAChoice.from_dict, "predict with tta.views=auto again")
 
 
 def read_pred_csv(path: Path, id_col: str, columns: list[str]) -> pd.DataFrame:
@@ -627,9 +977,3 @@ def load_last(path: Path, **stateful: Any) -> dict[str, Any]:
         if obj is not None and state.get(name) is not None:
             obj.load_state_dict(state[name])
     return {k: v for k, v in state.items() if k not in stateful}
-
-
-def load_best(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path} not found: train that fold first")
-    return load_checkpoint(path)

@@ -15,7 +15,7 @@ import pandas as pd
 from torch.utils.data import Dataset, Sampler
 
 from ..core.errors import UserError
-from ..core.runs import atomic_write_json, image_check_cache
+from ..core.runs import Classes, image_check_cache
 from ..core.runtime import available_cores
 from ..core.tasks import TargetScale
 from .augment import build_transforms, source_size
@@ -124,8 +124,7 @@ def test_dataset(cfg: Config) -> tuple[list[str], ImageDataset]:
 
 
 def save_classes(cfg: Config, problem: Problem) -> None:
-    info = {"task": cfg.task, "classes": problem.classes, "positive": problem.positive}
-    atomic_write_json(cfg.run.classes, info)
+    cfg.run.write_classes(Classes(cfg.task, problem.classes, problem.positive))
 
 
 def pred_frame(ids: list[str], probs: np.ndarray, classes: list[str], id_col: str) -> pd.DataFrame:
@@ -137,7 +136,7 @@ def pred_frame(ids: list[str], probs: np.ndarray, classes: list[str], id_col: st
 
 
 def oof_truth(
-    cfg: Config, ids: list[str], classes: dict, trained_on: str | None, where: str
+    cfg: Config, ids: list[str], classes: Classes, trained_on: str | None, where: str
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Targets and folds (from folds.csv) of the OOF rows `ids`, encoded with the run's `classes` (classes.json),
     and the folds hash, which must be the one the run was trained on (`trained_on`, from its cv.json)."""
@@ -153,6 +152,6 @@ def oof_truth(
     if unknown:
         raise UserError(f"{where} has ids not in {cfg.data.train_csv}, e.g. {sorted(unknown)[:3]}")
     rows = train.set_index(id_col).loc[ids].reset_index()
-    y = encode_targets(cfg, rows, list(classes["classes"]), classes.get("positive"))
+    y = encode_targets(cfg, rows, list(classes.classes), classes.positive)
     fold = folds.set_index(id_col).loc[ids, "fold"].to_numpy(np.int64)
     return y, fold, folds_hash

@@ -22,8 +22,6 @@ from ..config import load as load_config
 from ..core.errors import UserError
 from ..core.runs import (
     checksum,
-    load_best,
-    read_json,
     stamp,
 )
 from ..core.runtime import (
@@ -137,13 +135,13 @@ def load_fold_weights(cfg: Config, model: nn.Module, fold: int) -> TargetScale:
     """Fold k's best weights into `model`; returns the target scale its outputs are in (identity unless
     regression). Weights that do not fit the model the config builds (another backbone, in_chans...) stop with one
     line naming what the experiment was trained with."""
-    path = cfg.run.fold(fold).best
-    state = load_best(path)
+    files = cfg.run.fold(fold)
+    ckpt = files.read_best()
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(ckpt.model)
     except RuntimeError as e:
-        raise UserError(_mismatch(cfg, path, e)) from None
-    return TargetScale.from_dict(state.get("target_scale"))
+        raise UserError(_mismatch(cfg, files.best, e)) from None
+    return ckpt.scale
 
 
 def _mismatch(cfg: Config, path: Path, error: RuntimeError) -> str:
@@ -204,7 +202,7 @@ def as_decided(cfg: Config, views: list[str], merge: str, runtime: str) -> Confi
 
 
 def _onnx_model(cfg: Config, fold: int) -> Path:
-    return exported_onnx(cfg, fold, cfg.predict.onnx_model)  # export.json vouches for the file (parity, checkpoint)
+    return exported_onnx(cfg, fold, cfg.predict.onnx_model)  # export.json vouches for it (parity, checkpoint, sha256)
 
 
 Feed = Callable[[Dataset], DeviceLoader]
@@ -233,7 +231,7 @@ def fold_predictors(cfg: Config, n_classes: int) -> tuple[Callable[[int], Predic
 
         def load_onnx(k: int) -> Predictor:
             predictor = OnnxPredictor(_onnx_model(cfg, k), device)
-            predictor.scale = TargetScale.from_dict(load_best(cfg.run.fold(k).best).get("target_scale"))
+            predictor.scale = cfg.run.fold(k).read_best().scale  # the fold's regression target scale
             return predictor
 
         return load_onnx, feeder(cfg, model, device, workers)
@@ -256,23 +254,28 @@ ONNX_VARIANT = {"fp32": "onnx", "int8": "onnx_int8"}  # predict.onnx_model -> it
 
 def exported_onnx(cfg: Config, fold: int, which: str = "fp32") -> Path:
     """Fold `fold`'s exported ONNX model (`which`: fp32 | int8) for predict.runtime=onnx, after checking that
-    export.json vouches for it: exported from the checkpoint the fold has now, fp32 parity with torch held."""
+    export.json vouches for it: exported from the checkpoint the fold has now, the very file `export` wrote (its
+    sha256), fp32 parity with torch held."""
     run, variant = cfg.run, ONNX_VARIANT[which]
     path = run.export_fold(fold).onnx if which == "fp32" else run.export_fold(fold).onnx_int8
     if not run.export_json.is_file():
         raise UserError(f"{run.export_json} not found: predict.runtime=onnx runs the models that `export` writes; "
                         f"run `make export EXP={cfg.exp}` first (or set predict.runtime=torch)")  # fmt: skip
-    entry = read_json(run.export_json)["folds"].get(str(fold), {})
-    if variant not in entry.get("variants", {}) or not path.is_file():
+    entry = run.read_export().folds.get(str(fold))
+    if entry is None or variant not in entry.variants or not path.is_file():
         raise UserError(f"{path}: fold {fold} has no exported {variant} model; export it again with {variant} "
                         f"in export.variants (predict.onnx_model={which})")  # fmt: skip
-    if entry["checkpoint"] != checksum(run.fold(fold).best):
+    if entry.checkpoint != checksum(run.fold(fold).best):
         raise UserError(f"{path} was exported from another {run.fold(fold).best.name} than fold {fold} has now "
                         f"(retrained since?): run `make export EXP={cfg.exp}` again")  # fmt: skip
-    onnx = entry["variants"].get("onnx", {})
-    if not onnx.get("parity_ok", False):
-        raise UserError(f"{run.export_json}: fold {fold}'s ONNX model differs from torch by "
-                        f"{onnx.get('max_abs_diff', float('nan')):.2e} > {onnx.get('tolerance', float('nan')):.2e} "
-                        "(export.tolerance); use predict.runtime=torch "
-                        "or export again with another export.exporter")  # fmt: skip
+    if entry.variants[variant].sha256 != checksum(path):
+        raise UserError(f"{path} is not the file `export` wrote (its sha256 differs from the one in "
+                        f"{run.export_json.name}): replaced since? run `make export EXP={cfg.exp}` again")  # fmt: skip
+    onnx = entry.variants.get("onnx")
+    if onnx is None or not onnx.parity_ok:
+        diff = onnx.max_abs_diff if onnx is not None else float("nan")
+        tolerance = onnx.tolerance if onnx is not None and onnx.tolerance is not None else float("nan")
+        raise UserError(f"{run.export_json}: fold {fold}'s ONNX model differs from torch by {diff:.2e} > "
+                        f"{tolerance:.2e} (export.tolerance); use predict.runtime=torch or export again with another "
+                        "export.exporter")  # fmt: skip
     return path

@@ -16,15 +16,15 @@ from scipy.optimize import minimize
 from ..config import Config, metric_name
 from ..core.errors import UserError
 from ..core.runs import Decisions
-from ..data.problem import Problem, load_problem
+from ..data.problem import Problem
 from ..modeling import metrics
 
 
-def score_oof(cfg: Config, oof: pd.DataFrame, problem: Problem | None = None
-              ) -> tuple[dict[str, float], float, np.ndarray, np.ndarray]:  # fmt: skip
-    """Per-fold scores, the overall OOF score, and the aligned (truth, prediction) arrays. `problem`: the command's
-    loaded problem (loaded here when not given)."""
-    problem = problem or load_problem(cfg)
+def score_oof(
+    cfg: Config, problem: Problem, oof: pd.DataFrame
+) -> tuple[dict[str, float], float, np.ndarray, np.ndarray]:
+    """Per-fold scores, the overall OOF score, and the aligned (truth, prediction) arrays; the truth is `problem`'s
+    (data.problem.load_problem, read once by the command)."""
     position = {i: n for n, i in enumerate(problem.ids)}
     rows = np.array([position[i] for i in oof[cfg.data.id_col]])
     y_true, pred = problem.y[rows], oof[problem.classes].to_numpy()

@@ -13,9 +13,8 @@ import numpy as np
 
 from ..config import Config, metric_name
 from ..core.runs import (
-    atomic_write_json,
+    TTAChoice,
     checksum,
-    read_json,
     write_derived,
 )
 from ..data.problem import (
@@ -44,14 +43,13 @@ def _candidates(cfg: Config) -> list[str]:
     return ["identity", *[v for v in dict.fromkeys(listed) if v != "identity"]]
 
 
-def read_choice(cfg: Config) -> dict | None:
+def read_choice(cfg: Config) -> TTAChoice | None:
     """tta_auto.json if it was chosen among the configured candidates and merge by the current checkpoints."""
-    path = cfg.run.tta_auto
-    if not path.is_file():
+    if not cfg.run.tta_auto.is_file():
         return None
-    choice = read_json(path)
-    same = choice.get("candidates") == _candidates(cfg) and choice.get("merge") == cfg.tta.merge
-    return choice if same and choice.get("checkpoints") == checkpoint_digests(cfg, cfg.run.finished_folds()) else None
+    choice = cfg.run.read_tta_choice()
+    same = choice.candidates == _candidates(cfg) and choice.merge == cfg.tta.merge
+    return choice if same and choice.checkpoints == checkpoint_digests(cfg, cfg.run.finished_folds()) else None
 
 
 def with_views(cfg: Config, views: Sequence[str]) -> Config:
@@ -64,10 +62,10 @@ def resolve_views(cfg: Config, choose: bool = True) -> Config | None:
     if list(cfg.tta.views) != [tta.AUTO]:
         return cfg
     choice = read_choice(cfg) or (choose_views(cfg) if choose else None)
-    return None if choice is None else with_views(cfg, choice["views"])
+    return None if choice is None else with_views(cfg, choice.views)
 
 
-def choose_views(cfg: Config) -> dict:
+def choose_views(cfg: Config) -> TTAChoice:
     """Greedy forward selection of TTA views on OOF (see the module's doc) -> tta_auto.json; the chosen views' merged
     OOF predictions become oof_tta.csv, as `predict_oof_tta` would write them."""
     run, folds, candidates = cfg.run, fold_models(cfg), _candidates(cfg)
@@ -92,22 +90,22 @@ def choose_views(cfg: Config) -> dict:
         return -np.inf if np.isnan(score) else sign * score
 
     chosen, steps = tta.greedy_views(preds, gain, "mean" if cfg.task == "regression" else cfg.tta.merge)
-    choice = {
-        "candidates": candidates,
-        "merge": cfg.tta.merge,
-        "metric": metric.name,
-        "views": chosen,
-        "identity": sign * steps[0]["gain"],
-        "chosen": sign * steps[-1]["gain"],
-        "steps": [{"view": st["view"], "score": sign * st["gain"]} for st in steps],
-        "checkpoints": checkpoint_digests(cfg, folds),
-    }
+    choice = TTAChoice(
+        candidates=candidates,
+        merge=cfg.tta.merge,
+        metric=metric.name,
+        views=chosen,
+        identity=sign * steps[0]["gain"],
+        chosen=sign * steps[-1]["gain"],
+        steps=[{"view": st["view"], "score": sign * st["gain"]} for st in steps],
+        checkpoints=checkpoint_digests(cfg, folds),
+    )
     resolved = with_views(cfg, chosen)
     oof = pred_frame(ids, merge_views([preds[v] for v in chosen], cfg.task, cfg.tta.merge), problem.classes,
                      cfg.data.id_col)  # fmt: skip
     oof.insert(1, "fold", fold_col)
     write_derived(run.oof_tta, oof, folds_source(resolved, folds))
-    atomic_write_json(run.tta_auto, choice)
-    print(f"{cfg.exp}: TTA views chosen on OOF {chosen}: {metric.name} {choice['chosen']:.5f} "
-          f"(identity alone {choice['identity']:.5f}; candidates {candidates})")  # fmt: skip
+    run.write_tta_choice(choice)
+    print(f"{cfg.exp}: TTA views chosen on OOF {chosen}: {metric.name} {choice.chosen:.5f} "
+          f"(identity alone {choice.identity:.5f}; candidates {candidates})")  # fmt: skip
     return choice

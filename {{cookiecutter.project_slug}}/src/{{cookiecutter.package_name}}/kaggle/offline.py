@@ -27,6 +27,7 @@ from ..core.errors import UserError
 from ..core.runs import (
     PACKAGED,
     PACKAGED_EXPORT,
+    BlendWeights,
     Decisions,
     Run,
     atomic_write_csv,
@@ -173,11 +174,11 @@ def predict_packaged(
     return cfg
 
 
-def blend_test(cfg: Config, name: str, members: list[str], info: dict) -> Path:
+def blend_test(cfg: Config, name: str, members: list[str], info: BlendWeights) -> Path:
     """output_dir/<name>/test_pred.csv: the members' test predictions combined as `ensemble.blend` did (`info`: its
     weights.json)."""
     runs, id_col = [Run.named(cfg.output_dir, m) for m in members], cfg.data.id_col
-    cols = list(runs[0].read_classes()["classes"])
+    cols = runs[0].read_classes().classes
     tests = [read_pred_csv(r.test_pred, id_col, cols) for r in runs]
     ids = tests[0][id_col].tolist()
     preds = np.stack([t.set_index(id_col).loc[ids, cols].to_numpy(np.float64) for t in tests])
@@ -192,7 +193,7 @@ def average(cfg: Config, exps: Sequence[str], name: str = MEAN_NAME) -> str:
     if len(exps) == 1:
         return exps[0]
     classes = [Run.named(cfg.output_dir, e).read_classes() for e in exps]
-    if any(c["classes"] != classes[0]["classes"] for c in classes):
+    if any(c.classes != classes[0].classes for c in classes):
         raise UserError(f"experiments {exps} predict different columns; only like experiments can be averaged")
     decided = [Run.named(cfg.output_dir, e).read_decisions() for e in exps]
     tuned = [e for e, d in zip(exps, decided, strict=True) if (d.threshold, d.thresholds, d.ordinal) != (None,) * 3]
@@ -201,9 +202,9 @@ def average(cfg: Config, exps: Sequence[str], name: str = MEAN_NAME) -> str:
                         f"match: blend them locally (`make ensemble EXPS=\"{' '.join(exps)}\" METHOD=mean`), and "
                         "upload the blend, whose decisions are tuned on the blended OOF")  # fmt: skip
     out = Run.named(cfg.output_dir, name)
-    atomic_write_json(out.classes, classes[0])
-    info = {"method": "mean", "members": exps, "weights": [1.0 / len(exps)] * len(exps)}
-    atomic_write_json(out.weights, info)
+    out.write_classes(classes[0])
+    info = BlendWeights(method="mean", members=exps, weights=[1.0 / len(exps)] * len(exps))
+    out.write_weights(info)
     blend_test(cfg, name, exps, info)
     # Nothing tuned to apply; the mean's CV was never measured (blend locally to measure it).
     d = decided[0]

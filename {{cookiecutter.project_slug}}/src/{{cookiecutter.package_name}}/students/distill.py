@@ -22,6 +22,7 @@ from torch.utils.data import ConcatDataset
 
 from ..config import Config
 from ..core.errors import UserError
+from ..core.runs import CVSummary
 from ..data.problem import FoldData, Problem, build_fold_data, load_problem
 from ..engine.fold import Step
 from ..modeling.losses import distillation_loss
@@ -90,7 +91,7 @@ def run_distill(
     folds: Sequence[int] | None = None,
     force: bool = False,
     allow_partial: bool = False,
-) -> dict:
+) -> CVSummary:
     """Train the student `cfg` on every fold (or `folds`) from `teachers` (default: distill.teachers);
     outputs/<exp>/ gets the usual experiment files plus lineage.json. Returns the cv.json summary."""
     names = list(teachers) or list(cfg.distill.teachers)

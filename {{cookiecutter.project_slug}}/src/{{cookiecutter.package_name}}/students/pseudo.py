@@ -38,7 +38,7 @@ from torch.utils.data import ConcatDataset, Sampler
 
 from ..config import Config
 from ..core.errors import UserError
-from ..core.runs import atomic_write_csv
+from ..core.runs import CVSummary, atomic_write_csv
 from ..core.tasks import num_outputs
 from ..data.augment import build_mixup
 from ..data.problem import FoldData, Problem, build_fold_data, load_problem, pred_frame
@@ -240,7 +240,7 @@ def run_round(
     force: bool,
     log: Log,
     allow_partial: bool = False,
-) -> dict:
+) -> CVSummary:
     # `rounds` is left out: asking for more rounds later carries on from the finished ones
     settings = {k: v for k, v in dataclasses.asdict(cfg.pseudo).items() if k not in ("rounds", "teacher")}
     leaves, lineage = start_lineage(cfg, problem, "pseudo", [teacher], settings, force, round=r)
@@ -263,19 +263,19 @@ def run_pseudo(
     allow_partial: bool = False,
 ) -> dict:
     """`pseudo.rounds` rounds from `teacher` (default: pseudo.teacher); returns the last round's cv.json summary
-    with `rounds`: [{round, exp, teacher, cv}]."""
+    (`summary`) and `rounds`: [{round, exp, teacher, cv}]."""
     teacher = teacher or cfg.pseudo.teacher
     if not teacher:
         raise UserError("pseudo needs a teacher: --teacher EXP or config key 'pseudo.teacher'")
     problem = load_problem(cfg)
     unl = unlabelled_images(cfg, cfg.pseudo.extra_images)
-    rounds, result = [], {}
+    rounds, result = [], None
     for r in range(1, cfg.pseudo.rounds + 1):
         # The round's config names its real teacher, so config.yaml agrees with lineage.json.
         rcfg = dataclasses.replace(
             cfg, exp=round_name(cfg.exp, r), pseudo=dataclasses.replace(cfg.pseudo, teacher=teacher)
         )
         result = run_round(rcfg, problem, teacher, r, unl, folds, force, log, allow_partial)
-        rounds.append({"round": r, "exp": rcfg.exp, "teacher": teacher, "cv": result["cv"]})
+        rounds.append({"round": r, "exp": rcfg.exp, "teacher": teacher, "cv": result.cv})
         teacher = rcfg.exp
-    return {**result, "rounds": rounds}
+    return {"summary": result, "rounds": rounds}

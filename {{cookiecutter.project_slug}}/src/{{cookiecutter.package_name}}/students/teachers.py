@@ -20,11 +20,11 @@ import numpy as np
 from ..config import Config, load
 from ..core.errors import UserError
 from ..core.runs import (
+    CVSummary,
+    Lineage,
     Run,
     atomic_save_npz,
-    atomic_write_json,
     read_derived,
-    read_json,
     read_pred_csv,
     stamp,
 )
@@ -75,12 +75,12 @@ def teacher_leaves(cfg: Config, names: Sequence[str]) -> dict[str, float]:
             raise UserError(f"ensemble {trail[0]!r} contains itself (via {' -> '.join((*trail, name))})")
         if run.is_ensemble():
             info = run.read_weights()
-            if info.get("weights") is None:  # a stacking meta-model was even fitted on every fold's OOF targets
+            if info.weights is None:  # a stacking meta-model was even fitted on every fold's OOF targets
                 raise UserError(
-                    f"ensemble {name!r} (method={info.get('method')}) is no weighted mean of its members: teach with "
+                    f"ensemble {name!r} (method={info.method}) is no weighted mean of its members: teach with "
                     "its members, or with a mean / weighted / hill_climb / optimize blend of them"
                 )
-            for member, w in zip(info["members"], info["weights"], strict=True):
+            for member, w in zip(info.members, info.weights, strict=True):
                 add(member, weight * float(w), (*trail, name))
         elif run.is_experiment():
             leaves[name] = leaves.get(name, 0.0) + weight
@@ -103,15 +103,14 @@ def check_teachers(cfg: Config, problem: Problem, names: Sequence[str], leaves: 
         if name == cfg.exp:
             raise UserError(f"experiment {name!r} cannot be its own teacher: give the student another config name")
         info = Run.named(cfg.output_dir, name).read_cv()
-        if info.get("folds_hash") != problem.folds_hash:
+        if info.folds_hash != problem.folds_hash:
             raise UserError(
-                f"teacher {name!r} was trained on folds hash {info.get('folds_hash')}, {cfg.folds.path} has "
+                f"teacher {name!r} was trained on folds hash {info.folds_hash}, {cfg.folds.path} has "
                 f"{problem.folds_hash}: its fold-k models saw the student's fold-k validation rows; retrain it"
             )
-        if info.get("task") != cfg.task or list(info.get("pred_cols", [])) != problem.classes:
+        if info.task != cfg.task or list(info.pred_cols) != problem.classes:
             raise UserError(
-                f"teacher {name!r} predicts {info.get('task')} {info.get('pred_cols')}, the student {cfg.task} "
-                f"{problem.classes}"
+                f"teacher {name!r} predicts {info.task} {info.pred_cols}, the student {cfg.task} {problem.classes}"
             )
 
 
@@ -168,7 +167,7 @@ def predict_fold(
     values in the target's units, whatever scale the teacher learnt them in). The teacher's model settings, this
     run's device, threads, workers and precision."""
     device, workers = compute_setup(cfg.device, cfg.threads, cfg.data.num_workers)
-    n_out = num_outputs(tcfg.task, len(tcfg.run.read_classes()["classes"]))
+    n_out = num_outputs(tcfg.task, len(tcfg.run.read_classes().classes))
     model = build_model(tcfg, n_out, pretrained=False).to(device)
     checkpoint(tcfg, fold)  # a teacher fold that is not finished is named first
     scale = load_fold_weights(tcfg, model, fold)
@@ -228,7 +227,7 @@ def _test_predictions(cfg: Config, tcfg: Config, fold: int, ids: list[str], log:
     if read_derived(path, prediction_source(tcfg, fold), id_col) is None:
         log(f"teacher {tcfg.exp}: {path} missing or out of date, predicting its test set first")
         predict_test_folds(tcfg, [fold])
-    classes = list(tcfg.run.read_classes()["classes"])
+    classes = tcfg.run.read_classes().classes
     df = read_pred_csv(path, id_col, classes).set_index(id_col)
     missing = sorted(set(ids) - set(df.index))
     if missing:
@@ -259,27 +258,27 @@ def student_rows(cfg: Config, paths: list[Path], y: np.ndarray, **extras) -> Ima
 
 
 def start_lineage(
-    cfg: Config, problem: Problem, kind: str, names: Sequence[str], settings: dict, force: bool, **extra
-) -> tuple[dict[str, float], dict]:
+    cfg: Config, problem: Problem, kind: str, names: Sequence[str], settings: dict, force: bool,
+    round: int | None = None,
+) -> tuple[dict[str, float], Lineage]:  # fmt: skip
     """Teachers `names` as checked {experiment: weight}, and the record for outputs/<exp>/lineage.json: what the
     student learns from (+ per-fold records). A folder whose finished folds learnt from other teachers or settings
     is not mixed with this run unless `force`."""
     leaves = teacher_leaves(cfg, names)
     check_teachers(cfg, problem, names, leaves)
-    header = {"kind": kind, "exp": cfg.exp, **extra, "teachers": list(names), "teacher_weights": leaves}
-    header.update(settings=settings, backbone=cfg.model.backbone, folds_hash=problem.folds_hash)
-    header = json.loads(json.dumps(header))  # tuples -> lists, as they read back
-    path = cfg.run.lineage
-    old = read_json(path) if path.is_file() else None
+    lineage = Lineage(kind=kind, exp=cfg.exp, round=round, teachers=list(names), teacher_weights=leaves,
+                      settings=settings, backbone=cfg.model.backbone, folds_hash=problem.folds_hash)  # fmt: skip
+    run = cfg.run
+    old = run.read_lineage() if run.lineage.is_file() else None
     if old is not None and not force:
-        if {k: v for k, v in old.items() if k != "folds"} == header:
+        if old.origin() == lineage.origin():
             return leaves, old
-        if cfg.run.finished_folds():
+        if run.finished_folds():
             raise UserError(
-                f"{cfg.run_dir} holds folds trained from {old.get('teachers')} with other settings than now "
-                f"(see {path}); pass --force to retrain, or use another experiment name"
+                f"{cfg.run_dir} holds folds trained from {old.teachers} with other settings than now "
+                f"(see {run.lineage}); pass --force to retrain, or use another experiment name"
             )
-    return leaves, dict(header, folds={})
+    return leaves, lineage
 
 
 def student_folds(
@@ -309,13 +308,13 @@ def student_folds(
 def train_students(
     cfg: Config,
     folds: Sequence[int] | None,
-    lineage: dict,
+    lineage: Lineage,
     build: FoldBuilder,
     step: Step,
     force: bool,
     log: Log,
     allow_partial: bool = False,
-) -> dict:
+) -> CVSummary:
     """Train each fold (default: every fold) on the data `build(fold)` returns (its record goes to lineage.json),
     then the CV summary and the test predictions, so the student is an experiment like any other. Every student
     fold needs its teachers' fold finished (`student_folds`); the test predictions wait until every student fold
@@ -323,15 +322,15 @@ def train_students(
     if world_size() > 1:  # the batch sampler and the per-fold records are not shared out between ranks
         raise UserError("pseudo and distill run in one process: start them without torchrun")
     trained = False
-    leaves = lineage["teacher_weights"]  # the teachers' experiments, ensembles expanded (start_lineage)
+    leaves = lineage.teacher_weights  # the teachers' experiments, ensembles expanded (start_lineage)
     for k in student_folds(cfg, leaves, folds, allow_partial, log):
         if not fold_pending(cfg, k, force, log):
             continue
         if not force:
             check_resumable(cfg, k)  # before the teachers run and lineage.json is rewritten (again under the lock)
         data, record = build(k)
-        lineage["folds"][str(k)] = record
-        atomic_write_json(cfg.run.lineage, lineage)
+        lineage.folds[str(k)] = record
+        cfg.run.write_lineage(lineage)
         train_one_fold(cfg, k, data, step, force=force)
         trained = True
     # As `train` then `predict` would: the test predictions (with the OOF re-predicted the same way), then the CV
