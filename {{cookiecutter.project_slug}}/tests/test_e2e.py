@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +15,7 @@ from omegaconf import OmegaConf
 
 from {{ cookiecutter.package_name }} import cli
 
-from conftest import TINY, write_config
+from conftest import TINY, cli_stopped_after, write_config
 
 PKG = cli.__package__
 SRC = str(Path(cli.__file__).parents[1])
@@ -97,18 +96,15 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_result(tmp_path, new_
     new_project(b, "multiclass", n_folds=2, extra=extra)
     run("train", "-c", a / "configs" / "exp.yaml", "--fold", "0")
 
-    cmd = [sys.executable, "-m", PKG, "train", "-c", str(b / "configs" / "exp.yaml"), "--fold", "0"]
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["train", "-c", str(b / "configs" / "exp.yaml"), "--fold", "0"]
+    proc = cli_stopped_after(1, "SIGKILL", args, env())  # a real interruption, right after the first checkpoint
+    proc.communicate(timeout=300)
+    assert proc.returncode == -9
     last = b / "outputs" / "exp" / "fold0" / "last.pt"
-    deadline = time.time() + 120
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.kill()  # a real interruption: SIGKILL right after the first epoch's checkpoint
-    proc.wait()
     stopped_after = torch.load(last, weights_only=True)["state"]["epoch"]  # plain data: loads without pickle code
-    assert stopped_after < 3 and not (last.parent / "oof.csv").exists()
+    assert stopped_after == 1 and not (last.parent / "oof.csv").exists()
 
-    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-m", PKG, *args], env=env(), capture_output=True, text=True, check=True)
     assert f"resuming after epoch {stopped_after}" in done.stdout
     best_a = torch.load(a / "outputs/exp/fold0/best.pt", weights_only=True)
     best_b = torch.load(last.parent / "best.pt", weights_only=True)
