@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,6 +87,39 @@ def make_project(root: Path, task: str = "multiclass", metric: str = "auto", n_f
 def new_project():
     """`new_project(root, task, ...)` -> Config of a fresh demo competition (see make_project)."""
     return make_project
+
+
+# --- a training stopped after epoch k, deterministically --------------------------------------------------------------
+
+# Run by `python -c` before the CLI: core.runs.save_last (called once per finished epoch with the fold's last.pt) is
+# wrapped, before the CLI is imported so that `from ..core.runs import save_last` binds the wrapper, to send a signal
+# to the process's own group once the given number of epochs is saved: as a terminal's Ctrl-C reaches the process and
+# its loader workers, or as a kill reaches them. No race between a file's appearance and the end of the training.
+_STOP_AFTER_EPOCH = """
+import os, signal, sys
+from {package}.core import runs
+after, sig, argv = int(sys.argv[1]), signal.Signals[sys.argv[2]], sys.argv[3:]
+assert os.getpgid(0) == os.getpid(), "start it in a process group of its own: the signal goes to the whole group"
+save_last, saved = runs.save_last, []
+def stop_after(path, **parts):
+    save_last(path, **parts)
+    saved.append(path)
+    if len(saved) == after:
+        os.killpg(os.getpgid(0), sig)
+runs.save_last = stop_after
+from {package} import cli
+sys.exit(cli.main(argv))
+"""
+
+
+def cli_stopped_after(epochs: int, sig: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """`python -m <package> ARGV` in a process group of its own (its loader workers join it, as typed in a terminal),
+    which signals `sig` ("SIGINT", "SIGKILL") to that group right after its `epochs`-th epoch checkpoint."""
+    code = _STOP_AFTER_EPOCH.format(package=config.__package__)
+    cmd = [sys.executable, "-c", code, str(epochs), sig, *map(str, argv)]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 # --- synthetic experiments (ensembling, submissions) -----------------------------------------------------------------

@@ -294,11 +294,6 @@ def check_error(case: Case, returncode: int, stderr: str) -> str:
     return line
 
 
-def test_there_are_enough_cases_and_each_is_named_once():
-    assert len(CASES) >= 35
-    assert len({c.id for c in CASES}) == len(CASES)
-
-
 @pytest.mark.parametrize("project", CASES, ids=[c.id for c in CASES], indirect=True)
 def test_bad_input_stops_with_one_line_and_writes_nothing(project, request, monkeypatch, capsys):
     case: Case = request.node.callspec.params["project"]

@@ -121,6 +121,7 @@ def test_memory_cache_decodes_once_per_process(tmp_path, decodes):
     assert cache.open_cache("none", paths, 3, None) is None
 
 
+@pytest.mark.e2e
 def test_disk_cache_through_the_cli_is_shared_by_folds_and_experiments(tmp_path, new_project, decodes):
     extra = TINY.replace("  num_workers: 0\n", f"  num_workers: 0\n  cache: disk\n  cache_dir: {tmp_path / 'cache'}\n")
     cfg = new_project(tmp_path, "multiclass", n_folds=2, extra=extra)

@@ -9,6 +9,8 @@ from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.data import augment, samplers
 from {{ cookiecutter.package_name }}.modeling import losses, metrics, optim
 
+from conftest import SMALL
+
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 
@@ -29,27 +31,65 @@ def test_overrides_win_over_the_file_and_keep_types(tmp_path):
     assert cfg.train.batch_size == config.TrainConfig().batch_size  # untouched keys keep their defaults
 
 
-def test_unknown_key_names_it_and_suggests(tmp_path):
-    path = tmp_path / "e.yaml"
-    path.write_text("train:\n  epoch: 5\n")
-    with pytest.raises(UserError, match=r"unknown key 'train.epoch'.*did you mean 'epochs'.*batch_size"):
-        config.load(path)
-    path.write_text("")
-    with pytest.raises(UserError, match=r"unknown key 'modle'"):
-        config.load(path, ["modle.backbone=x"])
+ACCURACY, MULTICLASS = "metric: accuracy\n", "task: multiclass\n"
+
+# A bad value stops at load with one line that names the key (or what else is wrong).
+BAD_AT_LOAD = [  # (id, the config file's text or None for no file, overrides, a regex the error line matches)
+    # keys, types, the command line, the file
+    ("unknown-key-in-file", "train:\n  epoch: 5\n", [],
+     r"unknown key 'train.epoch'.*did you mean 'epochs'.*batch_size"),
+    ("unknown-key-in-override", "", ["modle.backbone=x"], r"unknown key 'modle'"),
+    ("wrong-type", "", ["train.epochs=many"], r"'train.epochs'"),
+    ("bad-choice", "", ["train.sampler=balanced"], r"'train.sampler' is 'balanced'"),
+    ("override-without-equals", "", ["train.epochs"], r"key=value"),
+    ("file-missing", None, [], r"not found"),
+    # ranges and combinations (the file says accuracy)
+    ("metric-not-for-task", ACCURACY, ["task=regression"], r"metric.*accuracy.*not defined for task=regression"),
+    ("zero-lr", ACCURACY, ["optim.lr=0"], r"'optim.lr' is 0; expected a number > 0"),
+    ("negative-lr", ACCURACY, ["optim.lr=-1e-3"], r"'optim.lr' is -0.001"),
+    ("loss-not-for-task", ACCURACY, ["loss.name=bce"], r"loss 'bce' does not support task 'multiclass'"),
+    ("loss-option-not-for-task", ACCURACY, ["loss.label_smoothing=0.1", "loss.name=focal", "task=regression",
+                                            "metric=rmse"], r"loss 'focal'"),
+    ("mix-prob", ACCURACY, ["augment.mix_prob=2"], r"'augment.mix_prob' is 2.0"),
+    ("tta-view", ACCURACY, ["tta.views=[identity,flipx]"], r"TTA view 'flipx'"),
+    ("temperature-zero", ACCURACY, ["distill.temperature=0"], r"'distill.temperature'"),
+    # runtime
+    ("negative-workers", MULTICLASS, ["data.num_workers=-1"], r"data\.num_workers"),
+    ("zero-threads", MULTICLASS, ["threads=0"], r"threads"),
+    ("threads-not-a-number", MULTICLASS, ["threads=many"], r"threads"),
+    ("channels-last", MULTICLASS, ["model.channels_last=sometimes"], r"model\.channels_last"),
+    ("cache-mode", MULTICLASS, ["data.cache=ram"], r"data\.cache"),
+    ("negative-seed", MULTICLASS, ["seed=-1"], r"seed"),
+    # export and the ONNX runtime
+    ("export-variant", "", ["export.variants=[onnx,tensorrt]"], r"'export\.variants'"),
+    ("export-variant-twice", "", ["export.variants=[onnx,onnx]"], r"distinct"),
+    ("export-int8-alone", "", ["export.variants=[onnx_int8]"], r"onnx_int8 without onnx"),
+    ("export-sparsity", "", ["export.sparsity=1.0"], r"'export\.sparsity' is 1\.0"),
+    ("export-opset", "", ["export.opset=17"], r"'export\.opset' is 17"),
+    ("exporter", "", ["export.exporter=tflite"], r"'export\.exporter' is 'tflite'"),
+    ("calibration-batches", "", ["export.calibration_batches=0"], r"'export\.calibration_batches'"),
+    ("runtime", "", ["predict.runtime=tensorrt"], r"'predict\.runtime' is 'tensorrt'"),
+    ("onnx-model", "", ["predict.onnx_model=fp16"], r"'predict\.onnx_model' is 'fp16'"),
+    # distillation and pseudo-labels, on conftest's SMALL config
+    ("distill-alpha", SMALL, ["distill.alpha=1.5"], r"distill\.alpha"),
+    ("distill-temperature", SMALL, ["distill.temperature=0"], r"distill\.temperature"),
+    ("pseudo-threshold", SMALL, ["pseudo.threshold=1.5"], r"pseudo\.threshold"),
+    ("pseudo-top-fraction", SMALL, ["pseudo.top_fraction=0"], r"pseudo\.top_fraction"),
+    ("pseudo-max-per-class", SMALL, ["pseudo.max_per_class=-1"], r"pseudo\.max_per_class"),
+    ("pseudo-batch-ratio", SMALL, ["pseudo.batch_ratio=1.0"], r"pseudo\.batch_ratio"),
+    ("pseudo-rounds", SMALL, ["pseudo.rounds=0"], r"pseudo\.rounds"),
+    ("pseudo-weight", SMALL, ["pseudo.weight=-1"], r"pseudo\.weight"),
+]  # fmt: skip
 
 
-def test_wrong_type_and_bad_choice_name_the_key(tmp_path):
+@pytest.mark.parametrize(("text", "overrides", "match"), [c[1:] for c in BAD_AT_LOAD], ids=[c[0] for c in BAD_AT_LOAD])
+def test_a_bad_value_stops_at_load_with_one_line_naming_it(tmp_path, text, overrides, match):
     path = tmp_path / "e.yaml"
-    path.write_text("")
-    with pytest.raises(UserError, match=r"'train.epochs'"):
-        config.load(path, ["train.epochs=many"])
-    with pytest.raises(UserError, match=r"'train.sampler' is 'balanced'"):
-        config.load(path, ["train.sampler=balanced"])
-    with pytest.raises(UserError, match=r"key=value"):
-        config.load(path, ["train.epochs"])
-    with pytest.raises(UserError, match=r"not found"):
-        config.load(tmp_path / "missing.yaml")
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(UserError, match=match) as caught:
+        config.load(path, overrides)
+    assert len(str(caught.value).splitlines()) == 1, str(caught.value)
 
 
 def test_target_col_may_be_a_list_only_for_multilabel(tmp_path):
@@ -118,26 +158,6 @@ def test_choices_come_from_the_registries(tmp_path, key, registry):
         assert config.get(config.load(path, [f"{key}={name}", f"task={task}"]), key) == name
     with pytest.raises(UserError, match=rf"'{key}' is 'nope'; allowed: "):
         config.load(path, [f"{key}=nope"])
-
-
-@pytest.mark.parametrize(
-    ("overrides", "match"),
-    [
-        (["task=regression"], "metric.*accuracy.*not defined for task=regression"),  # the file says accuracy
-        (["optim.lr=0"], "'optim.lr' is 0; expected a number > 0"),
-        (["optim.lr=-1e-3"], "'optim.lr' is -0.001"),
-        (["loss.name=bce"], "loss 'bce' does not support task 'multiclass'"),
-        (["loss.label_smoothing=0.1", "loss.name=focal", "task=regression", "metric=rmse"], "loss 'focal'"),
-        (["augment.mix_prob=2"], "'augment.mix_prob' is 2.0"),
-        (["tta.views=[identity,flipx]"], "TTA view 'flipx'"),
-        (["distill.temperature=0"], "'distill.temperature'"),
-    ],
-)
-def test_combinations_are_checked_at_load(tmp_path, overrides, match):
-    path = tmp_path / "c.yaml"
-    path.write_text("metric: accuracy\n")
-    with pytest.raises(UserError, match=match):
-        config.load(path, overrides)
 
 
 def test_lr_is_a_positive_number_or_auto(tmp_path):

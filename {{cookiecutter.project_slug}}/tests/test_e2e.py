@@ -4,7 +4,6 @@ resume after a real interruption, wandb offline logging, and torchrun with two p
 import functools
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from omegaconf import OmegaConf
 from {{ cookiecutter.package_name }} import cli
 from {{ cookiecutter.package_name }}.data import samplers
 
-from conftest import TINY, write_config
+from conftest import TINY, cli_stopped_after, write_config
 
 PKG = cli.__package__
 SRC = str(Path(cli.__file__).parents[1])
@@ -91,27 +90,6 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 
 
-# Runs the CLI as `python -m <package>` does, but SIGKILLs itself the moment the first last.pt is in place: a real
-# interruption, always right after epoch 1's checkpoint (no race between a poller and the epochs).
-KILL_AFTER_FIRST_CHECKPOINT = """
-import os, signal, sys
-from pathlib import Path
-from {pkg} import cli
-from {pkg}.core import runs
-
-save = runs.atomic_torch_save
-
-def save_then_die(path, obj):
-    out = save(path, obj)
-    if Path(path).name == "last.pt":
-        os.kill(os.getpid(), signal.SIGKILL)
-    return out
-
-runs.atomic_torch_save = save_then_die
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.parametrize("sampler", samplers.list_samplers())
 def test_resume_after_a_killed_run_gives_the_uninterrupted_result(tmp_path, new_project, sampler):
     """Every train.sampler: a fold killed after epoch 1 and resumed trains exactly what the uninterrupted run does
@@ -124,15 +102,15 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_result(tmp_path, new_
     run("train", "-c", a / "configs" / "exp.yaml", "--fold", "0")
 
     args = ["train", "-c", str(b / "configs" / "exp.yaml"), "--fold", "0"]
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_CHECKPOINT.format(pkg=PKG), *args], env=env(),
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    proc = cli_stopped_after(1, "SIGKILL", args, env())  # a real interruption, right after the first checkpoint
+    proc.communicate(timeout=300)
+    assert proc.returncode == -9
     last = b / "outputs" / "exp" / "fold0" / "last.pt"
-    assert torch.load(last, weights_only=True)["state"]["epoch"] == 1  # plain data: loads without pickle code
-    assert not (last.parent / "oof.csv").exists()
+    stopped_after = torch.load(last, weights_only=True)["state"]["epoch"]  # plain data: loads without pickle code
+    assert stopped_after == 1 and not (last.parent / "oof.csv").exists()
 
     done = subprocess.run([sys.executable, "-m", PKG, *args], env=env(), capture_output=True, text=True, check=True)
-    assert "resuming after epoch 1" in done.stdout
+    assert f"resuming after epoch {stopped_after}" in done.stdout
     best_a = torch.load(a / "outputs/exp/fold0/best.pt", weights_only=True)
     best_b = torch.load(last.parent / "best.pt", weights_only=True)
     assert best_a["epoch"] == best_b["epoch"] and best_a["score"] == best_b["score"]

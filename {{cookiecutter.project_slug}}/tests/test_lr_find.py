@@ -204,6 +204,7 @@ def test_plot_is_a_png(tmp_path):
     assert math.isfinite(res.suggestion)
 
 
+@pytest.mark.e2e
 def test_auto_lr_sweeps_once_per_experiment_and_every_fold_trains_at_its_suggestion(small_project, capsys):
     small_config(small_project, "auto")
     path = small_project / "configs" / "auto.yaml"

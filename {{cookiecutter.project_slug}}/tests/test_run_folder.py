@@ -8,11 +8,9 @@ import builtins
 import dataclasses
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +23,15 @@ from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.core.runs import FoldLock, atomic_torch_save
 from {{ cookiecutter.package_name }}.core.tasks import TargetScale
 
-from conftest import TINY, fake_experiment, fingerprint_teacher, make_project, small_config, write_config
+from conftest import (
+    TINY,
+    cli_stopped_after,
+    fake_experiment,
+    fingerprint_teacher,
+    make_project,
+    small_config,
+    write_config,
+)
 
 PKG = cli.__package__
 SRC = str(Path(cli.__file__).parents[1])
@@ -54,20 +60,10 @@ def read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"id": str})
 
 
-def start_train(config: Path, fold: int, *overrides: str) -> subprocess.Popen:
-    """`python -m <package> train -c CONFIG --fold FOLD` in another process, as typed in a terminal: in a process
-    group of its own (its loader workers join it), which a terminal's Ctrl-C signals as a whole."""
-    cmd = [sys.executable, "-m", PKG, "train", "-c", str(config), "--fold", str(fold), *overrides]
-    return subprocess.Popen(
-        cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-
-
-def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.time() + seconds
-    while not path.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert path.exists(), proc.communicate()[1][-2000:] if proc.poll() is not None else f"no {path}"
+def start_train(config: Path, fold: int) -> subprocess.Popen:
+    """`python -m <package> train -c CONFIG --fold FOLD` in another process, as typed in a terminal."""
+    cmd = [sys.executable, "-m", PKG, "train", "-c", str(config), "--fold", str(fold)]
+    return subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 # --- a fold counts only when finished ---------------------------------------------------------------------------------
@@ -79,10 +75,9 @@ def test_a_killed_fold_is_never_used_and_is_named(tmp_path, capsys):
     exp = tmp_path / "configs" / "exp.yaml"
     run, out = tmp_path / "outputs" / "exp", tmp_path / "outputs"
     assert main(capsys, "train", "-c", exp, "--fold", "0,1")[0] == 0
-    proc = start_train(exp, 2)
-    wait_for(run / "fold2" / "last.pt", proc)
-    proc.kill()  # SIGKILL after fold 2's first checkpoint: best.pt and last.pt, no oof.csv
-    proc.communicate()
+    proc = cli_stopped_after(1, "SIGKILL", ["train", "-c", exp, "--fold", "2"], env())
+    proc.communicate(timeout=300)  # SIGKILL after fold 2's first checkpoint: best.pt and last.pt, no oof.csv
+    assert proc.returncode == -9
     assert (run / "fold2" / "best.pt").is_file() and not (run / "fold2" / "oof.csv").exists()
 
     # Without --allow-partial every use of the experiment stops, naming the unfinished fold.
@@ -179,23 +174,21 @@ def test_a_second_live_process_on_a_fold_is_refused_and_a_dead_ones_lock_taken_o
 @pytest.mark.e2e
 @pytest.mark.parametrize("workers", [0, 2])
 def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path, capsys, workers):
-    """Ctrl-C reaches the training process and its loader workers (one process group): still one line."""
-    make_project(tmp_path, n_folds=2, extra=TINY.replace("epochs: 1", "epochs: 6"))
+    """Ctrl-C reaches the training process and its loader workers (one process group): still one line. The Ctrl-C
+    comes right after epoch 1's checkpoint, from within the run: no race against the end of the training."""
+    make_project(tmp_path, n_folds=2, extra=THREE_EPOCHS)
     exp = tmp_path / "configs" / "exp.yaml"
     last = tmp_path / "outputs" / "exp" / "fold0" / "last.pt"
-    proc = start_train(exp, 0, f"data.num_workers={workers}")
-    wait_for(last, proc)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    epoch = torch.load(last, weights_only=True)["state"]["epoch"]
+    proc = cli_stopped_after(1, "SIGINT", ["train", "-c", exp, "--fold", "0", f"data.num_workers={workers}"], env())
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
-    assert one_line(err) == f"interrupted: fold 0 after epoch {epoch}; rerun the same command to resume"
-    assert epoch < 6 and not (last.parent / "oof.csv").exists()
+    assert one_line(err) == "interrupted: fold 0 after epoch 1; rerun the same command to resume"
+    assert torch.load(last, weights_only=True)["state"]["epoch"] == 1 and not (last.parent / "oof.csv").exists()
 
     code, stdout, _ = main(capsys, "train", "-c", exp, "--fold", "0")
-    assert code == 0 and f"fold 0: resuming after epoch {epoch}" in stdout and (last.parent / "oof.csv").is_file()
+    assert code == 0 and "fold 0: resuming after epoch 1" in stdout and (last.parent / "oof.csv").is_file()
     history = json.loads((last.parent / "history.json").read_text())
-    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
 
 
 # --- checkpoints cannot run code --------------------------------------------------------------------------------------
