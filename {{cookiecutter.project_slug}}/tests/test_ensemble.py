@@ -207,7 +207,7 @@ def test_stacking_oof_rows_never_see_their_own_targets(task):
     method = ensemble.get_blend_method("stacking")
 
     def oof(targets):
-        obj = ensemble.Objective(metric, task, targets, metric != "rmse")
+        obj = ensemble.Objective(metric, task, targets)
         return ensemble.out_of_fold(method, preds, obj, fold, None)
 
     changed = y.copy()
@@ -241,7 +241,7 @@ def test_vote_is_the_majority_with_ties_broken_by_the_soft_vote():
         [[0.40, 0.30, 0.30], [0.10, 0.60, 0.30]],
         [[0.00, 1.00, 0.00], [0.05, 0.15, 0.80]],
     ])  # fmt: skip
-    obj = ensemble.Objective("accuracy", "multiclass", np.array([0, 0]), True)
+    obj = ensemble.Objective("accuracy", "multiclass", np.array([0, 0]))
     out = ensemble.get_blend_method("vote").fit(preds, obj, None).apply(preds)
     # row 0: two votes for class 0 beat the mean probability, which favours class 1
     assert preds[:, 0].mean(0).argmax() == 1 and out[0].argmax() == 0
@@ -250,7 +250,7 @@ def test_vote_is_the_majority_with_ties_broken_by_the_soft_vote():
     np.testing.assert_allclose(out.sum(1), 1.0)
     binary = np.array([[0.9], [0.6], [0.2]])[:, None, :].repeat(2, axis=1)  # (M=3, N=2, 1): two of three vote 1
     binary[:, 1, 0] = [0.55, 0.1, 0.2]  # one of three votes 1
-    obj = ensemble.Objective("accuracy", "binary", np.array([1, 0]), True)
+    obj = ensemble.Objective("accuracy", "binary", np.array([1, 0]))
     got = ensemble.get_blend_method("vote").fit(binary, obj, None).apply(binary)[:, 0]
     assert got[0] >= 0.5 > got[1]
 

@@ -148,8 +148,7 @@ def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], Non
 
 def warn_if_tta_hurts(result: dict, views: list[str]) -> None:
     """TTA is chosen on OOF, never on test: say so when the views predicted with score worse there than one view."""
-    sign = 1 if result["higher_is_better"] else -1
-    if "cv_tta" in result and sign * result["cv_tta"] < sign * result["cv"]:
+    if "cv_tta" in result and metrics.get_metric(result["metric"]).better(result["cv"], result["cv_tta"]):
         print(f"warning: TTA {views} scores worse on OOF ({result['cv_tta']:.5f}) than one view "
               f"({result['cv']:.5f}); try other tta.views, or tta.views=[identity]")  # fmt: skip
 

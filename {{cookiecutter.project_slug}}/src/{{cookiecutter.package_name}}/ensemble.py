@@ -57,17 +57,15 @@ class Objective:
     metric: str
     task: str
     y: np.ndarray
-    higher: bool
 
     def score(self, pred: np.ndarray) -> float:
         return metrics.score(self.metric, self.y, _task_format(pred, self.task), self.task)
 
     def gain(self, pred: np.ndarray) -> float:
-        s = self.score(pred)
-        return -np.inf if np.isnan(s) else (s if self.higher else -s)
+        return metrics.get_metric(self.metric).gain(self.score(pred))
 
     def subset(self, rows: np.ndarray) -> Objective:
-        return Objective(self.metric, self.task, self.y[rows], self.higher)
+        return Objective(self.metric, self.task, self.y[rows])
 
 
 @dataclass(frozen=True)
@@ -395,7 +393,7 @@ def blend(
     members = load_members(cfg, exps, allow_partial, log)
     y, fold, folds_hash = oof_truth(cfg, members.ids, members.classes, trained_on=members.cv[0].get("folds_hash"),
                                     where=f"{members.names[0]}/oof.csv")  # fmt: skip
-    obj = Objective(metric, cfg.task, y, metrics.get_metric(metric).higher_is_better)
+    obj = Objective(metric, cfg.task, y)
     preds = to_ranks(members.oof) if blender.rank else members.oof
     member_cv = {e: obj.score(p) for e, p in zip(exps, preds, strict=True)}
     fitted = blender.fit(preds, obj, weights)  # on every OOF row: what the test rows are blended with
@@ -410,7 +408,7 @@ def blend(
         "exp": name,
         "task": cfg.task,
         "metric": metric,
-        "higher_is_better": obj.higher,
+        "higher_is_better": metrics.get_metric(metric).higher_is_better,
         "cv": obj.score(oof),
         "folds": folds,
         "complete": not members.folds_missing,

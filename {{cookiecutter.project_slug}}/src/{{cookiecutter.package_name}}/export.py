@@ -234,10 +234,10 @@ def format_table(info: dict) -> str:
     with torch over the folds, and the per-fold means of file size and CPU images/s."""
     folds = list(info["folds"].values())
     names = list(info["overall"])
-    sign = "higher" if info["higher_is_better"] else "lower"
+    direction = metrics.get_metric(info["metric"]).direction
     header = ("OOF score", 11), ("vs torch", 11), ("max|dp|", 10), ("size MB", 10), ("zipped MB", 11), ("img/s", 9)
     lines = [
-        f"{info['exp']}: export of {len(folds)} fold(s); {info['metric']} on OOF ({sign} is better); "
+        f"{info['exp']}: export of {len(folds)} fold(s); {info['metric']} on OOF ({direction}); "
         f"CPU images/s with {info['threads']} thread(s)",
         f"  {'variant':<14}" + "".join(f"{title:>{width}}" for title, width in header),
     ]

@@ -84,11 +84,10 @@ def tune_cuts(y: np.ndarray, p: np.ndarray, levels: np.ndarray, metric: str) -> 
     midpoints (plain rounding), kept only if it beats them (the APTOS trick, for any regression metric)."""
     if len(levels) < 2:
         return np.zeros(0)
-    sign = 1.0 if metrics.get_metric(metric).higher_is_better else -1.0
+    m = metrics.get_metric(metric)
 
     def gain(t: np.ndarray) -> float:
-        s = metrics.score(metric, y, apply_cuts(p, levels, t), "regression")
-        return -np.inf if np.isnan(s) else sign * s
+        return m.gain(metrics.score(metric, y, apply_cuts(p, levels, t), "regression"))
 
     start = (levels[1:] + levels[:-1]) / 2
     res = minimize(lambda t: -gain(t), start, method="Nelder-Mead", options={"maxiter": 400, "xatol": 1e-3})

@@ -13,6 +13,7 @@ scores (sklearn's multiclass AUC demands rows summing to 1) and validation folds
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,24 @@ class Metric:
     tasks: tuple[str, ...]  # the task types it is defined for
     labels: bool = False  # counts thresholded labels (accuracy, F1, QWK...): a step function of the predictions
     rank_only: bool = False  # reads nothing but the order of each prediction column (AUC): rank blends keep it
+
+    # The metric's direction lives here and only here: every stage that compares or maximises scores (best epoch,
+    # TTA views, ordinal cuts, blend weights, ranks, warnings) goes through `gain` / `better`.
+    def gain(self, score: float) -> float:
+        """`score` as a value that is larger when better, whatever the direction; NaN (a diverged model) -> -inf."""
+        score = float(score)
+        if math.isnan(score):
+            return -math.inf
+        return score if self.higher_is_better else -score
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether score `a` is strictly better than score `b`; a NaN is never better (and any number beats it)."""
+        return self.gain(a) > self.gain(b)
+
+    @property
+    def direction(self) -> str:
+        """'higher is better' or 'lower is better', for messages and tables."""
+        return "higher is better" if self.higher_is_better else "lower is better"
 
 
 METRICS: Registry[MetricFn] = Registry("metric")
