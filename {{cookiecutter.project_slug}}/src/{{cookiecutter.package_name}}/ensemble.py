@@ -39,7 +39,7 @@ from .config import Config, metric_name
 from .core.errors import UserError
 from .core.registry import Registry
 from .core.runs import Run, atomic_write_csv, atomic_write_json, read_pred_csv
-from .core.tasks import TASKS
+from .core.tasks import CLASSIFICATION_TASKS, SINGLE_OUTPUT_TASKS, TASKS
 from .data.folds import expected_folds
 from .data.problem import oof_truth
 from .modeling import metrics
@@ -112,7 +112,7 @@ def list_blend_methods() -> list[str]:
 
 
 def _task_format(pred: np.ndarray, task: str) -> np.ndarray:
-    return pred[:, 0] if task in ("binary", "regression") else pred
+    return pred[:, 0] if task in SINGLE_OUTPUT_TASKS else pred
 
 
 def combine(preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -272,7 +272,6 @@ def _voted(model: dict, preds: np.ndarray) -> np.ndarray:
 
 
 COMBINERS: dict[str, Callable[[dict, np.ndarray], np.ndarray]] = {"stacking": _stacked, "vote": _voted}
-LABEL_TASKS = ("multiclass", "binary", "multilabel")
 
 BLEND_METHODS.register("mean", _equal)
 BLEND_METHODS.register("weighted", _weighted)
@@ -280,7 +279,7 @@ BLEND_METHODS.register("rank", _equal, rank=True)
 BLEND_METHODS.register("hill_climb", _hill_climb, tuned=True)
 BLEND_METHODS.register("optimize", _optimize, tuned=True)
 BLEND_METHODS.register("stacking", _stacking, foldwise=True)
-BLEND_METHODS.register("vote", _vote, tasks=LABEL_TASKS)
+BLEND_METHODS.register("vote", _vote, tasks=CLASSIFICATION_TASKS)
 
 
 def apply_saved(info: dict, preds: np.ndarray) -> np.ndarray:

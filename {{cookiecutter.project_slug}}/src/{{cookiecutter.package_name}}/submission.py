@@ -25,6 +25,7 @@ from .core.runs import (
     submission_log_path,
     submission_path,
 )
+from .core.tasks import CLASSIFICATION_TASKS
 from .data.problem import oof_truth
 from .data.tables import binary_positive, data_path, derive_classes, encode_targets, read_table, read_train
 from .engine.scoring import (
@@ -82,7 +83,7 @@ def rounding_cuts(cfg: Config, exp: str, levels: np.ndarray, log: Callable[[str]
 
 FORMAT_TASKS = {
     "label": ("multiclass", "binary"),
-    "probs": ("multiclass", "binary", "multilabel"),
+    "probs": CLASSIFICATION_TASKS,
     "tags": ("multilabel",),
     "value": ("regression",),
 }

@@ -10,6 +10,7 @@ from scipy.optimize import minimize
 
 from ..config import Config, metric_name
 from ..core.errors import UserError
+from ..core.tasks import SINGLE_OUTPUT_TASKS
 from ..data.problem import (
     load_problem,
 )
@@ -22,7 +23,7 @@ def score_oof(cfg: Config, oof: pd.DataFrame) -> tuple[dict[str, float], float, 
     position = {i: n for n, i in enumerate(problem.ids)}
     rows = np.array([position[i] for i in oof[cfg.data.id_col]])
     y_true, pred = problem.y[rows], oof[problem.classes].to_numpy()
-    if cfg.task in ("binary", "regression"):
+    if cfg.task in SINGLE_OUTPUT_TASKS:
         pred = pred[:, 0]
     name = metric_name(cfg)
     per_fold = {}
