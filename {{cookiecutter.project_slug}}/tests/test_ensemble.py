@@ -13,7 +13,7 @@ from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.data import tables
 from {{ cookiecutter.package_name }}.students import teachers
 
-from conftest import encode_truth, fake_experiment, on_other_folds
+from conftest import encode_truth, fake_experiment, on_other_folds, wandb_runs
 
 N_FOLDS = 3
 
@@ -233,6 +233,22 @@ def test_stacking_learns_what_a_weighted_mean_cannot(projects):
     mean = ensemble.blend(cfg, ["m1_biased", "m2"], "optimize", "ens_opt_reg", log=lambda s: None)
     assert stacked["cv"] < min(stacked["member_cv"].values()) - 0.5
     assert stacked["cv"] < mean["cv_nested"] - 0.3
+
+
+def test_a_blend_logs_a_wandb_run_with_its_scores(projects, monkeypatch):
+    """Offline: a run of job_type ensemble in the ensemble's own group and folder, with every CV of its cv.json (the
+    nested one included), each member's CV and weight."""
+    cfg = projects["regression"]
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    result = ensemble.blend(cfg, MEMBERS, "hill_climb", "ens_tracked", log=lambda s: None)
+    (tracked,) = wandb_runs(Path(cfg.output_dir) / "ens_tracked")
+    assert [tracked[k] for k in ("job_type", "group", "name")] == ["ensemble", "ens_tracked", "ens_tracked-ensemble"]
+    summary = tracked["summary"]
+    assert summary["cv"] == result["cv"] and summary["cv_nested"] == result["cv_nested"]
+    assert summary["method"] == "hill_climb"
+    for member, weight in zip(MEMBERS, result["weights"], strict=True):
+        assert summary[f"member_cv/{member}"] == result["member_cv"][member] and summary[f"weight/{member}"] == weight
+    assert {summary[f"fold{k}"] for k in range(N_FOLDS)} == set(result["folds"].values())
 
 
 def test_vote_is_the_majority_with_ties_broken_by_the_soft_vote():

@@ -15,7 +15,7 @@ import pandas as pd
 from .config import Config, metric_name
 from .core.errors import UserError
 from .core.runs import atomic_savefig, atomic_write_csv, atomic_write_json, read_derived, read_json
-from .core.tracking import Tracker
+from .core.tracking import Tracker, score_summary
 from .data.problem import load_problem
 from .engine.inference import (
     folds_source,
@@ -216,5 +216,5 @@ def _figures(cfg: Config, result: dict, y_true: np.ndarray, pred: np.ndarray, cl
         tracker.image(key, path)
     if cfg.task == "multiclass":
         tracker.confusion(y_true.astype(int).tolist(), pred.argmax(1).tolist(), classes)
-    tracker.summary({"cv": result["cv"], **{f"fold{k}": v for k, v in result["folds"].items()}})
+    tracker.summary(score_summary(result))  # every CV variant in cv.json, and each fold's score
     tracker.finish()

@@ -25,6 +25,7 @@ ranks, not probabilities, so it is allowed only for metrics that read nothing bu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from .core.errors import UserError
 from .core.registry import Registry
 from .core.runs import Run, atomic_write_csv, atomic_write_json, read_pred_csv
 from .core.tasks import CLASSIFICATION_TASKS, SINGLE_OUTPUT_TASKS, TASKS
+from .core.tracking import Tracker, score_summary
 from .data.folds import expected_folds
 from .data.problem import oof_truth
 from .modeling import metrics
@@ -427,6 +429,7 @@ def blend(
         result["folds_nested"] = nested
         result["cv_nested"] = float(np.mean(list(nested.values())))
     _write(cfg, name, members, fold, oof, fitted, blender, result)
+    _track(cfg, name, result)
     for e, s in member_cv.items():
         log(f"  {e:<24} {metric} {s:.5f}")
     if "cv_nested" in result:
@@ -461,6 +464,16 @@ def _check_request(cfg: Config, exps: list[str], blender: BlendMethod, method: s
     out = Run.named(cfg.output_dir, name)
     if name in exps or (out.path.exists() and not out.is_ensemble()):
         raise UserError(f"{out} is an experiment, not an ensemble: choose another ensemble name")
+
+
+def _track(cfg: Config, name: str, result: dict) -> None:
+    """A wandb run per blend, job_type ensemble, in the ensemble's own group and folder (an ensemble is a run folder
+    like an experiment's): every CV of cv.json, each member's CV and weight, the method."""
+    tracker = Tracker(dataclasses.replace(cfg, exp=name), "ensemble", "ensemble")
+    weights = dict(zip(result["members"], result["weights"] or [], strict=False))  # none: stacking, vote
+    tracker.summary(score_summary(result) | {f"member_cv/{e}": v for e, v in result["member_cv"].items()}
+                    | {f"weight/{e}": w for e, w in weights.items()} | {"method": result["method"]})  # fmt: skip
+    tracker.finish()
 
 
 def _write(cfg: Config, name: str, members: Members, fold, oof, fitted: Blend, blender: BlendMethod,

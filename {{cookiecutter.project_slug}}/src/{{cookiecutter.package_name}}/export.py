@@ -37,6 +37,7 @@ from .config import Config, metric_name
 from .core.runs import atomic_torch_save, atomic_write_json, checksum, load_best
 from .core.runtime import amp_dtype, compute_setup
 from .core.tasks import TargetScale, num_outputs
+from .core.tracking import Tracker
 from .data.augment import build_transforms
 from .data.images import ImageDataset
 from .data.problem import Problem, build_fold_data, load_problem, pred_frame
@@ -98,6 +99,11 @@ def run_export(cfg: Config) -> dict:
     atomic_write_json(run.export_json, info)
     print(format_table(info))
     print(f"{run.export_json} written")
+    tracker = Tracker(cfg, "export", "export")  # a run per export, in the experiment's group
+    tracker.summary(
+        {f"{variant}/{key}": value for variant, row in table_rows(info).items() for key, value in row.items()}
+    )
+    tracker.finish()
     return info
 
 
@@ -229,11 +235,30 @@ def finetune(cfg: Config, k: int, model: nn.Module) -> None:
     model.eval()
 
 
+def table_rows(info: dict) -> dict[str, dict[str, float]]:
+    """The export table's figures, per variant: overall OOF score and its difference with torch, the largest
+    probability difference with torch over the folds, the per-fold means of file size and CPU images/s, whether every
+    fold's ONNX parity held, and the pruned model's sparsity."""
+    folds, ref = list(info["folds"].values()), info["overall"][REFERENCE]
+    out = {}
+    for name, score in info["overall"].items():
+        rows = [f["variants"][name] for f in folds]
+        out[name] = {
+            "oof_score": score,
+            "vs_torch": score - ref,
+            "max_abs_diff": max(r["max_abs_diff"] for r in rows),
+            "size_mb": float(np.mean([r["size_mb"] for r in rows])),
+            "zipped_mb": float(np.mean([r["zipped_mb"] for r in rows])),
+            "images_per_s": float(np.mean([r["images_per_s"] for r in rows])),
+            "parity_ok": all(r.get("parity_ok", True) for r in rows),
+            **({"sparsity": rows[0]["sparsity"]} if "sparsity" in rows[0] else {}),
+        }
+    return out
+
+
 def format_table(info: dict) -> str:
-    """One row per variant: overall OOF score and its difference with torch, the largest probability difference
-    with torch over the folds, and the per-fold means of file size and CPU images/s."""
+    """One row per variant of `table_rows`."""
     folds = list(info["folds"].values())
-    names = list(info["overall"])
     direction = metrics.get_metric(info["metric"]).direction
     header = ("OOF score", 11), ("vs torch", 11), ("max|dp|", 10), ("size MB", 10), ("zipped MB", 11), ("img/s", 9)
     lines = [
@@ -241,14 +266,11 @@ def format_table(info: dict) -> str:
         f"CPU images/s with {info['threads']} thread(s)",
         f"  {'variant':<14}" + "".join(f"{title:>{width}}" for title, width in header),
     ]
-    ref = info["overall"][REFERENCE]
-    for name in names:
-        rows = [f["variants"][name] for f in folds]
-        label = name + (f" ({100 * rows[0]['sparsity']:.0f}%)" if "sparsity" in rows[0] else "")
-        flag = "" if all(r.get("parity_ok", True) for r in rows) else "  PARITY FAILED"
+    for name, r in table_rows(info).items():
+        label = name + (f" ({100 * r['sparsity']:.0f}%)" if "sparsity" in r else "")
+        flag = "" if r["parity_ok"] else "  PARITY FAILED"
         lines.append(
-            f"  {label:<14}{info['overall'][name]:>11.5f}{info['overall'][name] - ref:>+11.5f}"
-            f"{max(r['max_abs_diff'] for r in rows):>10.1e}{np.mean([r['size_mb'] for r in rows]):>10.2f}"
-            f"{np.mean([r['zipped_mb'] for r in rows]):>11.2f}{np.mean([r['images_per_s'] for r in rows]):>9.0f}{flag}"
+            f"  {label:<14}{r['oof_score']:>11.5f}{r['vs_torch']:>+11.5f}{r['max_abs_diff']:>10.1e}"
+            f"{r['size_mb']:>10.2f}{r['zipped_mb']:>11.2f}{r['images_per_s']:>9.0f}{flag}"
         )
     return "\n".join(lines)

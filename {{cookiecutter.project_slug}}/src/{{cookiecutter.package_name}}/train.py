@@ -147,13 +147,14 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
 
     state = FoldState()
     stateful = {"model": model, **trainer.stateful(), "averaging": averaging}
-    if out.last.exists():  # an interrupted run, of this very config (check_resumable): carry on where it stopped
+    resuming = out.last.exists()
+    if resuming:  # an interrupted run, of this very config (check_resumable): carry on where it stopped
         extra = load_last(out.last, **stateful)
         state = FoldState(**extra["state"])
         set_rng_state(extra["rng"], s.generator)
         print(f"fold {fold}: resuming after epoch {state.epoch}")
 
-    tracker = Tracker(cfg, f"fold{fold}", f"fold{fold}")
+    tracker = Tracker(cfg, f"fold{fold}", f"fold{fold}", resume=resuming, id_file=out.wandb_run_id)  # resumed: same run
     for epoch in tqdm(range(state.epoch, cfg.train.epochs), desc=f"fold {fold}", disable=None):
         start_epoch(cfg, s, fold, epoch)
         t0 = time.perf_counter()
