@@ -20,10 +20,12 @@
 # | INFER_EXPERIMENTS | every experiment the dataset packaged (space or comma separated names) |
 # | INFER_OVERRIDES | none; config overrides, e.g. `tta.batch_size=128 data.num_workers=4` |
 #
-# To predict with the ONNX models `make export` wrote (uploaded with the checkpoints), in onnxruntime instead of
-# torch: INFER_OVERRIDES='predict.runtime=onnx' (add `predict.onnx_model=int8` for the int8 models). Kaggle's image
-# may lack onnxruntime: attach its wheel as a dataset and pip-install it offline (`pip install --no-index
-# --find-links /kaggle/input/<wheels> onnxruntime`) before the package is imported.
+# Each experiment predicts as `predict` did at home, as its decisions.json records: the same TTA views and merge, in
+# the same runtime (torch, or the ONNX fp32 / int8 models `make export` wrote, uploaded with the run: predict locally
+# with predict.runtime=onnx before `upload`), and the submission applies the thresholds and cuts tuned there. So the
+# submission is the one `make-submission` writes locally, and its CV the one measured; INFER_OVERRIDES may not change
+# the decided keys. Kaggle's image may lack onnxruntime: attach its wheel as a dataset and pip-install it offline
+# (`pip install --no-index --find-links /kaggle/input/<wheels> onnxruntime`) before the package is imported.
 
 # %%
 import importlib

@@ -22,9 +22,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch
 
 from {{ cookiecutter.package_name }} import config
-from {{ cookiecutter.package_name }}.core.runs import atomic_torch_save
+from {{ cookiecutter.package_name }}.core.runs import Run, atomic_torch_save, write_derived
 from {{ cookiecutter.package_name }}.data import demo, folds, tables
 from {{ cookiecutter.package_name }}.data import problem as fold_data
+from {{ cookiecutter.package_name }}.engine import codec
 from {{ cookiecutter.package_name }}.modeling import metrics, models
 from {{ cookiecutter.package_name }}.students import teachers
 
@@ -113,9 +114,9 @@ def noisy_predictions(y: np.ndarray, task: str, n_cols: int, noise: float, rng: 
 def fake_experiment(
     cfg: config.Config, exp: str, noise: float, seed: int = 0, shuffle: bool = False, cv: float | None = None
 ) -> Path:
-    """outputs/<exp>/{oof.csv, test_pred.csv (rows in test.csv order), cv.json, classes.json} in the training stage's
-    formats, of a model whose error grows with `noise`. `shuffle`: oof.csv in another row order; `cv` stands in for
-    the OOF score in cv.json."""
+    """outputs/<exp>/{oof.csv, test_pred.csv (rows in test.csv order), cv.json, classes.json, decisions.json} in the
+    training stage's formats, of a model whose error grows with `noise`. `shuffle`: oof.csv in another row order;
+    `cv` stands in for the OOF score in cv.json."""
     rng, id_col, run = np.random.default_rng(seed), cfg.data.id_col, Path(cfg.output_dir) / exp
     fold_df, h = folds.read_folds(cfg)
     train = tables.read_train(cfg).merge(fold_df[[id_col, "fold"]], on=id_col)
@@ -130,7 +131,10 @@ def fake_experiment(
     test.insert(0, id_col, test_ids.to_numpy())
     run.mkdir(parents=True, exist_ok=True)
     (oof.sample(frac=1.0, random_state=seed) if shuffle else oof).to_csv(run / "oof.csv", index=False)
-    test.to_csv(run / "test_pred.csv", index=False)
+    # as `predict` writes it: beside it, how it was predicted (one view, torch; no real checkpoint behind it)
+    way = {"views": ["identity"], "merge": "mean", "runtime": "torch"}
+    source = {"folds": {"0": {"checkpoint": "fake", "views": way["views"], "merge": way["merge"]}}}
+    write_derived(run / "test_pred.csv", test, source)
     name = config.metric_name(cfg)
     if cv is None:
         pred = oof[classes].to_numpy()
@@ -139,6 +143,8 @@ def fake_experiment(
     info.update(cv=cv, folds={}, folds_hash=h, pred_cols=classes)
     (run / "cv.json").write_text(json.dumps(info))
     (run / "classes.json").write_text(json.dumps({"task": cfg.task, "classes": classes, "positive": positive}))
+    # decisions.json as `cv` writes it (thresholds, cuts tuned on this OOF): what make-submission applies
+    codec.record_decisions(cfg, Run(run), classes, y, oof[classes].to_numpy(), y, "oof.csv", way)
     return run
 
 

@@ -103,7 +103,14 @@ def test_every_method_writes_a_complete_blendable_experiment(projects, method):
     weights = [1.0, 2.0, 1.0] if method == "weighted" else None
     result = ensemble.blend(cfg, MEMBERS, method, f"ens_{method}", weights=weights, log=lambda s: None)
     out = Path(cfg.output_dir) / f"ens_{method}"
-    assert {p.name for p in out.iterdir()} == {"oof.csv", "test_pred.csv", "weights.json", "cv.json", "classes.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "oof.csv",
+        "test_pred.csv",
+        "weights.json",
+        "cv.json",
+        "classes.json",
+        "decisions.json",
+    }
     cv = json.loads((out / "cv.json").read_text())
     assert cv == result and cv["members"] == MEMBERS and cv["method"] == method
     info = json.loads((out / "weights.json").read_text())

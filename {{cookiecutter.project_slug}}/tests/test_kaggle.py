@@ -11,6 +11,7 @@ import requests
 
 from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.core.runs import Decisions, Run
 from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
 from {{ cookiecutter.package_name }}.kaggle import offline
 
@@ -252,7 +253,15 @@ def fake_run(root: Path, exp: str, folds: int = 2) -> Path:
             (run / f"fold{k}" / "oof.csv").write_text("id,fold,0,1\n")
     (run / "config.yaml").write_text(f"exp: {exp}\n")
     (run / "classes.json").write_text('{"task": "multiclass", "classes": ["0", "1"], "positive": null}')
+    Run(run).write_decisions(decided())
     return run
+
+
+def decided(members: list[str] | None = None) -> Decisions:
+    """decisions.json of a predicted experiment (one view, torch) or, with `members`, of a blend."""
+    way = {} if members else {"views": ["identity"], "merge": "mean", "runtime": "torch"}
+    return Decisions(metric="accuracy", higher_is_better=True, cv=0.5, cv_from="oof.csv", format="label", **way,
+                     members=members)  # fmt: skip
 
 
 @pytest.fixture
@@ -269,6 +278,7 @@ def test_package_for_dataset_layout(cfg, tmp_path, capsys):
     ens.mkdir()
     (ens / "weights.json").write_text(json.dumps({"method": "mean", "members": ["exp002"], "weights": [1.0]}))
     (ens / "classes.json").write_text("{}")
+    Run(ens).write_decisions(decided(["exp002"]))
     dest = offline.package_for_dataset(
         cfg, ["exp001", "blend1"], tmp_path / "upload", "me/my-models", "My models", allow_partial=True
     )
@@ -276,16 +286,19 @@ def test_package_for_dataset_layout(cfg, tmp_path, capsys):
     files = [f for f in files if not f.startswith("src/")]
     assert files == [
         "blend1/classes.json",
+        "blend1/decisions.json",
         "blend1/weights.json",
         "dataset-metadata.json",
         "exp001/classes.json",
         "exp001/config.yaml",
+        "exp001/decisions.json",
         "exp001/fold0/best.pt",
         "exp001/fold0/oof.csv",
         "exp001/fold1/best.pt",
         "exp001/fold1/oof.csv",
         "exp002/classes.json",
         "exp002/config.yaml",
+        "exp002/decisions.json",
         "exp002/fold0/best.pt",
         "exp002/fold0/oof.csv",
     ]  # the unfinished fold (exp001/fold2, exp002/fold1) stays home
@@ -315,6 +328,7 @@ def test_upload_of_an_unfinished_experiment_stops_naming_its_folds_unless_allowe
     ens = tmp_path / "outputs" / "blend1"
     ens.mkdir()
     (ens / "weights.json").write_text(json.dumps({"method": "mean", "members": ["exp002"], "weights": [1.0]}))
+    Run(ens).write_decisions(decided(["exp002"]))
     previous = offline.package_for_dataset(cfg, ["exp001"], tmp_path / "up", "me/my-models", "My models", True)
     before = sorted(p.relative_to(previous).as_posix() for p in previous.rglob("*"))
     with pytest.raises(UserError) as err:

@@ -12,13 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import wandb
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import pearsonr, rankdata, spearmanr
 
 from {{ cookiecutter.package_name }} import cli
 from {{ cookiecutter.package_name }} import submission as submit
 from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.core.runs import Run
 from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
 from {{ cookiecutter.package_name }}.kaggle import leaderboard
+from {{ cookiecutter.package_name }}.kaggle import submissions as kaggle_submissions
 from {{ cookiecutter.package_name }}.modeling import metrics
 
 from conftest import fake_experiment
@@ -67,10 +69,10 @@ class FakeKaggle:
 
 @pytest.fixture
 def project(tmp_path, new_project, monkeypatch):
-    """A demo competition with five experiments of known CV, each made into a submission file."""
+    """A demo competition with five experiments of distinct CV (the best is exp3), each made into a submission file."""
     cfg = new_project(tmp_path, images=False, size=8)
-    for i, cv in enumerate((0.90, 0.92, 0.95, 0.97, 0.93)):
-        fake_experiment(cfg, f"exp{i}", 2.5, seed=i, cv=cv)
+    for i, noise in enumerate((3.0, 2.6, 2.0, 1.4, 2.3)):
+        fake_experiment(cfg, f"exp{i}", noise, seed=i)
         submit.make_submission(cfg, f"exp{i}", log=quiet)
     return cfg, tmp_path / "configs" / "exp.yaml"
 
@@ -81,7 +83,7 @@ def test_submit_appends_to_the_log_and_lb_joins_it_to_kaggle(project, monkeypatc
     public = {"exp0.csv": 0.899, "exp1.csv": 0.925, "exp2.csv": 0.941, "exp3.csv": 0.962}  # exp4 still pending
     fake = FakeKaggle(public)
     monkeypatch.setattr(kaggle_api, "_client", lambda: fake)
-    monkeypatch.setattr(submit, "datetime", _Clock(fake))
+    monkeypatch.setattr(kaggle_submissions, "datetime", _Clock(fake))
 
     assert cli.main(["submit", "-c", str(config_file), str(subs / "exp0.csv"), "--dry-run", COMPETITION]) == 0
     assert not (subs / "log.csv").exists()  # a dry run sends nothing and logs nothing
@@ -91,7 +93,8 @@ def test_submit_appends_to_the_log_and_lb_joins_it_to_kaggle(project, monkeypatc
 
     log = pd.read_csv(subs / "log.csv", dtype=str)
     assert log["experiment"].tolist() == [f"exp{i}" for i in range(5)]
-    assert log["cv"].astype(float).tolist() == [0.90, 0.92, 0.95, 0.97, 0.93]
+    cvs = [Run.named(cfg.output_dir, f"exp{i}").read_decisions().cv for i in range(5)]  # what each file holds
+    assert log["cv"].astype(float).tolist() == pytest.approx(cvs, abs=1e-12)
     for _, row in log.iterrows():
         data = (subs / row["file"]).read_bytes()
         assert row["sha256"] == hashlib.sha256(data).hexdigest() and int(row["bytes"]) == len(data)
@@ -106,16 +109,16 @@ def test_submit_appends_to_the_log_and_lb_joins_it_to_kaggle(project, monkeypatc
     assert table["experiment"].tolist() == [f"exp{i}" for i in range(5)]
     expected_public = [public.get(f"exp{i}.csv", np.nan) for i in range(5)]
     np.testing.assert_allclose(table["public"], expected_public)
-    assert table["rank_cv"].tolist() == [5, 4, 2, 1, 3]  # accuracy: higher is better
+    assert table["rank_cv"].tolist() == rankdata([-c for c in cvs]).astype(int).tolist()  # accuracy: higher is better
     assert table["rank_lb"].iloc[:4].tolist() == [4, 3, 2, 1] and pd.isna(table["rank_lb"].iloc[4])
-    cv, lb = [0.90, 0.92, 0.95, 0.97], expected_public[:4]
+    cv, lb = cvs[:4], expected_public[:4]
     assert f"Pearson r = {pearsonr(cv, lb)[0]:.3f}" in out and f"Spearman rho = {spearmanr(cv, lb)[0]:.3f}" in out
     assert "exp3" in out and "0.96200" in out and "1 Kaggle submission(s) were not sent from here" in out
     assert (subs / "cv_vs_lb.png").read_bytes()[:4] == b"\x89PNG"
 
 
 class _Clock:
-    """datetime for submission.py whose now() is the fake Kaggle's clock (+ 2 s: the log is written just after)."""
+    """datetime for kaggle/submissions.py whose now() is the fake Kaggle's clock (+ 2 s: the log is written after)."""
 
     def __init__(self, fake: FakeKaggle):
         self.fake = fake
@@ -129,7 +132,7 @@ def test_a_file_sent_twice_is_matched_by_its_message(project, monkeypatch):
     subs = Path(cfg.output_dir).parent / "submissions"
     fake = FakeKaggle({"exp1.csv": 0.9})
     monkeypatch.setattr(kaggle_api, "_client", lambda: fake)
-    monkeypatch.setattr(submit, "datetime", _Clock(fake))
+    monkeypatch.setattr(kaggle_submissions, "datetime", _Clock(fake))
     kaggle_api.submit(cfg, subs / "exp1.csv", "first try", competition="c", log=quiet)
     fake.public["exp1.csv"] = 0.8  # the second submission of the same file scored differently (another split)
     kaggle_api.submit(cfg, subs / "exp1.csv", "second try", competition="c", log=quiet)
@@ -172,7 +175,7 @@ def test_lb_summary_reaches_wandb(project, monkeypatch):
     subs = Path(cfg.output_dir).parent / "submissions"
     fake = FakeKaggle({f"exp{i}.csv": 0.9 + i / 100 for i in range(3)})
     monkeypatch.setattr(kaggle_api, "_client", lambda: fake)
-    monkeypatch.setattr(submit, "datetime", _Clock(fake))
+    monkeypatch.setattr(kaggle_submissions, "datetime", _Clock(fake))
     for i in range(3):
         kaggle_api.submit(cfg, subs / f"exp{i}.csv", competition="c", log=quiet)
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -185,28 +185,36 @@ def test_better_and_gain_follow_the_direction(name):
 
 
 def _direction_reads(path) -> list[str]:
-    """Where a module reads `higher_is_better` other than to store it in a record: any name, attribute, keyword,
-    argument or string 'higher_is_better' outside a dict entry keyed "higher_is_better" (the record's value)."""
+    """Where a module reads `higher_is_better` other than to copy it into a record: any name, attribute, argument or
+    string 'higher_is_better' except in a dict entry keyed "higher_is_better" (`{"higher_is_better": m.flag}`), in a
+    keyword argument of that name (`Decisions(higher_is_better=m.flag)`) or as a record's field (`flag: bool` in a
+    class body): there it is data, not a sign."""
     tree = ast.parse(path.read_text())
-    stored = set()  # the nodes of `{"higher_is_better": <value>}` entries: a record holding it as data
+    stored = set()  # the nodes of the record entries, keywords and fields above
     for node in ast.walk(tree):
+        parts = []
         if isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values, strict=True):
-                if isinstance(key, ast.Constant) and key.value == "higher_is_better":
-                    stored |= {id(n) for part in (key, value) for n in ast.walk(part)}
+            parts = [(k, v) for k, v in zip(node.keys, node.values, strict=True)
+                     if isinstance(k, ast.Constant) and k.value == "higher_is_better"]  # fmt: skip
+        elif isinstance(node, ast.keyword) and node.arg == "higher_is_better":
+            parts = [(node,)]
+        elif isinstance(node, ast.ClassDef):
+            parts = [(f,) for f in node.body if isinstance(f, ast.AnnAssign) and f.value is None
+                     and isinstance(f.target, ast.Name) and f.target.id == "higher_is_better"]  # fmt: skip
+        stored |= {id(n) for part in parts for root in part for n in ast.walk(root)}
     names = {ast.Attribute: lambda n: n.attr, ast.Name: lambda n: n.id, ast.keyword: lambda n: n.arg,
              ast.arg: lambda n: n.arg, ast.Constant: lambda n: n.value}  # fmt: skip
     found = []
     for node in ast.walk(tree):
         get = names.get(type(node))
         if get and get(node) == "higher_is_better" and id(node) not in stored:
-            found.append(f"{path.name}:{getattr(node, 'lineno', '?')}")
-    return sorted(found)
+            found.append(node.lineno)
+    return [f"{path.name}:{line}" for line in sorted(found)]
 
 
 def test_only_the_metric_registry_turns_the_direction_into_a_sign():
     """Every comparison of scores goes through Metric.better / Metric.gain: outside modeling/metrics.py the flag
-    appears only as data written into a record (cv.json, export.json), never read to make a sign."""
+    appears only as data copied into a record (cv.json, export.json, decisions), never read to make a sign."""
     root = Path(metrics.__file__).parents[1]
     reads = [r for path in sorted(root.rglob("*.py")) if path != Path(metrics.__file__)
              for r in _direction_reads(path)]  # fmt: skip
@@ -217,12 +225,15 @@ def test_only_the_metric_registry_turns_the_direction_into_a_sign():
 def test_the_direction_check_catches_a_hand_written_sign(tmp_path):
     src = tmp_path / "stage.py"
     src.write_text(
-        'info = {"metric": "rmse", "higher_is_better": get_metric("rmse").higher_is_better}\n'
+        'info = {"metric": "rmse", "higher_is_better": get_metric("rmse").higher_is_better}\n'  # data: fine
+        "d = Decisions(metric=name, higher_is_better=metric.higher_is_better)\n"  # data: fine
+        "class Record:\n    higher_is_better: bool\n"  # a record's field: fine
         'sign = 1.0 if info["higher_is_better"] else -1.0\n'
         "sign = 1.0 if metric.higher_is_better else -1.0\n"
-        "WeightAveraging(model, higher_is_better=True)\n"
+        "def rank(scores, higher_is_better):\n    return sorted(scores, reverse=higher_is_better)\n"
+        "class Record:\n    def key(self, s):\n        return s if self.higher_is_better else -s\n"
     )
-    assert _direction_reads(src) == ["stage.py:2", "stage.py:3", "stage.py:4"]
+    assert _direction_reads(src) == [f"stage.py:{n}" for n in (5, 6, 7, 8, 11)]
 
 
 WRONG_PAIRS = [(m, t) for m in metrics.list_metrics() for t in TASKS if t not in metrics.get_metric(m).tasks]

@@ -1,18 +1,21 @@
 """Samplers: exact per-class counts for up / down-sampling, seeded draws, weighted sampling balance, and multilabel
-sampling that lifts rare tags up without drawing any tag less than plain shuffling does."""
+sampling that lifts rare tags up without drawing any tag less than plain shuffling does. Every sampler draws epoch k
+from (seed, k) only, also through the training loader and under torchrun: what a resumed fold needs."""
 
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import WeightedRandomSampler
+from torch.utils.data import SequentialSampler, WeightedRandomSampler
 
 from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.config import CHOICES
 from {{ cookiecutter.package_name }}.core.errors import UserError
+from {{ cookiecutter.package_name }}.core.runtime import ShardedSampler
 from {{ cookiecutter.package_name }}.data import samplers, tables
 from {{ cookiecutter.package_name }}.data.augment import Normalize
+from {{ cookiecutter.package_name }}.data.images import ImageDataset, make_loader
 from {{ cookiecutter.package_name }}.data.problem import build_fold_data, load_problem
 from {{ cookiecutter.package_name }}.engine.fold import train_loader
 
@@ -75,17 +78,64 @@ def test_balance_is_shuffled():
     assert set(labels[drawn[:50]].tolist()) == {0, 1}
 
 
+def epoch_draw(sampler, epoch: int) -> np.ndarray:
+    sampler.set_epoch(epoch)
+    return np.fromiter(sampler, int)
+
+
+def training_sampler(labels: np.ndarray, mode: str, seed: int):
+    """What the training loader draws from for `train.sampler=mode`: the registry's sampler, or (none) shuffling."""
+    return samplers.build_sampler(labels, mode, seed=seed) or samplers.ShuffleSampler(len(labels), seed)
+
+
+# 1-D class ids (sizes 40, 15, 5) and 2-D tags: each sampler's two ways in
+SEEDED_LABELS = {
+    "classes": np.random.default_rng(0).permutation(np.repeat([0, 1, 2], [40, 15, 5])),
+    "tags": (np.random.default_rng(1).random((60, 3)) < [0.5, 0.2, 0.05]).astype(np.int64),
+}
+
+
+@pytest.mark.parametrize("kind", SEEDED_LABELS)
+@pytest.mark.parametrize("mode", samplers.list_samplers())
+def test_every_sampler_draws_from_seed_and_epoch_only(mode, kind):
+    """Epoch k's indices depend on (seed, k) only, never on how many epochs the sampler ran before: a resumed fold
+    (a fresh sampler set to epoch k) draws what the uninterrupted run drew at epoch k."""
+    labels = SEEDED_LABELS[kind]
+    fresh = {e: epoch_draw(training_sampler(labels, mode, seed=4), e) for e in range(3)}
+    ran = training_sampler(labels, mode, seed=4)
+    for epoch in range(3):  # epochs 0..2 in one process, each iterated twice (an lr-find pass, a re-iteration)
+        first, again = epoch_draw(ran, epoch), np.fromiter(ran, int)
+        assert np.array_equal(first, fresh[epoch]) and np.array_equal(again, fresh[epoch]), epoch
+    assert np.array_equal(epoch_draw(training_sampler(labels, mode, seed=4), 2), fresh[2])  # built anew: the same
+    assert all(len(d) and d.min() >= 0 and d.max() < len(labels) for d in fresh.values())
+    for a, b in ((0, 1), (0, 2), (1, 2)):  # a new draw each epoch
+        assert not np.array_equal(fresh[a], fresh[b]), (a, b)
+    assert not np.array_equal(epoch_draw(training_sampler(labels, mode, seed=5), 0), fresh[0])  # seed (+ fold)
+
+
+def test_a_sampler_without_set_epoch_is_refused(monkeypatch):
+    monkeypatch.setitem(samplers.SAMPLERS._items, "plain", lambda labels, power, seed: SequentialSampler(labels))
+    with pytest.raises(TypeError, match=r"'plain' .* no set_epoch"):
+        samplers.build_sampler(LABELS, "plain")
+    with pytest.raises(TypeError, match="set_epoch"):
+        ShardedSampler(SequentialSampler(LABELS))
+    loader = make_loader(ImageDataset([], None, None, 1), 2, False, 0, torch.device("cpu"), Normalize((0.5,), (0.5,)))
+    with pytest.raises(TypeError, match="SequentialSampler has no set_epoch"):
+        loader.set_epoch(1)  # an evaluation loader has no epochs
+
+
 def test_weighted_sampler_balances_90_10():
     labels = np.array([0] * 900 + [1] * 100)
     sampler = samplers.build_sampler(labels, "weighted", power=1.0, seed=0)
     assert isinstance(sampler, WeightedRandomSampler)
     assert len(sampler) == len(labels)
-    drawn = np.concatenate([np.fromiter(sampler, int) for _ in range(20)])  # 20 epochs = 20,000 draws
+    drawn = np.concatenate([epoch_draw(sampler, epoch) for epoch in range(20)])  # 20 epochs = 20,000 draws
     share = (labels[drawn] == 1).mean()
     # expected 0.5; sd of the share = sqrt(0.25 / 20000) = 0.0035, so 0.02 is ~6 sd while unweighted gives 0.1
     assert abs(share - 0.5) < 0.02
     again = np.fromiter(samplers.build_sampler(labels, "weighted", seed=0), int)
     assert np.array_equal(again, drawn[:1000])  # same seed, same first epoch
+    assert len({tuple(drawn[i : i + 1000]) for i in range(0, 20000, 1000)}) == 20  # a new sample every epoch
 
 
 def test_class_weights_formula():
@@ -129,7 +179,7 @@ def test_multilabel_weighted_sampling_lifts_rare_tags_up_never_down(power):
     assert (expected >= counts).all(), (expected, counts)
     rarest, commonest = counts.argmin(), counts.argmax()
     assert expected[rarest] >= counts[commonest] ** power * counts[rarest] ** (1 - power) - 1e-6
-    drawn = np.concatenate([np.fromiter(sampler, int) for _ in range(10)])  # 10 epochs
+    drawn = np.concatenate([epoch_draw(sampler, epoch) for epoch in range(10)])  # 10 epochs
     per_epoch = y[drawn].sum(0) / 10
     # each count is a sum of many draws: within 5% of its expectation, and no tag below its count
     np.testing.assert_allclose(per_epoch, expected, rtol=0.05)
@@ -171,3 +221,26 @@ def test_torchrun_ranks_share_out_exactly_the_batches_of_one_process(small_proje
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(UserError, match=r"'train.batch_size' is 8: under torchrun .* split across 3 processes"):
         train_loader(cfg, 0, data, torch.Generator(), 0, **to_device)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("sampler", samplers.list_samplers())
+def test_a_fresh_training_loader_set_to_an_epoch_draws_that_epoch(small_project, monkeypatch, sampler, world):
+    """The loader's set_epoch reaches every sampler (through ShardedSampler under torchrun): a loader built anew
+    for a resumed fold and set to epoch 2 gives the batches that the loader which ran epochs 0 and 1 gives."""
+    cfg = small_config(small_project, overrides=[f"train.sampler={sampler}", "train.batch_size=8"])
+    data = build_fold_data(cfg, load_problem(cfg), 1)
+    to_device = {"device": torch.device("cpu"), "normalize": Normalize((0.5,), (0.5,))}
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("RANK", "0")
+
+    def epochs(loader, which) -> list[list[list[int]]]:
+        out = []
+        for epoch in which:
+            loader.set_epoch(epoch)
+            out.append([b["index"].tolist() for b in loader])
+        return out
+
+    ran = epochs(train_loader(cfg, 1, data, torch.Generator().manual_seed(cfg.seed), 0, **to_device), range(3))
+    resumed = epochs(train_loader(cfg, 1, data, torch.Generator().manual_seed(cfg.seed), 0, **to_device), [2])
+    assert resumed[0] == ran[2] and ran[0] != ran[1] != ran[2]

@@ -9,11 +9,12 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc
 
 from {{ cookiecutter.package_name }} import cli, config, submission
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.engine import scoring
+from {{ cookiecutter.package_name }}.core.runs import Run, read_source, write_derived
+from {{ cookiecutter.package_name }}.engine import codec, scoring
 from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
 from {{ cookiecutter.package_name }}.modeling import metrics
 
-from conftest import fake_experiment
+from conftest import encode_truth, fake_experiment
 
 BEST = {"accuracy": 1.0, "roc_auc": 1.0, "f1_micro": 1.0, "rmse": 0.0}
 quiet = lambda s: None  # noqa: E731
@@ -79,10 +80,12 @@ def test_score_matches_sklearn(projects, task):
 def test_binary_label_metric_writes_labels_at_a_tuned_threshold(projects):
     base = projects["binary"]
     cfg = config.load(Path(base.output_dir).parent / "configs" / "exp.yaml", ["metric=accuracy"])
+    fake_experiment(cfg, "noisy_acc", 2.5, seed=1)  # the noisy model, its decisions made under metric=accuracy
     seen = []
-    sub = read(submission.make_submission(cfg, "noisy", name="noisy_acc", log=seen.append))
+    sub = read(submission.make_submission(cfg, "noisy_acc", log=seen.append))
     assert set(sub["label"]) <= {0, 1} and pd.api.types.is_integer_dtype(sub["label"])
-    assert any("threshold tuned" in s for s in seen)
+    threshold = Run.named(cfg.output_dir, "noisy_acc").read_decisions().threshold
+    assert threshold is not None and any(f"binary threshold {threshold:.4f}" in s for s in seen)
     truth = read(solution(cfg)).set_index("id").loc[sub["id"], "label"]
     path = Path(cfg.output_dir).parent / "submissions" / "noisy_acc.csv"
     assert submission.score_submission(cfg, path, solution(cfg)) == pytest.approx(accuracy_score(truth, sub["label"]))
@@ -95,7 +98,8 @@ def test_regression_clip_and_qwk_rounding(projects):
     np.testing.assert_allclose(sub["label"], np.clip(pred, 0.0, 9.0))
     assert (pred < 0).any() and (pred > 9).any()  # so the clip did something
     qwk_cfg = config.load(Path(cfg.output_dir).parent / "configs" / "exp.yaml", ["metric=qwk"])
-    path = submission.make_submission(qwk_cfg, "noisy", name="noisy_qwk", log=quiet)
+    fake_experiment(qwk_cfg, "noisy_qwk", 2.0, seed=1)  # the noisy model, its decisions made under metric=qwk
+    path = submission.make_submission(qwk_cfg, "noisy_qwk", log=quiet)
     sub = read(path)
     assert pd.api.types.is_integer_dtype(sub["label"]) and set(sub["label"]) <= set(range(10))
     truth = read(solution(cfg)).set_index("id").loc[sub["id"], "label"].astype(int)
@@ -122,13 +126,19 @@ def test_ordinal_submission_applies_the_cuts_tuned_on_oof(projects):
     base = projects["regression"]
     cfg = config.load(Path(base.output_dir).parent / "configs" / "exp.yaml", ["submit.ordinal=true"])
     assert config.metric_name(cfg) == "rmse"
+    fake_experiment(cfg, "noisy_ordinal", 2.0, seed=1)  # the noisy model, its decisions made with submit.ordinal
     seen = []
-    sub = read(submission.make_submission(cfg, "noisy", name="noisy_ordinal", log=seen.append))
-    assert pd.api.types.is_integer_dtype(sub["label"]) and any("ordinal cuts tuned on OOF for rmse" in s for s in seen)
-    y, oof = submission.oof_predictions(cfg, "noisy")
+    sub = read(submission.make_submission(cfg, "noisy_ordinal", log=seen.append))
+    assert pd.api.types.is_integer_dtype(sub["label"]) and any("ordinal cuts" in s for s in seen)
+    oof = read(Path(cfg.output_dir) / "noisy_ordinal" / "oof.csv")
+    y = encode_truth(cfg, read(Path(cfg.data.dir) / "train.csv").set_index("id").loc[oof["id"]].reset_index())[0]
     levels = np.arange(10.0)
-    cuts = scoring.tune_cuts(y, oof[:, 0], levels, "rmse")
-    pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"], "label"]
+    cuts = scoring.tune_cuts(y, np.clip(oof["label"].to_numpy(), 0, 9), levels, "rmse")  # tuned on the clipped OOF
+    assert Run.named(cfg.output_dir, "noisy_ordinal").read_decisions().ordinal == {
+        "levels": levels.tolist(),
+        "cuts": cuts.tolist(),
+    }
+    pred = read(Path(cfg.output_dir) / "noisy_ordinal" / "test_pred.csv").set_index("id").loc[sub["id"], "label"]
     np.testing.assert_array_equal(sub["label"], scoring.apply_cuts(np.clip(pred.to_numpy(), 0, 9), levels, cuts))
 
 
@@ -152,8 +162,9 @@ def test_multilabel_rows_never_empty(projects):
         Path(base.output_dir).parent / "configs" / "exp.yaml",
         ["submit.threshold=0.999", "submit.tune_thresholds=false"],
     )
-    sub = read(submission.make_submission(cfg, "noisy", name="strict", log=quiet))
-    pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"]]
+    fake_experiment(cfg, "strict", 2.5, seed=1)  # the noisy model, its decisions made at a threshold of 0.999
+    sub = read(submission.make_submission(cfg, "strict", log=quiet))
+    pred = read(Path(cfg.output_dir) / "strict" / "test_pred.csv").set_index("id").loc[sub["id"]]
     assert (sub["label"].str.len() > 0).all()
     lonely = ~(pred.to_numpy() >= 0.999).any(1)
     assert lonely.any()
@@ -168,9 +179,10 @@ def test_probs_columns_follow_the_sample(projects, tmp_path):
     sample.to_csv(tmp_path / "sample_probs.csv", index=False)
     override = f"data.sample_submission={tmp_path / 'sample_probs.csv'}"
     cfg = config.load(Path(base.output_dir).parent / "configs" / "exp.yaml", [override])
-    sub = read(submission.make_submission(cfg, "noisy", name="probs", out_dir=tmp_path, log=quiet))
+    fake_experiment(cfg, "probs", 2.5, seed=1)  # decided for this sample submission: probability columns
+    sub = read(submission.make_submission(cfg, "probs", out_dir=tmp_path, log=quiet))
     assert list(sub.columns) == ["id", *[str(c) for c in reversed(range(10))]]
-    pred = read(Path(cfg.output_dir) / "noisy" / "test_pred.csv").set_index("id").loc[sub["id"]]
+    pred = read(Path(cfg.output_dir) / "probs" / "test_pred.csv").set_index("id").loc[sub["id"]]
     np.testing.assert_allclose(sub.set_index("id")[pred.columns].to_numpy(), pred.to_numpy())
 
 
@@ -180,7 +192,7 @@ def test_validation_errors(projects, fault):
     sample = read(Path(cfg.data.dir) / "sample_submission.csv")
     df = sample.copy()
     df["label"] = 3
-    submission.validate_submission(df, sample, "id", kind="label", labels=[str(c) for c in range(10)])  # fine as it is
+    codec.validate_submission(df, sample, "id", kind="label", labels=[str(c) for c in range(10)])  # fine as it is
     if fault == "wrong order":
         df = df.iloc[::-1].reset_index(drop=True)
     elif fault == "missing id":
@@ -190,18 +202,16 @@ def test_validation_errors(projects, fault):
     else:
         df["extra"] = 1
     with pytest.raises(UserError, match=r"sub\.csv"):
-        submission.validate_submission(
-            df, sample, "id", kind="label", labels=[str(c) for c in range(10)], where="sub.csv"
-        )
+        codec.validate_submission(df, sample, "id", kind="label", labels=[str(c) for c in range(10)], where="sub.csv")
 
 
 def test_unknown_label_and_probability_out_of_range(projects):
     sample = read(Path(projects["multiclass"].data.dir) / "sample_submission.csv")
     df = sample.assign(label=11)
     with pytest.raises(UserError, match="not among the labels"):
-        submission.validate_submission(df, sample, "id", kind="label", labels=[str(c) for c in range(10)])
+        codec.validate_submission(df, sample, "id", kind="label", labels=[str(c) for c in range(10)])
     with pytest.raises(UserError, match=r"\[0, 1\]"):
-        submission.validate_submission(sample.assign(label=1.5), sample, "id", kind="probs")
+        codec.validate_submission(sample.assign(label=1.5), sample, "id", kind="probs")
 
 
 @pytest.mark.parametrize("fault", ["NaN", "missing id"])
@@ -210,11 +220,11 @@ def test_bad_predictions_leave_no_file(projects, tmp_path, fault):
     src = Path(cfg.output_dir) / "noisy"
     bad = Path(cfg.output_dir) / f"bad_{fault.replace(' ', '_')}"
     bad.mkdir()
-    for name in ("oof.csv", "cv.json", "classes.json"):
+    for name in ("oof.csv", "cv.json", "classes.json", "decisions.json"):
         (bad / name).write_bytes((src / name).read_bytes())
     test = read(src / "test_pred.csv")
     test = test.iloc[1:] if fault == "missing id" else test.assign(**{"3": [np.nan] + [0.1] * (len(test) - 1)})
-    test.to_csv(bad / "test_pred.csv", index=False)
+    write_derived(bad / "test_pred.csv", test, read_source(src / "test_pred.csv"))  # as predicted, rows spoilt
     with pytest.raises(UserError, match="test_pred.csv" if fault == "NaN" else "missing"):
         submission.make_submission(cfg, bad.name, out_dir=tmp_path, log=quiet)
     assert list(tmp_path.iterdir()) == []
@@ -237,7 +247,11 @@ def test_submit_message_and_client_call(projects, monkeypatch):
 
     monkeypatch.setattr(kaggle_api, "_client", no_network)
     message = kaggle_api.submit(cfg, path, dry_run=True, competition="digit-recognizer", log=quiet)
-    assert message == "noisy CV accuracy=0.12345"
+    # the CV of what the file holds (its decisions'), not cv.json's figure (0.12345 here)
+    oof = read(Path(cfg.output_dir) / "noisy" / "oof.csv")
+    truth = read(Path(cfg.data.dir) / "train.csv").set_index("id").loc[oof["id"], "label"].astype(int)
+    cv = accuracy_score(truth, oof[[str(c) for c in range(10)]].to_numpy().argmax(1))
+    assert message == f"noisy CV accuracy={cv:.5f}"
 
     calls = []
 

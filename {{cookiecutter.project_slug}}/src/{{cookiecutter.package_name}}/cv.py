@@ -14,20 +14,20 @@ import pandas as pd
 
 from .config import Config, metric_name
 from .core.errors import UserError
-from .core.runs import atomic_savefig, atomic_write_csv, atomic_write_json, read_derived, read_json
+from .core.runs import (
+    atomic_savefig,
+    atomic_write_csv,
+    atomic_write_json,
+    read_derived,
+    read_json,
+    read_source,
+)
 from .core.tracking import Tracker, score_summary
-from .data.problem import load_problem
-from .engine.inference import (
-    folds_source,
-)
+from .data.problem import Problem, load_problem
+from .engine.codec import record_decisions
+from .engine.inference import as_decided, folds_source, predicted_as, runtime_name
 from .engine.lr import recorded_lr
-from .engine.scoring import (
-    apply_cuts,
-    ordinal,
-    score_oof,
-    target_levels,
-    tune_cuts,
-)
+from .engine.scoring import score_oof
 from .engine.views import read_choice, with_views
 from .modeling import metrics, tta
 
@@ -102,7 +102,7 @@ def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], Non
         log(f"{cfg.exp}: fold(s) {missing} of {cfg.folds.n_folds} not finished; the CV covers fold(s) {folds} only")
     frames = [pd.read_csv(run.fold(k).oof, dtype={cfg.data.id_col: str}) for k in folds]
     oof = pd.concat(frames, ignore_index=True)
-    per_fold, cv, y_true, pred = score_oof(cfg, oof)
+    per_fold, cv, y_true, pred = score_oof(cfg, oof, problem)
     name = metric_name(cfg)
     result = {
         "exp": cfg.exp,
@@ -119,31 +119,54 @@ def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], Non
         "lr": recorded_lr(cfg),  # optim.lr, resolved when it is auto
         "lr_auto": cfg.optim.lr == "auto",
     }
-    # OOF with TTA counts only if made with the configured (or, tta.views: auto, the chosen) views from these very
-    # checkpoints.
+    # The OOF rows predicted as test_pred.csv was (views, merge, runtime, from these very checkpoints), if predict
+    # made it; else, before predict, the configured (or, tta.views: auto, the chosen) views.
+    way = current_prediction(cfg, folds)
     auto = list(cfg.tta.views) == [tta.AUTO]
     choice = read_choice(cfg) if auto else None
-    views = choice["views"] if choice else (None if auto else list(cfg.tta.views))
-    tta_oof = None if views is None else read_derived(run.oof_tta, folds_source(with_views(cfg, views), folds),
-                                                      cfg.data.id_col)  # fmt: skip
-    if tta_oof is not None:
-        result["cv_tta"] = score_oof(cfg, tta_oof)[1]
+    if way is not None:
+        views, source = way["views"], read_source(run.test_pred)
+    else:
+        views = choice["views"] if choice else (None if auto else list(cfg.tta.views))
+        source = None if views is None else folds_source(with_views(cfg, views), folds)
+    as_predicted = None if source is None else read_derived(run.oof_tta, source, cfg.data.id_col)
+    if as_predicted is not None:
+        result["cv_tta"] = score_oof(cfg, as_predicted, problem)[1]
         result["tta_views"] = views
+        result["runtime"] = way["runtime"] if way else runtime_name(cfg)
     if choice:
         result["tta_auto"] = {k: choice[k] for k in ("candidates", "views", "identity", "chosen", "steps")}
-    averaging = weight_averaging(cfg, folds)
+    averaging = weight_averaging(cfg, folds, problem)
     if averaging:
         result["weight_averaging"] = averaging
-    if ordinal(cfg):  # the cuts the submission will apply (the same function on the same OOF)
-        levels = target_levels(cfg, problem.y)
-        cuts = tune_cuts(y_true, pred, levels, name)
-        result["ordinal"] = {"levels": levels.tolist(), "cuts": cuts.tolist()}
-        result["cv_ordinal"] = metrics.score(name, y_true, apply_cuts(pred, levels, cuts), cfg.task)
+    # The decisions a submission applies, tuned on the OOF predicted as the test set is (the plain OOF when that is
+    # one view in torch), and the CV of exactly what the submission holds.
+    plain = way is None or (way["views"] == ["identity"] and way["runtime"] == "torch")
+    tuned = (oof, run.oof.name) if as_predicted is None or plain else (as_predicted, run.oof_tta.name)
+    if way is not None and not plain and as_predicted is None:
+        log(f"{cfg.exp}: no OOF predicted as test_pred.csv (predict --no-oof-tta): decisions tuned on {run.oof.name}")
+    _, _, y_sub, pred_sub = score_oof(cfg, tuned[0], problem)
+    d = record_decisions(cfg, run, problem.classes, y_sub, pred_sub, problem.y, tuned[1], way, folds)
+    if d is not None:
+        result["cv_submission"] = d.cv
+        if d.ordinal is not None:
+            result["ordinal"], result["cv_ordinal"] = d.ordinal, d.cv
     atomic_write_csv(run.oof, oof)
     atomic_write_json(run.cv, result)
     print(format_table(result))
     _figures(cfg, result, y_true, pred, problem.classes)
     return result
+
+
+def current_prediction(cfg: Config, folds: list[int]) -> dict | None:
+    """How test_pred.csv was predicted ({views, merge, runtime}), if it was predicted from the current checkpoints
+    of exactly `folds`; None when there is none, or it is stale (a fold retrained since)."""
+    source = read_source(cfg.run.test_pred)
+    way = None if source is None else predicted_as(source)
+    if way is None:
+        return None
+    now = folds_source(as_decided(cfg, way["views"], way["merge"], way["runtime"]), folds)
+    return way if now == source else None
 
 
 def warn_if_tta_hurts(result: dict, views: list[str]) -> None:
@@ -153,7 +176,7 @@ def warn_if_tta_hurts(result: dict, views: list[str]) -> None:
               f"({result['cv']:.5f}); try other tta.views, or tta.views=[identity]")  # fmt: skip
 
 
-def weight_averaging(cfg: Config, folds: list[int]) -> dict | None:
+def weight_averaging(cfg: Config, folds: list[int], problem: Problem) -> dict | None:
     """train.swa / train.avg_best_k: the OOF score of the best epoch's weights ("best") and of each average, over
     every finished fold (a variant some fold lacks, e.g. SWA cut short by early stopping, gets per-fold scores
     only), each fold's scores, and which one each fold's best.pt holds."""
@@ -165,7 +188,8 @@ def weight_averaging(cfg: Config, folds: list[int]) -> dict | None:
     for name in dict.fromkeys(n for info in infos.values() for n in info["scores"]):
         paths = [run.fold(k).variant_oof(name) for k in folds]
         if all(p.is_file() for p in paths):
-            out[name] = score_oof(cfg, pd.concat([pd.read_csv(p, dtype={cfg.data.id_col: str}) for p in paths]))[1]
+            frames = [pd.read_csv(p, dtype={cfg.data.id_col: str}) for p in paths]
+            out[name] = score_oof(cfg, pd.concat(frames), problem)[1]
     out["folds"] = {str(k): info["scores"] for k, info in infos.items()}
     out["picked"] = {str(k): info["picked"] for k, info in infos.items()}
     return out
@@ -176,7 +200,8 @@ def format_table(result: dict) -> str:
     lines += [f"  fold {k:>2}  {v:.5f}" for k, v in result["folds"].items()]
     lines.append(f"  OOF CV   {result['cv']:.5f}" + ("" if result["complete"] else "  (not every fold trained)"))
     if "cv_tta" in result:
-        lines.append(f"  OOF CV with TTA {result['tta_views']}: {result['cv_tta']:.5f}")
+        runtime = result.get("runtime", "torch")
+        lines.append(f"  OOF CV as predicted (TTA {result['tta_views']}, {runtime}): {result['cv_tta']:.5f}")
     if "weight_averaging" in result:
         shown = " | ".join(
             f"{k} {v:.5f}" for k, v in result["weight_averaging"].items() if k not in ("folds", "picked")
@@ -192,6 +217,10 @@ def format_table(result: dict) -> str:
         cuts = ", ".join(f"{c:.3f}" for c in result["ordinal"]["cuts"])
         lines.append(f"  OOF CV rounded to {len(result['ordinal']['levels'])} levels at cuts tuned on OOF "
                      f"({cuts}): {result['cv_ordinal']:.5f}")  # fmt: skip
+    if "cv_submission" in result:
+        lines.append(
+            f"  OOF CV of the submission (its thresholds, cuts, clipping applied): {result['cv_submission']:.5f}"
+        )
     if result.get("lr") is not None:
         lines.append(f"  optim.lr {result['lr']:.3g}" + (" (auto: LR finder)" if result["lr_auto"] else ""))
     return "\n".join(lines)

@@ -44,6 +44,7 @@ from .core.tasks import CLASSIFICATION_TASKS, SINGLE_OUTPUT_TASKS, TASKS
 from .core.tracking import Tracker, score_summary
 from .data.folds import expected_folds
 from .data.problem import oof_truth
+from .engine.codec import record_decisions
 from .modeling import metrics
 
 HILL_CLIMB_MAX_ITER = 100
@@ -327,6 +328,16 @@ def _missing_folds(run: Run, n_folds: int, allow_partial: bool, log: Callable[[s
     return missing
 
 
+def as_predicted(run: Run) -> Path:
+    """A member's OOF rows predicted as its test rows were (TTA views, runtime: the file its decisions were tuned on),
+    so the blend is fitted on what it will blend; the plain OOF before a member was predicted."""
+    if run.decisions.is_file():
+        path = run.path / run.read_decisions().cv_from
+        if path.is_file():
+            return path
+    return run.oof
+
+
 def load_members(
     cfg: Config, exps: list[str], allow_partial: bool = False, log: Callable[[str], None] = print
 ) -> Members:
@@ -342,7 +353,7 @@ def load_members(
     n_folds = expected_folds(cfg)
     missing = sorted({k for run in runs for k in _missing_folds(run, n_folds, allow_partial, log)})
     cols = list(cvs[0]["pred_cols"])
-    oofs = [read_pred_csv(run.oof, id_col, ["fold", *cols]) for run in runs]
+    oofs = [read_pred_csv(as_predicted(run), id_col, ["fold", *cols]) for run in runs]
     if missing:  # only the folds every member finished
         oofs = [df[~df["fold"].isin(missing)] for df in oofs]
         log(f"blending the rows of fold(s) {sorted(set(range(n_folds)) - set(missing))} only (--allow-partial)")
@@ -429,6 +440,12 @@ def blend(
         result["folds_nested"] = nested
         result["cv_nested"] = float(np.mean(list(nested.values())))
     _write(cfg, name, members, fold, oof, fitted, blender, result)
+    # The blend's own decisions (thresholds, cuts) tuned on its blended OOF, and the CV of its submission.
+    out = Run.named(cfg.output_dir, name)
+    d = record_decisions(cfg, out, result["pred_cols"], y, oof, y, out.oof.name, members=exps)
+    if d is not None:
+        result["cv_submission"] = d.cv
+        atomic_write_json(out.cv, result)
     _track(cfg, name, result)
     for e, s in member_cv.items():
         log(f"  {e:<24} {metric} {s:.5f}")

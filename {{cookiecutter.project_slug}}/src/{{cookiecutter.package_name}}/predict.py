@@ -1,7 +1,8 @@
 """Prediction: every finished fold's best model x every TTA view, merged on probabilities, folds averaged.
 
 outputs/<exp>/test_pred.csv   id + one column per class/label/target (and fold<k>/test_pred.csv per fold)
-outputs/<exp>/oof_tta.csv     the validation rows re-predicted with the same views (cv.json: cv vs cv_tta)
+outputs/<exp>/oof_tta.csv     the validation rows re-predicted as the test set is: the same views and runtime
+                              (cv.json: cv vs cv_tta; the submission's decisions are tuned on them)
 Both carry the checkpoints and views they came from (core/runs.py, derived files).
 `predict.runtime` chooses what runs the fold models: the checkpoints in torch, or the ONNX models `export` wrote
 (fp32 or int8) in onnxruntime (modeling/predictors.py); views and merging are the same for both.
@@ -33,6 +34,7 @@ from .engine.inference import (
     folds_source,
     predict_loader,
     prediction_source,
+    runtime_name,
 )
 from .engine.views import resolve_views
 
@@ -105,7 +107,9 @@ def run_predict(cfg: Config, oof_tta: bool = True, allow_partial: bool = False) 
     resolved = resolve_views(cfg)  # tta.views: auto chooses the views on OOF here, before the test set is seen
     df = predict_test(resolved, folds)
     print(f"{cfg.run.test_pred}: {len(df)} rows")
-    if list(resolved.tta.views) != ["identity"] and oof_tta:
+    # The OOF rows predicted as the test set was, unless that is what training already wrote (one view, torch):
+    # the CV of the submission and its thresholds are taken on them.
+    if (list(resolved.tta.views) != ["identity"] or resolved.predict.runtime != "torch") and oof_tta:
         predict_oof_tta(resolved, folds)
     return list(resolved.tta.views)
 
@@ -120,6 +124,7 @@ def estimate(cfg: Config, n_images: int, batches: int = 3, log: Callable[[str], 
     re-prediction is left out: a code competition's notebook predicts the test set only."""
     if n_images < 1:
         raise UserError(f"--estimate {n_images}: expected the number of test images, >= 1")
+    cfg = resolve_views(cfg)  # tta.views: auto -> the views chosen on OOF (chosen now if not yet), as predict does
     folds, views = fold_models(cfg), list(cfg.tta.views)
     classes = list(cfg.run.read_classes()["classes"])
     start = time.perf_counter()
@@ -142,7 +147,7 @@ def estimate(cfg: Config, n_images: int, batches: int = 3, log: Callable[[str], 
     per_image = (time.perf_counter() - start) / len(sample)
     n_folds = len(folds)
     total = first_s + (n_folds - 1) * load_s + n_folds * n_images * per_image
-    runtime = "torch" if cfg.predict.runtime == "torch" else f"onnx {cfg.predict.onnx_model}"
+    runtime = runtime_name(cfg)
     log(f"{cfg.exp}: {n_folds} fold(s) x {len(views)} view(s) {views}, runtime {runtime}: {predictor.where}")
     log(f"  measured on {len(sample)} test images through fold {folds[-1]}: {1000 * per_image:.3f} ms per image "
         f"(all {len(views)} views, decoding included); loading the first fold's model {first_s:.3f} s (imports "

@@ -11,6 +11,9 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
                                         checkpoint change
         tta_auto.json                   tta.views: auto: the views chosen on OOF, the scores, the checkpoints' sha256
         cv.json                         per-fold and overall score, folds hash, prediction columns
+        decisions.json                  what every later stage applies (Decisions): the TTA views, merge and runtime
+                                        test_pred.csv was predicted with, thresholds, ordinal cuts, and the CV of
+                                        exactly what a submission holds
         test_pred.csv (+ .source.json)  fold-averaged, TTA-merged test predictions
         weights.json                    ensembles only: method, members, weights
         lineage.json                    students only: teachers, settings, per-fold provenance
@@ -46,6 +49,7 @@ permissions. Derived files carry what they were derived from in a `.source.json`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -68,6 +72,7 @@ from .errors import UserError
 CONFIG = "config.yaml"
 CLASSES = "classes.json"
 CV = "cv.json"
+DECISIONS = "decisions.json"
 OOF = "oof.csv"
 OOF_TTA = "oof_tta.csv"
 TTA_AUTO = "tta_auto.json"
@@ -99,7 +104,7 @@ TMP_SUFFIX = ".tmp"
 CACHE_DIR = ".cache"
 # What a packaged run (Kaggle dataset, offline notebook) carries besides its checkpoints: thresholds and QWK cuts
 # tuned on OOF are re-tuned offline exactly as here.
-PACKAGED = (CONFIG, CLASSES, CV, WEIGHTS, OOF, TTA_AUTO)
+PACKAGED = (CONFIG, CLASSES, CV, DECISIONS, WEIGHTS, OOF, TTA_AUTO)
 # ... and of its export/: the ONNX models `predict.runtime=onnx` runs (TorchScript and pruned weights stay home).
 PACKAGED_EXPORT = (ONNX, ONNX_INT8)
 
@@ -231,6 +236,12 @@ def write_derived(path: Path, df: pd.DataFrame, source: dict) -> Path:
     return path
 
 
+def read_source(path: Path) -> dict | None:
+    """What the derived table at `path` was made from, or None (no table, or no record of it)."""
+    source_path = _source_path(path)
+    return read_json(source_path) if path.is_file() and source_path.is_file() else None
+
+
 def read_derived(path: Path, source: dict, id_col: str) -> pd.DataFrame | None:
     """The derived table at `path` if it was made from exactly `source`, else None (missing or stale)."""
     source_path = _source_path(path)
@@ -323,6 +334,36 @@ class ExportFiles:
 
 
 @dataclass(frozen=True)
+class Decisions:
+    """What the stages decided, written once into the run folder (`cv` for an experiment, `ensemble` for a blend)
+    and applied as written by every later stage: predict's notebook twin, make-submission, the submit message and
+    log, upload, serve, tracking. Nobody re-derives them from the config.
+
+    views/merge/runtime: how test_pred.csv was (and the offline notebook will be) predicted: the TTA views in
+    order (tta.views: auto resolved), their merge, `torch` or `onnx fp32` / `onnx int8`; None before `predict`.
+    models: fold -> sha256 of the model file each fold predicts with (best.pt, or the exported ONNX model).
+    threshold (binary labels), thresholds (multilabel, one per prediction column), ordinal ({levels, cuts}:
+    regression rounded to grades): tuned on `cv_from`, the OOF predicted as test_pred.csv is; None where the
+    submission does not apply them. cv: the metric of `cv_from` with every decision applied, i.e. the CV of exactly
+    what a submission holds."""
+
+    metric: str
+    higher_is_better: bool
+    cv: float
+    cv_from: str  # the OOF file the decisions were tuned and scored on
+    format: str  # the submission format they were made for (label, probs, tags, value)
+    views: list[str] | None = None
+    merge: str | None = None
+    runtime: str | None = None
+    models: dict[str, str] | None = None
+    threshold: float | None = None
+    thresholds: list[float] | None = None
+    ordinal: dict | None = None
+    clip: list[float] | None = None  # regression: [low, high], the training target's range
+    members: list[str] | None = None  # a blend: its members (each predicted with its own decisions)
+
+
+@dataclass(frozen=True)
 class Run:
     """An experiment's (or ensemble's) folder under output_dir."""
 
@@ -339,6 +380,7 @@ class Run:
     config = property(lambda self: self.path / CONFIG)
     classes = property(lambda self: self.path / CLASSES)
     cv = property(lambda self: self.path / CV)
+    decisions = property(lambda self: self.path / DECISIONS)
     oof = property(lambda self: self.path / OOF)
     oof_tta = property(lambda self: self.path / OOF_TTA)
     tta_auto = property(lambda self: self.path / TTA_AUTO)
@@ -416,6 +458,17 @@ class Run:
             raise UserError(f"{self.cv} not found: train experiment {self.name!r} (every fold) first")
         return read_json(self.cv)
 
+    def write_decisions(self, decisions: Decisions) -> Path:
+        return atomic_write_json(self.decisions, dataclasses.asdict(decisions))
+
+    def read_decisions(self) -> Decisions:
+        """The decisions every later stage applies; a run without them was not summarised since its last predict."""
+        if not self.decisions.is_file():
+            raise UserError(f"{self.decisions} not found: run `predict` (or `cv`) for {self.name!r} first; it "
+                            "decides the TTA views, thresholds and cuts that a submission applies")  # fmt: skip
+        known = {f.name for f in dataclasses.fields(Decisions)}
+        return Decisions(**{k: v for k, v in read_json(self.decisions).items() if k in known})
+
     def read_weights(self) -> dict:
         return read_json(self.weights)
 
@@ -488,6 +541,11 @@ class FoldLock:
 
 def folds_meta_path(folds_path: str | Path) -> Path:
     return Path(folds_path).with_suffix(FOLDS_META_SUFFIX)
+
+
+def submissions_dir(output_dir: str | Path) -> Path:
+    """`submissions/` beside the outputs folder (the project root for the default output_dir=outputs)."""
+    return Path(output_dir).parent / "submissions"
 
 
 def submission_path(folder: str | Path, name: str) -> Path:

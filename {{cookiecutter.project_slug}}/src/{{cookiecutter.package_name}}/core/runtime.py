@@ -175,16 +175,18 @@ def reduce_sum(value: float) -> float:
 class ShardedSampler(Sampler[int]):
     """Every rank draws the same order from `base` (seeded alike), then keeps its own stride of it: rank r takes
     positions r, r + N, r + 2N... So with a per-rank batch of B / N, batch b of the N ranks together holds exactly
-    the rows of batch b of one process with batch B (positions bB .. bB + B - 1)."""
+    the rows of batch b of one process with batch B (positions bB .. bB + B - 1). `set_epoch` reaches `base`, whose
+    order must depend on (seed, epoch) only."""
 
     def __init__(self, base: Sampler) -> None:
         super().__init__()
+        if not callable(getattr(base, "set_epoch", None)):  # its order would not follow the epoch on resume
+            raise TypeError(f"ShardedSampler needs a base sampler with set_epoch(epoch), got {type(base).__name__}")
         self.base = base
         self.rank, self.world = rank(), world_size()
 
     def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
+        self.base.set_epoch(epoch)  # type: ignore[attr-defined]
 
     def __len__(self) -> int:
         return len(self.base) // self.world  # type: ignore[arg-type]

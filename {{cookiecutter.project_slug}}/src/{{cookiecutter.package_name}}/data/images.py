@@ -92,9 +92,13 @@ class DeviceLoader:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
-        for sampler in (self.loader.sampler, self.loader.batch_sampler):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
+        """Epoch `epoch`'s order, from the sampler's (seed, epoch) only. A loader whose order cannot take an epoch
+        (an evaluation loader) is an error here: its epochs would be drawn from a stream a resume cannot rejoin."""
+        takers = [s for s in (self.loader.sampler, self.loader.batch_sampler) if hasattr(s, "set_epoch")]
+        if not takers:
+            raise TypeError(f"this loader's {type(self.loader.sampler).__name__} has no set_epoch(epoch)")
+        for sampler in takers:
+            sampler.set_epoch(epoch)
 
     def to_device(self, batch: dict) -> dict:
         out = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -6,6 +6,9 @@ BalanceClassSampler replaces Catalyst's, which fails on torch >= 2.14.
 Multilabel rows share tags, so "balancing" there means lifting the rare tags UP, never drawing a tag's rows less
 often than plain shuffling does: `weighted` draws each row `multilabel_weights` times per epoch on average (>= 1,
 the epoch grows); `upsample` groups rows by their rarest tag and repeats every group to the largest one.
+
+Every sampler (and the plain ShuffleSampler) draws epoch k from (seed, k) only, after `set_epoch(k)`; train passes
+seed + fold, and its loader's set_epoch reaches the sampler. A resumed fold so draws what the uninterrupted run drew.
 """
 
 from __future__ import annotations
@@ -134,6 +137,24 @@ class ShuffleSampler(Sampler[int]):
         return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
 
 
+class WeightedSampler(WeightedRandomSampler):
+    """torch's WeightedRandomSampler (`weights`, `num_samples`, with replacement) whose draw depends only on
+    (seed, epoch): call `set_epoch` before each epoch. A generator carried over from epoch to epoch would make
+    epoch k's draw depend on how many epochs this process ran before it, and a resumed fold would replay epoch 0."""
+
+    def __init__(self, weights: Sequence[float] | np.ndarray, num_samples: int, seed: int = 0) -> None:
+        super().__init__(torch.as_tensor(np.asarray(weights), dtype=torch.double), num_samples, replacement=True)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        p = self.weights.numpy() / self.weights.sum().item()
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return iter(rng.choice(len(p), self.num_samples, replace=True, p=p).tolist())
+
+
 @SAMPLERS.register("none")
 def _none(labels: np.ndarray, power: float, seed: int) -> None:
     return None
@@ -148,10 +169,7 @@ def _weighted(labels: np.ndarray, power: float, seed: int) -> Sampler[int]:
         n = math.ceil(expected.sum() - 1e-9)
     else:
         expected, n = class_weights_for_sampling(labels, power), len(labels)
-    # One generator for the whole run: each epoch continues its stream, so epochs differ yet runs repeat.
-    generator = torch.Generator().manual_seed(seed)
-    weights = torch.as_tensor(expected, dtype=torch.double)
-    return WeightedRandomSampler(weights, num_samples=n, replacement=True, generator=generator)
+    return WeightedSampler(expected, n, seed)
 
 
 @SAMPLERS.register("upsample")
@@ -167,6 +185,11 @@ def _downsample(labels: np.ndarray, power: float, seed: int) -> Sampler[int]:
 def build_sampler(
     labels: Sequence[int] | np.ndarray, mode: str, power: float = 1.0, seed: int = 0
 ) -> Sampler[int] | None:
-    """The training sampler for `train.sampler` (None: plain shuffling). Unknown mode -> UserError."""
-    factory = SAMPLERS.get(mode)
-    return factory(_as_labels(labels), power, seed)
+    """The training sampler for `train.sampler` (None: plain shuffling). Unknown mode -> UserError. Every sampler
+    draws epoch k from (seed, k) only, once `set_epoch(k)` has run: the loader's set_epoch reaches it, so a resumed
+    fold draws what the uninterrupted run drew (`seed` already holds the fold: train passes seed + fold)."""
+    sampler = SAMPLERS.get(mode)(_as_labels(labels), power, seed)
+    if sampler is not None and not callable(getattr(sampler, "set_epoch", None)):
+        # Its draw would depend on how many epochs the process ran: a resumed fold would not continue the run.
+        raise TypeError(f"sampler {mode!r} ({type(sampler).__name__}) has no set_epoch(epoch)")
+    return sampler

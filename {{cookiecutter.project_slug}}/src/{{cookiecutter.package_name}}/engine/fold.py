@@ -59,7 +59,7 @@ class FoldSetup:
     n_batches: int  # training batches per epoch (train.limit_batches caps it)
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None = full precision
-    generator: torch.Generator  # drives shuffling; saved in last.pt so a resumed run draws the same batches
+    generator: torch.Generator  # seeds the loader's workers (the order: the samplers' (seed, epoch)); in last.pt
     target_scale: TargetScale | None = None  # regression: the fold's target standardisation (saved in best.pt)
 
 

@@ -5,6 +5,8 @@ on probabilities, several models from one pass over the data.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -174,10 +176,35 @@ def folds_source(cfg: Config, folds: list[int]) -> dict:
     return {"folds": {str(k): prediction_source(cfg, k) for k in folds}}
 
 
-def _onnx_model(cfg: Config, fold: int) -> Path:
-    from .export import exported_onnx  # the export stage vouches for its files (parity, checkpoint)
+def runtime_name(cfg: Config) -> str:
+    """`torch`, or `onnx fp32` / `onnx int8`: what runs the fold models (predict.runtime, predict.onnx_model)."""
+    return "torch" if cfg.predict.runtime == "torch" else f"onnx {cfg.predict.onnx_model}"
 
-    return exported_onnx(cfg, fold, cfg.predict.onnx_model)
+
+def predicted_as(source: dict) -> dict | None:
+    """The views, merge and runtime that predictions with this `folds_source` were made with (None when the folds
+    disagree: a table gathered from differently predicted folds has no one way to reproduce it)."""
+    ways = {json.dumps({"views": f["views"], "merge": f["merge"], "runtime": f.get("runtime", "torch")})
+            for f in source.get("folds", {}).values()}  # fmt: skip
+    return json.loads(ways.pop()) if len(ways) == 1 else None
+
+
+def model_digests(cfg: Config, folds: list[int]) -> dict[str, str]:
+    """Fold -> sha256 of the model file each fold predicts with in the configured runtime."""
+    files = {k: _onnx_model(cfg, k) if cfg.predict.runtime == "onnx" else cfg.run.fold(k).best for k in folds}
+    return {str(k): checksum(path) for k, path in files.items()}
+
+
+def as_decided(cfg: Config, views: list[str], merge: str, runtime: str) -> Config:
+    """`cfg` predicting as recorded (Decisions): those TTA views and merge, in that runtime."""
+    onnx = runtime.startswith("onnx ")
+    predict = dataclasses.replace(cfg.predict, runtime="onnx" if onnx else "torch",
+                                  onnx_model=runtime.split()[1] if onnx else cfg.predict.onnx_model)  # fmt: skip
+    return dataclasses.replace(cfg, tta=dataclasses.replace(cfg.tta, views=list(views), merge=merge), predict=predict)
+
+
+def _onnx_model(cfg: Config, fold: int) -> Path:
+    return exported_onnx(cfg, fold, cfg.predict.onnx_model)  # export.json vouches for the file (parity, checkpoint)
 
 
 Feed = Callable[[Dataset], DeviceLoader]

@@ -1,8 +1,13 @@
-"""Scoring out-of-fold predictions, and the decisions tuned on them: per-fold and overall scores, binary and
-per-label thresholds, ordinal cuts.
+"""Scoring out-of-fold predictions, and the decisions tuned on them: per-fold and overall scores, the binary
+threshold and per-label thresholds, ordinal cuts, clipping, and the CV of exactly what a submission holds.
+
+`decide` is the one place these decisions are made (on the OOF predicted as the test set is); `as_submitted` is the
+one place they are applied, to OOF (the CV) and test predictions (the submission) alike.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -10,16 +15,17 @@ from scipy.optimize import minimize
 
 from ..config import Config, metric_name
 from ..core.errors import UserError
+from ..core.runs import Decisions
 from ..core.tasks import SINGLE_OUTPUT_TASKS
-from ..data.problem import (
-    load_problem,
-)
+from ..data.problem import Problem, load_problem
 from ..modeling import metrics
 
 
-def score_oof(cfg: Config, oof: pd.DataFrame) -> tuple[dict[str, float], float, np.ndarray, np.ndarray]:
-    """Per-fold scores, the overall OOF score, and the aligned (truth, prediction) arrays."""
-    problem = load_problem(cfg)
+def score_oof(cfg: Config, oof: pd.DataFrame, problem: Problem | None = None
+              ) -> tuple[dict[str, float], float, np.ndarray, np.ndarray]:  # fmt: skip
+    """Per-fold scores, the overall OOF score, and the aligned (truth, prediction) arrays. `problem`: the command's
+    loaded problem (loaded here when not given)."""
+    problem = problem or load_problem(cfg)
     position = {i: n for n, i in enumerate(problem.ids)}
     rows = np.array([position[i] for i in oof[cfg.data.id_col]])
     y_true, pred = problem.y[rows], oof[problem.classes].to_numpy()
@@ -46,9 +52,12 @@ def tune_f1_thresholds(y: np.ndarray, p: np.ndarray, default: float) -> np.ndarr
 
 
 def tune_binary_threshold(y: np.ndarray, p: np.ndarray, metric: str, default: float) -> float:
+    """The threshold among the default and 99 quantiles of `p` whose labels score best with `metric` (in its
+    direction; the first of equals)."""
+    m = metrics.get_metric(metric)
     cand = np.unique(np.r_[default, np.quantile(p, np.linspace(0.01, 0.99, 99))])
-    scores = [metrics.score(metric, y, (p >= t).astype(np.float64), "binary") for t in cand]
-    return float(cand[int(np.nanargmax(scores))])
+    gains = [m.gain(metrics.score(metric, y, (p >= t).astype(np.float64), "binary")) for t in cand]
+    return float(cand[int(np.argmax(gains))])
 
 
 def ordinal(cfg: Config) -> bool:
@@ -93,3 +102,67 @@ def tune_cuts(y: np.ndarray, p: np.ndarray, levels: np.ndarray, metric: str) -> 
     start = (levels[1:] + levels[:-1]) / 2
     res = minimize(lambda t: -gain(t), start, method="Nelder-Mead", options={"maxiter": 400, "xatol": 1e-3})
     return np.sort(res.x) if gain(res.x) > gain(start) else start
+
+
+def top_k(metric: str) -> int:
+    """How many ranked labels a multiclass submission holds: k for map_at_k, else 1."""
+    return int(metric.rsplit("_", 1)[1]) if metric.startswith("map_at_") else 1
+
+
+def as_submitted(task: str, d: Decisions, pred: np.ndarray) -> np.ndarray:
+    """Predictions (N, C) as a submission made with decisions `d` holds them, in the task's prediction format:
+    thresholded labels as 0/1 (a multilabel tags row is never empty: its most probable label), regression values
+    clipped and rounded to the ordinal levels; anything else unchanged. Binary and regression return (N,)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    if task == "binary":
+        p = pred[:, 0] if pred.ndim == 2 else pred
+        return (p >= d.threshold).astype(np.float64)[:, None] if d.threshold is not None else p[:, None]
+    if task == "multilabel" and d.thresholds is not None:
+        chosen = pred >= np.asarray(d.thresholds)[None, :]
+        if d.format == "tags":
+            chosen[np.arange(len(pred)), pred.argmax(1)] |= ~chosen.any(1)
+        return chosen.astype(np.float64)
+    if task == "regression":
+        values = pred[:, 0] if pred.ndim == 2 else pred
+        if d.clip is not None:
+            values = np.clip(values, *d.clip)
+        if d.ordinal is not None:
+            values = apply_cuts(values, np.asarray(d.ordinal["levels"]), np.asarray(d.ordinal["cuts"]))
+        return values
+    return pred
+
+
+def decide(cfg: Config, fmt: str, y: np.ndarray, pred: np.ndarray, target: np.ndarray, cv_from: str,
+           **predicted: object) -> Decisions:  # fmt: skip
+    """The decisions a submission in format `fmt` applies, tuned on OOF (`y`, `pred` (N, C) as predicted for the
+    test set, read from `cv_from`), and the CV of the result. `target`: the training table's target (regression:
+    its range and levels). `predicted`: views, merge, runtime, models, members, recorded as they are."""
+    name = metric_name(cfg)
+    metric = metrics.get_metric(name)
+    label_metric = name in metrics.label_metrics()
+    pred = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
+    d = Decisions(metric=name, higher_is_better=metric.higher_is_better, cv=float("nan"), cv_from=cv_from, format=fmt,
+                  **predicted)  # fmt: skip
+    if cfg.task == "binary" and fmt == "label":
+        t = cfg.submit.threshold
+        if cfg.submit.tune_thresholds and label_metric:
+            t = tune_binary_threshold(y, pred[:, 0], name, t)
+        d = dataclasses.replace(d, threshold=float(t))
+    elif cfg.task == "multilabel" and (fmt == "tags" or (fmt == "probs" and label_metric)):
+        if cfg.submit.tune_thresholds:
+            thresholds = tune_f1_thresholds(y, pred, cfg.submit.threshold)
+        else:
+            thresholds = np.full(pred.shape[1], cfg.submit.threshold)
+        d = dataclasses.replace(d, thresholds=[float(t) for t in thresholds])
+    elif cfg.task == "regression":
+        values = np.asarray(target, dtype=np.float64)
+        clip = [float(np.nanmin(values)), float(np.nanmax(values))] if cfg.submit.clip else None
+        d = dataclasses.replace(d, clip=clip)
+        if ordinal(cfg):
+            levels = target_levels(cfg, values)
+            cuts = tune_cuts(y, as_submitted(cfg.task, d, pred), levels, name)
+            d = dataclasses.replace(d, ordinal={"levels": levels.tolist(), "cuts": [float(c) for c in cuts]})
+    submitted = as_submitted(cfg.task, d, pred)
+    if cfg.task in SINGLE_OUTPUT_TASKS:
+        submitted = submitted.reshape(len(submitted), -1)[:, 0]
+    return dataclasses.replace(d, cv=float(metrics.score(name, y, submitted, cfg.task)))

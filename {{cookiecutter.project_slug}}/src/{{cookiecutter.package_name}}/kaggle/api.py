@@ -19,7 +19,7 @@ from typing import Any
 from ..config import Config
 from ..core.errors import UserError
 from ..core.runs import read_json
-from ..submission import check_submission_file, default_message, log_submission
+from .submissions import check_submission_file, default_message, log_submission
 
 CREDENTIALS_HELP = (
     "Kaggle credentials not found: set KAGGLE_API_TOKEN (or ~/.kaggle/access_token), or "

@@ -20,10 +20,9 @@ from scipy.stats import pearsonr, spearmanr
 
 from ..config import Config, metric_name
 from ..core.errors import UserError
-from ..core.runs import atomic_savefig, atomic_write_csv, cv_vs_lb_paths, submission_log_path
+from ..core.runs import atomic_savefig, atomic_write_csv, cv_vs_lb_paths, submission_log_path, submissions_dir
 from ..core.tracking import Tracker
 from ..modeling import metrics
-from ..submission import submissions_dir
 from . import api as kaggle_api
 
 matplotlib.use("Agg")
@@ -44,7 +43,7 @@ def _time(text: object) -> pd.Timestamp | None:
 
 
 def read_log(cfg: Config) -> pd.DataFrame:
-    path = submission_log_path(submissions_dir(cfg))
+    path = submission_log_path(submissions_dir(cfg.output_dir))
     if not path.is_file():
         raise UserError(f"{path} not found: it is written by `make submit` (each submission sent from here)")
     log = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -70,8 +69,8 @@ def _closeness(h: dict, entry: pd.Series) -> tuple | None:
 
 def join(log: pd.DataFrame, history: list[dict]) -> pd.DataFrame:
     """Each logged submission with the Kaggle submission it became (public / private score, status), or none
-    ("not found"); each Kaggle submission is matched once at most. The CV is that of the file sent: with TTA when
-    the experiment's cv.json had one."""
+    ("not found"); each Kaggle submission is matched once at most. The CV is that of the file sent (the log records
+    its decisions' CV; older logs kept the CV with TTA in a column of its own)."""
     free, rows = list(range(len(history))), []
     for _, entry in log.iterrows():
         fits = {i: c for i in free if (c := _closeness(history[i], entry)) is not None}
@@ -173,7 +172,7 @@ def run_lb(cfg: Config, log: Callable[[str], None] = print) -> pd.DataFrame:
     table = add_ranks(join(entries, history), metrics.get_metric(metric))
     corr = correlations(table)
     log(format_table(table, corr, metric))
-    png, csv = cv_vs_lb_paths(submissions_dir(cfg))
+    png, csv = cv_vs_lb_paths(submissions_dir(cfg.output_dir))
     atomic_write_csv(csv, table)
     plot(table, corr, metric, png)
     log(f"{png}, {csv}")

@@ -3,9 +3,10 @@
 The upload dataset (`package_for_dataset`, below; `upload` sends it) holds the package's Python files, the packaged
 runs and the folds. On Kaggle it is mounted read-only, so each packaged experiment is staged into a writable folder
 (its small files copied, its checkpoints linked) where the ordinary `predict.predict_test` and
-`submission.make_submission` run unchanged: the notebook predicts exactly as `make predict` and `make-submission`
-do locally. A run that was exported (`export`) brings its ONNX models too, so the notebook can predict with
-onnxruntime (INFER_OVERRIDES='predict.runtime=onnx', or predict.onnx_model=int8 for the int8 models).
+`submission.make_submission` run unchanged, with the run's decisions.json: the TTA views, merge and runtime
+(torch, or the exported ONNX fp32 / int8 models, which then travel with the run) that `predict` used locally, and
+the thresholds and cuts tuned on the matching OOF. The notebook writes the submission `make-submission` writes at
+home, whose CV is the one measured; nothing is re-derived from the config.
 
     notebooks/inference.py          the notebook (percent format), the single source of the Kaggle kernel
     notebooks/kernel-metadata.json  kernel id, title, dataset and competition, internet off (push-notebook fills it)
@@ -26,6 +27,7 @@ from ..core.errors import UserError
 from ..core.runs import (
     PACKAGED,
     PACKAGED_EXPORT,
+    Decisions,
     Run,
     atomic_write_csv,
     atomic_write_json,
@@ -34,6 +36,7 @@ from ..core.runs import (
     read_pred_csv,
 )
 from ..data.folds import expected_folds
+from ..engine.inference import as_decided
 from ..ensemble import apply_saved
 from ..predict import predict_test
 from ..submission import make_submission
@@ -41,6 +44,8 @@ from . import api as kaggle_api
 from .api import DATASET_ID, METADATA
 
 PACKAGED_FOLDS = "folds.csv"  # in the upload dataset's root
+# Decided by `predict` and recorded in decisions.json: the notebook predicts as the CV was measured, never otherwise.
+DECIDED_KEYS = ("tta.views", "tta.merge", "predict.runtime", "predict.onnx_model")
 KERNEL_METADATA = "kernel-metadata.json"
 CODE_FILE = "inference.py"
 MEAN_NAME = "notebook-mean"
@@ -151,7 +156,13 @@ def predict_packaged(
         blend_test(cfgs[0], exp, members, run.read_weights())
         cfg = cfgs[0]
     else:
+        decided = run.read_decisions()  # how the CV was measured: the same views, merge and runtime here
+        refused = [o for o in overrides if o.split("=")[0].strip() in DECIDED_KEYS]
+        if refused:
+            raise UserError(f"INFER_OVERRIDES {refused}: {exp}'s TTA views and runtime are decided by `predict` "
+                            f"({run.decisions.name}); change them locally, predict, and upload again")  # fmt: skip
         cfg = load_packaged_config(dataset_dir, exp, data_dir, output_dir, overrides)
+        cfg = as_decided(cfg, decided.views, decided.merge, decided.runtime)
         predict_test(cfg, run.finished_folds())  # the folds `upload` packaged: all, unless --allow-partial
         for k in run.fold_numbers():  # only needed to predict; keeps the kernel's output small
             run.fold(k).best.unlink(missing_ok=True)
@@ -183,25 +194,29 @@ def average(cfg: Config, exps: Sequence[str], name: str = MEAN_NAME) -> str:
     classes = [Run.named(cfg.output_dir, e).read_classes() for e in exps]
     if any(c["classes"] != classes[0]["classes"] for c in classes):
         raise UserError(f"experiments {exps} predict different columns; only like experiments can be averaged")
+    decided = [Run.named(cfg.output_dir, e).read_decisions() for e in exps]
+    tuned = [e for e, d in zip(exps, decided, strict=True) if (d.threshold, d.thresholds, d.ordinal) != (None,) * 3]
+    if tuned:
+        raise UserError(f"{tuned} apply thresholds or cuts tuned on their own OOF, which a mean of them would not "
+                        f"match: blend them locally (`make ensemble EXPS=\"{' '.join(exps)}\" METHOD=mean`), and "
+                        "upload the blend, whose decisions are tuned on the blended OOF")  # fmt: skip
     out = Run.named(cfg.output_dir, name)
     atomic_write_json(out.classes, classes[0])
     info = {"method": "mean", "members": exps, "weights": [1.0 / len(exps)] * len(exps)}
     atomic_write_json(out.weights, info)
     blend_test(cfg, name, exps, info)
+    # Nothing tuned to apply; the mean's CV was never measured (blend locally to measure it).
+    d = decided[0]
+    out.write_decisions(Decisions(metric=d.metric, higher_is_better=d.higher_is_better, cv=float("nan"),
+                                  cv_from="not measured: an unweighted mean made offline", format=d.format,
+                                  clip=d.clip, members=exps))  # fmt: skip
     return name
 
 
 def write_submission(cfg: Config, exp: str, work_dir: str | Path, log: Callable[[str], None] = print) -> Path:
-    """work_dir/submission.csv from output_dir/<exp>/test_pred.csv, validated against the sample submission."""
-    try:
-        return make_submission(cfg, exp, name="submission", out_dir=work_dir, log=log)
-    except UserError as e:
-        if Run.named(cfg.output_dir, exp).oof.is_file():
-            raise
-        raise UserError(
-            f"{e} (the upload has no oof.csv for {exp!r}: thresholds tuned on OOF cannot be recomputed here; "
-            "set INFER_OVERRIDES='submit.tune_thresholds=false' or upload the OOF predictions)"
-        ) from None
+    """work_dir/submission.csv from output_dir/<exp>/test_pred.csv with the decisions recorded locally (thresholds,
+    cuts), validated against the sample submission: the file `make-submission` writes at home."""
+    return make_submission(cfg, exp, name="submission", out_dir=work_dir, log=log)
 
 
 def _check_id(value: str, what: str, flag: str) -> None:
@@ -305,6 +320,10 @@ def _packaged_folds(cfg: Config, exps: list[str], allow_partial: bool) -> dict[s
         if not run.path.is_dir():
             raise UserError(f"{run.path} not found: no experiment {exp!r} under output_dir={cfg.output_dir}")
         runs[exp] = [] if run.is_ensemble() else run.usable_folds(n_folds, allow_partial, "upload")
+        decided = run.read_decisions()  # how the notebook will predict, and what its submission applies
+        if decided.views is None and decided.members is None:
+            raise UserError(f"{run.decisions}: {exp!r} was not predicted since its last training; run `predict` "
+                            "first (the notebook predicts with the views and runtime it records)")  # fmt: skip
         queue.extend(run.members())
     return runs
 
