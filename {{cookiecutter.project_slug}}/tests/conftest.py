@@ -233,7 +233,7 @@ def spy_on_training(monkeypatch) -> dict:
     seen: dict = {}
     monkeypatch.setattr(teachers, "train_one_fold", lambda cfg, fold, data, step, force: seen.setdefault(fold, data))
     monkeypatch.setattr(teachers, "summarize", lambda cfg, **kw: {"cv": 0.0, "folds_missing": []})
-    monkeypatch.setattr(teachers, "predict_test", lambda cfg, **kw: None)
+    monkeypatch.setattr(teachers, "run_predict", lambda cfg, **kw: ["identity"])
     return seen
 
 

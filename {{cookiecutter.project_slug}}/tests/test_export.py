@@ -255,6 +255,11 @@ def test_estimate_projects_from_a_timed_pass_over_every_view(exported, capsys, m
         expected = float(first) + float(load) + 2 * n * float(ms) / 1000
         assert float(total) == pytest.approx(expected, abs=2 * (0.0005 + n * 0.0005 / 1000) + 0.05)  # rounding
 
+    # tta.views: auto estimates the views chosen on OOF (chosen now, as predict would), never the word 'auto'
+    assert cli.main(["predict", "-c", str(path), "--estimate", "300", "tta.views=auto", "tta.candidates=[hflip]"]) == 0
+    shown = re.search(r"fold\(s\) x \d+ view\(s\) (\[.*?\])", capsys.readouterr().out).group(1)
+    assert shown.startswith("['identity'") and "auto" not in shown
+
     calls, real = [], inference.fold_predictors
 
     def counting(cfg, n_classes):

@@ -17,8 +17,10 @@ import pytest
 
 from {{ cookiecutter.package_name }} import cli, config, ensemble, predict, submission
 from {{ cookiecutter.package_name }}.core import errors
+from {{ cookiecutter.package_name }}.core.runs import Decisions, Run
 from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
 from {{ cookiecutter.package_name }}.kaggle import offline
+from {{ cookiecutter.package_name }}.kaggle import submissions as kaggle_submissions
 
 from conftest import TINY, write_config
 
@@ -142,6 +144,81 @@ def test_notebook_predicts_with_the_exported_onnx_models_as_with_torch(project, 
     assert ours["id"].tolist() == theirs["id"].tolist()
     assert np.abs(ours.iloc[:, 1:].to_numpy() - theirs.iloc[:, 1:].to_numpy()).max() <= 1e-4
     assert not list(work.rglob("*.pt")) and not list(work.rglob("*.onnx"))  # links dropped once used
+
+
+# What a run decides, and how: (task, metric, train overrides, export overrides or None, predict overrides).
+DECIDED = {
+    "tta_auto": ("multiclass", "auto", [], None, ["tta.views=auto", "tta.candidates=[hflip,vflip,rot90]"]),
+    "multilabel_thresholds": ("multilabel", "auto", [], None, ["tta.views=[identity,vflip]"]),
+    "regression_ordinal_cuts": ("regression", "qwk", [], None, ["tta.views=[identity,hflip]"]),
+    "pick_averaged": ("multiclass", "auto", ["train.epochs=2", "train.avg_best_k=2", "train.pick_averaged=true"],
+                      None, []),
+    "onnx_fp32": ("multiclass", "auto", [], ["export.variants=[onnx]"], ["predict.runtime=onnx"]),
+    "onnx_int8": ("binary", "accuracy", [], ["export.variants=[onnx,onnx_int8]"],
+                  ["predict.runtime=onnx", "predict.onnx_model=int8", "tta.views=[identity,vflip]"]),
+}  # fmt: skip
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", list(DECIDED))
+def test_the_notebook_submits_exactly_the_local_submission(tmp_path, new_project, case):
+    """Each decision a run makes (TTA views chosen on OOF, multilabel thresholds, regression ordinal cuts, the
+    averaged weights picked, the ONNX fp32 or int8 runtime) travels in the upload: the notebook, run as Kaggle runs
+    it, writes the submission `make-submission` wrote locally (the same labels, probabilities within 1e-6), and the
+    CV the submit message states is that of this very submission."""
+    task, metric, train_args, export_args, predict_args = DECIDED[case]
+    root = tmp_path / "project"
+    cfg = new_project(root, task, metric, n_folds=2, extra=TINY + f"competition: {COMPETITION}\n")
+    path = str(root / "configs" / "exp.yaml")
+    assert cli.main(["train", "-c", path, *train_args]) == 0
+    if export_args is not None:
+        assert cli.main(["export", "-c", path, *export_args, "export.exporter=torchscript", "export.opset=17"]) == 0
+    assert cli.main(["predict", "-c", path, *predict_args]) == 0
+    assert cli.main(["make-submission", "-c", path]) == 0
+    local = root / "submissions" / "exp.csv"
+    decided = Run.named(cfg.output_dir, "exp").read_decisions()
+    if case == "tta_auto":
+        assert decided.views[0] == "identity" and "auto" not in decided.views
+    if case == "multilabel_thresholds":
+        classes = Run.named(cfg.output_dir, "exp").read_classes()["classes"]
+        assert decided.thresholds is not None and len(decided.thresholds) == len(classes)
+    if case == "regression_ordinal_cuts":
+        assert decided.ordinal is not None and len(decided.ordinal["cuts"]) == len(decided.ordinal["levels"]) - 1
+    if case.startswith("onnx"):  # the CV printed and recorded is the ONNX models' own
+        assert decided.runtime == f"onnx {case.split('_')[1]}" and decided.cv_from == "oof_tta.csv"
+        cv = json.loads((root / "outputs" / "exp" / "cv.json").read_text())
+        assert cv["runtime"] == decided.runtime and cv["cv_submission"] == decided.cv
+    # the CV of the submission: its decisions applied to the OOF predicted as the test set was, scored
+    assert kaggle_submissions.default_message(cfg, local.stem) == f"exp CV {decided.metric}={decided.cv:.5f}"
+
+    dataset = offline.package_for_dataset(cfg, ["exp"], tmp_path / "ds", "me/digit-models", "Digit models")
+    work = tmp_path / "working"
+    work.mkdir()
+    env = {"INFER_DATASET_DIR": str(dataset), "INFER_DATA_DIR": str(root / "data"), "KAGGLE_INPUT": str(tmp_path)}
+    cmd = [sys.executable, str(NOTEBOOKS / "inference.py")]
+    done = subprocess.run(cmd, cwd=work, env=notebook_env(work, env), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours, theirs = read(work / "submission.csv"), read(local)
+    assert ours.columns.tolist() == theirs.columns.tolist() and ours["id"].tolist() == theirs["id"].tolist()
+    for col in ours.columns[1:]:
+        if pd.api.types.is_float_dtype(theirs[col]):
+            np.testing.assert_allclose(ours[col], theirs[col], rtol=0, atol=1e-6)
+        else:
+            assert ours[col].tolist() == theirs[col].tolist()  # labels, tags, grades: the same
+    pred_ours = read(work / "outputs" / "exp" / "test_pred.csv").iloc[:, 1:].to_numpy()
+    pred_theirs = read(root / "outputs" / "exp" / "test_pred.csv").iloc[:, 1:].to_numpy()
+    np.testing.assert_allclose(pred_ours, pred_theirs, rtol=0, atol=1e-6)
+
+
+def test_notebook_refuses_to_predict_otherwise_than_decided(tmp_path):
+    """INFER_OVERRIDES may not change what the CV was measured with: the views, merge and runtime are decided."""
+    run = Run(tmp_path / "ds" / "exp")
+    run.path.mkdir(parents=True)
+    run.write_decisions(Decisions(metric="accuracy", higher_is_better=True, cv=0.5, cv_from="oof.csv",
+                                  format="label", views=["identity"], merge="mean", runtime="torch"))  # fmt: skip
+    for override in ("predict.runtime=onnx", "tta.views=[identity,hflip]"):
+        with pytest.raises(errors.UserError, match="decided by `predict`"):
+            offline.predict_packaged(tmp_path / "ds", "exp", tmp_path / "data", tmp_path / "out", [override], **QUIET)
 
 
 def make_dataset(root: Path, runs: dict[str, list[str]]) -> Path:

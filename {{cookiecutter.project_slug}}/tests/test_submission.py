@@ -156,6 +156,22 @@ def test_ordinal_levels_are_the_targets_grades(projects):
         scoring.target_levels(cfg, np.linspace(0, 1, 150))
 
 
+def test_the_decided_cv_is_the_score_of_the_oof_as_submitted(projects):
+    """Multilabel tags: the CV recorded (and sent in the submit message) is F1 of the OOF thresholded as the
+    submission is, with each label's tuned threshold and no empty row; not the score at 0.5."""
+    cfg = projects["multilabel"]
+    d = Run.named(cfg.output_dir, "noisy").read_decisions()
+    oof = read(Path(cfg.output_dir) / "noisy" / "oof.csv")
+    labels = [c for c in oof.columns if c not in ("id", "fold")]
+    truth = read(solution(cfg).with_name("train.csv")).set_index("id").loc[oof["id"], "label"]
+    hot = np.array([[t in cell.split() for t in labels] for cell in truth])
+    p = oof[labels].to_numpy()
+    chosen = p >= np.array(d.thresholds)[None, :]
+    chosen[np.arange(len(p)), p.argmax(1)] |= ~chosen.any(1)
+    assert d.format == "tags" and d.cv == pytest.approx(f1_score(hot, chosen, average="micro"))
+    assert d.cv != pytest.approx(f1_score(hot, p >= 0.5, average="micro"))
+
+
 def test_multilabel_rows_never_empty(projects):
     base = projects["multilabel"]
     cfg = config.load(

@@ -47,7 +47,7 @@ class TorchPredictor(Predictor):
 
 def onnx_session(path: Path, device: torch.device):  # -> onnxruntime.InferenceSession
     """A session on `path`: CUDA when the device is a GPU and this onnxruntime build has it, else CPU, with as many
-    threads as torch uses (one thread per core contends on a shared machine; see PITFALLS, thread settings)."""
+    threads as torch uses (one thread per core contends on a shared machine: core/runtime.plan_cpu)."""
     try:
         import onnxruntime as ort
     except ImportError:

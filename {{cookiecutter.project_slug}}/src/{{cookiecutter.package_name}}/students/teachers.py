@@ -40,7 +40,7 @@ from ..engine.fold import Step
 from ..engine.inference import feeder, load_fold_weights, predict_loader, prediction_source
 from ..engine.views import resolve_views
 from ..modeling.models import build_model
-from ..predict import predict_test, predict_test_folds
+from ..predict import predict_test_folds, run_predict
 from ..train import check_resumable, fold_pending, train_one_fold
 
 Source = tuple[str, int]  # (teacher experiment, fold): the one model an array of teacher outputs came from
@@ -334,10 +334,11 @@ def train_students(
         atomic_write_json(cfg.run.lineage, lineage)
         train_one_fold(cfg, k, data, step, force=force)
         trained = True
-    result = summarize(cfg, allow_partial=allow_partial, log=log)
-    if result["folds_missing"] and not allow_partial:
-        log(f"{cfg.exp}: test predictions once fold(s) {result['folds_missing']} are finished (or predict "
-            "--allow-partial)")  # fmt: skip
+    # As `train` then `predict` would: the test predictions (with the OOF re-predicted the same way), then the CV
+    # summary and the decisions a submission applies, tuned on that OOF.
+    missing = cfg.run.missing_folds(cfg.folds.n_folds)
+    if missing and not allow_partial:
+        log(f"{cfg.exp}: test predictions once fold(s) {missing} are finished (or predict --allow-partial)")
     elif trained or not cfg.run.test_pred.is_file():
-        predict_test(cfg, allow_partial=allow_partial)
-    return result
+        run_predict(cfg, allow_partial=allow_partial)
+    return summarize(cfg, allow_partial=allow_partial, log=log)
