@@ -1,6 +1,7 @@
 """Shared test set-up: everything offline, and small demo competitions written on demand."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -346,3 +347,57 @@ def check_fold(cfg: config.Config, k: int, data: fold_data.FoldData, one_hot: bo
     np.testing.assert_array_equal(labelled.targets.argmax(1) if one_hot else labelled.targets, problem.y[train_rows])
     assert not set(unlabelled.paths) & set(problem.paths)
     return labelled, unlabelled
+
+
+# --- wandb offline runs -----------------------------------------------------------------------------------------------
+
+
+def _wandb_records(path: Path) -> list:
+    """The protobuf records of an offline run file (run-<id>.wandb): wandb's LevelDB-style log, a 7-byte header
+    (':W&B', magic, version), then 32 KiB blocks of chunks, each (crc32 4, length 2, type 1) + data; type 1 is a
+    whole record, 2/3/4 its first, middle and last part. wandb 0.31 ships no Python reader of its own."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B", path
+    pos, records, pending = 7, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # too little room left in the block for a chunk header: zero padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def wandb_runs(folder: Path) -> list[dict]:
+    """Every offline wandb session under `folder`/wandb, oldest first: {"id", "group", "job_type", "name",
+    "history": [row, ...], "summary": {key: value}} (values decoded from their JSON). wandb's service process
+    writes the files: it is stopped first (wandb.teardown), which flushes them."""
+    import wandb
+
+    wandb.teardown()
+    sessions = []
+    for path in sorted(Path(folder).glob("wandb/offline-run-*/run-*.wandb")):
+        run: dict = {"history": [], "summary": {}}
+        for record in _wandb_records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                r = record.run
+                run.update(id=r.run_id, group=r.run_group, job_type=r.job_type, name=r.display_name)
+            elif kind == "history":
+                run["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                       for i in record.history.item})  # fmt: skip
+            elif kind == "summary":
+                run["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                       for i in record.summary.update})  # fmt: skip
+        sessions.append(run)
+    return sessions

@@ -14,7 +14,7 @@ from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.core.runs import read_checkpoint
 from {{ cookiecutter.package_name }}.data.problem import build_fold_data, load_problem
 from {{ cookiecutter.package_name }}.engine import inference
-from {{ cookiecutter.package_name }}.modeling import averaging
+from {{ cookiecutter.package_name }}.modeling import averaging, metrics
 from {{ cookiecutter.package_name }}.modeling.models import build_model
 
 from conftest import TINY
@@ -35,7 +35,7 @@ def test_swa_start_epoch():
 
 def test_swa_is_the_mean_of_the_epochs_from_its_start():
     model = nn.Linear(3, 2)
-    avg = averaging.WeightAveraging(model, swa_from=2, best_k=0, higher_is_better=True)
+    avg = averaging.WeightAveraging(model, swa_from=2, best_k=0, metric=metrics.get_metric("accuracy"))
     for epoch, value in enumerate([10.0, 20.0, 1.0, 2.0, 6.0]):
         avg.after_epoch(epoch, model, _set(model, value), score=0.0)
     swa = avg.averaged()["swa"]
@@ -48,7 +48,8 @@ def test_swa_is_the_mean_of_the_epochs_from_its_start():
 @pytest.mark.parametrize("higher", [True, False])
 def test_best_k_averages_the_k_best_scored_epochs(higher):
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    avg = averaging.WeightAveraging(model, swa_from=None, best_k=2, higher_is_better=higher)
+    metric = metrics.get_metric("accuracy" if higher else "log_loss")
+    avg = averaging.WeightAveraging(model, swa_from=None, best_k=2, metric=metric)
     scores = [0.5, 0.9, float("nan"), 0.1, 0.7]
     for epoch, (value, score) in enumerate(zip([1.0, 2.0, 100.0, 3.0, 4.0], scores, strict=True)):
         avg.after_epoch(epoch, model, _set(model, value), score)
@@ -62,7 +63,7 @@ def test_best_k_averages_the_k_best_scored_epochs(higher):
     buffer = io.BytesIO()
     torch.save(avg.state_dict(), buffer)
     buffer.seek(0)
-    again = averaging.WeightAveraging(model, swa_from=None, best_k=2, higher_is_better=higher)
+    again = averaging.WeightAveraging(model, swa_from=None, best_k=2, metric=metric)
     again.load_state_dict(torch.load(buffer, weights_only=True))
     torch.testing.assert_close(again.averaged()["avg_best_k"], out["avg_best_k"])
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from {{ cookiecutter.package_name }} import cli
+from {{ cookiecutter.package_name }} import cli, train
 from {{ cookiecutter.package_name }}.data import samplers
 
-from conftest import TINY, cli_stopped_after, write_config
+from conftest import TINY, cli_stopped_after, wandb_runs, write_config
 
 PKG = cli.__package__
 SRC = str(Path(cli.__file__).parents[1])
@@ -84,6 +84,59 @@ def test_wandb_offline_run_per_fold_grouped_by_experiment(tmp_path, new_project,
     assert len(set(ids)) == 3  # fold 0, fold 1 and the one cv run
     cv_ids = {i for i in ids if "-cv-" in i}
     assert len(cv_ids) == 1 and ids.count(cv_ids.pop()) == 4
+
+
+def test_a_resumed_fold_logs_on_in_its_one_wandb_run(tmp_path, new_project, monkeypatch):
+    """Ctrl-C after epoch 1, the same command resumes epoch 2: both epochs reach the fold's one wandb run (offline, one
+    session folder each, under one run id); a fold trained again from scratch (--force) is a new run."""
+    monkeypatch.delenv("WANDB_MODE")  # the config's wandb.mode decides
+    new_project(tmp_path, "multiclass", n_folds=2, extra=TINY.replace("epochs: 1", "epochs: 2"))
+    args = ["train", "-c", tmp_path / "configs" / "exp.yaml", "--fold", "0", "wandb.mode=offline"]
+    start_epoch = train.start_epoch
+
+    def ctrl_c_in_epoch_2(cfg, s, fold, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        start_epoch(cfg, s, fold, epoch)
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "start_epoch", ctrl_c_in_epoch_2)
+        assert cli.main([str(a) for a in args]) == 130
+    run(*args)
+    run_dir = tmp_path / "outputs" / "exp"
+    folds = [r for r in wandb_runs(run_dir) if r["job_type"] == "fold0"]
+    assert len(folds) == 2 and folds[0]["id"] == folds[1]["id"]  # two sessions, one run
+    assert folds[0]["id"] == (run_dir / "fold0" / "wandb_run_id.txt").read_text()
+    assert all(r["group"] == "exp" and r["name"] == "exp-fold0" for r in folds)
+    assert [[row["epoch"] for row in r["history"]] for r in folds] == [[1], [2]]
+    assert [row["_step"] for r in folds for row in r["history"]] == [1, 2]
+    assert "best_score" in folds[1]["summary"] and "best_score" not in folds[0]["summary"]
+
+    run("train", "-c", tmp_path / "configs" / "exp.yaml", "--fold", "0", "--force", "wandb.mode=offline")
+    again = [r for r in wandb_runs(run_dir) if r["job_type"] == "fold0"][2:]
+    assert len(again) == 1 and again[0]["id"] != folds[0]["id"]  # a new training, a new run
+    assert [row["epoch"] for row in again[0]["history"]] == [1, 2]
+
+
+def test_the_cv_run_records_every_cv_variant(tmp_path, new_project, monkeypatch):
+    """The experiment's cv run holds every CV that cv.json holds: plain, with TTA, of each weight average, rounded
+    at ordinal cuts (and any cv_* added later: score_summary takes every one), and each fold's score."""
+    monkeypatch.delenv("WANDB_MODE")
+    extra = TINY.replace("ema: false", "ema: false\n  swa: true") + "tta:\n  views: [identity, vflip]\n"
+    new_project(tmp_path, "regression", n_folds=2, extra=extra + "submit:\n  ordinal: true\nwandb:\n  mode: offline\n")
+    exp = tmp_path / "configs" / "exp.yaml"
+    run("train", "-c", exp)
+    run("predict", "-c", exp)
+    run_dir = tmp_path / "outputs" / "exp"
+    cv = json.loads((run_dir / "cv.json").read_text())
+    assert {"cv", "cv_tta", "cv_ordinal"} <= set(cv) and {"best", "swa"} <= set(cv["weight_averaging"])
+    expected = {k: v for k, v in cv.items() if k == "cv" or k.startswith("cv_")}
+    expected |= {f"weight_averaging/{k}": v for k, v in cv["weight_averaging"].items() if k not in ("folds", "picked")}
+    expected |= {f"fold{k}": v for k, v in cv["folds"].items()}
+    sessions = [r for r in wandb_runs(run_dir) if r["job_type"] == "cv"]
+    assert len({r["id"] for r in sessions}) == 1  # one cv run, updated by train's summary and predict's
+    last = sessions[-1]["summary"]  # predict's: the one that wrote cv.json
+    assert {k: last.get(k) for k in expected} == pytest.approx(expected, rel=1e-12)
 
 
 def env() -> dict:

@@ -14,7 +14,7 @@ from {{ cookiecutter.package_name }}.core.runs import BlendWeights, Run
 from {{ cookiecutter.package_name }}.data import tables
 from {{ cookiecutter.package_name }}.students import teachers
 
-from conftest import encode_truth, fake_experiment, on_other_folds
+from conftest import encode_truth, fake_experiment, on_other_folds, wandb_runs
 
 N_FOLDS = 3
 
@@ -216,7 +216,7 @@ def test_stacking_oof_rows_never_see_their_own_targets(task):
     method = ensemble.get_blend_method("stacking")
 
     def oof(targets):
-        obj = ensemble.Objective(metric, task, targets, metric != "rmse")
+        obj = ensemble.Objective(metric, task, targets)
         return ensemble.out_of_fold(method, preds, obj, fold, None)
 
     changed = y.copy()
@@ -244,13 +244,30 @@ def test_stacking_learns_what_a_weighted_mean_cannot(projects):
     assert stacked.cv < mean.cv_nested - 0.3
 
 
+def test_a_blend_logs_a_wandb_run_with_its_scores(projects, monkeypatch):
+    """Offline: a run of job_type ensemble in the ensemble's own group and folder, with every CV of its cv.json (the
+    nested one included), each member's CV and weight."""
+    cfg = projects["regression"]
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    result = ensemble.blend(cfg, MEMBERS, "hill_climb", "ens_tracked", log=lambda s: None)
+    (tracked,) = wandb_runs(Path(cfg.output_dir) / "ens_tracked")
+    assert [tracked[k] for k in ("job_type", "group", "name")] == ["ensemble", "ens_tracked", "ens_tracked-ensemble"]
+    summary = tracked["summary"]
+    assert summary["cv"] == result.cv and summary["cv_nested"] == result.cv_nested
+    assert summary["cv_submission"] == result.cv_submission  # the CV of the blend's submission too
+    assert summary["method"] == "hill_climb"
+    for member, weight in zip(MEMBERS, result.weights, strict=True):
+        assert summary[f"member_cv/{member}"] == result.member_cv[member] and summary[f"weight/{member}"] == weight
+    assert {summary[f"fold{k}"] for k in range(N_FOLDS)} == set(result.folds.values())
+
+
 def test_vote_is_the_majority_with_ties_broken_by_the_soft_vote():
     preds = np.array([
         [[0.40, 0.35, 0.25], [0.50, 0.30, 0.20]],
         [[0.40, 0.30, 0.30], [0.10, 0.60, 0.30]],
         [[0.00, 1.00, 0.00], [0.05, 0.15, 0.80]],
     ])  # fmt: skip
-    obj = ensemble.Objective("accuracy", "multiclass", np.array([0, 0]), True)
+    obj = ensemble.Objective("accuracy", "multiclass", np.array([0, 0]))
     out = ensemble.get_blend_method("vote").fit(preds, obj, None).apply(preds)
     # row 0: two votes for class 0 beat the mean probability, which favours class 1
     assert preds[:, 0].mean(0).argmax() == 1 and out[0].argmax() == 0
@@ -259,7 +276,7 @@ def test_vote_is_the_majority_with_ties_broken_by_the_soft_vote():
     np.testing.assert_allclose(out.sum(1), 1.0)
     binary = np.array([[0.9], [0.6], [0.2]])[:, None, :].repeat(2, axis=1)  # (M=3, N=2, 1): two of three vote 1
     binary[:, 1, 0] = [0.55, 0.1, 0.2]  # one of three votes 1
-    obj = ensemble.Objective("accuracy", "binary", np.array([1, 0]), True)
+    obj = ensemble.Objective("accuracy", "binary", np.array([1, 0]))
     got = ensemble.get_blend_method("vote").fit(binary, obj, None).apply(binary)[:, 0]
     assert got[0] >= 0.5 > got[1]
 

@@ -23,7 +23,7 @@ from {{ cookiecutter.package_name }}.modeling import deploy
 from {{ cookiecutter.package_name }}.modeling.models import build_model
 from {{ cookiecutter.package_name }}.modeling.predictors import Predictor
 
-from conftest import small_config
+from conftest import small_config, wandb_runs
 
 VARIANTS = ["torch", "torchscript", "onnx", "onnx_int8", "pruned"]
 FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "onnx_int8": "model_int8.onnx", "pruned": "pruned.pt"}
@@ -90,6 +90,23 @@ def test_export_writes_every_variant_checked_scored_sized_and_timed(exported):
     for name in VARIANTS:
         assert f"\n  {name}" in table
     assert "pruned (50%)" in table
+
+
+@pytest.mark.e2e
+def test_export_logs_a_wandb_run_with_the_table(exported, monkeypatch):
+    """Offline: a run of job_type export in the experiment's group, whose summary holds every figure of the table."""
+    root, _, _ = exported
+    cfg = copy_experiment(root, "exp_tracked")
+    monkeypatch.delenv("WANDB_MODE")  # the config's wandb.mode decides
+    args = ["export", "-c", str(config_path(root, "exp_tracked")), "wandb.mode=offline", "export.variants=[onnx]"]
+    assert cli.main(args) == 0
+    (tracked,) = [r for r in wandb_runs(cfg.run_dir) if r["job_type"] == "export"]
+    assert (tracked["group"], tracked["name"]) == ("exp_tracked", "exp_tracked-export")
+    rows = export.table_rows(json.loads(cfg.run.export_json.read_text()))
+    assert set(rows) == {"torch", "onnx"} and rows["onnx"]["parity_ok"] is True
+    expected = {f"{variant}/{key}": value for variant, row in rows.items() for key, value in row.items()}
+    assert {k: tracked["summary"].get(k) for k in expected} == expected
+    assert expected["torch/vs_torch"] == 0.0 and expected["onnx/size_mb"] > 0
 
 
 @pytest.mark.e2e

@@ -21,6 +21,7 @@ from {{ cookiecutter.package_name }}.core.runs import Run
 from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
 from {{ cookiecutter.package_name }}.kaggle import leaderboard
 from {{ cookiecutter.package_name }}.kaggle import submissions as kaggle_submissions
+from {{ cookiecutter.package_name }}.modeling import metrics
 
 from conftest import fake_experiment
 
@@ -149,6 +150,14 @@ def test_history_is_read_page_by_page(monkeypatch):
     assert [r["file_name"] for r in rows] == [f"f{i}.csv" for i in range(4, -1, -1)] and fake.pages == [1, 2, 3]
     assert rows[0]["status"] == "PENDING" and rows[0]["public_score"] is None
     assert rows[0]["date"].endswith("+00:00") and json.dumps(rows)  # plain values only
+
+
+@pytest.mark.parametrize(("metric", "expected"), [("rmse", [2, 0, 1, 2]), ("accuracy", [1, 0, 3, 1])])
+def test_ranks_follow_the_metric_direction(metric, expected):
+    table = pd.DataFrame({"cv": [0.3, None, 0.1, 0.3], "public": ["0.2", "", None, "0.1"]})
+    ranked = leaderboard.add_ranks(table, metrics.get_metric(metric))
+    assert ranked["rank_cv"].fillna(0).tolist() == expected  # ties share the best rank; no score, no rank (0 here)
+    assert ranked["rank_lb"].fillna(0).tolist() == ([2, 0, 0, 1] if metric == "rmse" else [1, 0, 0, 2])
 
 
 def test_lb_needs_a_log_and_a_competition(project, monkeypatch):

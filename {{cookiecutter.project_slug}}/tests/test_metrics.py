@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,6 +158,82 @@ def test_direction_flag(name, task):
     s_good, s_bad = metrics.score(name, y, good, task), metrics.score(name, y, bad, task)
     assert metrics.get_metric(name).higher_is_better == (name not in LOWER_IS_BETTER)
     assert (s_good > s_bad) if metrics.get_metric(name).higher_is_better else (s_good < s_bad)
+
+
+def perfect(y: np.ndarray, task: str) -> np.ndarray:
+    """Predictions that are exactly right: one-hot rows (multiclass), the 0/1 targets, the values."""
+    return np.eye(C)[y] if task == "multiclass" else y.astype(float)
+
+
+@pytest.mark.parametrize("name", metrics.list_metrics())
+def test_better_and_gain_follow_the_direction(name):
+    """On two real scores of the metric (perfect and shuffled predictions), `better` and `gain` rank the perfect one
+    first, whatever the direction; NaN is never better, and loses to any number."""
+    metric = metrics.get_metric(name)
+    task = metric.tasks[0]
+    y, p = make_data(task)
+    good = metrics.score(name, y, perfect(y, task), task)
+    bad = metrics.score(name, y, np.random.default_rng(3).permutation(p), task)
+    assert (good > bad) == metric.higher_is_better and good != bad  # the direction the registry states
+    assert metric.better(good, bad) and not metric.better(bad, good) and not metric.better(good, good)
+    assert metric.gain(good) > metric.gain(bad)
+    assert metric.gain(good) - metric.gain(bad) == pytest.approx(abs(good - bad))  # the score itself, signed
+    nan = float("nan")
+    assert metric.better(bad, nan) and not metric.better(nan, bad) and not metric.better(nan, nan)
+    assert metric.gain(nan) == -np.inf
+    assert metric.direction == ("higher is better" if metric.higher_is_better else "lower is better")
+
+
+def _direction_reads(path) -> list[str]:
+    """Where a module reads `higher_is_better` other than to copy it into a record: any name, attribute, argument or
+    string 'higher_is_better' except in a dict entry keyed "higher_is_better" (`{"higher_is_better": m.flag}`), in a
+    keyword argument of that name (`Decisions(higher_is_better=m.flag)`) or as a record's field (`flag: bool` in a
+    class body): there it is data, not a sign."""
+    tree = ast.parse(path.read_text())
+    stored = set()  # the nodes of the record entries, keywords and fields above
+    for node in ast.walk(tree):
+        parts = []
+        if isinstance(node, ast.Dict):
+            parts = [(k, v) for k, v in zip(node.keys, node.values, strict=True)
+                     if isinstance(k, ast.Constant) and k.value == "higher_is_better"]  # fmt: skip
+        elif isinstance(node, ast.keyword) and node.arg == "higher_is_better":
+            parts = [(node,)]
+        elif isinstance(node, ast.ClassDef):
+            parts = [(f,) for f in node.body if isinstance(f, ast.AnnAssign) and f.value is None
+                     and isinstance(f.target, ast.Name) and f.target.id == "higher_is_better"]  # fmt: skip
+        stored |= {id(n) for part in parts for root in part for n in ast.walk(root)}
+    names = {ast.Attribute: lambda n: n.attr, ast.Name: lambda n: n.id, ast.keyword: lambda n: n.arg,
+             ast.arg: lambda n: n.arg, ast.Constant: lambda n: n.value}  # fmt: skip
+    found = []
+    for node in ast.walk(tree):
+        get = names.get(type(node))
+        if get and get(node) == "higher_is_better" and id(node) not in stored:
+            found.append(node.lineno)
+    return [f"{path.name}:{line}" for line in sorted(found)]
+
+
+def test_only_the_metric_registry_turns_the_direction_into_a_sign():
+    """Every comparison of scores goes through Metric.better / Metric.gain: outside modeling/metrics.py the flag
+    appears only as data copied into a record (cv.json, export.json, decisions), never read to make a sign."""
+    root = Path(metrics.__file__).parents[1]
+    reads = [r for path in sorted(root.rglob("*.py")) if path != Path(metrics.__file__)
+             for r in _direction_reads(path)]  # fmt: skip
+    assert reads == []
+    assert _direction_reads(Path(metrics.__file__))  # the check sees the flag where it is read
+
+
+def test_the_direction_check_catches_a_hand_written_sign(tmp_path):
+    src = tmp_path / "stage.py"
+    src.write_text(
+        'info = {"metric": "rmse", "higher_is_better": get_metric("rmse").higher_is_better}\n'  # data: fine
+        "d = Decisions(metric=name, higher_is_better=metric.higher_is_better)\n"  # data: fine
+        "class Record:\n    higher_is_better: bool\n"  # a record's field: fine
+        'sign = 1.0 if info["higher_is_better"] else -1.0\n'
+        "sign = 1.0 if metric.higher_is_better else -1.0\n"
+        "def rank(scores, higher_is_better):\n    return sorted(scores, reverse=higher_is_better)\n"
+        "class Record:\n    def key(self, s):\n        return s if self.higher_is_better else -s\n"
+    )
+    assert _direction_reads(src) == [f"stage.py:{n}" for n in (5, 6, 7, 8, 11)]
 
 
 WRONG_PAIRS = [(m, t) for m in metrics.list_metrics() for t in TASKS if t not in metrics.get_metric(m).tasks]

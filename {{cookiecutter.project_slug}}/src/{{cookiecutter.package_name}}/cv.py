@@ -15,7 +15,7 @@ import pandas as pd
 from .config import Config, metric_name
 from .core.errors import UserError
 from .core.runs import CVSummary, atomic_savefig, atomic_write_csv, read_derived, read_json, read_source
-from .core.tracking import Tracker
+from .core.tracking import Tracker, score_summary
 from .data.problem import Problem, load_problem
 from .engine.codec import record_decisions
 from .engine.inference import as_decided, folds_source, predicted_as, runtime_name
@@ -165,8 +165,7 @@ def current_prediction(cfg: Config, folds: list[int]) -> dict | None:
 
 def warn_if_tta_hurts(result: CVSummary, views: list[str]) -> None:
     """TTA is chosen on OOF, never on test: say so when the views predicted with score worse there than one view."""
-    sign = 1 if result.higher_is_better else -1
-    if result.cv_tta is not None and sign * result.cv_tta < sign * result.cv:
+    if result.cv_tta is not None and metrics.get_metric(result.metric).better(result.cv, result.cv_tta):
         print(f"warning: TTA {views} scores worse on OOF ({result.cv_tta:.5f}) than one view "
               f"({result.cv:.5f}); try other tta.views, or tta.views=[identity]")  # fmt: skip
 
@@ -238,5 +237,5 @@ def _figures(cfg: Config, result: CVSummary, y_true: np.ndarray, pred: np.ndarra
         tracker.image(key, path)
     if cfg.task == "multiclass":
         tracker.confusion(y_true.astype(int).tolist(), pred.argmax(1).tolist(), classes)
-    tracker.summary({"cv": result.cv, **{f"fold{k}": v for k, v in result.folds.items()}})
+    tracker.summary(score_summary(result.to_dict()))  # every CV variant in cv.json, and each fold's score
     tracker.finish()

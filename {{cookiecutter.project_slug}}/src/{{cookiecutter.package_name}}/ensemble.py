@@ -25,6 +25,7 @@ ranks, not probabilities, so it is allowed only for metrics that read nothing bu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ from .config import Config, metric_name
 from .core.errors import UserError
 from .core.registry import Registry
 from .core.runs import BlendWeights, Classes, CVSummary, Run, atomic_write_csv, read_pred_csv
-from .core.tasks import TASKS
+from .core.tasks import CLASSIFICATION_TASKS, SINGLE_OUTPUT_TASKS, TASKS
+from .core.tracking import Tracker, score_summary
 from .data.folds import expected_folds
 from .data.problem import oof_truth
 from .engine.codec import record_decisions
@@ -58,17 +60,15 @@ class Objective:
     metric: str
     task: str
     y: np.ndarray
-    higher: bool
 
     def score(self, pred: np.ndarray) -> float:
         return metrics.score(self.metric, self.y, _task_format(pred, self.task), self.task)
 
     def gain(self, pred: np.ndarray) -> float:
-        s = self.score(pred)
-        return -np.inf if np.isnan(s) else (s if self.higher else -s)
+        return metrics.get_metric(self.metric).gain(self.score(pred))
 
     def subset(self, rows: np.ndarray) -> Objective:
-        return Objective(self.metric, self.task, self.y[rows], self.higher)
+        return Objective(self.metric, self.task, self.y[rows])
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def list_blend_methods() -> list[str]:
 
 
 def _task_format(pred: np.ndarray, task: str) -> np.ndarray:
-    return pred[:, 0] if task in ("binary", "regression") else pred
+    return pred[:, 0] if task in SINGLE_OUTPUT_TASKS else pred
 
 
 def combine(preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -275,7 +275,6 @@ def _voted(model: dict, preds: np.ndarray) -> np.ndarray:
 
 
 COMBINERS: dict[str, Callable[[dict, np.ndarray], np.ndarray]] = {"stacking": _stacked, "vote": _voted}
-LABEL_TASKS = ("multiclass", "binary", "multilabel")
 
 BLEND_METHODS.register("mean", _equal)
 BLEND_METHODS.register("weighted", _weighted)
@@ -283,7 +282,7 @@ BLEND_METHODS.register("rank", _equal, rank=True)
 BLEND_METHODS.register("hill_climb", _hill_climb, tuned=True)
 BLEND_METHODS.register("optimize", _optimize, tuned=True)
 BLEND_METHODS.register("stacking", _stacking, foldwise=True)
-BLEND_METHODS.register("vote", _vote, tasks=LABEL_TASKS)
+BLEND_METHODS.register("vote", _vote, tasks=CLASSIFICATION_TASKS)
 
 
 def apply_saved(info: BlendWeights, preds: np.ndarray) -> np.ndarray:
@@ -406,7 +405,7 @@ def blend(
     members = load_members(cfg, exps, allow_partial, log)
     y, fold, folds_hash = oof_truth(cfg, members.ids, members.classes, trained_on=members.cv[0].folds_hash,
                                     where=f"{members.names[0]}/oof.csv")  # fmt: skip
-    obj = Objective(metric, cfg.task, y, metrics.get_metric(metric).higher_is_better)
+    obj = Objective(metric, cfg.task, y)
     preds = to_ranks(members.oof) if blender.rank else members.oof
     member_cv = {e: obj.score(p) for e, p in zip(exps, preds, strict=True)}
     fitted = blender.fit(preds, obj, weights)  # on every OOF row: what the test rows are blended with
@@ -421,7 +420,7 @@ def blend(
         exp=name,
         task=cfg.task,
         metric=metric,
-        higher_is_better=obj.higher,
+        higher_is_better=metrics.get_metric(metric).higher_is_better,
         cv=obj.score(oof),
         folds=folds,
         complete=not members.folds_missing,
@@ -447,6 +446,7 @@ def blend(
     if d is not None:
         result.cv_submission = d.cv
         out.write_cv(result)
+    _track(cfg, name, result.to_dict())
     for e, s in member_cv.items():
         log(f"  {e:<24} {metric} {s:.5f}")
     if result.cv_nested is not None:
@@ -481,6 +481,16 @@ def _check_request(cfg: Config, exps: list[str], blender: BlendMethod, method: s
     out = Run.named(cfg.output_dir, name)
     if name in exps or (out.path.exists() and not out.is_ensemble()):
         raise UserError(f"{out} is an experiment, not an ensemble: choose another ensemble name")
+
+
+def _track(cfg: Config, name: str, result: dict) -> None:
+    """A wandb run per blend, job_type ensemble, in the ensemble's own group and folder (an ensemble is a run folder
+    like an experiment's): every CV of cv.json, each member's CV and weight, the method."""
+    tracker = Tracker(dataclasses.replace(cfg, exp=name), "ensemble", "ensemble")
+    weights = dict(zip(result["members"], result["weights"] or [], strict=False))  # none: stacking, vote
+    tracker.summary(score_summary(result) | {f"member_cv/{e}": v for e, v in result["member_cv"].items()}
+                    | {f"weight/{e}": w for e, w in weights.items()} | {"method": result["method"]})  # fmt: skip
+    tracker.finish()
 
 
 def _write(cfg: Config, name: str, members: Members, fold, oof, fitted: Blend, blender: BlendMethod,

@@ -38,6 +38,7 @@ from .config import Config, metric_name
 from .core.runs import ExportedFold, ExportedVariant, ExportManifest, atomic_torch_save, checksum
 from .core.runtime import amp_dtype, compute_setup
 from .core.tasks import TargetScale, num_outputs
+from .core.tracking import Tracker
 from .data.augment import build_transforms
 from .data.images import ImageDataset
 from .data.problem import Problem, build_fold_data, load_problem, pred_frame
@@ -99,6 +100,11 @@ def run_export(cfg: Config) -> ExportManifest:
     run.write_export(info)
     print(format_table(info))
     print(f"{run.export_json} written")
+    tracker = Tracker(cfg, "export", "export")  # a run per export, in the experiment's group
+    tracker.summary(
+        {f"{variant}/{key}": value for variant, row in table_rows(info).items() for key, value in row.items()}
+    )
+    tracker.finish()
     return info
 
 
@@ -233,25 +239,42 @@ def finetune(cfg: Config, k: int, model: nn.Module) -> None:
     model.eval()
 
 
+def table_rows(info: ExportManifest) -> dict[str, dict[str, float]]:
+    """The export table's figures, per variant: overall OOF score and its difference with torch, the largest
+    probability difference with torch over the folds, the per-fold means of file size and CPU images/s, whether every
+    fold's ONNX parity held, and the pruned model's sparsity."""
+    folds, ref = list(info.folds.values()), info.overall[REFERENCE]
+    out = {}
+    for name, score in info.overall.items():
+        rows = [f.variants[name] for f in folds]
+        out[name] = {
+            "oof_score": score,
+            "vs_torch": score - ref,
+            "max_abs_diff": max(r.max_abs_diff for r in rows),
+            "size_mb": float(np.mean([r.size_mb for r in rows])),
+            "zipped_mb": float(np.mean([r.zipped_mb for r in rows])),
+            "images_per_s": float(np.mean([r.images_per_s for r in rows])),
+            "parity_ok": all(r.parity_ok is not False for r in rows),
+            **({"sparsity": rows[0].sparsity} if rows[0].sparsity is not None else {}),
+        }
+    return out
+
+
 def format_table(info: ExportManifest) -> str:
-    """One row per variant: overall OOF score and its difference with torch, the largest probability difference
-    with torch over the folds, and the per-fold means of file size and CPU images/s."""
+    """One row per variant of `table_rows`."""
     folds = list(info.folds.values())
-    sign = "higher" if info.higher_is_better else "lower"
+    direction = metrics.get_metric(info.metric).direction
     header = ("OOF score", 11), ("vs torch", 11), ("max|dp|", 10), ("size MB", 10), ("zipped MB", 11), ("img/s", 9)
     lines = [
-        f"{info.exp}: export of {len(folds)} fold(s); {info.metric} on OOF ({sign} is better); "
+        f"{info.exp}: export of {len(folds)} fold(s); {info.metric} on OOF ({direction}); "
         f"CPU images/s with {info.threads} thread(s)",
         f"  {'variant':<14}" + "".join(f"{title:>{width}}" for title, width in header),
     ]
-    ref = info.overall[REFERENCE]
-    for name, score in info.overall.items():
-        rows = [f.variants[name] for f in folds]
-        label = name + (f" ({100 * rows[0].sparsity:.0f}%)" if rows[0].sparsity is not None else "")
-        flag = "" if all(r.parity_ok is not False for r in rows) else "  PARITY FAILED"
+    for name, r in table_rows(info).items():
+        label = name + (f" ({100 * r['sparsity']:.0f}%)" if "sparsity" in r else "")
+        flag = "" if r["parity_ok"] else "  PARITY FAILED"
         lines.append(
-            f"  {label:<14}{score:>11.5f}{score - ref:>+11.5f}"
-            f"{max(r.max_abs_diff for r in rows):>10.1e}{np.mean([r.size_mb for r in rows]):>10.2f}"
-            f"{np.mean([r.zipped_mb for r in rows]):>11.2f}{np.mean([r.images_per_s for r in rows]):>9.0f}{flag}"
+            f"  {label:<14}{r['oof_score']:>11.5f}{r['vs_torch']:>+11.5f}{r['max_abs_diff']:>10.1e}"
+            f"{r['size_mb']:>10.2f}{r['zipped_mb']:>11.2f}{r['images_per_s']:>9.0f}{flag}"
         )
     return "\n".join(lines)

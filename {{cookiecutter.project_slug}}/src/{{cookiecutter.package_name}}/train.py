@@ -140,7 +140,7 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
     trainer = build_trainer(cfg, model, s.n_batches, s.device, s.dtype)
     optimizer, scheduler, scaler, ema = trainer.optimizer, trainer.scheduler, trainer.scaler, trainer.ema
     swa_from = swa_start_epoch(cfg.train.swa_start, cfg.train.epochs) if cfg.train.swa else None
-    averaging = WeightAveraging(model, swa_from, cfg.train.avg_best_k, metric.higher_is_better)
+    averaging = WeightAveraging(model, swa_from, cfg.train.avg_best_k, metric)
     # Each rank keeps its own BatchNorm statistics during the epoch; sync_buffers averages them after it.
     train_model = DistributedDataParallel(model, broadcast_buffers=False) if world_size() > 1 else model
     if cfg.model.compile:
@@ -148,14 +148,14 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
 
     state = FoldState()
     stateful = {"model": model, **trainer.stateful(), "averaging": averaging}
-    if out.last.exists():  # an interrupted run, of this very config (check_resumable): carry on where it stopped
+    resuming = out.last.exists()
+    if resuming:  # an interrupted run, of this very config (check_resumable): carry on where it stopped
         extra = load_last(out.last, **stateful)
         state = FoldState(**extra["state"])
         set_rng_state(extra["rng"], s.generator)
         print(f"fold {fold}: resuming after epoch {state.epoch}")
 
-    tracker = Tracker(cfg, f"fold{fold}", f"fold{fold}")
-    sign = 1.0 if metric.higher_is_better else -1.0
+    tracker = Tracker(cfg, f"fold{fold}", f"fold{fold}", resume=resuming, id_file=out.wandb_run_id)  # resumed: same run
     for epoch in tqdm(range(state.epoch, cfg.train.epochs), desc=f"fold {fold}", disable=None):
         start_epoch(cfg, s, fold, epoch)
         t0 = time.perf_counter()
@@ -170,14 +170,14 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
 
         # Evaluate the raw and the EMA weights, in one pass over the validation rows; the better of the two is kept.
         results = evaluate(cfg, s, {"model": model} | ({"ema": ema.module} if ema is not None else {}))
-        source = max(results, key=lambda k: sign * results[k][1])
+        source = max(results, key=lambda k: metric.gain(results[k][1]))  # a tie (or two NaNs): the raw weights
         valid_loss, score = results[source]
         if not math.isfinite(valid_loss):  # weights blown up although each training loss was still finite
             raise UserError(
                 f"validation loss is {valid_loss} at epoch {epoch + 1}: lower optim.lr, or set train.amp=off"
             )
         weights = checkpoint_state(ema.module if source == "ema" else model)
-        if state.best_score is None or sign * score > sign * state.best_score:
+        if state.best_score is None or metric.better(score, state.best_score):
             state.best_score, state.best_source, state.bad_epochs = score, source, 0
             if is_main():
                 out.write_best(Checkpoint(weights, epoch + 1, score, source, s.problem.classes, s.target_scale))
@@ -250,9 +250,8 @@ def compare_averages(cfg: Config, s: FoldSetup, fold: int, averaging: WeightAver
         oof = pred_frame(s.data.valid_ids, probs, s.problem.classes, cfg.data.id_col)
         oof.insert(1, "fold", fold)
         atomic_write_csv(out.variant_oof(name), oof)
-    sign = 1.0 if metric.higher_is_better else -1.0
-    ranked = [n for n in scores if scores[n] == scores[n]]  # NaN (a diverged average) is never picked
-    picked = max(ranked, key=lambda n: sign * scores[n]) if cfg.train.pick_averaged and ranked else "best"
+    # the best scoring one ("best", listed first, on a tie); a NaN (a diverged average) is never picked
+    picked = max(scores, key=lambda n: metric.gain(scores[n])) if cfg.train.pick_averaged else "best"
     if picked != "best":
         if not out.best_epoch.is_file():
             write_checkpoint(out.best_epoch, plain)

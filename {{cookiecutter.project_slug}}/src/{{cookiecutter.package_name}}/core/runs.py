@@ -44,6 +44,7 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
             best_epoch.pt               the best epoch's weights when train.pick_averaged put an average in best.pt
             history.json oof.csv        per-epoch metrics; the fold's OOF rows (written last: fold finished)
             train.lock                  held by the process training the fold (FoldLock)
+            wandb_run_id.txt            the fold's wandb run, continued when the fold resumes (core/tracking.py)
             test_pred.csv (+ .source.json)   this fold's model on the test set (pseudo-labelling needs it)
             pseudo_labels.csv           students only
     <folds.path> (data/folds.csv) + folds.json (its hash)
@@ -108,6 +109,7 @@ PRUNED = "pruned.pt"
 SUBMISSION_LOG = "log.csv"
 CV_VS_LB = "cv_vs_lb"  # .png (the plot) and .csv (the joined table), in submissions/
 LOCK = "train.lock"
+WANDB_RUN_ID = "wandb_run_id.txt"
 FOLDS_META_SUFFIX = ".json"  # data/folds.csv -> data/folds.json
 SOURCE_SUFFIX = ".source.json"
 TMP_SUFFIX = ".tmp"
@@ -623,6 +625,10 @@ class FoldFiles:
 
     def read_best(self) -> Checkpoint:
         return read_checkpoint(self.best)
+
+    @property
+    def wandb_run_id(self) -> Path:
+        return self.path / WANDB_RUN_ID
 
     def finished(self) -> bool:
         """A fold is finished once its oof.csv exists: train writes it last, after best.pt."""

@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 
 TASKS = ("multiclass", "binary", "multilabel", "regression")
-SIGMOID_TASKS = ("binary", "multilabel")  # independent sigmoid outputs
-CLASSIFICATION_TASKS = ("multiclass", "binary", "multilabel")
+SIGMOID_TASKS = ("binary", "multilabel")  # independent sigmoid outputs, labels by a threshold
+CLASSIFICATION_TASKS = ("multiclass", "binary", "multilabel")  # predictions are probabilities
+SINGLE_OUTPUT_TASKS = ("binary", "regression")  # one output, one prediction column: (N,) arrays in the metrics
 
 
 def num_outputs(task: str, n_classes: int) -> int:
     """Logits per image: one per class (multiclass) or label (multilabel), one for binary and regression."""
-    return n_classes if task in ("multiclass", "multilabel") else 1
+    return 1 if task in SINGLE_OUTPUT_TASKS else n_classes
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from timm.data.mixup import Mixup, mixup_target
 
 from ..core.errors import UserError
 from ..core.registry import Registry
+from ..core.tasks import SIGMOID_TASKS
 
 if TYPE_CHECKING:
     from ..core.schema import AugmentConfig
@@ -328,7 +329,7 @@ class MixBatch:
         t = target.float()
         if self.task == "multiclass":  # already soft (N, C): smooth like timm's one-hot would be
             t = t * (1.0 - ls) + ls / self.num_classes
-        elif self.task in ("binary", "multilabel"):
+        elif self.task in SIGMOID_TASKS:
             t = t * (1.0 - ls) + 0.5 * ls
         return x, t * lam + t.flip(0) * (1.0 - lam)
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import UserError
+from ..core.tasks import SIGMOID_TASKS, SINGLE_OUTPUT_TASKS
 
 if TYPE_CHECKING:
     from ..core.schema import Config
@@ -82,7 +83,7 @@ def _is_multi_hot(cfg: Config) -> bool:
 def derive_classes(cfg: Config, df: pd.DataFrame) -> list[str]:
     """Prediction column names, in order: classes (multiclass), labels (multilabel), the target (binary, regression)."""
     col = cfg.target_cols[0]
-    if cfg.task in ("binary", "regression"):
+    if cfg.task in SINGLE_OUTPUT_TASKS:
         return [col]
     if _is_multi_hot(cfg):
         return list(cfg.target_cols)
@@ -149,7 +150,7 @@ def class_counts(y: np.ndarray, task: str, n_classes: int) -> np.ndarray | None:
     y = np.asarray(y, dtype=np.float64)
     if task == "multiclass":
         return y.sum(0) if y.ndim == 2 else np.bincount(y.astype(np.int64), minlength=n_classes).astype(np.float64)
-    if task in ("binary", "multilabel"):
+    if task in SIGMOID_TASKS:
         y = y.reshape(len(y), -1)
         return np.stack([len(y) - y.sum(0), y.sum(0)])
     return None
@@ -159,6 +160,6 @@ def stratify_labels(cfg: Config, y: np.ndarray) -> np.ndarray:
     """What the balancing samplers balance, per row: the class id (multiclass/binary), the 0/1 tags (multilabel)."""
     if cfg.task == "multiclass":
         return y.astype(np.int64)
-    if cfg.task in ("binary", "multilabel"):
+    if cfg.task in SIGMOID_TASKS:
         return (y > 0.5).astype(np.int64)
     raise UserError("train.sampler balances classes; task=regression has none (use train.sampler=none)")

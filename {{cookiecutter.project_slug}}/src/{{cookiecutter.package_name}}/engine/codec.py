@@ -12,6 +12,7 @@ import pandas as pd
 from ..config import Config, metric_name
 from ..core.errors import UserError
 from ..core.runs import Decisions, Run
+from ..core.tasks import CLASSIFICATION_TASKS
 from ..data.tables import data_path, derive_classes, read_table
 from ..modeling import metrics
 from .inference import as_decided, model_digests
@@ -19,7 +20,7 @@ from .scoring import as_submitted, decide, top_k
 
 FORMAT_TASKS = {
     "label": ("multiclass", "binary"),
-    "probs": ("multiclass", "binary", "multilabel"),
+    "probs": CLASSIFICATION_TASKS,
     "tags": ("multilabel",),
     "value": ("regression",),
 }

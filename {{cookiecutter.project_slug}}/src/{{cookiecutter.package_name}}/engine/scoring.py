@@ -16,6 +16,7 @@ from scipy.optimize import minimize
 from ..config import Config, metric_name
 from ..core.errors import UserError
 from ..core.runs import Decisions
+from ..core.tasks import SINGLE_OUTPUT_TASKS
 from ..data.problem import Problem
 from ..modeling import metrics
 
@@ -28,7 +29,7 @@ def score_oof(
     position = {i: n for n, i in enumerate(problem.ids)}
     rows = np.array([position[i] for i in oof[cfg.data.id_col]])
     y_true, pred = problem.y[rows], oof[problem.classes].to_numpy()
-    if cfg.task in ("binary", "regression"):
+    if cfg.task in SINGLE_OUTPUT_TASKS:
         pred = pred[:, 0]
     name = metric_name(cfg)
     per_fold = {}
@@ -51,9 +52,12 @@ def tune_f1_thresholds(y: np.ndarray, p: np.ndarray, default: float) -> np.ndarr
 
 
 def tune_binary_threshold(y: np.ndarray, p: np.ndarray, metric: str, default: float) -> float:
+    """The threshold among the default and 99 quantiles of `p` whose labels score best with `metric` (in its
+    direction; the first of equals)."""
+    m = metrics.get_metric(metric)
     cand = np.unique(np.r_[default, np.quantile(p, np.linspace(0.01, 0.99, 99))])
-    scores = [metrics.score(metric, y, (p >= t).astype(np.float64), "binary") for t in cand]
-    return float(cand[int(np.nanargmax(scores))])
+    gains = [m.gain(metrics.score(metric, y, (p >= t).astype(np.float64), "binary")) for t in cand]
+    return float(cand[int(np.argmax(gains))])
 
 
 def ordinal(cfg: Config) -> bool:
@@ -90,11 +94,10 @@ def tune_cuts(y: np.ndarray, p: np.ndarray, levels: np.ndarray, metric: str) -> 
     midpoints (plain rounding), kept only if it beats them (the APTOS trick, for any regression metric)."""
     if len(levels) < 2:
         return np.zeros(0)
-    sign = 1.0 if metrics.get_metric(metric).higher_is_better else -1.0
+    m = metrics.get_metric(metric)
 
     def gain(t: np.ndarray) -> float:
-        s = metrics.score(metric, y, apply_cuts(p, levels, t), "regression")
-        return -np.inf if np.isnan(s) else sign * s
+        return m.gain(metrics.score(metric, y, apply_cuts(p, levels, t), "regression"))
 
     start = (levels[1:] + levels[:-1]) / 2
     res = minimize(lambda t: -gain(t), start, method="Nelder-Mead", options={"maxiter": 400, "xatol": 1e-3})
@@ -160,6 +163,6 @@ def decide(cfg: Config, fmt: str, y: np.ndarray, pred: np.ndarray, target: np.nd
             cuts = tune_cuts(y, as_submitted(cfg.task, d, pred), levels, name)
             d = dataclasses.replace(d, ordinal={"levels": levels.tolist(), "cuts": [float(c) for c in cuts]})
     submitted = as_submitted(cfg.task, d, pred)
-    if cfg.task in ("binary", "regression"):
+    if cfg.task in SINGLE_OUTPUT_TASKS:
         submitted = submitted.reshape(len(submitted), -1)[:, 0]
     return dataclasses.replace(d, cv=float(metrics.score(name, y, submitted, cfg.task)))

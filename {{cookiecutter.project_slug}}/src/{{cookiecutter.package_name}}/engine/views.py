@@ -83,21 +83,23 @@ def choose_views(cfg: Config) -> TTAChoice:
     position = {i: n for n, i in enumerate(problem.ids)}
     y = problem.y[[position[i] for i in ids]]
     metric = metrics.get_metric(metric_name(cfg))
-    sign = 1.0 if metric.higher_is_better else -1.0
+
+    def score(views: list[str]) -> float:  # the OOF score of these views merged as predict merges them
+        return metrics.score(metric.name, y, merge_views([preds[v] for v in views], cfg.task, cfg.tta.merge), cfg.task)
 
     def gain(pred: np.ndarray) -> float:
-        score = metrics.score(metric.name, y, pred, cfg.task)
-        return -np.inf if np.isnan(score) else sign * score
+        return metric.gain(metrics.score(metric.name, y, pred, cfg.task))
 
-    chosen, steps = tta.greedy_views(preds, gain, "mean" if cfg.task == "regression" else cfg.tta.merge)
+    chosen, _ = tta.greedy_views(preds, gain, "mean" if cfg.task == "regression" else cfg.tta.merge)
+    scores = [score(chosen[: i + 1]) for i in range(len(chosen))]  # one per step: the views chosen so far
     choice = TTAChoice(
         candidates=candidates,
         merge=cfg.tta.merge,
         metric=metric.name,
         views=chosen,
-        identity=sign * steps[0]["gain"],
-        chosen=sign * steps[-1]["gain"],
-        steps=[{"view": st["view"], "score": sign * st["gain"]} for st in steps],
+        identity=scores[0],
+        chosen=scores[-1],
+        steps=[{"view": v, "score": s} for v, s in zip(chosen, scores, strict=True)],
         checkpoints=checkpoint_digests(cfg, folds),
     )
     resolved = with_views(cfg, chosen)

@@ -108,12 +108,14 @@ def correlations(table: pd.DataFrame) -> dict:
     return {"n": n, "pearson": float(pearsonr(cv, lb)[0]), "spearman": float(spearmanr(cv, lb)[0])}
 
 
-def add_ranks(table: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
-    """rank_cv, rank_lb: 1 = best (ties share the best rank); empty where a score is missing."""
+def add_ranks(table: pd.DataFrame, metric: metrics.Metric) -> pd.DataFrame:
+    """rank_cv, rank_lb: 1 = best in `metric`'s direction (ties share the best rank); empty where a score is
+    missing."""
     out = table.copy()
     for col, name in (("cv", "rank_cv"), ("public", "rank_lb")):
         values = pd.to_numeric(out[col], errors="coerce")
-        out[name] = values.rank(ascending=not higher_is_better, method="min").astype("Int64")
+        gains = values.map(metric.gain).where(values.notna())  # a missing score gets no rank, not the last one
+        out[name] = gains.rank(ascending=False, method="min").astype("Int64")
     return out
 
 
@@ -167,7 +169,7 @@ def run_lb(cfg: Config, log: Callable[[str], None] = print) -> pd.DataFrame:
     entries = read_log(cfg)
     history = kaggle_api.competition_submissions(cfg.competition)
     metric = metric_name(cfg)
-    table = add_ranks(join(entries, history), metrics.get_metric(metric).higher_is_better)
+    table = add_ranks(join(entries, history), metrics.get_metric(metric))
     corr = correlations(table)
     log(format_table(table, corr, metric))
     png, csv = cv_vs_lb_paths(submissions_dir(cfg.output_dir))

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 
+from .metrics import Metric
+
 VARIANTS = ("swa", "avg_best_k")  # compared with "best", the best epoch's weights
 
 
@@ -42,10 +44,10 @@ def mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
 class WeightAveraging:
     """`after_epoch` collects; `averaged()` returns name -> weights of what was collected (nothing when off)."""
 
-    def __init__(self, model: nn.Module, swa_from: int | None, best_k: int, higher_is_better: bool) -> None:
+    def __init__(self, model: nn.Module, swa_from: int | None, best_k: int, metric: Metric) -> None:
         self.swa_from = swa_from  # None: SWA off
         self.swa = AveragedModel(model) if swa_from is not None else None
-        self.best_k, self.sign = best_k, 1.0 if higher_is_better else -1.0
+        self.best_k, self.metric = best_k, metric  # the metric that ranks the epochs
         self.top: list[dict] = []  # [{"score", "epoch", "weights"}], best first, at most best_k
 
     def after_epoch(self, epoch: int, trained: nn.Module, kept: dict[str, torch.Tensor], score: float) -> None:
@@ -55,7 +57,7 @@ class WeightAveraging:
             self.swa.update_parameters(trained)
         if self.best_k and score == score:  # a NaN score (diverged) never counts among the best
             self.top.append({"score": score, "epoch": epoch + 1, "weights": copy.deepcopy(kept)})
-            self.top.sort(key=lambda e: -self.sign * e["score"])
+            self.top.sort(key=lambda e: -self.metric.gain(e["score"]))
             del self.top[self.best_k :]
 
     def averaged(self) -> dict[str, dict[str, torch.Tensor]]:

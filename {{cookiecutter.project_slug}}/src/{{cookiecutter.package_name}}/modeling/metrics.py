@@ -13,6 +13,7 @@ scores (sklearn's multiclass AUC demands rows summing to 1) and validation folds
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from scipy.stats import rankdata
 
 from ..core.errors import UserError
 from ..core.registry import Registry
-from ..core.tasks import TASKS
+from ..core.tasks import CLASSIFICATION_TASKS, SIGMOID_TASKS, SINGLE_OUTPUT_TASKS, TASKS
 
 DEFAULT_THRESHOLD = 0.5
 LOG_LOSS_EPS = 1e-15  # Kaggle clips probabilities to [eps, 1 - eps] before the log
@@ -40,6 +41,24 @@ class Metric:
     tasks: tuple[str, ...]  # the task types it is defined for
     labels: bool = False  # counts thresholded labels (accuracy, F1, QWK...): a step function of the predictions
     rank_only: bool = False  # reads nothing but the order of each prediction column (AUC): rank blends keep it
+
+    # The metric's direction lives here and only here: every stage that compares or maximises scores (best epoch,
+    # TTA views, ordinal cuts, blend weights, ranks, warnings) goes through `gain` / `better`.
+    def gain(self, score: float) -> float:
+        """`score` as a value that is larger when better, whatever the direction; NaN (a diverged model) -> -inf."""
+        score = float(score)
+        if math.isnan(score):
+            return -math.inf
+        return score if self.higher_is_better else -score
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether score `a` is strictly better than score `b`; a NaN is never better (and any number beats it)."""
+        return self.gain(a) > self.gain(b)
+
+    @property
+    def direction(self) -> str:
+        """'higher is better' or 'lower is better', for messages and tables."""
+        return "higher is better" if self.higher_is_better else "lower is better"
 
 
 METRICS: Registry[MetricFn] = Registry("metric")
@@ -90,7 +109,7 @@ def to_labels(y_pred: Any, task: str, threshold: float | Any = DEFAULT_THRESHOLD
         if p.ndim != 2:
             raise UserError(f"multiclass predictions must be (N, C) probabilities, got shape {p.shape}")
         return p.argmax(axis=1)
-    if task in ("binary", "multilabel"):
+    if task in SIGMOID_TASKS:
         return (p >= np.asarray(threshold)).astype(np.int64)
     if task == "regression":
         return np.rint(p).astype(np.int64)
@@ -124,7 +143,7 @@ _SHAPES = {  # task -> (y_true ndim, y_pred ndim, how to say it)
 
 def _check_inputs(name: str, y_true: Any, y_pred: Any, task: str) -> tuple[np.ndarray, np.ndarray]:
     yt, yp = _to_numpy(y_true), _to_numpy(y_pred).astype(np.float64)
-    if task in ("binary", "regression"):  # the model's (N, 1) output column is fine too
+    if task in SINGLE_OUTPUT_TASKS:  # the model's (N, 1) output column is fine too
         yt = yt.reshape(-1) if yt.ndim == 2 and yt.shape[1] == 1 else yt
         yp = yp.reshape(-1) if yp.ndim == 2 and yp.shape[1] == 1 else yp
     nd_true, nd_pred, expected = _SHAPES[task]
@@ -142,7 +161,7 @@ def _check_inputs(name: str, y_true: Any, y_pred: Any, task: str) -> tuple[np.nd
 # --- label metrics ---------------------------------------------------------------------------------------------------
 
 
-@METRICS.register("accuracy", higher_is_better=True, tasks=("multiclass", "binary", "multilabel"), labels=True)
+@METRICS.register("accuracy", higher_is_better=True, tasks=CLASSIFICATION_TASKS, labels=True)
 def _accuracy(y_true: np.ndarray, y_pred: np.ndarray, task: str) -> float:
     hit = to_labels(y_pred, task) == y_true
     return float(hit.all(axis=1).mean() if task == "multilabel" else hit.mean())  # multilabel: exact match
@@ -170,7 +189,7 @@ def _confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, task: str) -> tupl
     return (t & p).sum(0).astype(float), (~t & p).sum(0).astype(float), (t & ~p).sum(0).astype(float)
 
 
-@METRICS.register("f1_macro", higher_is_better=True, tasks=("multiclass", "binary", "multilabel"), labels=True)
+@METRICS.register("f1_macro", higher_is_better=True, tasks=CLASSIFICATION_TASKS, labels=True)
 def _f1_macro(y_true: np.ndarray, y_pred: np.ndarray, task: str) -> float:
     return float(_f1(*_confusion_counts(y_true, y_pred, task)).mean())
 
@@ -222,7 +241,7 @@ def _binary_auc(y: np.ndarray, s: np.ndarray) -> float:
     return float((rankdata(s)[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-@METRICS.register("roc_auc", higher_is_better=True, tasks=("binary", "multiclass", "multilabel"), rank_only=True)
+@METRICS.register("roc_auc", higher_is_better=True, tasks=CLASSIFICATION_TASKS, rank_only=True)
 def _roc_auc(y_true: np.ndarray, y_pred: np.ndarray, task: str) -> float:
     if task == "binary":
         return _binary_auc(y_true, y_pred)
@@ -232,7 +251,7 @@ def _roc_auc(y_true: np.ndarray, y_pred: np.ndarray, task: str) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
-@METRICS.register("log_loss", higher_is_better=False, tasks=("multiclass", "binary", "multilabel"))
+@METRICS.register("log_loss", higher_is_better=False, tasks=CLASSIFICATION_TASKS)
 def _log_loss(y_true: np.ndarray, y_pred: np.ndarray, task: str) -> float:
     p = np.clip(y_pred, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
     if task == "multiclass":
