@@ -89,7 +89,8 @@ FORMAT_TASKS = {
 
 
 def cell_text(v: object) -> str:
-    """A cell as the text of a label or id: 3.0 -> '3' (pandas reads an int column with gaps as floats)."""
+    """A cell as the text of a label or id. Tables are read as text, kept as written ('01' stays '01'); a float of a
+    table built in code is written as its integer where it is one (3.0 -> '3')."""
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
@@ -115,18 +116,8 @@ def resolve_format(cfg: Config, sample: pd.DataFrame, classes: list[str]) -> str
     return "label" if label_metric or not _is_numeric(sample[value_cols[0]]) else "probs"
 
 
-def _cast_like(labels: np.ndarray, train_col: pd.Series) -> np.ndarray:
-    """Class names (strings) back to the training labels' type: ints stay ints, floats floats."""
-    if pd.api.types.is_bool_dtype(train_col):
-        return labels == "True"
-    if pd.api.types.is_integer_dtype(train_col):
-        return labels.astype(np.int64)
-    if pd.api.types.is_float_dtype(train_col):
-        return labels.astype(np.float64)
-    return labels
-
-
 def _label_values(cfg, exp, pred, classes, positive, train, log) -> np.ndarray:
+    """Labels as the training table writes them, byte for byte (the class names are its text)."""
     col = train[cfg.target_cols[0]]
     if cfg.task == "multiclass":
         metric = metric_name(cfg)
@@ -134,10 +125,10 @@ def _label_values(cfg, exp, pred, classes, positive, train, log) -> np.ndarray:
         if k > 1:  # MAP@k: the k most probable classes, best first
             top = np.argsort(-pred, axis=1, kind="stable")[:, :k]
             return np.array([" ".join(classes[i] for i in row) for row in top])
-        return _cast_like(np.array(classes)[pred.argmax(1)], col)
+        return np.array(classes, dtype=object)[pred.argmax(1)]
     negative = next(cell_text(v) for v in col.unique() if cell_text(v) != positive)
     t = binary_threshold(cfg, exp, log)
-    return _cast_like(np.where(pred[:, 0] >= t, positive, negative), col)
+    return np.where(pred[:, 0] >= t, positive, negative).astype(object)
 
 
 def _tag_values(cfg: Config, pred: np.ndarray, classes: list[str], thresholds: np.ndarray) -> np.ndarray:
@@ -199,7 +190,7 @@ def check_submission_file(cfg: Config, path: str | Path) -> pd.DataFrame:
     """A submission file as it will be sent: same columns, ids and order as the sample submission, no NaN, and values
     of the competition's format (labels among the training labels, probabilities in [0, 1], finite numbers)."""
     sub = read_table(existing(path, "submission file"), cfg.data.id_col)
-    sample = read_table(data_path(cfg, cfg.data.sample_submission), cfg.data.id_col)
+    sample = read_table(data_path(cfg, cfg.data.sample_submission), cfg.data.id_col, encoding=cfg.data.encoding)
     train = read_train(cfg)
     fmt = resolve_format(cfg, sample, derive_classes(cfg, train))
     validate_submission(sub, sample, cfg.data.id_col, kind=fmt, labels=allowed_labels(cfg, train, fmt), where=str(path))
@@ -241,7 +232,7 @@ def make_submission(
     classes, positive = list(info["classes"]), info.get("positive")
     test = read_pred_csv(run.test_pred, id_col, classes)
     sample_path = data_path(cfg, cfg.data.sample_submission)
-    sample = read_table(sample_path, id_col)
+    sample = read_table(sample_path, id_col, encoding=cfg.data.encoding)
     train = read_train(cfg)
     fmt = resolve_format(cfg, sample, classes)
     allowed = allowed_labels(cfg, train, fmt)
@@ -321,11 +312,13 @@ def parse_submission(
     classes: list[str],
     positive: str | None = None,
     label_values: set[str] = frozenset(),
+    fmt: str | None = None,
 ) -> np.ndarray:
     """A submission back in the task's prediction format (labels -> one-hot probabilities, tags -> 0/1, ...).
 
     Binary: a column holding only training label values (`label_values`, as strings) is labels, compared with
-    `positive`; anything else is read as the probability of the positive class."""
+    `positive`; anything else is read as the probability of the positive class, unless the competition's format
+    `fmt` is label (then '1' where the labels are '01' is not a label, nor a probability)."""
     cols = list(sub.columns[1:])
     where = f"submission column '{cols[0]}'"
     if cfg.task == "regression":
@@ -338,6 +331,9 @@ def parse_submission(
     if cfg.task == "binary":
         if set(cells) <= set(label_values):
             return (cells == positive).to_numpy(np.float64)
+        if fmt == "label":
+            unknown = sorted(set(cells) - set(label_values))
+            raise UserError(f"{where} has values {unknown[:5]} that are not among the labels {sorted(label_values)}")
         return _numbers(sub[cols[0]], where)
     index = {c: i for i, c in enumerate(classes)}
     out = np.zeros((len(sub), len(classes)))
@@ -357,7 +353,7 @@ def score_submission(cfg: Config, submission_path: str | Path, solution_path: st
     """The config's metric of a submission file against a solution file (id + target, as in train.csv)."""
     id_col = cfg.data.id_col
     sub = read_table(existing(submission_path, "submission file"), id_col)
-    sol = read_table(existing(solution_path, "solution file (--solution)"), id_col, cfg.target_cols)
+    sol = read_table(existing(solution_path, "solution file (--solution)"), id_col, cfg.target_cols, cfg.data.encoding)
     if set(sub[id_col]) != set(sol[id_col]):
         diff = sorted(set(sub[id_col]) ^ set(sol[id_col]))
         raise UserError(
@@ -369,7 +365,8 @@ def score_submission(cfg: Config, submission_path: str | Path, solution_path: st
     positive = binary_positive(cfg, train) if cfg.task == "binary" else None
     y = encode_targets(cfg, sol, classes, positive)
     label_values = {cell_text(v) for v in train[cfg.target_cols[0]].unique()}
-    pred = parse_submission(cfg, sub, classes, positive, label_values)
+    sample = read_table(data_path(cfg, cfg.data.sample_submission), id_col, encoding=cfg.data.encoding)
+    pred = parse_submission(cfg, sub, classes, positive, label_values, resolve_format(cfg, sample, classes))
     return metrics.score(metric_name(cfg), y, pred, cfg.task)
 
 
