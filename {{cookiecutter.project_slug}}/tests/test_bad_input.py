@@ -7,6 +7,7 @@ through `cli.main` (the function `python -m <package>` exits with); a few run ag
 traceback, warning or progress bar would land on the real stderr, and must print the very same line.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -87,6 +88,46 @@ def set_row(row: int, col: str, value: str) -> Callable[[pd.DataFrame], pd.DataF
         return df
 
     return edit
+
+
+def set_labels(rows: dict[int, str]) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def edit(df: pd.DataFrame) -> pd.DataFrame:
+        for row, value in rows.items():
+            df.loc[row, "label"] = value
+        return df
+
+    return edit
+
+
+def with_patients(df: pd.DataFrame) -> pd.DataFrame:
+    """A group column, 8 rows per patient: the base project's stratified folds split most patients."""
+    return df.assign(patient=[f"p{i // 8}" for i in range(len(df))])
+
+
+def grouped_then_edited(root: Path) -> None:
+    """folds.csv written with folds.group_col=patient, then one row of patient p0 moved to the other fold by hand."""
+    edit_table("train.csv", with_patients)(root)
+    with contextlib.chdir(root):
+        assert cli.main(["folds", "-c", C, "--force", "folds.group_col=patient"]) == 0
+    df = pd.read_csv(root / "data/folds.csv", dtype=str)
+    df.loc[0, "fold"] = str(1 - int(df.loc[0, "fold"]))
+    rewrite(root / "data/folds.csv", df.to_csv(index=False))
+
+
+def write_text_in(name: str, text: str, encoding: str) -> Callable[[Path], None]:
+    """Replaces data/<name> by `text`, the whole file, in `encoding`."""
+    return lambda root: rewrite(root / "data" / name, text.encode(encoding))
+
+
+def not_utf8(name: str) -> Callable[[Path], None]:
+    """data/<name> as a spreadsheet on Windows saves it: cp1252, one cell with an accent."""
+
+    def setup(root: Path) -> None:
+        df = pd.read_csv(root / "data" / name, dtype=str, keep_default_na=False)
+        df.loc[3, df.columns[-1]] = "caf\xe9"
+        rewrite(root / "data" / name, df.to_csv(index=False).encode("cp1252"))
+
+    return setup
 
 
 def write_config(name: str, text: str) -> Callable[[Path], None]:
@@ -196,6 +237,34 @@ CASES = [
          edit_table("train.csv", set_row(1, "label", "nan"))),
     Case("binary-with-ten-values", train("task=binary"),
          ["train.csv", "'label'", "10 distinct values", "task=binary expects 2"]),
+    # label text: each class in one spelling, written in full; two classes at least
+    Case("nan-text-label", train(), ["train.csv", "'label'", "1 empty/NaN labels", "'NaN'", "row 6"],
+         edit_table("train.csv", set_row(4, "label", "NaN"))),
+    Case("missing-value-labels", train(), ["train.csv", "'label'", "3 empty/NaN labels: 'NA', 'null', ''",
+                                           "rows 3, 5, 10"],
+         edit_table("train.csv", set_labels({1: "NA", 3: "null", 8: ""}))),
+    Case("trailing-space-label", train(), ["train.csv", "'label'", "leading/trailing spaces: '3 '", "row 4"],
+         edit_table("train.csv", set_row(2, "label", "3 ")), subprocess=True),
+    Case("leading-space-labels", train(), ["train.csv", "'label'", "2 labels with leading/trailing spaces: ' 7', ' 1'",
+                                           "rows 2, 8"],
+         edit_table("train.csv", set_labels({0: " 7", 6: " 1"}))),
+    Case("one-class", train(), ["train.csv", "'label'", "one class only ('7')", "task=multiclass needs at least 2"],
+         edit_table("train.csv", lambda df: df.assign(label="7"))),
+    Case("one-class-binary", train("task=binary"), ["train.csv", "'label'", "one class only ('1')", "task=binary"],
+         edit_table("train.csv", lambda df: df.assign(label="1"))),
+    Case("one-class-binary-make-submission", ["make-submission", "-c", C, "--name", "new", "task=binary"],
+         ["train.csv", "'label'", "one class only ('1')", "task=binary"],
+         edit_table("train.csv", lambda df: df.assign(label="1"))),
+    # files as they come: empty, only a header, not UTF-8
+    Case("zero-byte-train-csv", train(), ["data/train.csv", "empty file (0 bytes)"],
+         write_text_in("train.csv", "", "utf-8"), subprocess=True),
+    Case("header-only-test-csv", ["predict", "-c", C], ["data/test.csv", "no rows, only the header ['id']"],
+         write_text_in("test.csv", "id\n", "utf-8")),
+    Case("train-csv-not-utf8", train(), ["data/train.csv", "not utf-8 text", "0xe9", "data.encoding=cp1252"],
+         not_utf8("train.csv"), subprocess=True),
+    Case("sample-submission-not-utf8", ["make-submission", "-c", C, "--name", "new"],
+         ["data/sample_submission.csv", "not utf-8 text", "data.encoding"], not_utf8("sample_submission.csv")),
+    Case("unknown-encoding", train("data.encoding=utf-9"), ["data.encoding", "'utf-9'", "utf-8, cp1252"]),
     # folds
     Case("folds-missing", train(), ["data/folds.csv", "not found", "`folds`"],
          lambda root: (root / "data/folds.csv").unlink()),
@@ -207,6 +276,17 @@ CASES = [
     Case("folds-would-change", ["folds", "-c", C, "folds.seed=1"], ["data/folds.csv", "different split", "--force"]),
     Case("group-column-missing", ["folds", "-c", C, "--force", "folds.group_col=patient"],
          ["'patient'", "not a column"]),
+    *[Case(f"group-col-ignored-by-{method}", ["folds", "-c", C, "--force", "folds.group_col=patient",
+                                              f"folds.method={method}"],
+           ["'folds.group_col'='patient'", f"ignored by folds.method={method}", "group or stratified_group", "auto"],
+           edit_table("train.csv", with_patients))
+      for method in ("stratified", "kfold", "multilabel", "binned")],
+    Case("group-straddles-folds-of-another-config", train("folds.group_col=patient"),
+         ["data/folds.csv", "group 'p", "of folds.group_col 'patient' is in folds [0, 1]", "folds --force"],
+         edit_table("train.csv", with_patients)),
+    Case("group-straddles-folds-after-an-edit", train(),
+         ["data/folds.csv", "group 'p0' of folds.group_col 'patient' is in folds [0, 1]", "folds --force"],
+         grouped_then_edited),
     # images: missing, and checked to decode before any model is built
     Case("image-folder-missing", train("data.train_images=imgs"),
          ["data/imgs", "image folder not found", "data.train_images"]),

@@ -1,5 +1,6 @@
 """Folds: stratified within one row per class, groups kept whole, multilabel balanced, seeded, written once."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -61,18 +62,53 @@ def test_edited_or_stale_folds_are_caught(tmp_path, new_project):
         folds.read_folds(cfg, train)
 
 
-def test_groups_never_straddle_folds(tmp_path, new_project):
-    new_project(tmp_path, "multiclass", n_folds=4, images=False)
-    csv = tmp_path / "data" / "train.csv"
-    train = pd.read_csv(csv, dtype={"id": str})
-    train["patient"] = [f"p{i // 7}" for i in range(len(train))]  # 7 images per patient
+def add_patients(root: Path, per_patient: int = 7) -> None:
+    csv = root / "data" / "train.csv"
+    train = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    train["patient"] = [f"p{i // per_patient}" for i in range(len(train))]
     train.to_csv(csv, index=False)
-    for method in ("auto", "group"):
+
+
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel", "regression"])
+def test_groups_never_straddle_folds(tmp_path, new_project, task):
+    """folds.group_col under method auto (each task's group-aware method) and group: every patient in one fold."""
+    new_project(tmp_path, task, n_folds=4, images=False)
+    add_patients(tmp_path)
+    methods = ["auto", "group"] if task == "multiclass" else ["auto"]
+    for method in methods:
         grouped = config.load(tmp_path / "configs" / "exp.yaml", ["folds.group_col=patient", f"folds.method={method}"])
         folds.write_folds(grouped, force=True)
         df = fold_table(grouped)
         assert df.groupby("patient")["fold"].nunique().max() == 1
         assert df["fold"].nunique() == 4
+        assert json.loads(folds.meta_path(grouped).read_text())["method"] in folds.GROUP_METHODS
+        folds.read_folds(grouped, tables.read_train(grouped))  # and reads back
+
+
+@pytest.mark.parametrize("method", ["stratified", "kfold", "multilabel", "binned"])
+def test_a_group_col_with_a_method_that_ignores_groups_is_refused(tmp_path, method):
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"folds:\n  group_col: patient\n  method: {method}\n")
+    with pytest.raises(UserError, match=rf"'folds.group_col'='patient' is ignored by folds.method={method}.*group or "
+                                        "stratified_group"):  # fmt: skip
+        config.load(path)
+
+
+def test_folds_read_with_a_group_that_straddles_them_are_refused(tmp_path, new_project):
+    """folds.csv written by a config without the group column, or edited by hand after a grouped split."""
+    cfg = new_project(tmp_path, "multiclass", n_folds=3, images=False)  # stratified: patients straddle
+    add_patients(tmp_path)
+    grouped = config.load(tmp_path / "configs" / "exp.yaml", ["folds.group_col=patient"])
+    with pytest.raises(UserError, match=r"folds.csv: group 'p\d+' of folds.group_col 'patient' is in folds \[\d, \d"):
+        folds.read_folds(grouped, tables.read_train(grouped))
+    folds.write_folds(grouped, force=True)
+    folds.read_folds(cfg)  # the config without group_col checks the group the split was written with (folds.json)
+    df = fold_table(grouped)
+    df.loc[0, "fold"] = (df.loc[0, "fold"] + 1) % 3  # patient p0 now in two folds
+    df.to_csv(cfg.folds.path, index=False)
+    for reader in (cfg, grouped):
+        with pytest.raises(UserError, match=r"group 'p0' of folds.group_col 'patient' is in folds \[\d, \d\]"):
+            folds.read_folds(reader)
 
 
 def test_multilabel_positives_balanced_per_label(tmp_path, new_project):

@@ -10,6 +10,7 @@ values from that registry.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import math
@@ -196,6 +197,13 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
         raise UserError(f"config key '{key}' is {value!r}; expected {expected}")
 
 
+def _is_encoding(name: str) -> bool:
+    try:
+        return codecs.lookup(name) is not None
+    except LookupError:
+        return False
+
+
 def _lr_ok(lr: Any) -> bool:
     if lr == "auto":
         return True
@@ -213,6 +221,12 @@ def validate(cfg: Config) -> None:
         raise UserError(f"config key 'data.target_col' must be a column name or a list of names, got {tc!r}")
     if isinstance(tc, list) and cfg.task != "multilabel" and len(tc) > 1:
         raise UserError(f"config key 'data.target_col' lists {len(tc)} columns; only task=multilabel takes several")
+    grouping = folds_module.GROUP_METHODS
+    if cfg.folds.group_col is not None and cfg.folds.method not in ("auto", *grouping):
+        raise UserError(
+            f"config key 'folds.group_col'={cfg.folds.group_col!r} is ignored by folds.method={cfg.folds.method} "
+            f"(a group would straddle folds); use folds.method={' or '.join(grouping)}, or auto (picks one)"
+        )
     if metric_name(cfg) not in metrics.list_metrics(cfg.task):
         raise UserError(
             f"config key 'metric' is {cfg.metric!r}, which is not defined for task={cfg.task}; "
@@ -220,6 +234,7 @@ def validate(cfg: Config) -> None:
         )
     t, o, a, p, d, x = cfg.train, cfg.optim, cfg.augment, cfg.pseudo, cfg.distill, cfg.export
     checks = [
+        (_is_encoding(cfg.data.encoding), "data.encoding", cfg.data.encoding, "a text encoding, e.g. utf-8, cp1252"),
         (2 <= cfg.folds.n_folds <= 20, "folds.n_folds", cfg.folds.n_folds, "2..20"),
         (cfg.folds.n_bins >= 2, "folds.n_bins", cfg.folds.n_bins, ">= 2"),
         (cfg.seed >= 0, "seed", cfg.seed, ">= 0"),

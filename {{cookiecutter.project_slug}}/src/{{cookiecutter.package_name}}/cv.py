@@ -14,7 +14,7 @@ import pandas as pd
 
 from .config import Config, metric_name
 from .core.errors import UserError
-from .core.runs import CVSummary, atomic_savefig, atomic_write_csv, read_derived, read_json, read_source
+from .core.runs import CVSummary, atomic_savefig, atomic_write_csv, read_derived, read_id_csv, read_json, read_source
 from .core.tracking import Tracker, score_summary
 from .data.problem import Problem, load_problem
 from .engine.codec import record_decisions
@@ -96,7 +96,7 @@ def summarize(
         raise UserError(f"{run.path}: no finished fold (fold<k>/oof.csv) yet; train a fold first")
     if missing:
         log(f"{cfg.exp}: fold(s) {missing} of {cfg.folds.n_folds} not finished; the CV covers fold(s) {folds} only")
-    frames = [pd.read_csv(run.fold(k).oof, dtype={cfg.data.id_col: str}) for k in folds]
+    frames = [read_id_csv(run.fold(k).oof, cfg.data.id_col) for k in folds]
     oof = pd.concat(frames, ignore_index=True)
     per_fold, cv, y_true, pred = score_oof(cfg, problem, oof)
     name = metric_name(cfg)
@@ -182,7 +182,7 @@ def weight_averaging(cfg: Config, problem: Problem, folds: list[int]) -> dict | 
     for name in dict.fromkeys(n for info in infos.values() for n in info["scores"]):
         paths = [run.fold(k).variant_oof(name) for k in folds]
         if all(p.is_file() for p in paths):
-            frames = pd.concat([pd.read_csv(p, dtype={cfg.data.id_col: str}) for p in paths])
+            frames = pd.concat([read_id_csv(p, cfg.data.id_col) for p in paths])
             out[name] = score_oof(cfg, problem, frames)[1]
     out["folds"] = {str(k): info["scores"] for k, info in infos.items()}
     out["picked"] = {str(k): info["picked"] for k, info in infos.items()}

@@ -18,7 +18,15 @@ from .config import Config, metric_name
 from .core.errors import UserError
 from .core.runs import Run, atomic_write_csv, read_pred_csv, read_source, submission_path, submissions_dir
 from .data.tables import binary_positive, data_path, derive_classes, encode_targets, read_table, read_train
-from .engine.codec import allowed_labels, cell_text, existing, format_values, parse_submission, validate_submission
+from .engine.codec import (
+    allowed_labels,
+    cell_text,
+    existing,
+    format_values,
+    parse_submission,
+    resolve_format,
+    validate_submission,
+)
 from .engine.inference import predicted_as
 from .modeling import metrics
 
@@ -55,7 +63,7 @@ def make_submission(
     decisions = run.read_decisions()
     check_predicted_as_decided(run, decisions)
     sample_path = data_path(cfg, cfg.data.sample_submission)
-    sample = read_table(sample_path, id_col)
+    sample = read_table(sample_path, id_col, encoding=cfg.data.encoding)
     train = read_train(cfg)
     fmt = decisions.format
     allowed = allowed_labels(cfg, train, fmt)
@@ -96,7 +104,7 @@ def score_submission(cfg: Config, submission_file: str | Path, solution_path: st
     """The config's metric of a submission file against a solution file (id + target, as in train.csv)."""
     id_col = cfg.data.id_col
     sub = read_table(existing(submission_file, "submission file"), id_col)
-    sol = read_table(existing(solution_path, "solution file (--solution)"), id_col, cfg.target_cols)
+    sol = read_table(existing(solution_path, "solution file (--solution)"), id_col, cfg.target_cols, cfg.data.encoding)
     if set(sub[id_col]) != set(sol[id_col]):
         diff = sorted(set(sub[id_col]) ^ set(sol[id_col]))
         raise UserError(
@@ -108,7 +116,8 @@ def score_submission(cfg: Config, submission_file: str | Path, solution_path: st
     positive = binary_positive(cfg, train) if cfg.task == "binary" else None
     y = encode_targets(cfg, sol, classes, positive)
     label_values = {cell_text(v) for v in train[cfg.target_cols[0]].unique()}
-    pred = parse_submission(cfg, sub, classes, positive, label_values)
+    sample = read_table(data_path(cfg, cfg.data.sample_submission), id_col, encoding=cfg.data.encoding)
+    pred = parse_submission(cfg, sub, classes, positive, label_values, resolve_format(cfg, sample, classes))
     return metrics.score(metric_name(cfg), y, pred, cfg.task)
 
 

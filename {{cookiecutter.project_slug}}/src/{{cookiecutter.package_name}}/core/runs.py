@@ -261,7 +261,7 @@ def read_derived(path: Path, source: dict, id_col: str) -> pd.DataFrame | None:
         return None
     if read_json(source_path) != json.loads(json.dumps(source)):
         return None
-    return pd.read_csv(path, dtype={id_col: str})
+    return read_id_csv(path, id_col)
 
 
 # --------------------------------------------------------------------------------------------- artefact records
@@ -823,11 +823,17 @@ class Run:
         return _read_record(self.tta_auto, TTAChoice.from_dict, "predict with tta.views=auto again")
 
 
+def read_id_csv(path: Path, id_col: str) -> pd.DataFrame:
+    """A table this project wrote (folds.csv, oof.csv, test_pred.csv): ids as the text written (`NA`, `01`), the
+    other columns parsed; only an empty cell is missing."""
+    return pd.read_csv(path, dtype={id_col: str}, keep_default_na=False, na_values=[""])
+
+
 def read_pred_csv(path: Path, id_col: str, columns: list[str]) -> pd.DataFrame:
     """A prediction table (oof.csv, test_pred.csv): the id column and `columns` present, no NaN."""
     if not path.is_file():
         raise UserError(f"{path} not found: train (oof.csv) and predict (test_pred.csv) the experiment first")
-    df = pd.read_csv(path, dtype={id_col: str})
+    df = read_id_csv(path, id_col)
     missing = [c for c in (id_col, *columns) if c not in df.columns]
     if missing:
         raise UserError(f"{path}: column(s) {missing} not found; columns are {list(df.columns)}")

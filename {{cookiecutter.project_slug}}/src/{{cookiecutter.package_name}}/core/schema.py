@@ -27,6 +27,7 @@ class DataConfig:
     train_images: str = "train"
     test_images: str = "test"
     id_col: str = "id"
+    encoding: str = "utf-8"  # of the competition's CSV files (train, test, sample submission, solution)
     target_col: Any = "label"  # one column, or (multilabel) a list of 0/1 columns
     label_sep: str = " "  # multilabel tags in one column are split on this
     image_ext: str = ".png"  # appended to the id unless the id already ends with an extension

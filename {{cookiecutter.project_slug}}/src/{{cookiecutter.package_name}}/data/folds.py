@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 
 METHODS = ("auto", "stratified", "multilabel", "group", "stratified_group", "binned", "kfold")
+GROUP_METHODS = ("group", "stratified_group")  # the methods that keep a folds.group_col's rows in one fold
 
 
 def resolve_method(cfg: Config) -> str:
@@ -91,20 +92,41 @@ def meta_path(cfg: Config) -> Path:
     return Path(cfg.folds.path).with_suffix(".json")
 
 
+def group_values(cfg: Config, df: pd.DataFrame, group_col: str) -> np.ndarray:
+    """The training table's groups (as text) in its row order."""
+    if group_col not in df.columns:
+        raise UserError(f"{cfg.data.train_csv}: folds.group_col '{group_col}' is not a column")
+    return df[group_col].astype(str).to_numpy()
+
+
+def check_groups(fold: np.ndarray, groups: np.ndarray, group_col: str, where: str) -> None:
+    """No group in two folds: a group whose rows straddle folds is validated on by a model that trained on it."""
+    table = pd.DataFrame({"group": groups, "fold": fold})
+    per_group = table.groupby("group", sort=False)["fold"].unique()
+    straddling = per_group[per_group.map(len) > 1]
+    if len(straddling):
+        group, folds = straddling.index[0], sorted(int(k) for k in straddling.iloc[0])
+        raise UserError(
+            f"{where}: group {group!r} of folds.group_col '{group_col}' is in folds {folds} ({len(straddling)} groups "
+            "straddle folds, a CV leak); rewrite the split with `folds --force` (folds.method auto, group or "
+            "stratified_group)"
+        )
+
+
 def make_folds(cfg: Config) -> pd.DataFrame:
     df = read_train(cfg)
     classes = derive_classes(cfg, df)
     y = encode_targets(cfg, df, classes)
     groups = None
     if cfg.folds.group_col is not None:
-        if cfg.folds.group_col not in df.columns:
-            raise UserError(f"{cfg.data.train_csv}: folds.group_col '{cfg.folds.group_col}' is not a column")
-        groups = df[cfg.folds.group_col].astype(str).to_numpy()
+        groups = group_values(cfg, df, cfg.folds.group_col)
     method = resolve_method(cfg)
     n_groups = len(np.unique(groups)) if groups is not None else len(df)
     if n_groups < cfg.folds.n_folds:
         raise UserError(f"folds.n_folds={cfg.folds.n_folds} but only {n_groups} rows/groups to split")
     fold = assign_folds(y, method, cfg.folds.n_folds, cfg.folds.seed, groups, cfg.task, cfg.folds.n_bins)
+    if groups is not None:
+        check_groups(fold, groups, cfg.folds.group_col, f"folds.method={method}")
     keep = [cfg.data.id_col, *[c for c in cfg.target_cols if c in df.columns]]
     if cfg.folds.group_col is not None:
         keep.append(cfg.folds.group_col)
@@ -121,7 +143,7 @@ def write_folds(cfg: Config, force: bool = False) -> tuple[Path, str, bool]:
     new_hash = folds_hash(folds[cfg.data.id_col], folds["fold"])
     path, meta = Path(cfg.folds.path), meta_path(cfg)
     if path.exists() and not force:
-        old = pd.read_csv(path, dtype={cfg.data.id_col: str})
+        old = read_fold_table(path)
         old_hash = folds_hash(old[cfg.data.id_col], old["fold"]) if "fold" in old else "?"
         if old_hash == new_hash:
             return path, new_hash, False
@@ -170,19 +192,22 @@ def expected_folds(cfg: Config) -> int:
     return cfg.folds.n_folds
 
 
+def read_fold_table(path: Path) -> pd.DataFrame:
+    """folds.csv as the text written (ids and groups such as `NA` or `007` kept), the fold numbers as written."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+
+
 def read_folds(cfg: Config, train: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
-    """Load folds.csv, check it was not edited since it was written and still matches train.csv."""
+    """Load folds.csv, check it was not edited since it was written, still matches train.csv, and keeps every group
+    (folds.group_col, or the one it was written with) in one fold."""
     path, id_col = Path(cfg.folds.path), cfg.data.id_col
     if not path.is_file():
         raise UserError(f"{path} not found: run the `folds` command first (make folds)")
-    folds = pd.read_csv(path, dtype={id_col: str})
+    folds = read_fold_table(path)
     if id_col not in folds.columns or "fold" not in folds.columns:
         raise UserError(f"{path}: expected columns '{id_col}' and 'fold', found {list(folds.columns)}")
     check_fold_numbers(cfg, folds["fold"], path)
-    h = folds_hash(folds[id_col], folds["fold"])
-    meta = meta_path(cfg)
-    if meta.is_file() and read_json(meta).get("hash") != h:
-        raise UserError(f"{path} was changed after it was written (hash {h} != {meta}); rerun `folds --force`")
+    folds["fold"] = pd.to_numeric(folds["fold"]).astype(np.int64)
     if train is not None:
         stale = set(train[id_col]) ^ set(folds[id_col])
         if stale:
@@ -190,4 +215,15 @@ def read_folds(cfg: Config, train: pd.DataFrame | None = None) -> tuple[pd.DataF
                 f"{path} is out of date with {cfg.data.train_csv}: {len(stale)} ids differ "
                 f"(e.g. {sorted(stale)[:3]}); rerun `folds --force`"
             )
+    meta = meta_path(cfg)
+    info = read_json(meta) if meta.is_file() else {}
+    group_col = cfg.folds.group_col or info.get("group_col")
+    if group_col is not None:
+        table = train if train is not None else folds if group_col in folds.columns else read_train(cfg)
+        groups = pd.Series(group_values(cfg, table, group_col), index=table[id_col]).reindex(folds[id_col])
+        known = groups.notna().to_numpy()  # ids of an out-of-date folds.csv are named by the check above
+        check_groups(folds["fold"].to_numpy()[known], groups.to_numpy()[known], group_col, str(path))
+    h = folds_hash(folds[id_col], folds["fold"])
+    if meta.is_file() and info.get("hash") != h:
+        raise UserError(f"{path} was changed after it was written (hash {h} != {meta}); rerun `folds --force`")
     return folds, h

@@ -114,7 +114,7 @@ def build_fold_data(cfg: Config, problem: Problem, fold: int) -> FoldData:
 
 
 def test_dataset(cfg: Config) -> tuple[list[str], ImageDataset]:
-    test = read_table(data_path(cfg, cfg.data.test_csv), cfg.data.id_col)
+    test = read_table(data_path(cfg, cfg.data.test_csv), cfg.data.id_col, encoding=cfg.data.encoding)
     ids = test[cfg.data.id_col].tolist()
     folder = data_path(cfg, cfg.data.test_images)
     paths = image_paths(folder, ids, cfg.data.image_ext, "test_images")

@@ -24,27 +24,108 @@ def data_path(cfg: Config, name: str) -> Path:
     return p if p.is_absolute() else Path(cfg.data.dir) / p
 
 
-def read_table(path: Path, id_col: str, required: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
-    """Read a CSV with the id column as string; a missing file or column is a one-line error."""
+# What pandas (and most tools that write CSVs) mean by a missing value. Read as text, a label column keeps them as
+# written; as a label they are refused, never made a class of their own. An id may be any text (`NA` included).
+MISSING_TEXT = frozenset(
+    {"", "nan", "NaN", "NAN", "-nan", "-NaN", "NA", "N/A", "n/a", "#N/A", "#N/A N/A", "#NA", "<NA>", "NULL", "null",
+     "None", "-1.#IND", "1.#IND", "-1.#QNAN", "1.#QNAN"}
+)  # fmt: skip
+
+
+def read_csv_text(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+    """A CSV with every cell as the text written: `01` stays `01`, `NA` stays `NA`; only an empty cell is missing
+    (NaN). A missing, empty (0 bytes) or undecodable file is a one-line error."""
     if not path.is_file():
         raise UserError(f"{path}: file not found (check data.dir and the data.* file keys)")
-    df = pd.read_csv(path, dtype={id_col: str}, keep_default_na=False, na_values=[""])
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file (0 bytes); expected a CSV with a header row")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not {encoding} text (it holds the byte 0x{e.object[e.start]:02x}); set data.encoding to the "
+            "file's encoding (e.g. data.encoding=cp1252 or latin-1)"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: no header row; expected a CSV with a header row") from None
+
+
+def read_table(
+    path: Path, id_col: str, required: list[str] | tuple[str, ...] = (), encoding: str = "utf-8"
+) -> pd.DataFrame:
+    """Read a CSV as text (see read_csv_text); a missing column, a table without rows, an empty or duplicate id is a
+    one-line error."""
+    df = read_csv_text(path, encoding)
     missing = [c for c in (id_col, *required) if c not in df.columns]
     if missing:
         raise UserError(f"{path}: column(s) {missing} not found; columns are {list(df.columns)}")
+    if df.empty:
+        raise UserError(f"{path}: no rows, only the header {list(df.columns)}")
+    empty = df.index[df[id_col].isna()]
+    if len(empty):
+        raise UserError(f"{path}: column '{id_col}' has {len(empty)} empty ids, at {_rows(empty)}")
     dup = df[id_col][df[id_col].duplicated()]
     if len(dup):
         raise UserError(f"{path}: {len(dup)} duplicate ids in column '{id_col}', first: {list(dup[:3])}")
     return df
 
 
+def _rows(index: pd.Index, first: int = 5) -> str:
+    """Table rows as a user counts them in an editor (the header is line 1): 'rows 2, 5, 9, ...'."""
+    rows = [str(i + 2) for i in index[:first]]
+    return ("row " if len(index) == 1 else "rows ") + ", ".join(rows) + (", ..." if len(index) > first else "")
+
+
+def _values(values: pd.Series, first: int = 5) -> str:
+    return ", ".join(repr("" if pd.isna(v) else v) for v in values[:first])
+
+
+def check_labels(path: Path, col: str, labels: pd.Series, task: str, sep: str = " ") -> None:
+    """A label column of a classification target holds each class in one spelling, written in full: no empty or
+    missing-value text (`NaN`, `NA`, ...), no leading/trailing spaces (`3 ` would be a class besides `3`; for
+    multilabel tags, around each tag), and at least two classes (multiclass, binary)."""
+    where = f"{path}: column '{col}'"
+    missing = labels.isna() | labels.isin(MISSING_TEXT)
+    if missing.any():
+        bad = labels.index[missing]
+        raise UserError(
+            f"{where} has {len(bad)} empty/NaN labels: {_values(labels[bad])} at {_rows(bad)}; "
+            "every row needs its label (drop the unlabelled rows)"
+        )
+    spaced = labels != labels.str.strip()
+    if spaced.any():
+        bad = labels.index[spaced]
+        raise UserError(
+            f"{where} has {len(bad)} labels with leading/trailing spaces: {_values(labels[bad])} at {_rows(bad)}; "
+            "each class must have one spelling"
+        )
+    if task == "multilabel":
+        if sep.strip():  # tags split on a separator keep the spaces around them: 'cat, dog' -> 'cat', ' dog'
+            spaced = labels.map(lambda cell: any(t != t.strip() for t in _split_tags(cell, sep)))
+            if spaced.any():
+                bad = labels.index[spaced]
+                raise UserError(
+                    f"{where} has {len(bad)} cells with spaces around a tag: {_values(labels[bad])} at {_rows(bad)}; "
+                    f"tags are split on data.label_sep={sep!r}: remove the spaces or set data.label_sep"
+                )
+        return
+    classes = labels.unique()
+    if len(classes) < 2:
+        raise UserError(
+            f"{where} holds one class only ({classes[0]!r}); task={task} needs at least 2 (is this the target column?)"
+        )
+
+
 def read_train(cfg: Config) -> pd.DataFrame:
     path = data_path(cfg, cfg.data.train_csv)
-    df = read_table(path, cfg.data.id_col, cfg.target_cols)
+    df = read_table(path, cfg.data.id_col, cfg.target_cols, cfg.data.encoding)
     for col in cfg.target_cols:
+        if cfg.task in ("multiclass", "binary") or (cfg.task == "multilabel" and not _is_multi_hot(cfg)):
+            check_labels(path, col, df[col], cfg.task, cfg.data.label_sep)
+            continue
         bad = df.index[df[col].isna()]
         if len(bad):
-            raise UserError(f"{path}: column '{col}' has {len(bad)} empty/NaN labels, first at row {bad[0] + 2}")
+            raise UserError(f"{path}: column '{col}' has {len(bad)} empty/NaN labels, at {_rows(bad)}")
         if cfg.task == "regression":  # inf, nan or text would turn every loss into inf/NaN
             values = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
             bad = df.index[~np.isfinite(values)]
@@ -58,15 +139,16 @@ def read_train(cfg: Config) -> pd.DataFrame:
 
 
 def _sort_classes(values: list) -> list[str]:
-    """Numeric labels sort as numbers (2 before 10), the rest as strings."""
+    """Numeric labels sort as numbers (2 before 10), the rest as strings; each keeps its text ('01' stays '01')."""
     try:
-        return [str(v) for v in sorted(values, key=float)]
+        return [str(v) for v in sorted(values, key=lambda v: (float(v), str(v)))]
     except (TypeError, ValueError):
         return sorted(str(v) for v in values)
 
 
 def _as_label_str(series: pd.Series) -> pd.Series:
-    """Labels as strings, with 1.0 read as '1' so float-parsed integer columns match their classes."""
+    """Labels as the text the tables hold (read_table reads text, kept verbatim); a number from a table built in
+    code is written as its integer where it is one (1.0 -> '1')."""
 
     def norm(v: object) -> str:
         if isinstance(v, float) and v.is_integer():
@@ -129,7 +211,7 @@ def encode_targets(cfg: Config, df: pd.DataFrame, classes: list[str], positive: 
             raise UserError(f"{where} has non-numeric values, first: {df[col][values.isna()].iloc[0]!r}")
         return values.to_numpy(np.float32)
     if _is_multi_hot(cfg):
-        block = df[list(classes)]
+        block = df[list(classes)].apply(pd.to_numeric, errors="coerce")
         if not block.isin([0, 1]).all().all():
             raise UserError(f"{cfg.data.train_csv}: columns {list(classes)} must hold only 0/1 for task=multilabel")
         return block.to_numpy(np.float32)

@@ -27,7 +27,8 @@ FORMAT_TASKS = {
 
 
 def cell_text(v: object) -> str:
-    """A cell as the text of a label or id: 3.0 -> '3' (pandas reads an int column with gaps as floats)."""
+    """A cell as the text of a label or id. Tables are read as text, kept as written ('01' stays '01'); a float of a
+    table built in code is written as its integer where it is one (3.0 -> '3')."""
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
@@ -53,28 +54,18 @@ def resolve_format(cfg: Config, sample: pd.DataFrame, classes: list[str]) -> str
     return "label" if label_metric or not _is_numeric(sample[value_cols[0]]) else "probs"
 
 
-def _cast_like(labels: np.ndarray, train_col: pd.Series) -> np.ndarray:
-    """Class names (strings) back to the training labels' type: ints stay ints, floats floats."""
-    if pd.api.types.is_bool_dtype(train_col):
-        return labels == "True"
-    if pd.api.types.is_integer_dtype(train_col):
-        return labels.astype(np.int64)
-    if pd.api.types.is_float_dtype(train_col):
-        return labels.astype(np.float64)
-    return labels
-
-
 def _label_values(cfg: Config, d: Decisions, pred: np.ndarray, classes: list[str], positive: str | None,
                   train: pd.DataFrame) -> np.ndarray:  # fmt: skip
+    """Labels as the training table writes them, byte for byte (the class names are its text)."""
     col = train[cfg.target_cols[0]]
     if cfg.task == "multiclass":
         k = top_k(d.metric)
         if k > 1:  # MAP@k: the k most probable classes, best first
             top = np.argsort(-pred, axis=1, kind="stable")[:, :k]
             return np.array([" ".join(classes[i] for i in row) for row in top])
-        return _cast_like(np.array(classes)[pred.argmax(1)], col)
+        return np.array(classes, dtype=object)[pred.argmax(1)]
     negative = next(cell_text(v) for v in col.unique() if cell_text(v) != positive)
-    return _cast_like(np.where(as_submitted(cfg.task, d, pred)[:, 0] > 0.5, positive, negative), col)
+    return np.where(as_submitted(cfg.task, d, pred)[:, 0] > 0.5, positive, negative).astype(object)
 
 
 def _tag_values(cfg: Config, d: Decisions, pred: np.ndarray, classes: list[str]) -> np.ndarray:
@@ -183,11 +174,13 @@ def parse_submission(
     classes: list[str],
     positive: str | None = None,
     label_values: set[str] = frozenset(),
+    fmt: str | None = None,
 ) -> np.ndarray:
     """A submission back in the task's prediction format (labels -> one-hot probabilities, tags -> 0/1, ...).
 
     Binary: a column holding only training label values (`label_values`, as strings) is labels, compared with
-    `positive`; anything else is read as the probability of the positive class."""
+    `positive`; anything else is read as the probability of the positive class, unless the competition's format
+    `fmt` is label (then '1' where the labels are '01' is not a label, nor a probability)."""
     cols = list(sub.columns[1:])
     where = f"submission column '{cols[0]}'"
     if cfg.task == "regression":
@@ -200,6 +193,9 @@ def parse_submission(
     if cfg.task == "binary":
         if set(cells) <= set(label_values):
             return (cells == positive).to_numpy(np.float64)
+        if fmt == "label":
+            unknown = sorted(set(cells) - set(label_values))
+            raise UserError(f"{where} has values {unknown[:5]} that are not among the labels {sorted(label_values)}")
         return _numbers(sub[cols[0]], where)
     index = {c: i for i, c in enumerate(classes)}
     out = np.zeros((len(sub), len(classes)))
@@ -225,7 +221,7 @@ def record_decisions(cfg: Config, run: Run, classes: list[str], y: np.ndarray, p
     if not sample_path.is_file():
         print(f"note: {sample_path} not found: no submission decisions for {run.name}")
         return None
-    fmt = resolve_format(cfg, read_table(sample_path, cfg.data.id_col), classes)
+    fmt = resolve_format(cfg, read_table(sample_path, cfg.data.id_col, encoding=cfg.data.encoding), classes)
     predicted = {}
     if way is not None:
         models = model_digests(as_decided(cfg, way["views"], way["merge"], way["runtime"]), folds) if folds else None

@@ -19,7 +19,7 @@ def check_submission_file(cfg: Config, path: str | Path) -> pd.DataFrame:
     """A submission file as it will be sent: same columns, ids and order as the sample submission, no NaN, and values
     of the competition's format (labels among the training labels, probabilities in [0, 1], finite numbers)."""
     sub = read_table(existing(path, "submission file"), cfg.data.id_col)
-    sample = read_table(data_path(cfg, cfg.data.sample_submission), cfg.data.id_col)
+    sample = read_table(data_path(cfg, cfg.data.sample_submission), cfg.data.id_col, encoding=cfg.data.encoding)
     train = read_train(cfg)
     fmt = resolve_format(cfg, sample, derive_classes(cfg, train))
     validate_submission(sub, sample, cfg.data.id_col, kind=fmt, labels=allowed_labels(cfg, train, fmt), where=str(path))

@@ -140,7 +140,8 @@ class Unlabelled:
 
 def unlabelled_images(cfg: Config, extra_images: str = "") -> Unlabelled:
     """The test images (data.test_csv, data.test_images), + those under `extra_images` (pseudo.extra_images)."""
-    ids = read_table(data_path(cfg, cfg.data.test_csv), cfg.data.id_col)[cfg.data.id_col].tolist()
+    test = read_table(data_path(cfg, cfg.data.test_csv), cfg.data.id_col, encoding=cfg.data.encoding)
+    ids = test[cfg.data.id_col].tolist()
     paths = image_paths(data_path(cfg, cfg.data.test_images), ids, cfg.data.image_ext, "test_images")
     extra: list[Path] = []
     if extra_images:
