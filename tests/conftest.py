@@ -186,11 +186,14 @@ def kill_tree(pid: int) -> None:
             os.kill(p, signal.SIGKILL)
 
 
-def run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run a command in a render; past `timeout` it is killed with everything it started, and the test fails."""
+def run(
+    args: list[str], cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command in a render (`env`: added to python_env()); past `timeout` it is killed with everything it
+    started, and the test fails."""
     pipe = subprocess.PIPE
     with subprocess.Popen(
-        args, cwd=cwd, env=python_env(), stdout=pipe, stderr=pipe, text=True, start_new_session=True
+        args, cwd=cwd, env=python_env(**(env or {})), stdout=pipe, stderr=pipe, text=True, start_new_session=True
     ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
