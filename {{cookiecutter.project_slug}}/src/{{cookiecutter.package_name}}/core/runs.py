@@ -14,6 +14,7 @@ No other module spells an artefact's file name: they ask a `Run` (an experiment 
         test_pred.csv (+ .source.json)  fold-averaged, TTA-merged test predictions
         weights.json                    ensembles only: method, members, weights
         lineage.json                    students only: teachers, settings, per-fold provenance
+        git.json                        the git commit (and whether the tree was dirty) each fold was trained at
         lr_find.json                    the LR finder's sweep and suggestion, with what it depends on (optim.lr: auto
                                         reuses it while that holds)
         lr_find.png, learning_curves.png, fold_scores.png, confusion_matrix.png
@@ -63,6 +64,7 @@ import pandas as pd
 import torch
 
 from .errors import UserError
+from .runtime import git_state
 
 CONFIG = "config.yaml"
 CLASSES = "classes.json"
@@ -73,6 +75,7 @@ TTA_AUTO = "tta_auto.json"
 TEST_PRED = "test_pred.csv"
 WEIGHTS = "weights.json"
 LINEAGE = "lineage.json"
+GIT = "git.json"
 LR_FIND = "lr_find.png"
 AUG_PREVIEW = "aug_preview.png"
 LR_FIND_CACHE = "lr_find.json"
@@ -339,6 +342,7 @@ class Run:
     test_pred = property(lambda self: self.path / TEST_PRED)
     weights = property(lambda self: self.path / WEIGHTS)
     lineage = property(lambda self: self.path / LINEAGE)
+    git = property(lambda self: self.path / GIT)
     lr_find = property(lambda self: self.path / LR_FIND)
     aug_preview = property(lambda self: self.path / AUG_PREVIEW)
 
@@ -575,3 +579,18 @@ def load_best(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path} not found: train that fold first")
     return load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------------------------- code version
+
+
+def record_git(run: Run, fold: int, where: str | Path | None = None) -> dict:
+    """git.json beside config.yaml: the commit of the code (runtime.git_state of `where`, default the package) as fold
+    `fold`'s training starts, under `folds`, and the latest one at the top. Outside a git repository commit and dirty
+    are null. Returns the record written."""
+    state = git_state(where) or {"commit": None, "dirty": None}
+    old = read_json(run.git) if run.git.is_file() else {}
+    folds = {**(old.get("folds") or {}), str(fold): state}
+    record = {**state, "folds": dict(sorted(folds.items(), key=lambda kv: int(kv[0])))}
+    atomic_write_json(run.git, record)
+    return record
