@@ -6,22 +6,25 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The exact versions the generated project is tested with (a pip constraints file, shipped in every render): this
+# repository's tools install with it too, so `make test` runs each render's suite at those versions.
+LOCK := {{cookiecutter.project_slug}}/requirements.lock
 DEMO_DIR := build/demo
 DEMO_SLUG := digit-recognizer
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: help demo test test-fast lint bench clean
+.PHONY: help demo test test-fast lint bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch and torchvision first, with pip: the pinned CPU/CUDA wheels are served locally.
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q .
+	$(PY) -m pip install -q -c "$(LOCK)" torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c "$(LOCK)" .
 	touch $@
 
 demo: $(STAMP)  ## render the template with its defaults, run the generated repo end to end on its demo data
@@ -41,6 +44,9 @@ lint: $(STAMP)  ## ruff check + format check of hooks/, tests/, benchmarks/ (the
 
 bench: $(STAMP)  ## benchmarks/run.py: timings of the generated pipeline, as ratios
 	$(PY) benchmarks/run.py
+
+lock: $(STAMP)  ## rewrite the generated project's requirements.lock: this .venv's versions, the tested ones
+	$(PY) tests/lockfile.py
 
 clean:  ## remove build/ (the demo render) and the pytest cache
 	rm -rf build .pytest_cache

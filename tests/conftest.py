@@ -7,9 +7,11 @@ import ast
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,26 @@ def as_bool(value: Any) -> bool:
     return text in YES
 
 
+def kaggle_slug(name: str, max_length: int = 60) -> str:
+    """A competition's URL slug from its title, as cookiecutter.json derives the default competition_id: lowercase
+    ASCII (accents dropped after NFKD), every run of other characters one hyphen, none at either end, cut at a word
+    boundary to `max_length`. (Written here without python-slugify, which the template uses, to check it.)"""
+    unaccented = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+    words = re.findall(r"[a-z0-9]+", unaccented.lower())
+    slug = ""
+    for word in words:
+        if len(slug) + len(word) + bool(slug) > max_length:
+            break
+        slug = f"{slug}-{word}" if slug else word
+    return slug
+
+
+def package_of(slug: str) -> str:
+    """The default package name of a project slug: hyphens and dots as underscores, a leading digit prefixed."""
+    name = slug.replace("-", "_").replace(".", "_")
+    return f"c_{name}" if name[:1].isdigit() else name
+
+
 def expected_answers(extra_context: dict[str, Any]) -> dict[str, Any]:
     """The answers a --no-input render with `extra_context` must record, derived here independently of cookiecutter:
     first choice of each list, the derived defaults as cookiecutter.json documents them, then the overrides."""
@@ -79,9 +101,9 @@ def expected_answers(extra_context: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(default, bool) or "{{" not in default:
             answers[key] = default
     derived = {
-        "competition_id": lambda a: a["competition_name"].lower().strip().replace(" ", "-"),
+        "competition_id": lambda a: kaggle_slug(a["competition_name"]),
         "project_slug": lambda a: a["competition_id"],
-        "package_name": lambda a: a["project_slug"].replace("-", "_"),
+        "package_name": lambda a: package_of(a["project_slug"]),
         "wandb_project": lambda a: a["project_slug"],
     }
     for key in PROMPTS:  # in prompt order, as cookiecutter renders them
@@ -164,11 +186,14 @@ def kill_tree(pid: int) -> None:
             os.kill(p, signal.SIGKILL)
 
 
-def run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run a command in a render; past `timeout` it is killed with everything it started, and the test fails."""
+def run(
+    args: list[str], cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command in a render (`env`: added to python_env()); past `timeout` it is killed with everything it
+    started, and the test fails."""
     pipe = subprocess.PIPE
     with subprocess.Popen(
-        args, cwd=cwd, env=python_env(), stdout=pipe, stderr=pipe, text=True, start_new_session=True
+        args, cwd=cwd, env=python_env(**(env or {})), stdout=pipe, stderr=pipe, text=True, start_new_session=True
     ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -185,7 +210,7 @@ def run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Complete
 def probe(project: Path, code: str) -> Any:
     """Run `code` with the venv's python inside a render, its package importable from src/ (as the generated
     pyproject's pythonpath does), and return what it printed as JSON on its last line. `PKG` names the package."""
-    package = json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))["package_name"]
+    package = json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))["cookiecutter"]["package_name"]
     prelude = f"import importlib, json, sys\nsys.path.insert(0, 'src')\nPKG = {package!r}\n"
     proc = run([sys.executable, "-c", prelude + code], cwd=project)
     assert proc.returncode == 0, f"probe failed in {project}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -31,11 +31,10 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     # Free text is escaped where it is rendered; only what one line of text cannot hold is refused. (A carriage return
     # is not among them: cookiecutter's Jinja turns it into a newline before the hook sees it.)
     *[({key: v}, key, v) for key in FREE_TEXT for v in NOT_ONE_LINE],
-    # The default competition id is the name, lower-cased, spaces as hyphens: a name that is not a slug that way
-    # needs competition_id given too, and the error names it.
-    ({"competition_name": 'Say "Hi"'}, "competition_id", 'say-"hi"'),
-    ({"competition_name": "../Evil"}, "competition_id", "../evil"),
-    ({"competition_name": "A/B"}, "competition_id", "a/b"),
+    # The default competition id is the name as a Kaggle slug: a name with no letter or digit leaves it empty, and
+    # the error names it (competition_id must then be given).
+    ({"competition_name": "!!!"}, "competition_id", ""),
+    ({"competition_name": "\u2014 ? \u2014"}, "competition_id", ""),
     ({"project_slug": "My Repo"}, "project_slug", "My Repo"),
     *[({"backbone": v}, "backbone", v) for v in ("efficientnet b0", 'resnet"18', "res'net", "a/b", "")],
     *[({"wandb_project": v}, "wandb_project", v) for v in ("team/proj", "a b", "")],
@@ -43,6 +42,10 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
 GOOD: list[dict[str, Any]] = [
     {"competition_name": "I'm Something of a Painter Myself", "competition_id": "gan-getting-started"},
     {"competition_name": "HuBMAP + HPA - Hacking the Human Body", "competition_id": "hubmap-organ-segmentation"},
+    # Punctuation, paths and quotes in the name become hyphens in the derived id.
+    {"competition_name": 'Say "Hi"'},
+    {"competition_name": "../Evil"},
+    {"competition_name": "A/B"},
     {"author": "Jean-Luc O'Neil (team: 42%)"},
     {"package_name": "kaggle_pipe", "backbone": "convnext_tiny.fb_in22k", "wandb_project": "team.proj_x-1"},
     {"competition_id": "a1-b2-c3", "n_folds": "20", "image_size": "8"},
@@ -163,7 +166,7 @@ def test_answers_yaml_would_misread_come_back_as_typed(cookies):
     assert exp001["folds"]["n_folds"] == 10
     assert exp001["augment"]["image_size"] == 256
     demo = OmegaConf.to_container(OmegaConf.load(configs / "demo.yaml"))
-    assert (demo["competition"], demo["folds"]["n_folds"], demo["wandb"]["project"]) == ("0x1f", 10, "null")
+    assert (demo["competition"], demo["folds"]["n_folds"], demo["wandb"]["project"]) == ("", 10, "null")  # no submit
     for name in ("demo_pseudo.yaml", "demo_distill.yaml"):  # the rest comes from demo.yaml through `base`
         assert OmegaConf.load(configs / name)["base"] == "demo.yaml"
     sweep = OmegaConf.to_container(OmegaConf.load(configs / "sweep.yaml"))

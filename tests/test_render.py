@@ -117,7 +117,7 @@ case_params = pytest.mark.parametrize("ctx", list(CASES.values()), ids=list(CASE
 
 
 def answers_of(project: Path) -> dict[str, Any]:
-    return json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))
+    return json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))["cookiecutter"]
 
 
 def read_text(path: Path) -> str | None:

@@ -189,7 +189,8 @@ data: {cache: memory}
 
 def test_torchrun_two_processes_match_one_process(tmp_path, new_project):
     """train.batch_size is the global batch: two processes (gloo on CPU) take half of each batch, make as many
-    updates as one process, log the loss of the whole batch, and reach the same OOF score."""
+    updates as one process, log the loss of the whole batch, and reach a close OOF score (not the same: the gradients
+    are summed in another order, and the rounding differences grow over the epochs)."""
     one, two = tmp_path / "one", tmp_path / "two"
     new_project(one, "multiclass", n_folds=2, extra=TORCHRUN)
     new_project(two, "multiclass", n_folds=2, extra=TORCHRUN)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from {{ cookiecutter.package_name }} import config
+from {{ cookiecutter.package_name }} import cli, config
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.core.runs import Decisions, Run
 from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
@@ -86,6 +86,33 @@ def test_submit_sends_file_message_and_competition(api, tmp_path):
     with pytest.raises(UserError, match="not found"):
         kaggle_api.competition_submit("digit-recognizer", tmp_path / "missing.csv", "m")
     assert len(api.calls) == 1
+
+
+PROJECT = Path(cli.__file__).parents[2]  # src/<package>/cli.py -> the project, with its configs/
+
+
+def test_the_demo_config_never_submits_to_the_competition(api, tmp_path, new_project, capsys):
+    """`make submit EXP=demo` would send the digits demo's predictions to the competition the repo is for: the demo
+    config names no competition, and submit refuses it in one line, before anything is sent."""
+    demo = config.load(PROJECT / "configs" / "demo.yaml")
+    assert demo.competition == "" and config.load(PROJECT / "configs" / "exp001.yaml").competition
+    new_project(tmp_path, demo.task, n_folds=2, images=False, extra=f"base: {PROJECT / 'configs' / 'demo.yaml'}\n")
+    demo_cfg = tmp_path / "configs" / "exp.yaml"  # the demo's config, on this test's data and outputs
+    file = tmp_path / "data" / "sample_submission.csv"  # a file in the competition's format
+    capsys.readouterr()
+    for extra in ([], ["--dry-run"]):
+        code = cli.main(["submit", "-c", str(demo_cfg), str(file), "-m", "demo", *extra])
+        out, err = capsys.readouterr()
+        if extra:  # a dry run says where it would go, and sends nothing either
+            assert code == 0 and "(no competition set)" in out
+        else:
+            assert code == 2 and err.count("\n") == 1 and "'competition' is empty" in err, err
+    assert api.calls == []
+    assert not (tmp_path / "submissions" / "log.csv").exists()
+    # The same command with a competition named is sent: the competition alone stopped it.
+    assert cli.main(["submit", "-c", str(demo_cfg), str(file), "-m", "demo", "competition=digit-recognizer"]) == 0
+    sent = [(name, kwargs["competition"]) for name, _, kwargs in api.calls]
+    assert sent == [("competition_submit", "digit-recognizer")]
 
 
 @pytest.mark.parametrize("existing", [False, True])

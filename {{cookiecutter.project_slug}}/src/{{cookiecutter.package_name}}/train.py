@@ -38,6 +38,7 @@ from .core.runs import (
     atomic_write_json,
     load_last,
     read_checkpoint,
+    record_git,
     remove_stale_tmp,
     rng_state,
     save_last,
@@ -133,6 +134,7 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
     if is_main():
         remove_stale_tmp(out.path)  # a killed checkpoint write leaves its temporary file behind
         save(cfg, cfg.run.config)  # the resolved config, before anything can go wrong
+        record_git(cfg.run, fold)  # the code's commit beside it (git.json)
         save_classes(cfg, s.problem)
     model, metric = s.model, metrics.get_metric(metric_name(cfg))
     step = step or (lambda m, b, c: supervised_step(m, b, c, s.mixer))

@@ -27,6 +27,7 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
         test_pred.csv (+ .source.json)  fold-averaged, TTA-merged test predictions
         weights.json                    ensembles only: method, members, weights
         lineage.json                    students only: teachers, settings, per-fold provenance
+        git.json                        the git commit (and whether the tree was dirty) each fold was trained at
         lr_find.json                    the LR finder's sweep and suggestion, with what it depends on (optim.lr: auto
                                         reuses it while that holds)
         lr_find.png, learning_curves.png, fold_scores.png, confusion_matrix.png
@@ -79,6 +80,7 @@ import pandas as pd
 import torch
 
 from .errors import UserError
+from .runtime import git_state
 from .tasks import TargetScale
 
 CONFIG = "config.yaml"
@@ -91,6 +93,7 @@ TTA_AUTO = "tta_auto.json"
 TEST_PRED = "test_pred.csv"
 WEIGHTS = "weights.json"
 LINEAGE = "lineage.json"
+GIT = "git.json"
 LR_FIND = "lr_find.png"
 AUG_PREVIEW = "aug_preview.png"
 LR_FIND_CACHE = "lr_find.json"
@@ -715,6 +718,7 @@ class Run:
     test_pred = property(lambda self: self.path / TEST_PRED)
     weights = property(lambda self: self.path / WEIGHTS)
     lineage = property(lambda self: self.path / LINEAGE)
+    git = property(lambda self: self.path / GIT)
     lr_find = property(lambda self: self.path / LR_FIND)
     aug_preview = property(lambda self: self.path / AUG_PREVIEW)
 
@@ -989,3 +993,18 @@ def load_last(path: Path, **stateful: Any) -> dict[str, Any]:
         if obj is not None and state.get(name) is not None:
             obj.load_state_dict(state[name])
     return {k: v for k, v in state.items() if k not in stateful}
+
+
+# --------------------------------------------------------------------------------------------- code version
+
+
+def record_git(run: Run, fold: int, where: str | Path | None = None) -> dict:
+    """git.json beside config.yaml: the commit of the code (runtime.git_state of `where`, default the package) as fold
+    `fold`'s training starts, under `folds`, and the latest one at the top. Outside a git repository commit and dirty
+    are null. Returns the record written."""
+    state = git_state(where) or {"commit": None, "dirty": None}
+    old = read_json(run.git) if run.git.is_file() else {}
+    folds = {**(old.get("folds") or {}), str(fold): state}
+    record = {**state, "folds": dict(sorted(folds.items(), key=lambda kv: int(kv[0])))}
+    atomic_write_json(run.git, record)
+    return record

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -214,3 +216,28 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
+
+
+def git_state(path: str | Path | None = None) -> dict | None:
+    """The git commit of the repository that holds `path` (default: this package's source, i.e. the code that runs)
+    and whether the working tree differs from it: `{"commit": sha (None before the first commit), "dirty": changes to
+    tracked files or files neither tracked nor ignored}`. None outside a git repository or where git cannot run
+    (not installed, too slow); it never raises, so a missing git never stops a run."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}  # no outer repository's settings
+        command = ["git", "-C", str(where), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False, env=env)
+
+    try:
+        inside = git("rev-parse", "--is-inside-work-tree")
+        if inside.returncode != 0 or inside.stdout.strip() != "true":
+            return None
+        head, status = git("rev-parse", "--verify", "--quiet", "HEAD"), git("status", "--porcelain")
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
+        return None
+    if status.returncode != 0:
+        return None
+    commit = head.stdout.strip() if head.returncode == 0 else ""
+    return {"commit": commit or None, "dirty": bool(status.stdout)}

@@ -140,14 +140,15 @@ def submit(
 
     `competition` defaults to the config's `competition` key."""
     path = Path(path)
+    competition = competition or cfg.competition
+    if not competition and not dry_run:  # before anything else: the demo configs name none on purpose
+        raise UserError("config key 'competition' is empty: nothing to submit to (the demo configs never name one); "
+                        "set it to the Kaggle slug")  # fmt: skip
     check_submission_file(cfg, path)
     message = message if message is not None else default_message(cfg, path.stem)
-    competition = competition or cfg.competition
     if dry_run:
         log(f"dry run: would submit {path} to {competition or '(no competition set)'} with message {message!r}")
         return message
-    if not competition:
-        raise UserError("no competition id to submit to: set the config key 'competition' (the Kaggle slug)")
     answer = competition_submit(competition, path, message)
     log_submission(cfg, path, message, competition)
     log(f"submitted {path} to {competition}: {message}" + (f" ({answer})" if answer else ""))
