@@ -34,14 +34,14 @@ def test_unknown_key_names_it_and_suggests(tmp_path):
     path.write_text("train:\n  epoch: 5\n")
     with pytest.raises(UserError, match=r"unknown key 'train.epoch'.*did you mean 'epochs'.*batch_size"):
         config.load(path)
-    path.write_text("")
+    path.write_text("seed: 1\n")
     with pytest.raises(UserError, match=r"unknown key 'modle'"):
         config.load(path, ["modle.backbone=x"])
 
 
 def test_wrong_type_and_bad_choice_name_the_key(tmp_path):
     path = tmp_path / "e.yaml"
-    path.write_text("")
+    path.write_text("seed: 1\n")
     with pytest.raises(UserError, match=r"'train.epochs'"):
         config.load(path, ["train.epochs=many"])
     with pytest.raises(UserError, match=r"'train.sampler' is 'balanced'"):
@@ -175,3 +175,43 @@ def test_amp_off_means_off_although_yaml_reads_it_as_false(tmp_path, how):
     saved = tmp_path / "saved.yaml"  # the run's config.yaml reads back as written
     config.save(cfg, saved)
     assert config.load(saved).train.amp == "off"
+
+
+def test_home_is_expanded_once_at_load(tmp_path, monkeypatch):
+    """`~` in a path key is the user's home folder for every stage (and wandb), never a folder named '~'."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "exp.yaml"
+    path.write_text("data:\n  dir: ~/input\n")
+    cfg = config.load(path, ["output_dir=~/runs", "data.cache_dir=~/cache"])
+    assert cfg.output_dir == str(tmp_path / "home" / "runs") and cfg.run_dir == tmp_path / "home" / "runs" / "exp"
+    assert (cfg.data.dir, cfg.data.cache_dir) == (str(tmp_path / "home" / "input"), str(tmp_path / "home" / "cache"))
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("exp=../x", r"config key 'exp' '\.\./x' is not a plain name"),
+        ("exp=a/b", r"'a/b' is not a plain name"),
+        ("exp=.", r"'\.' is not a plain name"),
+        ("exp=~x", r"'~x' is not a plain name"),
+        ("output_dir=../x", r"'output_dir' is '\.\./x', which leaves the project folder"),
+        ("output_dir=outputs/../..", r"leaves the project folder"),
+        ("output_dir=.", r"the project folder .* or one above it"),
+        ("data.cache_dir=/", r"'data.cache_dir' is '/', the project folder .* or one above it"),
+    ],
+)
+def test_names_and_written_paths_stay_inside_their_folder(tmp_path, monkeypatch, override, match):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "exp.yaml"
+    path.write_text("seed: 1\n")
+    with pytest.raises(UserError, match=match):
+        config.load(path, [override])
+
+
+def test_data_dir_may_be_outside_the_project(tmp_path, monkeypatch):
+    """Data is only read: a Kaggle input folder or a folder beside the project is fine."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "exp.yaml"
+    path.write_text("data:\n  dir: ../input\n")
+    assert config.load(path, ["output_dir=/tmp/scratch/outputs"]).data.dir == "../input"

@@ -12,9 +12,17 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from .config import Config, metric_name
+from .config import Config, metric_name, training_changes
 from .core.errors import UserError
-from .core.runs import atomic_savefig, atomic_write_csv, atomic_write_json, read_derived, read_json
+from .core.runs import (
+    STALE_TMP_AGE,
+    atomic_savefig,
+    atomic_write_csv,
+    atomic_write_json,
+    read_derived,
+    read_json,
+    remove_stale_tmp,
+)
 from .core.tracking import Tracker
 from .data.problem import load_problem
 from .engine.inference import (
@@ -90,7 +98,8 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], None] = print) -> dict:
     """The finished folds' OOF rows -> oof.csv, cv.json, the table and the figures. `complete` in cv.json means
-    every fold of folds.csv is finished; `folds_missing` lists those that are not; `partial` records that the
+    every fold of folds.csv is finished, each under the same config; `folds_missing` lists those that are not
+    finished, `folds_differ` those trained under another config than the first; `partial` records that the
     experiment was used anyway (`allow_partial`: predict --allow-partial averaged the finished folds only)."""
     run = cfg.run
     problem = load_problem(cfg)  # checks folds.csv, and that it holds folds.n_folds folds
@@ -98,8 +107,14 @@ def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], Non
     folds = [k for k in range(cfg.folds.n_folds) if k not in missing]
     if not folds:
         raise UserError(f"{run.path}: no finished fold (fold<k>/oof.csv) yet; train a fold first")
+    remove_stale_tmp(run.path, STALE_TMP_AGE)  # what a killed summary left
     if missing:
         log(f"{cfg.exp}: fold(s) {missing} of {cfg.folds.n_folds} not finished; the CV covers fold(s) {folds} only")
+    differ = config_differences(cfg, folds)
+    if differ:
+        log(f"{cfg.exp}: fold(s) {[int(k) for k in differ]} were trained under another config than fold {folds[0]} "
+            f"({'; '.join(next(iter(differ.values())))}): the CV mixes two trainings and is not complete; retrain "
+            "every fold under one config (train --force)")  # fmt: skip
     frames = [pd.read_csv(run.fold(k).oof, dtype={cfg.data.id_col: str}) for k in folds]
     oof = pd.concat(frames, ignore_index=True)
     per_fold, cv, y_true, pred = score_oof(cfg, oof)
@@ -111,8 +126,9 @@ def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], Non
         "higher_is_better": metrics.get_metric(name).higher_is_better,
         "cv": cv,
         "folds": per_fold,
-        "complete": not missing,
+        "complete": not missing and not differ,
         "folds_missing": missing,
+        "folds_differ": differ,
         "partial": bool(missing) and allow_partial,
         "folds_hash": problem.folds_hash,
         "pred_cols": problem.classes,
@@ -146,6 +162,15 @@ def summarize(cfg: Config, allow_partial: bool = False, log: Callable[[str], Non
     return result
 
 
+def config_differences(cfg: Config, folds: list[int]) -> dict[str, list[str]]:
+    """Fold -> the training keys ('key first -> this') its recorded config differs in from the first fold's."""
+    recorded = [cfg.run.trained_config(k) for k in folds]
+    if not recorded[0].is_file():
+        return {}
+    out = {str(k): training_changes(recorded[0], p) for k, p in zip(folds, recorded, strict=True) if p.is_file()}
+    return {k: changes for k, changes in out.items() if changes}
+
+
 def warn_if_tta_hurts(result: dict, views: list[str]) -> None:
     """TTA is chosen on OOF, never on test: say so when the views predicted with score worse there than one view."""
     sign = 1 if result["higher_is_better"] else -1
@@ -175,7 +200,8 @@ def weight_averaging(cfg: Config, folds: list[int]) -> dict | None:
 def format_table(result: dict) -> str:
     lines = [f"{result['exp']}: {result['metric']} per fold"]
     lines += [f"  fold {k:>2}  {v:.5f}" for k, v in result["folds"].items()]
-    lines.append(f"  OOF CV   {result['cv']:.5f}" + ("" if result["complete"] else "  (not every fold trained)"))
+    note = "  (not every fold trained)" if result.get("folds_missing") else "  (folds trained under other configs)"
+    lines.append(f"  OOF CV   {result['cv']:.5f}" + ("" if result["complete"] else note))
     if "cv_tta" in result:
         lines.append(f"  OOF CV with TTA {result['tta_views']}: {result['cv_tta']:.5f}")
     if "weight_averaging" in result:

@@ -38,7 +38,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from .config import Config, metric_name
 from .core.errors import UserError
 from .core.registry import Registry
-from .core.runs import Run, atomic_write_csv, atomic_write_json, read_pred_csv
+from .core.runs import STALE_TMP_AGE, Run, atomic_write_csv, atomic_write_json, read_pred_csv, remove_stale_tmp
 from .core.tasks import TASKS
 from .data.folds import expected_folds
 from .data.problem import oof_truth
@@ -392,6 +392,7 @@ def blend(
     blender = get_blend_method(method)
     metric = metric_name(cfg)
     _check_request(cfg, exps, blender, method, metric, name, weights)
+    remove_stale_tmp(Run.named(cfg.output_dir, name).path, STALE_TMP_AGE)  # what a killed blend left
     members = load_members(cfg, exps, allow_partial, log)
     y, fold, folds_hash = oof_truth(cfg, members.ids, members.classes, trained_on=members.cv[0].get("folds_hash"),
                                     where=f"{members.names[0]}/oof.csv")  # fmt: skip

@@ -16,12 +16,14 @@ import pandas as pd
 from .config import Config, metric_name
 from .core.errors import UserError
 from .core.runs import (
+    STALE_TMP_AGE,
     Run,
     append_csv_row,
     atomic_write_csv,
     checksum,
     read_json,
     read_pred_csv,
+    remove_stale_tmp,
     submission_log_path,
     submission_path,
 )
@@ -260,6 +262,7 @@ def make_submission(
         values = values.set_index(id_col).loc[sample[id_col]].reset_index()
     path = submission_path(out_dir if out_dir is not None else submissions_dir(cfg), name or exp)
     validate_submission(values, sample, id_col, kind=fmt, labels=allowed, where=str(path))
+    remove_stale_tmp(path.parent, STALE_TMP_AGE)  # what a killed make-submission left
     atomic_write_csv(path, values)
     log(f"{path}: {len(values)} rows, format {fmt}")
     return path
