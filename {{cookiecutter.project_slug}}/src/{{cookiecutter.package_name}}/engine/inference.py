@@ -175,9 +175,7 @@ def folds_source(cfg: Config, folds: list[int]) -> dict:
 
 
 def _onnx_model(cfg: Config, fold: int) -> Path:
-    from .export import exported_onnx  # the export stage vouches for its files (parity, checkpoint)
-
-    return exported_onnx(cfg, fold, cfg.predict.onnx_model)
+    return exported_onnx(cfg, fold, cfg.predict.onnx_model)  # export.json vouches for the file (parity, checkpoint)
 
 
 Feed = Callable[[Dataset], DeviceLoader]
