@@ -81,7 +81,7 @@ def test_recomputed_batchnorm_statistics_are_those_of_the_data():
 
 def test_config_checks(tmp_path):
     path = tmp_path / "e.yaml"
-    path.write_text("")
+    path.write_text("seed: 1\n")
     assert config.load(path, ["train.swa=true", "train.pick_averaged=true"]).train.pick_averaged
     with pytest.raises(UserError, match=r"train\.pick_averaged"):
         config.load(path, ["train.pick_averaged=true"])

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -163,6 +165,19 @@ def renamed_class(root: Path) -> None:
     rewrite(run / "test_pred.csv", pred.to_csv(index=False))
 
 
+class Payload:
+    """Unpickled without weights_only, this would run a shell command: what a planted checkpoint does."""
+
+    def __reduce__(self):
+        return os.system, ("echo planted",)
+
+
+def planted(root: Path) -> None:
+    best = root / "outputs" / "exp" / "fold0" / "best.pt"
+    best.unlink()
+    torch.save({"model": Payload()}, best)
+
+
 @dataclasses.dataclass
 class Case:
     id: str
@@ -194,6 +209,33 @@ CASES = [
     Case("base-loop", ["train", "-c", "configs/b.yaml"], ["configs/b.yaml", "loops back"],
          write_config("b.yaml", "base: b.yaml\n")),
     Case("override-without-equals", train("epochs3"), ["'epochs3'", "key=value"]),
+    Case("override-unclosed", train("tta.views=[identity,"), ["override 'tta.views=[identity,'", "not valid YAML"],
+         subprocess=True),
+    Case("section-as-list", ["train", "-c", "configs/b.yaml"], ["configs/b.yaml", "'optim'", "[0.1]", "section"],
+         write_config("b.yaml", "base: exp.yaml\noptim: [0.1]\n"), subprocess=True),
+    Case("section-as-list-override", train("train=[1]"), ["override 'train=[1]'", "'train'", "section"]),
+    Case("duplicate-key", ["train", "-c", "configs/b.yaml"], ["configs/b.yaml, line 4", "'lr'", "twice"],
+         write_config("b.yaml", "base: exp.yaml\noptim:\n  lr: 0.1\n  lr: 0.2\n")),
+    Case("empty-config", ["train", "-c", "configs/b.yaml"], ["configs/b.yaml", "empty"],
+         write_config("b.yaml", "# to do\n")),
+    # names and paths: a run stays a folder of its own under output_dir, a submission a file under submissions/
+    Case("exp-climbs-out", ["train", "-c", C, "exp=../../x"], ["config key 'exp'", "'../../x'", "plain name"],
+         subprocess=True),
+    Case("exp-climbs-out-in-yaml", ["train", "-c", "configs/b.yaml"], ["configs/b.yaml", "'exp'", "'../../x'"],
+         write_config("b.yaml", "base: exp.yaml\nexp: ../../x\n")),
+    Case("exp-is-the-outputs-folder", ["train", "-c", C, "exp=."], ["config key 'exp'", "'.'", "plain name"]),
+    Case("exp-sub-folder", ["predict", "-c", C, "exp=exp/fold0"], ["config key 'exp'", "'exp/fold0'"]),
+    Case("submission-name-climbs-out", ["make-submission", "-c", C, "--name", "../../x"],
+         ["submission name", "'../../x'", "plain name"], subprocess=True),
+    Case("submission-exp-climbs-out", ["make-submission", "-c", C, "--exp", "../exp"], ["'../exp'", "plain name"]),
+    Case("teacher-climbs-out", ["pseudo", "-c", C, "exp=student", "--teacher", "../outputs/exp"],
+         ["'../outputs/exp'", "plain name"]),
+    Case("output-dir-climbs-out", train("output_dir=../../x"), ["'output_dir'", "'../../x'", "leaves the project"]),
+    Case("output-dir-is-the-project", train("output_dir=."), ["'output_dir'", "'.'", "project folder"]),
+    Case("cache-dir-climbs-out", train("data.cache=disk", "data.cache_dir=../cache"),
+         ["'data.cache_dir'", "'../cache'", "leaves the project"]),
+    Case("folds-path-climbs-out", ["folds", "-c", C, "--force", "folds.path=../../folds.csv"],
+         ["'folds.path'", "leaves the project"]),
     # ranges
     Case("negative-lr", train("optim.lr=-0.001"), ["optim.lr", "-0.001", "> 0"]),
     Case("zero-lr", train("optim.lr=0"), ["optim.lr", "is 0", "> 0"]),
@@ -292,6 +334,8 @@ CASES = [
          ["data/imgs", "image folder not found", "data.train_images"]),
     Case("image-missing", train(), ["data/train", "1 of 128 images not found", "data.image_ext"],
          lambda root: first_image(root).unlink()),
+    Case("image-id-with-a-folder", ["predict", "-c", C], ["1 of 32 images not found", "'data/test/sub/"],
+         edit_table("test.csv", lambda df: df.assign(id=["sub/" + df["id"][0], *df["id"][1:]]))),
     Case("zero-byte-image", train(),
          ["data/train", "1 of 128 images cannot be read", "empty file", "data.train_images"],
          lambda root: image_bytes(root, "empty"), subprocess=True),
@@ -317,10 +361,17 @@ CASES = [
          subprocess=True),
     Case("in-chans-changed", ["predict", "-c", C, "model.in_chans=3"],
          ["best.pt", "model.in_chans=1", "model.in_chans=3"]),
+    Case("force-some-folds-under-another-config", ["train", "-c", C, "--fold", "1", "--force", "optim.lr=0.05"],
+         ["--force on fold(s) [1]", "fold 0 was trained under another config", "optim.lr", "-> 0.05",
+          "--fold all --force", "new experiment"]),
     Case("not-trained", ["predict", "-c", C, "exp=other"], ["outputs/other", "no finished fold", "'other'"]),
     Case("ensemble-unknown-member", ["ensemble", "-c", C, "--exps", "exp", "nope"],
          ["outputs/nope", "train experiment 'nope'"]),
     Case("pseudo-unknown-teacher", ["pseudo", "-c", C, "--teacher", "nope"], ["outputs/nope", "train teacher 'nope'"]),
+    Case("pseudo-none-passes", ["pseudo", "-c", C, "exp=student", "--teacher", "exp", "pseudo.threshold=1"],
+         ["fold 0", "none of the 32 unlabelled images", "pseudo.threshold=1", "lower pseudo.threshold"]),
+    Case("planted-checkpoint", ["predict", "-c", C], ["outputs/exp/fold0/best.pt", "refused, it would run code (",
+                                                      "system"], planted, subprocess=True),
     # submissions
     Case("submit-label-not-a-class", ["submit", "-c", C, "submissions/bad.csv", "--dry-run"],
          ["submissions/bad.csv", "'label'", "'11'", "not among the labels"], submission(set_row(3, "label", "11"))),
@@ -342,11 +393,12 @@ CASES = [
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int] | None]:
-    """Every file (its size and modification time) and folder, but the image-check cache (outputs/.cache)."""
+    """Every file (its size and modification time) and folder, but the caches a rerun reuses: the image check
+    (outputs/.cache) and the teachers' predictions (outputs/<student>/teacher)."""
     found: dict[str, tuple[int, int] | None] = {}
     for p in root.rglob("*"):
         rel = p.relative_to(root).as_posix()
-        if not rel.startswith("outputs/.cache"):
+        if "outputs/.cache" not in rel and not re.search(r"outputs/[^/]+/teacher(/|$)", rel):
             st = p.stat()
             found[rel] = (st.st_size, st.st_mtime_ns) if p.is_file() else None
     return found
@@ -354,9 +406,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, int] | None]:
 
 @pytest.fixture
 def project(base, tmp_path, request) -> Path:
-    """A copy of the base project, broken the way the case says."""
+    """A copy of the base project, broken the way the case says, two folders down in `tmp_path` (what a case writes
+    above the project, e.g. through `exp=../../x`, shows in `snapshot(tmp_path)`)."""
     case: Case = request.param
-    root = tmp_path / "project"
+    root = tmp_path / "up" / "up" / "project"
     shutil.copytree(base, root, copy_function=os.link)
     if case.setup is not None:
         case.setup(root)
@@ -380,11 +433,11 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(project, request, monk
     monkeypatch.chdir(project)
     for key, value in case.env.items():
         monkeypatch.setenv(key, value)
-    before = snapshot(project)
+    before = snapshot(project.parents[2])
     capsys.readouterr()
     code = cli.main(case.argv)
     check_error(case, code, capsys.readouterr().err)
-    assert snapshot(project) == before
+    assert snapshot(project.parents[2]) == before
 
 
 SUBPROCESS = [c for c in CASES if c.subprocess]
@@ -398,10 +451,10 @@ def test_as_typed_in_a_shell_the_same_single_line(project, request, monkeypatch,
     case: Case = request.node.callspec.params["project"]
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", **case.env}
     env.pop("TQDM_DISABLE", None)  # a progress bar on stderr would show here
-    before = snapshot(project)
+    before = snapshot(project.parents[2])
     done = subprocess.run([sys.executable, "-m", PKG, *case.argv], env=env, cwd=project, capture_output=True, text=True)
     line = check_error(case, done.returncode, done.stderr)
-    assert snapshot(project) == before
+    assert snapshot(project.parents[2]) == before
     monkeypatch.chdir(project)
     capsys.readouterr()
     assert cli.main(case.argv) == 2

@@ -1,12 +1,14 @@
 """The command line as typed: flags, overrides after list flags, fold lists, help, and the one-line error."""
 
+from pathlib import Path
+
 import pytest
 
 from {{ cookiecutter.package_name }} import cli, config
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.students import pseudo
 
-from conftest import write_config
+from conftest import TINY, write_config
 
 
 def parse(*argv: str):
@@ -76,3 +78,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert cli.main(["train", "-c", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "optim.lrr" in err and "optim.lr" in err
+
+
+def test_output_dir_in_home_is_one_folder_for_every_stage(tmp_path, monkeypatch, new_project, capsys):
+    """`output_dir=~/runs`: checkpoints, OOF and cv.json all land in $HOME/runs/<exp>, none in a folder named '~'."""
+    cfg = new_project(tmp_path / "project", n_folds=2, extra=TINY)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "project")
+    assert cli.main(["train", "-c", "configs/exp.yaml", "--fold", "0", "output_dir=~/runs"]) == 0
+    run = tmp_path / "home" / "runs" / "exp"
+    assert (run / "fold0" / "best.pt").is_file() and (run / "config.yaml").is_file()
+    assert not list(tmp_path.rglob("~")) and not (Path(cfg.output_dir) / "exp").exists()

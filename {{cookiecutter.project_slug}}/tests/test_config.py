@@ -86,7 +86,7 @@ BAD_AT_LOAD = [  # (id, the config file's text or None for no file, overrides, a
 def test_a_bad_value_stops_at_load_with_one_line_naming_it(tmp_path, text, overrides, match):
     path = tmp_path / "e.yaml"
     if text is not None:
-        path.write_text(text)
+        path.write_text(text or "seed: 1\n")  # an empty config is refused itself: the base is a one-key file
     with pytest.raises(UserError, match=match) as caught:
         config.load(path, overrides)
     assert len(str(caught.value).splitlines()) == 1, str(caught.value)
@@ -195,3 +195,43 @@ def test_amp_off_means_off_although_yaml_reads_it_as_false(tmp_path, how):
     saved = tmp_path / "saved.yaml"  # the run's config.yaml reads back as written
     config.save(cfg, saved)
     assert config.load(saved).train.amp == "off"
+
+
+def test_home_is_expanded_once_at_load(tmp_path, monkeypatch):
+    """`~` in a path key is the user's home folder for every stage (and wandb), never a folder named '~'."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "exp.yaml"
+    path.write_text("data:\n  dir: ~/input\n")
+    cfg = config.load(path, ["output_dir=~/runs", "data.cache_dir=~/cache"])
+    assert cfg.output_dir == str(tmp_path / "home" / "runs") and cfg.run_dir == tmp_path / "home" / "runs" / "exp"
+    assert (cfg.data.dir, cfg.data.cache_dir) == (str(tmp_path / "home" / "input"), str(tmp_path / "home" / "cache"))
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("exp=../x", r"config key 'exp' '\.\./x' is not a plain name"),
+        ("exp=a/b", r"'a/b' is not a plain name"),
+        ("exp=.", r"'\.' is not a plain name"),
+        ("exp=~x", r"'~x' is not a plain name"),
+        ("output_dir=../x", r"'output_dir' is '\.\./x', which leaves the project folder"),
+        ("output_dir=outputs/../..", r"leaves the project folder"),
+        ("output_dir=.", r"the project folder .* or one above it"),
+        ("data.cache_dir=/", r"'data.cache_dir' is '/', the project folder .* or one above it"),
+    ],
+)
+def test_names_and_written_paths_stay_inside_their_folder(tmp_path, monkeypatch, override, match):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "exp.yaml"
+    path.write_text("seed: 1\n")
+    with pytest.raises(UserError, match=match):
+        config.load(path, [override])
+
+
+def test_data_dir_may_be_outside_the_project(tmp_path, monkeypatch):
+    """Data is only read: a Kaggle input folder or a folder beside the project is fine."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "exp.yaml"
+    path.write_text("data:\n  dir: ../input\n")
+    assert config.load(path, ["output_dir=/tmp/scratch/outputs"]).data.dir == "../input"

@@ -1,6 +1,8 @@
 """The data layer on competitions it was not written for: ids with extensions, tags or 0/1 columns, odd column
 names, numeric classes, grayscale/RGB, PNG/JPEG - and one clear error for each kind of bad input."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,8 +99,12 @@ def test_image_path_keeps_an_existing_extension(tmp_path):
 def test_missing_images_counted_and_listed(tmp_path):
     (tmp_path / "img").mkdir()
     Image.new("L", (4, 4)).save(tmp_path / "img" / "a.png")
-    with pytest.raises(UserError, match=r"2 of 3 images not found, first: \['b.png', 'c.png'\].*data.train_images"):
-        decode.image_paths(tmp_path / "img", ["a", "b", "c"], ".png", "train_images")
+    img = tmp_path / "img"
+    with pytest.raises(
+        UserError,
+        match=re.escape(f"2 of 3 images not found, first: ['{img}/b.png', '{img}/sub/c.png'] (check data.train_images"),
+    ):
+        decode.image_paths(img, ["a", "b", "sub/c"], ".png", "train_images")  # the full paths tried, folders shown
     with pytest.raises(UserError, match="image folder not found"):
         decode.image_paths(tmp_path / "nope", ["a"], ".png", "train_images")
 

@@ -45,7 +45,7 @@ class FakeApi:
     def dataset_status(self, dataset):
         self.calls.append(("dataset_status", (dataset,), {}))
         if dataset not in self.existing:
-            raise RuntimeError("404 Client Error: Not Found")
+            raise http_error(404, "Not Found")
         return "ready"
 
     def dataset_create_new(self, *args, **kwargs):
@@ -146,7 +146,7 @@ def test_kernel_push(api, tmp_path):
 
 
 def test_api_errors_become_one_line_user_errors(monkeypatch, tmp_path):
-    monkeypatch.setattr(kaggle_api, "_client", lambda: FakeApi(fail="403 Client Error: Forbidden for url"))
+    monkeypatch.setattr(kaggle_api, "_client", lambda: FakeApi(fail=http_error(403, "Forbidden")))
     file = tmp_path / "sub.csv"
     file.write_text("id\n")
     with pytest.raises(UserError, match="accept the competition rules"):
@@ -253,6 +253,32 @@ def test_a_refused_call_says_why_in_one_line(monkeypatch, tmp_path, status, reas
     message = str(err.value)
     assert message.startswith(f"kaggle submit refused (HTTP {status}): ") and says in message
     assert "\n" not in message and "credentials not found" not in message
+
+
+NO_NETWORK = requests.ConnectionError(
+    "HTTPSConnectionPool(host='api.kaggle.com', port=443): Max retries exceeded with url: /v1/competitions "
+    "(Caused by NameResolutionError(\"Failed to resolve 'api.kaggle.com'\"))"
+)
+
+
+@pytest.mark.parametrize("call", ["submit", "download", "dataset status"])
+def test_no_network_is_no_connection_not_an_http_status(monkeypatch, tmp_path, call):
+    """Without network requests' text holds port=443: a status comes only from an HTTP response, never that text."""
+    api = FakeApi(fail=NO_NETWORK)
+    if call == "dataset status":
+        api.dataset_status = lambda dataset: (_ for _ in ()).throw(NO_NETWORK)
+    monkeypatch.setattr(kaggle_api, "_client", lambda: api)
+    file = tmp_path / "sub.csv"
+    file.write_text("id\n")
+    (tmp_path / "dataset-metadata.json").write_text(json.dumps({"id": "me/new-models"}))
+    run = {"submit": lambda: kaggle_api.competition_submit("c", file, "m"),
+           "download": lambda: kaggle_api.download("c", tmp_path / "data"),
+           "dataset status": lambda: kaggle_api.dataset_create_or_version(tmp_path, "m")}[call]  # fmt: skip
+    with pytest.raises(UserError) as err:
+        run()
+    message = str(err.value)
+    assert "no connection to kaggle.com (ConnectionError: HTTPSConnectionPool(host='api.kaggle.com'" in message
+    assert "HTTP 443" not in message and "refused" not in message and "\n" not in message
 
 
 def test_dataset_status_refused_is_not_taken_for_a_new_dataset(monkeypatch, tmp_path):

@@ -141,6 +141,24 @@ def test_oof_identical_with_0_and_2_workers(tmp_path, new_project):
     )
 
 
+def test_oof_identical_with_0_and_2_workers_under_default_threads(tmp_path, new_project, monkeypatch):
+    """threads: auto (the default) comes from the cores alone: with 0 or 2 loader workers the training process
+    computes on as many threads, and trains the very same model (CPU convolutions reduce in another order under
+    another thread count)."""
+    monkeypatch.setattr(runtime, "available_cores", lambda: 2)  # the machine's count, whatever this one has
+    extra = TINY.replace("epochs: 1", "epochs: 2").replace("preset: light", "preset: heavy")
+    extra = extra.replace("threads: 1", "threads: auto")
+    new_project(tmp_path / "a", "multiclass", n_folds=2, extra=extra)
+    new_project(tmp_path / "b", "multiclass", n_folds=2, extra=extra)
+    before = torch.get_num_threads()
+    try:
+        pd.testing.assert_frame_equal(
+            _train(tmp_path / "a", "data.num_workers=0"), _train(tmp_path / "b", "data.num_workers=2"), check_exact=True
+        )
+    finally:
+        runtime.set_threads(before)
+
+
 class _Counting(Dataset):
     def __init__(self, n: int) -> None:
         self.n, self.reads = n, 0
@@ -188,6 +206,8 @@ def test_auto_threads_and_workers_never_oversubscribe(monkeypatch, cores, device
         assert workers >= min(cores - 1, runtime.MAX_AUTO_WORKERS)  # the GPU computes; the cores decode
     assert runtime.plan_cpu(dev, 3, "auto")[0] == 3 and runtime.plan_cpu(dev, "auto", 5)[1] == 5  # overrides win
     assert sum(runtime.plan_cpu(dev, 1, "auto")) <= max(cores, 2)
+    # auto threads never follow the workers (they would change the model on CPU)
+    assert {runtime.plan_cpu(dev, "auto", w)[0] for w in ("auto", 0, 1, 2, 8)} == {threads}
 
 
 def test_compute_setup_sets_threads_and_channels_last_auto_is_off_on_cpu():

@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -144,8 +145,33 @@ def test_resume_under_a_changed_training_key_stops_before_writing_and_force_rest
     # Another fold under yet another config would mix two trainings in one experiment.
     code, _, err = main(capsys, "train", "-c", exp, "--fold", "1", "optim.lr=0.01")
     line = one_line(err)
-    assert code == 2 and "fold(s) [0] were trained" in line and "optim.lr 0.0001 -> 0.01" in line, line
+    assert code == 2 and "fold 0 was trained" in line and "optim.lr 0.0001 -> 0.01" in line, line
     assert not (fold0.parent / "fold1").exists()  # nothing written: a released lock leaves no empty folder
+
+    # --force on some folds under another config than the other finished folds: refused, naming the keys.
+    assert main(capsys, "train", "-c", exp, "--fold", "1", "optim.lr=0.0001")[0] == 0
+    run = fold0.parent
+    saved = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+    code, _, err = main(capsys, "train", "-c", exp, "--fold", "1", "--force", "optim.lr=0.05")
+    line = one_line(err)
+    assert code == 2 and "fold 0 was trained under another config (optim.lr 0.0001 -> 0.05" in line, line
+    assert "--fold all --force" in line and "new experiment" in line
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()} == saved
+
+    # Each fold records its config; cv.json is complete only while they agree (as after a `train --force` killed
+    # between two folds).
+    assert json.loads((run / "cv.json").read_text())["complete"]
+    fold1_config = run / "fold1" / "config.yaml"
+    fold1_config.write_text(fold1_config.read_text().replace("lr: 0.0001", "lr: 0.05"))
+    code, stdout, _ = main(capsys, "cv", "-c", exp)
+    cv = json.loads((run / "cv.json").read_text())
+    assert code == 0 and not cv["complete"] and cv["folds_differ"] == {"1": ["optim.lr 0.0001 -> 0.05"]}
+    assert "fold(s) [1] were trained under another config than fold 0" in stdout
+
+    # Forcing every fold retrains the experiment under one config.
+    assert main(capsys, "train", "-c", exp, "--force", "optim.lr=0.05")[0] == 0
+    cv = json.loads((run / "cv.json").read_text())
+    assert cv["complete"] and cv["folds_differ"] == {} and "lr: 0.05" in (run / "fold0" / "config.yaml").read_text()
 
 
 @pytest.mark.e2e
@@ -197,21 +223,24 @@ def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path, capsy
 class Payload:
     """Unpickled without weights_only, this creates `marker`: what a planted checkpoint would do."""
 
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
+    def __init__(self, marker: Path, shell: bool = False) -> None:
+        self.marker, self.shell = marker, shell
 
     def __reduce__(self):
+        if self.shell:  # torch words this refusal differently ("unsupported GLOBAL posix.system ... blocked")
+            return os.system, (f"touch {str(self.marker)!r}",)
         return builtins.exec, (f"import pathlib; pathlib.Path({str(self.marker)!r}).touch()",)
 
 
-@pytest.mark.parametrize("command", ["predict", "distill", "pseudo"])
-def test_a_planted_checkpoint_runs_nothing_and_stops_with_one_line(small_project, tmp_path, capsys, command):
-    cfg = small_config(small_project, f"planted_{command}")
-    teacher = f"teacher_{command}"
+@pytest.mark.parametrize(("command", "shell"), [("predict", False), ("predict", True), ("distill", True),
+                                              ("pseudo", False)])  # fmt: skip
+def test_a_planted_checkpoint_runs_nothing_and_stops_with_one_line(small_project, tmp_path, capsys, command, shell):
+    cfg = small_config(small_project, f"planted_{command}_{shell}")
+    teacher = f"teacher_{command}_{shell}"
     fingerprint_teacher(cfg, teacher)
     best = Path(cfg.output_dir) / teacher / "fold0" / "best.pt"
     marker = tmp_path / "pwned"
-    torch.save({"model": Payload(marker)}, best)
+    torch.save({"model": Payload(marker, shell)}, best)
     torch.load(best, weights_only=False)  # the payload is real: an unsafe load runs it
     assert marker.exists()
     marker.unlink()
@@ -219,11 +248,45 @@ def test_a_planted_checkpoint_runs_nothing_and_stops_with_one_line(small_project
     if command == "predict":
         args = ["predict", "-c", Path(cfg.output_dir) / teacher / "config.yaml"]
     else:
-        args = [command, "-c", small_project / "configs" / f"planted_{command}.yaml", "--teacher", teacher]
+        args = [command, "-c", small_project / "configs" / f"planted_{command}_{shell}.yaml", "--teacher", teacher]
     code, _, err = main(capsys, *args)
     line = one_line(err)
-    assert code == 2 and str(best) in line and "calls code" in line, line
+    called = "system" if shell else "exec"
+    assert code == 2 and f"{best}: refused, it would run code (" in line and called in line, line
+    assert "weights_only" not in line
     assert not marker.exists()
+
+
+# --- what a killed stage left ----------------------------------------------------------------------------------------
+
+
+def test_every_stage_removes_the_temporaries_a_killed_run_of_it_left(tmp_path, capsys):
+    """A temporary file (.<name>.<random>.tmp) that a killed writer left is removed by the next run of the stage
+    that writes into its folder; one that a live writer may be writing right now (touched within a minute) stays."""
+    make_project(tmp_path, n_folds=2, extra=TINY)
+    exp, out = tmp_path / "configs" / "exp.yaml", tmp_path / "outputs"
+    assert main(capsys, "train", "-c", exp)[0] == 0
+    assert main(capsys, "ensemble", "-c", exp, "--exps", "exp", "--name", "blend")[0] == 0
+
+    def plant(folder: Path, name: str, age: float = 3600) -> Path:
+        path = folder / f".{name}.x1y2z3.tmp"
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text("half-written")
+        os.utime(path, (time.time() - age, time.time() - age))
+        return path
+
+    stages = {
+        "predict": [plant(out / "exp", "test_pred.csv"), plant(out / "exp" / "fold1", "test_pred.csv")],
+        "cv": [plant(out / "exp", "cv.json")],
+        "ensemble": [plant(out / "blend", "oof.csv")],
+        "make-submission": [plant(tmp_path / "submissions", "exp.csv")],
+    }
+    live = plant(out / "exp", "config.yaml", age=0)
+    args = {"ensemble": ["--exps", "exp", "--name", "blend"]}
+    for stage, left in stages.items():
+        assert main(capsys, stage, "-c", exp, *args.get(stage, []))[0] == 0
+        assert not [p for p in left if p.exists()], stage
+    assert live.exists()
 
 
 # --- files get the user's normal permissions --------------------------------------------------------------------------

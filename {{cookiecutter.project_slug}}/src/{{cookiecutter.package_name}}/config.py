@@ -14,14 +14,17 @@ import codecs
 import dataclasses
 import difflib
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .core.errors import UserError
-from .core.runs import atomic_write_text
+from .core.runs import atomic_write_text, check_name
 from .core.runtime import parse_device
 from .core.schema import (
     EXPORT_VARIANTS,
@@ -90,11 +93,23 @@ def _read_yaml(path: Path, trail: tuple[Path, ...] = ()) -> Any:
     if path.resolve() in {p.resolve() for p in trail}:
         raise UserError(f"{trail[0]}: 'base' chain loops back to {path}")
     try:
-        node = OmegaConf.load(path)
+        node = OmegaConf.load(path)  # its YAML loader refuses a key given twice in one mapping
+    except yaml.MarkedYAMLError as e:
+        line = f", line {e.problem_mark.line + 1}" if e.problem_mark else ""
+        twice = re.fullmatch(r"found duplicate key (.+)", e.problem or "")
+        if twice:
+            raise UserError(
+                f"{path}{line}: key '{twice.group(1)}' appears twice in the same section; keep one"
+            ) from None
+        raise UserError(f"{path}{line}: not valid YAML ({e.problem or e.context})") from None
     except Exception as e:  # yaml.YAMLError and friends
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(node, DictConfig):
         raise UserError(f"{path}: expected a mapping of config keys at the top level")
+    if not node and not re.search(r"^\s*[^#\s]", path.read_text(), re.MULTILINE):
+        raise UserError(f"{path}: empty; a config states what differs from the defaults (at least base: exp001.yaml, "
+                        "or exp: <name>)")  # fmt: skip
+    _check_sections(node, str(path))
     base = node.pop("base", None)
     if base is None:
         return node
@@ -110,6 +125,19 @@ WORD_OR_LIST = ("tta.views",)
 # Word keys whose words YAML 1.1 reads as booleans: `train.amp: off` (and `train.amp=off` on the command line) arrives
 # as False. The boolean is read back as the word meant.
 BOOLEAN_WORDS = {"train.amp": {False: "off", True: "auto"}}
+
+
+# Top-level keys that hold a section of keys (data, optim, train...): a list or a number there is a slip.
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory))
+
+
+def _check_sections(node: DictConfig, where: str) -> None:
+    for key in SECTIONS:
+        value = node.get(key) if key in node else {}
+        if not isinstance(value, DictConfig | dict):
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else "empty" if value is None else value
+            raise UserError(f"{where}: config key '{key}' is {shown!r}; expected a section of keys (a mapping: "
+                            f"'{key}:', then e.g. '{_keys_at(key)[0]}: ...' indented below it)")  # fmt: skip
 
 
 def _normalise_words(node: DictConfig) -> DictConfig:
@@ -131,6 +159,14 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key=value (e.g. train.epochs=3)")
+        try:
+            _check_sections(OmegaConf.from_dotlist([item]), f"override {item!r}")
+        except yaml.YAMLError as e:
+            why = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise UserError(f"override {item!r}: its value is not valid YAML ({why}); close brackets and quotes, "
+                            "e.g. tta.views=[identity,hflip]") from None  # fmt: skip
+        except OmegaConfBaseException as e:
+            raise UserError(f"override {item!r}: {_describe(e)}") from None
     try:
         cli_cfg = _renamed(_normalise_words(OmegaConf.from_dotlist(list(overrides))))
         merged = OmegaConf.merge(OmegaConf.structured(Config), _renamed(file_cfg), cli_cfg)
@@ -140,11 +176,43 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     except OmegaConfBaseException as e:
         raise UserError(f"{path}: {_describe(e)}") from None
     assert isinstance(cfg, Config)
+    _expand_home(cfg)
     try:
         validate(cfg)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     return cfg
+
+
+# Path keys. `~` is expanded once, at load, so every stage (and wandb) sees the same folder. Those written to stay
+# inside the project (the working directory) when relative, and never name the project or a folder above it; an
+# absolute path is taken as given (a scratch disk, /kaggle/working). data.* paths are only read: an absolute data.dir
+# (a Kaggle input folder) or one beside the project (../input) is fine.
+WRITTEN_PATHS = ("output_dir", "data.cache_dir", "folds.path")
+PATH_KEYS = (*WRITTEN_PATHS, "data.dir", "data.train_csv", "data.test_csv", "data.sample_submission",
+             "data.train_images", "data.test_images", "pseudo.extra_images")  # fmt: skip
+
+
+def _expand_home(cfg: Config) -> None:
+    for key in PATH_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        node = get(cfg, parent) if parent else cfg
+        value = getattr(node, leaf)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(node, leaf, os.path.expanduser(value))
+
+
+def _check_written_path(key: str, value: str) -> None:
+    here = Path.cwd().resolve()
+    where = (here / os.path.expanduser(value)).resolve()
+    if value.startswith("~") or not value.strip():  # `~` that os.path.expanduser could not expand (no HOME)
+        raise UserError(f"config key '{key}' is {value!r}; expected a path inside the project, e.g. outputs")
+    if not Path(value).is_absolute() and not where.is_relative_to(here):
+        raise UserError(f"config key '{key}' is {value!r}, which leaves the project folder {here}; expected a path "
+                        "inside it, or an absolute path")  # fmt: skip
+    if where == here or here.is_relative_to(where):
+        raise UserError(f"config key '{key}' is {value!r}, the project folder {here} or one above it; expected a "
+                        "folder of its own inside it (e.g. outputs), or elsewhere")  # fmt: skip
 
 
 def _renamed(node: DictConfig) -> DictConfig:
@@ -212,6 +280,9 @@ def _lr_ok(lr: Any) -> bool:
 
 def validate(cfg: Config) -> None:
     """Every check that the config alone can answer: choices, ranges, and keys that must agree."""
+    check_name(cfg.exp, "config key 'exp'")
+    for key in WRITTEN_PATHS:
+        _check_written_path(key, get(cfg, key))
     for key, allowed in CHOICES.items():
         value = get(cfg, key)
         if value not in allowed:
@@ -333,21 +404,20 @@ def validate(cfg: Config) -> None:
         raise UserError("config key 'train.sampler' balances classes; task=regression has none (use none)")
 
 
-# Keys that leave what a fold learns unchanged (where files are, how fast, what is logged, what happens after
-# training): a run interrupted under other values of these resumes as it is. Every other key alters training,
-# so a change to it stops a resume (see training_changes). pseudo.rounds only asks for more rounds later.
+# Keys that leave what a fold learns unchanged (where files are, what is logged, what happens after training): a
+# run interrupted under other values of these resumes as it is. Every other key alters training, so a change to it
+# stops a resume (see training_changes). pseudo.rounds only asks for more rounds later. data.num_workers is one:
+# the augmentations are seeded per image and the thread count never follows the workers (runtime.plan_cpu). Keys of
+# where and how fast the math runs are not: another torch thread count, memory format, compiled kernels or device
+# add up in another order (CPU convolutions under another thread count: PITFALLS), and data.cache none decodes
+# full-size images where memory / disk shrink them first.
 RESUME_IGNORES = (
     "exp",
     "output_dir",
     "competition",
-    "device",
     "data.dir",
-    "threads",
     "data.num_workers",
-    "data.cache",
     "data.cache_dir",
-    "model.channels_last",
-    "model.compile",
     "train.pick_averaged",  # which of the averages best.pt holds is chosen after training
     "tta",
     "wandb",
@@ -365,14 +435,11 @@ def _flatten(node: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def training_changes(saved: Path, cfg: Config) -> list[str]:
+def training_changes(saved: Path, cfg: Config | Path) -> list[str]:
     """'key old -> new' for each key that alters training (all but RESUME_IGNORES) and differs between the
-    config a run was trained with (its config.yaml, `saved`) and `cfg`."""
-    try:
-        old = _flatten(OmegaConf.to_container(_renamed(OmegaConf.load(saved))))
-    except Exception as e:
-        raise UserError(f"{saved}: not readable ({str(e).splitlines()[0]}); --force starts the run over") from None
-    new = _flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    config a run was trained with (its config.yaml, `saved`) and `cfg` (a config, or another saved one)."""
+    old = _saved_keys(saved)
+    new = _saved_keys(cfg) if isinstance(cfg, Path) else _flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
     absent = object()
 
     def ignored(key: str) -> bool:
@@ -384,6 +451,13 @@ def training_changes(saved: Path, cfg: Config) -> list[str]:
     keys = [k for k in dict.fromkeys([*old, *new]) if not ignored(k)]
     return [f"{k} {show(old.get(k, absent))} -> {show(new.get(k, absent))}"
             for k in keys if old.get(k, absent) != new.get(k, absent)]  # fmt: skip
+
+
+def _saved_keys(saved: Path) -> dict[str, Any]:
+    try:
+        return _flatten(OmegaConf.to_container(_renamed(OmegaConf.load(saved))))
+    except Exception as e:
+        raise UserError(f"{saved}: not readable ({str(e).splitlines()[0]}); --force starts the run over") from None
 
 
 def _auto_or_int(value: int | str, low: int) -> bool:

@@ -12,9 +12,19 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from .config import Config, metric_name
+from .config import Config, metric_name, training_changes
 from .core.errors import UserError
-from .core.runs import CVSummary, atomic_savefig, atomic_write_csv, read_derived, read_id_csv, read_json, read_source
+from .core.runs import (
+    STALE_TMP_AGE,
+    CVSummary,
+    atomic_savefig,
+    atomic_write_csv,
+    read_derived,
+    read_id_csv,
+    read_json,
+    read_source,
+    remove_stale_tmp,
+)
 from .core.tracking import Tracker, score_summary
 from .data.problem import Problem, load_problem
 from .engine.codec import record_decisions
@@ -85,7 +95,8 @@ def summarize(
     cfg: Config, allow_partial: bool = False, log: Callable[[str], None] = print, problem: Problem | None = None
 ) -> CVSummary:
     """The finished folds' OOF rows -> oof.csv, cv.json, the table and the figures. `complete` in cv.json means
-    every fold of folds.csv is finished; `folds_missing` lists those that are not; `partial` records that the
+    every fold of folds.csv is finished, each under the same config; `folds_missing` lists those that are not
+    finished, `folds_differ` those trained under another config than the first; `partial` records that the
     experiment was used anyway (`allow_partial`: predict --allow-partial averaged the finished folds only).
     `problem`: the command's data.problem.load_problem(cfg), read here when not given."""
     run = cfg.run
@@ -94,8 +105,14 @@ def summarize(
     folds = [k for k in range(cfg.folds.n_folds) if k not in missing]
     if not folds:
         raise UserError(f"{run.path}: no finished fold (fold<k>/oof.csv) yet; train a fold first")
+    remove_stale_tmp(run.path, STALE_TMP_AGE)  # what a killed summary left
     if missing:
         log(f"{cfg.exp}: fold(s) {missing} of {cfg.folds.n_folds} not finished; the CV covers fold(s) {folds} only")
+    differ = config_differences(cfg, folds)
+    if differ:
+        log(f"{cfg.exp}: fold(s) {[int(k) for k in differ]} were trained under another config than fold {folds[0]} "
+            f"({'; '.join(next(iter(differ.values())))}): the CV mixes two trainings and is not complete; retrain "
+            "every fold under one config (train --force)")  # fmt: skip
     frames = [read_id_csv(run.fold(k).oof, cfg.data.id_col) for k in folds]
     oof = pd.concat(frames, ignore_index=True)
     per_fold, cv, y_true, pred = score_oof(cfg, problem, oof)
@@ -107,13 +124,14 @@ def summarize(
         higher_is_better=metrics.get_metric(name).higher_is_better,
         cv=cv,
         folds=per_fold,
-        complete=not missing,
+        complete=not missing and not differ,
         folds_missing=missing,
         partial=bool(missing) and allow_partial,
         folds_hash=problem.folds_hash,
         pred_cols=problem.classes,
         lr=recorded_lr(cfg),  # optim.lr, resolved when it is auto
         lr_auto=cfg.optim.lr == "auto",
+        folds_differ=differ or None,
     )
     # The OOF rows predicted as test_pred.csv was (views, merge, runtime, from these very checkpoints), if predict
     # made it; else, before predict, the configured (or, tta.views: auto, the chosen) views.
@@ -163,6 +181,15 @@ def current_prediction(cfg: Config, folds: list[int]) -> dict | None:
     return way if now == source else None
 
 
+def config_differences(cfg: Config, folds: list[int]) -> dict[str, list[str]]:
+    """Fold -> the training keys ('key first -> this') its recorded config differs in from the first fold's."""
+    recorded = [cfg.run.trained_config(k) for k in folds]
+    if not recorded[0].is_file():
+        return {}
+    out = {str(k): training_changes(recorded[0], p) for k, p in zip(folds, recorded, strict=True) if p.is_file()}
+    return {k: changes for k, changes in out.items() if changes}
+
+
 def warn_if_tta_hurts(result: CVSummary, views: list[str]) -> None:
     """TTA is chosen on OOF, never on test: say so when the views predicted with score worse there than one view."""
     if result.cv_tta is not None and metrics.get_metric(result.metric).better(result.cv, result.cv_tta):
@@ -192,7 +219,8 @@ def weight_averaging(cfg: Config, problem: Problem, folds: list[int]) -> dict | 
 def format_table(result: CVSummary) -> str:
     lines = [f"{result.exp}: {result.metric} per fold"]
     lines += [f"  fold {k:>2}  {v:.5f}" for k, v in result.folds.items()]
-    lines.append(f"  OOF CV   {result.cv:.5f}" + ("" if result.complete else "  (not every fold trained)"))
+    note = "  (not every fold trained)" if result.folds_missing else "  (folds trained under other configs)"
+    lines.append(f"  OOF CV   {result.cv:.5f}" + ("" if result.complete else note))
     if result.cv_tta is not None:
         lines.append(
             f"  OOF CV as predicted (TTA {result.tta_views}, {result.runtime or 'torch'}): {result.cv_tta:.5f}"

@@ -39,7 +39,16 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from .config import Config, metric_name
 from .core.errors import UserError
 from .core.registry import Registry
-from .core.runs import BlendWeights, Classes, CVSummary, Run, atomic_write_csv, read_pred_csv
+from .core.runs import (
+    STALE_TMP_AGE,
+    BlendWeights,
+    Classes,
+    CVSummary,
+    Run,
+    atomic_write_csv,
+    read_pred_csv,
+    remove_stale_tmp,
+)
 from .core.tasks import CLASSIFICATION_TASKS, SINGLE_OUTPUT_TASKS, TASKS
 from .core.tracking import Tracker, score_summary
 from .data.folds import expected_folds
@@ -402,6 +411,7 @@ def blend(
     blender = get_blend_method(method)
     metric = metric_name(cfg)
     _check_request(cfg, exps, blender, method, metric, name, weights)
+    remove_stale_tmp(Run.named(cfg.output_dir, name).path, STALE_TMP_AGE)  # what a killed blend left
     members = load_members(cfg, exps, allow_partial, log)
     y, fold, folds_hash = oof_truth(cfg, members.ids, members.classes, trained_on=members.cv[0].folds_hash,
                                     where=f"{members.names[0]}/oof.csv")  # fmt: skip

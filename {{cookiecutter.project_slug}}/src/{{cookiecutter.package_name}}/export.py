@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .config import Config, metric_name
-from .core.runs import ExportedFold, ExportedVariant, ExportManifest, atomic_torch_save, checksum
+from .core.runs import ExportedFold, ExportedVariant, ExportManifest, Run, atomic_torch_save, checksum
 from .core.runtime import amp_dtype, compute_setup
 from .core.tasks import TargetScale, num_outputs
 from .core.tracking import Tracker
@@ -80,24 +80,14 @@ def run_export(cfg: Config) -> ExportManifest:
     model = build_model(cfg, num_outputs(cfg.task, len(problem.classes)), pretrained=False)
     device, workers = compute_setup(cfg.device, cfg.threads, cfg.data.num_workers)
     feed = feeder(cfg, model, torch.device("cpu"), workers)  # images normalised on the CPU, where variants are checked
-    per_fold, oof = {}, {}
-    for k in folds:
-        print(f"fold {k}: exporting {', '.join(cfg.export.variants)}")
-        per_fold[str(k)], preds = export_fold(cfg, problem, k, model, feed, device)
-        for name, frame in preds.items():
-            oof.setdefault(name, []).append(frame)
-    overall = {n: score_oof(cfg, problem, pd.concat(frames, ignore_index=True))[1] for n, frames in oof.items()}
-    name = metric_name(cfg)
-    info = ExportManifest(
-        exp=cfg.exp,
-        metric=name,
-        higher_is_better=metrics.get_metric(name).higher_is_better,
-        threads=torch.get_num_threads(),
-        settings=dataclasses.asdict(cfg.export),
-        overall=overall,
-        folds=per_fold,
-    )
-    run.write_export(info)
+    staging = run.start_export()  # built aside, swapped in whole: never files of two exports side by side
+    try:
+        info = _export_folds(cfg, problem, folds, model, feed, device, staging)
+        staging.write_export(info)
+        run.finish_export(staging)
+    except BaseException:  # bad input, a failing exporter, Ctrl-C: the previous export/ stays as it was
+        run.abandon_export(staging)
+        raise
     print(format_table(info))
     print(f"{run.export_json} written")
     tracker = Tracker(cfg, "export", "export")  # a run per export, in the experiment's group
@@ -108,12 +98,35 @@ def run_export(cfg: Config) -> ExportManifest:
     return info
 
 
+def _export_folds(cfg: Config, problem: Problem, folds: list[int], model: nn.Module, feed: Feed,
+                  device: torch.device, staging: Run) -> ExportManifest:  # fmt: skip
+    per_fold, oof = {}, {}
+    for k in folds:
+        print(f"fold {k}: exporting {', '.join(cfg.export.variants)}")
+        per_fold[str(k)], preds = export_fold(cfg, problem, k, model, feed, device, staging)
+        for name, frame in preds.items():
+            oof.setdefault(name, []).append(frame)
+    overall = {n: score_oof(cfg, problem, pd.concat(frames, ignore_index=True))[1] for n, frames in oof.items()}
+    name = metric_name(cfg)
+    return ExportManifest(
+        exp=cfg.exp,
+        metric=name,
+        higher_is_better=metrics.get_metric(name).higher_is_better,
+        threads=torch.get_num_threads(),
+        settings=dataclasses.asdict(cfg.export),
+        overall=overall,
+        folds=per_fold,
+    )
+
+
 def export_fold(
-    cfg: Config, problem: Problem, k: int, model: nn.Module, feed: Feed, device: torch.device
+    cfg: Config, problem: Problem, k: int, model: nn.Module, feed: Feed, device: torch.device, out: Run | None = None
 ) -> tuple[ExportedFold, dict[str, pd.DataFrame]]:
-    """Fold k's variants: written, checked on the CPU against torch, timed, scored on fold k's validation rows.
-    Returns fold k's entry of export.json and each variant's OOF predictions."""
-    best, files, x = cfg.run.fold(k).best, cfg.run.export_fold(k), cfg.export
+    """Fold k's variants: written (into `out`'s export/, default the run's own), checked on the CPU against torch,
+    timed, scored on fold k's validation rows. Returns fold k's entry of export.json (file paths as in the run
+    folder) and each variant's OOF predictions."""
+    out = out or cfg.run
+    best, files, x = cfg.run.fold(k).best, out.export_fold(k), cfg.export
     ckpt = cfg.run.fold(k).read_best()
     model.to("cpu").load_state_dict(ckpt.model)
     scale = ckpt.scale  # regression outputs -> target values
@@ -138,7 +151,8 @@ def export_fold(
         deploy.export_onnx(model, example, files.onnx, x.exporter, x.opset, x.dynamic_size)
         variants.append(Variant("onnx", files.onnx, lambda d: OnnxPredictor(files.onnx, d)))
     if "onnx_int8" in x.variants:
-        deploy.quantize_int8(files.onnx, files.onnx_int8, calibration_batches(cfg, problem, k, feed), x.per_channel)
+        deploy.quantize_int8(files.onnx, files.onnx_int8, calibration_batches(cfg, problem, k, feed), x.per_channel,
+                             x.dynamic_size)  # fmt: skip
         variants.append(Variant("onnx_int8", files.onnx_int8, lambda d: OnnxPredictor(files.onnx_int8, d)))
     if "pruned" in x.variants:
         pruned, sparsity = prune_model(cfg, k, model)
@@ -160,7 +174,7 @@ def export_fold(
         diff = float(np.abs(probs - reference).max())
         content = v.path.read_bytes()
         entry.variants[v.name] = ExportedVariant(
-            file=v.path.relative_to(cfg.run.path).as_posix(),
+            file=v.path.relative_to(out.path if v.path.is_relative_to(out.path) else cfg.run.path).as_posix(),
             sha256=checksum(v.path),
             score=metrics.score(metric_name(cfg), data.y_valid, oof, cfg.task),
             max_abs_diff=diff,

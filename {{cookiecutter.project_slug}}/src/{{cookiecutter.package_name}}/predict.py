@@ -26,7 +26,7 @@ from torch.utils.data import Subset
 
 from .config import Config
 from .core.errors import UserError
-from .core.runs import read_derived, write_derived
+from .core.runs import STALE_TMP_AGE, read_derived, remove_stale_tmp, write_derived
 from .data.problem import build_fold_data, load_problem, pred_frame, test_dataset
 from .engine.inference import (
     fold_models,
@@ -104,6 +104,8 @@ def run_predict(cfg: Config, oof_tta: bool = True, allow_partial: bool = False) 
     unfinished folds stops unless `allow_partial` (then its finished folds are used, and cv.json says so). Returns
     the views predicted with."""
     folds = fold_models(cfg, allow_partial)
+    for folder in (cfg.run.path, *(cfg.run.fold(k).path for k in folds)):
+        remove_stale_tmp(folder, STALE_TMP_AGE)  # what a killed predict left
     resolved = resolve_views(cfg)  # tta.views: auto chooses the views on OOF here, before the test set is seen
     df = predict_test(resolved, folds)
     print(f"{cfg.run.test_pred}: {len(df)} rows")

@@ -16,7 +16,16 @@ import numpy as np
 
 from .config import Config, metric_name
 from .core.errors import UserError
-from .core.runs import Run, atomic_write_csv, read_pred_csv, read_source, submission_path, submissions_dir
+from .core.runs import (
+    STALE_TMP_AGE,
+    Run,
+    atomic_write_csv,
+    read_pred_csv,
+    read_source,
+    remove_stale_tmp,
+    submission_path,
+    submissions_dir,
+)
 from .data.tables import binary_positive, data_path, derive_classes, encode_targets, read_table, read_train
 from .engine.codec import (
     allowed_labels,
@@ -82,6 +91,7 @@ def make_submission(
         values = values.set_index(id_col).loc[sample[id_col]].reset_index()
     path = submission_path(out_dir if out_dir is not None else submissions_dir(cfg.output_dir), name or exp)
     validate_submission(values, sample, id_col, kind=fmt, labels=allowed, where=str(path))
+    remove_stale_tmp(path.parent, STALE_TMP_AGE)  # what a killed make-submission left
     atomic_write_csv(path, values)
     applied = describe(decisions, classes)
     log(f"{path}: {len(values)} rows, format {fmt}{'; ' + applied if applied else ''}; OOF CV of this submission "

@@ -82,26 +82,46 @@ class FoldState:
 
 
 def check_resumable(cfg: Config, fold: int) -> None:
-    """What the run already holds (fold `fold`'s last.pt, other finished folds) was trained with the run's
-    config.yaml: carrying on under a config that alters training (config.training_changes) would mix two
-    trainings in one fold or one experiment, so it stops, naming the keys, before anything is rewritten."""
+    """What the run already holds (fold `fold`'s last.pt, other finished folds) was trained with the config each
+    fold recorded (run.trained_config): carrying on under a config that alters training (config.training_changes)
+    would mix two trainings in one fold or one experiment, so it stops, naming the keys, before anything is
+    rewritten."""
     run = cfg.run
     resuming = run.fold(fold).last.is_file()
     others = [k for k in run.finished_folds() if k != fold]
     if not (resuming or others):
         return
-    if not run.config.is_file():
+    if not run.trained_config(fold).is_file():
         if resuming:
             raise UserError(f"{run.fold(fold).last}: no {run.config.name} beside it to tell what it was trained "
                             "with; --force trains the fold from scratch")  # fmt: skip
         return
-    changes = training_changes(run.config, cfg)
-    if changes:
-        what = f"fold {fold} was interrupted" if resuming else f"fold(s) {others} were trained"
-        raise UserError(
-            f"{what} under another config ({'; '.join(changes)}; {run.config}): rerun with the old values to carry "
-            "on, or pass --force to train from scratch (or name another experiment)"
-        )
+    checks = [(fold, f"fold {fold} was interrupted")] if resuming else []
+    for k, what in checks + [(k, f"fold {k} was trained") for k in others]:
+        changes = training_changes(run.trained_config(k), cfg)
+        if changes:
+            raise UserError(
+                f"{what} under another config ({'; '.join(changes)}; {run.trained_config(k)}): rerun with the old "
+                "values to carry on, or pass --force to train from scratch (or name another experiment)"
+            )
+
+
+def check_forced(cfg: Config, folds: list[int]) -> None:
+    """`--force` retrains `folds` under `cfg`: the experiment's other finished folds must have been trained under
+    the same config (all but config.RESUME_IGNORES), else one experiment (its CV, its test predictions) would mix
+    two trainings. Stops before anything is rewritten, naming the keys."""
+    others = [k for k in cfg.run.finished_folds() if k not in folds]
+    if not others:
+        return
+    cfg = resolve_lr(cfg)  # the recorded configs hold the LR they used
+    for k in others:
+        changes = training_changes(cfg.run.trained_config(k), cfg)
+        if changes:
+            raise UserError(
+                f"--force on fold(s) {folds}: fold {k} was trained under another config ({'; '.join(changes)}; "
+                f"{cfg.run.trained_config(k)}), and one experiment would mix both: force every fold (--fold all "
+                "--force), or name a new experiment (exp=<name>)"
+            )
 
 
 def train_one_fold(
@@ -135,6 +155,7 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
         remove_stale_tmp(out.path)  # a killed checkpoint write leaves its temporary file behind
         save(cfg, cfg.run.config)  # the resolved config, before anything can go wrong
         record_git(cfg.run, fold)  # the code's commit beside it (git.json)
+        save(cfg, out.config)  # and the fold's own: cv.json is complete only while every fold's agree
         save_classes(cfg, s.problem)
     model, metric = s.model, metrics.get_metric(metric_name(cfg))
     step = step or (lambda m, b, c: supervised_step(m, b, c, s.mixer))
@@ -284,6 +305,8 @@ def train_folds(cfg: Config, folds: list[int], force: bool = False) -> None:
     resolve_device(cfg.device)  # and a device that is not there, before a fold folder (or its lock) is made
     init_distributed()
     expected_folds(cfg)  # folds.csv holds folds.n_folds folds: checked before any fold folder is made
+    if force:
+        check_forced(cfg, folds)
     for k in folds:
         if fold_pending(cfg, k, force):
             train_one_fold(cfg, k, force=force)

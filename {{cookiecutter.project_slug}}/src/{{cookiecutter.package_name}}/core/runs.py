@@ -43,6 +43,7 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
             oof_<variant>.csv           their OOF rows, and the best epoch's (oof_best.csv), to compare in cv.json
             averaging.json              each variant's make-up and score, and which one best.pt holds
             best_epoch.pt               the best epoch's weights when train.pick_averaged put an average in best.pt
+            config.yaml                 the config this fold was trained under (cv.json is complete when they agree)
             history.json oof.csv        per-epoch metrics; the fold's OOF rows (written last: fold finished)
             train.lock                  held by the process training the fold (FoldLock)
             wandb_run_id.txt            the fold's wandb run, continued when the fold resumes (core/tracking.py)
@@ -69,7 +70,9 @@ import os
 import pickle
 import random
 import re
+import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -152,12 +155,35 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-def remove_stale_tmp(folder: Path) -> list[Path]:
-    """Remove temporary files that a killed writer left in `folder` (call it when no writer is running)."""
-    stale = [p for p in folder.glob(f".*{TMP_SUFFIX}") if p.is_file()] if folder.is_dir() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
+# A temporary file untouched this long, in a folder that another live process may write to (an experiment's folder
+# while another of its folds trains), was left by a killed writer: every write there takes seconds.
+STALE_TMP_AGE = 60.0
+
+
+def remove_stale_tmp(folder: Path, min_age: float = 0.0) -> list[Path]:
+    """Remove temporary files that a killed writer left in `folder`: every one where no other writer can be running
+    (a fold folder under its lock), those untouched for `min_age` seconds elsewhere (STALE_TMP_AGE)."""
+    stale = []
+    for p in folder.glob(f".*{TMP_SUFFIX}") if folder.is_dir() else []:
+        try:
+            if p.is_file() and time.time() - p.stat().st_mtime >= min_age:
+                p.unlink()
+                stale.append(p)
+        except FileNotFoundError:  # its writer finished meanwhile
+            pass
     return stale
+
+
+def replace_dir(building: Path, final: Path) -> Path:
+    """Put the complete folder `building` in the place of `final`, whole: a reader finds the old folder or the new
+    one, never files of both side by side (a kill between the two renames leaves neither: rebuild it)."""
+    old = final.with_name(f".{final.name}.old{TMP_SUFFIX}")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(building, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -412,6 +438,7 @@ class CVSummary:
     cv_ordinal: float | None = None
     runtime: str | None = None  # what predicted the OOF of cv_tta: torch, onnx fp32, onnx int8
     cv_submission: float | None = None  # the CV of a submission: decisions.json's decisions applied (both kinds)
+    folds_differ: dict[str, list[str]] | None = None  # folds trained under another config than the first: the keys
     # an ensemble's (ensemble.blend)
     members: list[str] | None = None
     method: str | None = None
@@ -573,6 +600,17 @@ class TTAChoice:
 # --------------------------------------------------------------------------------------------- run folders
 
 
+def check_name(name: str, what: str) -> str:
+    """`name` if it is one plain file or folder name (an experiment, an ensemble, a submission): a path that climbs
+    out of its folder (`../x`), names the folder itself (`.`), a sub-folder, a hidden name (`.cache` holds the image
+    checks) or a home folder (`~x`) is refused."""
+    plain = isinstance(name, str) and name.strip() and not name.startswith((".", "~"))
+    if not plain or any(c in name for c in "/\\\0"):
+        raise UserError(f"{what} {name!r} is not a plain name: expected one folder or file name, without '/', "
+                        "'..' or a leading '.' or '~' (e.g. exp002)")  # fmt: skip
+    return name
+
+
 @dataclass(frozen=True)
 class FoldFiles:
     """fold<k>/ of a run."""
@@ -608,6 +646,11 @@ class FoldFiles:
         return self.path / BEST_EPOCH
 
     @property
+    def config(self) -> Path:
+        """The config this fold was trained under (the run's config.yaml is the latest fold's)."""
+        return self.path / CONFIG
+
+    @property
     def averaging(self) -> Path:
         return self.path / AVERAGING
 
@@ -641,7 +684,7 @@ class FoldFiles:
         """Remove what training writes, so a retrained fold starts from nothing."""
         weights = self.path.glob("*.pt")  # last, best, and the weight-averaging variants
         for p in (*weights, self.oof, self.history, self.test_pred, _source_path(self.test_pred), self.averaging,
-                  *self.path.glob("oof_*.csv")):  # fmt: skip
+                  self.config, *self.path.glob("oof_*.csv")):  # fmt: skip
             p.unlink(missing_ok=True)
 
 
@@ -701,8 +744,8 @@ class Run:
     path: Path
 
     @classmethod
-    def named(cls, output_dir: str | Path, name: str) -> Run:
-        return cls(Path(output_dir) / name)
+    def named(cls, output_dir: str | Path, name: str, what: str = "experiment name") -> Run:
+        return cls(Path(output_dir) / check_name(name, what))
 
     @property
     def name(self) -> str:
@@ -728,6 +771,21 @@ class Run:
     def export_fold(self, k: int) -> ExportFiles:
         return ExportFiles(self.path / EXPORT_DIR / f"fold{k}")
 
+    def start_export(self) -> Run:
+        """A fresh stand-in run folder (hidden, inside this one) in which `export` builds export/; what a killed
+        export left there is removed first. finish_export swaps its export/ in whole."""
+        staging = Run(self.path / f".{EXPORT_DIR}{TMP_SUFFIX}")
+        shutil.rmtree(staging.path, ignore_errors=True)
+        staging.export_dir.mkdir(parents=True)
+        return staging
+
+    def finish_export(self, staging: Run) -> None:
+        replace_dir(staging.export_dir, self.export_dir)
+        shutil.rmtree(staging.path, ignore_errors=True)
+
+    def abandon_export(self, staging: Run) -> None:
+        shutil.rmtree(staging.path, ignore_errors=True)
+
     lr_find_cache = property(lambda self: self.path / LR_FIND_CACHE)
 
     def figure(self, name: str) -> Path:
@@ -745,6 +803,11 @@ class Run:
 
     def finished_folds(self) -> list[int]:
         return [k for k in self.fold_numbers() if self.fold(k).finished()]
+
+    def trained_config(self, k: int) -> Path:
+        """The config fold k was trained under: fold<k>/config.yaml, else (a fold trained before folds recorded
+        their own) the run's config.yaml."""
+        return self.fold(k).config if self.fold(k).config.is_file() else self.config
 
     def missing_folds(self, n_folds: int) -> list[int]:
         """The folds of 0..n_folds-1 not finished (an experiment's; an ensemble's cv.json lists its own)."""
@@ -909,6 +972,7 @@ def submissions_dir(output_dir: str | Path) -> Path:
 
 
 def submission_path(folder: str | Path, name: str) -> Path:
+    check_name(name, "submission name")
     if f"{name}.csv" in (SUBMISSION_LOG, f"{CV_VS_LB}.csv"):
         raise UserError(
             f"submission name {name!r} is taken by submissions/{name}.csv (the submission log); pick another"
@@ -972,14 +1036,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
-        called = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        # torch words it "Unsupported global: GLOBAL builtins.exec" or "unsupported GLOBAL posix.system whose
+        # module posix is blocked", then advises weights_only=False: never repeated to the user.
+        called = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
         if called:  # a planted payload, or an object that needs its class: neither is run
             raise UserError(
-                f"{path}: refused: its pickle calls code ({called.group(1)}), which a checkpoint never needs; nothing "
-                "from it was run. Retrain the fold (--force) or get the file from a source you trust"
+                f"{path}: refused, it would run code ({called.group(1)}); a checkpoint holds tensors and numbers only, "
+                "and nothing from it was run. Retrain the fold (--force) or get the file from a source you trust"
             ) from None
         found = re.search(r"WeightsUnpickler error: \s*(\S[^\n]*)", text)
-        why = found.group(1) if found else text.splitlines()[0]
+        why = found.group(1) if found else "content other than tensors, numbers and containers"
         raise UserError(f"{path}: not a loadable checkpoint ({why[:200]}); retrain the fold (--force)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:  # truncated or not a checkpoint at all
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]

@@ -89,7 +89,8 @@ MAX_AUTO_WORKERS = 16  # more loader workers than this per process rarely feed a
 
 
 def plan_cpu(device: torch.device, threads: int | str = "auto", num_workers: int | str = "auto") -> tuple[int, int]:
-    """(torch threads, loader workers), each 'auto' chosen so that together they do not oversubscribe the cores.
+    """(torch threads, loader workers), each 'auto' chosen from the cores so that together they do not oversubscribe
+    them.
 
     cuda: the GPU computes, the cores decode and augment: every core but one is a loader worker (at most
           MAX_AUTO_WORKERS), and the training process keeps the cores the workers leave (at least one thread).
@@ -97,18 +98,19 @@ def plan_cpu(device: torch.device, threads: int | str = "auto", num_workers: int
           single core), the training process takes the rest as torch threads. More threads than free cores do not run in
           parallel, they wait for each other: on a 2-core machine shared with another busy process, two torch
           threads trained ~12x slower than one (measured: 7.7 against 95 img/s).
-    An explicit number wins; the other 'auto' takes what it leaves.
+    'auto' threads come from the cores alone, never from data.num_workers: CPU convolutions reduce in another order
+    under another thread count, so a thread count that followed the workers would make the workers change the model.
+    An explicit number wins; 'auto' workers take the cores the threads leave.
     """
     cores = available_cores()
-    if num_workers == "auto":
-        if device.type == "cuda":
-            num_workers = min(cores - 1, MAX_AUTO_WORKERS)
-        else:
-            num_workers = 0 if cores == 1 else max(1, cores // 4)
-        if threads != "auto":  # explicit threads: the workers get the cores left over
-            num_workers = min(int(num_workers), max(0, cores - int(threads)))
+    if device.type == "cuda":
+        auto_workers = min(cores - 1, MAX_AUTO_WORKERS)
+    else:
+        auto_workers = 0 if cores == 1 else max(1, cores // 4)
     if threads == "auto":
-        threads = max(1, cores - int(num_workers))
+        threads = max(1, cores - auto_workers)
+    if num_workers == "auto":
+        num_workers = min(auto_workers, max(0, cores - int(threads)))
     return int(threads), int(num_workers)
 
 

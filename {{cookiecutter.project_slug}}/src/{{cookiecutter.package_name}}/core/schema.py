@@ -203,8 +203,9 @@ class Config:
     competition: str = ""  # the Kaggle competition slug (kaggle competitions download/submit)
     output_dir: str = "outputs"
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
-    # torch threads of the main process; auto (with data.num_workers: auto): on CUDA every core but one decodes,
-    # on CPU a quarter of the cores decode and the rest compute, so that threads + workers <= cores (runtime.plan_cpu)
+    # torch threads of the main process; auto: from the cores alone (never from data.num_workers, which would then
+    # change the model): on CUDA every core but one is left to the loader workers, on CPU a quarter of the cores
+    # decode and the rest compute, so that auto threads + auto workers <= cores (runtime.plan_cpu)
     threads: int | str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)

@@ -37,7 +37,7 @@ def image_paths(folder: Path, ids: Sequence[str], ext: str, key: str) -> list[Pa
     if not folder.is_dir():
         raise UserError(f"{folder}: image folder not found (config key data.{key})")
     paths = [image_path(folder, i, ext) for i in ids]
-    missing = [str(p.name) for p in paths if not p.is_file()]
+    missing = [str(p) for p in paths if not p.is_file()]  # the full path tried: an id may hold folders
     if missing:
         raise UserError(
             f"{folder}: {len(missing)} of {len(paths)} images not found, first: {missing[:3]} "

@@ -36,7 +36,6 @@ REFUSALS = {
     409: "conflict: the id is already taken or a previous version is still being processed",
     429: "too many requests: wait a few minutes and retry",
 }
-HTTP_STATUS = re.compile(r"\b([45]\d\d)\b")
 
 
 def _client() -> Any:
@@ -67,12 +66,11 @@ def _client() -> Any:
 
 
 def _http_status(e: BaseException) -> int | None:
-    """The HTTP status of a refused call: from the response a requests.HTTPError carries, else from its text."""
+    """The HTTP status of a refused call, from the response a requests.HTTPError carries; None without one. Never
+    read from the error's text: without network it holds `HTTPSConnectionPool(host='api.kaggle.com', port=443)`,
+    where a number is a port, not a status (PITFALLS)."""
     status = getattr(getattr(e, "response", None), "status_code", None)
-    if isinstance(status, int):
-        return status
-    match = HTTP_STATUS.search((str(e).splitlines() or [""])[0])
-    return int(match.group(1)) if match else None
+    return status if isinstance(status, int) and not isinstance(status, bool) else None
 
 
 def _refused(what: str, e: BaseException) -> UserError:
@@ -82,8 +80,9 @@ def _refused(what: str, e: BaseException) -> UserError:
     if status is not None:
         meaning = REFUSALS.get(status, "server error: retry later" if status >= 500 else "refused")
         return UserError(f"kaggle {what} refused (HTTP {status}): {meaning} [{first}]")
-    if any(word in type(e).__name__ for word in ("Connection", "Timeout")):
-        return UserError(f"kaggle {what} failed: no connection to kaggle.com ({type(e).__name__}); check the network")
+    if any(word in type(e).__name__ for word in ("Connection", "Timeout", "MaxRetry", "NameResolution")):
+        return UserError(f"kaggle {what} failed: no connection to kaggle.com ({type(e).__name__}: {first[:200]}); "
+                         "check the network")  # fmt: skip
     return UserError(f"kaggle {what} failed: {first}")
 
 

@@ -81,9 +81,13 @@ def export_onnx(
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
-def quantize_int8(onnx_path: Path, path: Path, batches: Iterable[np.ndarray], per_channel: bool = True) -> Path:
+def quantize_int8(
+    onnx_path: Path, path: Path, batches: Iterable[np.ndarray], per_channel: bool = True, dynamic_size: bool = False
+) -> Path:
     """Static int8 quantisation of the ONNX model at `onnx_path`: activation ranges from `batches` (normalised
-    float32 NCHW arrays of training images, never validation ones: the int8 model is scored on those)."""
+    float32 NCHW arrays of training images, never validation ones: the int8 model is scored on those).
+    `dynamic_size` (a model exported with dynamic height and width): onnxruntime's symbolic shape inference stops
+    there ("Incomplete symbolic shape inference"), so only ONNX's own shape inference runs before quantising."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -98,7 +102,7 @@ def quantize_int8(onnx_path: Path, path: Path, batches: Iterable[np.ndarray], pe
     def write(tmp: str) -> None:
         prepared = Path(tmp).with_name(Path(tmp).name + ".pre.onnx")
         try:  # shape inference and graph fusions first: onnxruntime's advice, and more nodes get quantised
-            quant_pre_process(str(onnx_path), str(prepared))
+            quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=dynamic_size)
             quantize_static(str(prepared), tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)  # fmt: skip
         finally:

@@ -197,8 +197,13 @@ def build_pseudo_fold(
     teach = teacher_predictions(cfg, leaves, fold, unl, log)
     teach.check_fold(fold)
     chosen = select_pseudo(teach.values, task, p.threshold, p.top_fraction, p.max_per_class)
-    targets = pseudo_targets(teach.values[chosen], task, p.soft)
     conf, group = confidence_and_class(teach.values, task)
+    if len(chosen) == 0 and len(unl.ids):  # before any file of the fold is written
+        raise UserError(
+            f"fold {fold}: none of the {len(unl.ids)} unlabelled images reached pseudo.threshold={p.threshold} "
+            f"(the most confident teacher prediction: {conf.max():.4f}); lower pseudo.threshold below that"
+        )
+    targets = pseudo_targets(teach.values[chosen], task, p.soft)
     names = class_names(task, classes)
     record = {
         "sources": teach.sources,

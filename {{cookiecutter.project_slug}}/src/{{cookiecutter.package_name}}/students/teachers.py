@@ -41,7 +41,7 @@ from ..engine.inference import feeder, load_fold_weights, predict_loader, predic
 from ..engine.views import resolve_views
 from ..modeling.models import build_model
 from ..predict import predict_test_folds, run_predict
-from ..train import check_resumable, fold_pending, train_one_fold
+from ..train import check_forced, check_resumable, fold_pending, train_one_fold
 
 Source = tuple[str, int]  # (teacher experiment, fold): the one model an array of teacher outputs came from
 Log = Callable[[str], None]
@@ -324,7 +324,10 @@ def train_students(
         raise UserError("pseudo and distill run in one process: start them without torchrun")
     trained = False
     leaves = lineage.teacher_weights  # the teachers' experiments, ensembles expanded (start_lineage)
-    for k in student_folds(cfg, leaves, folds, allow_partial, log):
+    todo = student_folds(cfg, leaves, folds, allow_partial, log)
+    if force:
+        check_forced(cfg, todo)
+    for k in todo:
         if not fold_pending(cfg, k, force, log):
             continue
         if not force:
