@@ -141,7 +141,7 @@ def test_dataset_created_or_versioned_with_sub_folders(api, tmp_path, existing):
 
 def test_kernel_push(api, tmp_path):
     (tmp_path / "kernel-metadata.json").write_text("{}")
-    assert kaggle_api.kernel_push(tmp_path) == "https://www.kaggle.com/code/me/infer"
+    assert kaggle_api.kernel_push(tmp_path) == ("https://www.kaggle.com/code/me/infer", None)
     assert api.calls == [("kernels_push", (str(tmp_path),), {})]
 
 

@@ -263,14 +263,23 @@ def test_find_data_dir(tmp_path):
 
 
 class FakeApi:
-    """kaggle.api's kernels_push, recording the folder and the metadata it would have sent."""
+    """kaggle.api's kernel calls: kernels_push records the folder and the metadata it would have sent (version 3),
+    kernels_status answers `statuses` in turn, competition_submit_code records what it would have submitted."""
 
-    def __init__(self):
-        self.pushed = []
+    def __init__(self, statuses=("complete",)):
+        self.pushed, self.statuses, self.code_submissions = [], list(statuses), []
 
     def kernels_push(self, folder):
         self.pushed.append((folder, json.loads((Path(folder) / "kernel-metadata.json").read_text())))
-        return types.SimpleNamespace(error="", url="https://www.kaggle.com/code/me/kernel")
+        return types.SimpleNamespace(error="", url="https://www.kaggle.com/code/me/kernel", version_number=3)
+
+    def kernels_status(self, kernel):
+        status = self.statuses.pop(0)
+        return types.SimpleNamespace(status=types.SimpleNamespace(name=status.upper()), failure_message="boom")
+
+    def competition_submit_code(self, **kwargs):
+        self.code_submissions.append(kwargs)
+        return types.SimpleNamespace(message="Successfully submitted")
 
 
 @pytest.fixture
@@ -316,6 +325,38 @@ def test_push_notebook_pushes_the_folder(kernel, kaggle, capsys):
     assert meta["id"] == "me/my-infer-kernel" and meta["title"] == "My infer kernel"
     assert meta["dataset_sources"] == ["me/digit-models"] and meta["competition_sources"] == [COMPETITION]
     assert "https://www.kaggle.com/code/me/kernel" in capsys.readouterr().out
+
+
+def test_push_notebook_submit_waits_for_the_run_then_submits_its_output_and_logs_it(kernel, kaggle, tmp_path):
+    """The code-competition round trip: push, poll the kernel until its run completes, submit that run's
+    submission.csv (kernel and version) with the experiment's CV of its submission, and log it like any submission."""
+    folder, exp = kernel
+    cfg = config.load(exp)
+    Run.named(cfg.output_dir, "exp").write_decisions(Decisions(metric="accuracy", higher_is_better=True, cv=0.98765,
+                                                              cv_from="oof_tta.csv", format="label"))  # fmt: skip
+    kaggle.statuses = ["queued", "running", "running", "complete"]
+    args = ["push-notebook", "-c", str(exp), "--dataset", "me/digit-models", "--folder", str(folder)]
+    assert cli.main([*args, "--submit", "exp", "--poll", "0.001"]) == 0
+    assert kaggle.statuses == []  # polled until complete
+    [sent] = kaggle.code_submissions
+    kernel_id = f"me/{COMPETITION}-inference"
+    assert sent == {"file_name": "submission.csv", "competition": COMPETITION, "kernel": kernel_id, "kernel_version": 3,
+                    "message": f"exp CV accuracy=0.98765 (kernel {kernel_id} v3)"}  # fmt: skip
+    log = pd.read_csv(tmp_path / "submissions" / "log.csv", dtype=str)
+    assert log["experiment"].tolist() == ["exp"] and float(log["cv"].iloc[0]) == 0.98765
+    assert log["file"].iloc[0] == f"submission.csv (kernel {kernel_id} v3)"
+    assert log["message"].iloc[0] == sent["message"]
+
+
+def test_push_notebook_submit_stops_on_a_failed_run_and_submits_nothing(kernel, kaggle, capsys):
+    folder, exp = kernel
+    kaggle.statuses = ["running", "error"]
+    args = ["push-notebook", "-c", str(exp), "--dataset", "me/digit-models", "--folder", str(folder)]
+    assert cli.main([*args, "--submit", "exp", "--poll", "0.001"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ended with status error: boom; nothing submitted" in err[0]
+    assert kaggle.code_submissions == []
+    assert cli.main([*args, "--submit", "exp", "--dry-run"]) == 2  # a dry run has no run to submit
 
 
 def test_push_notebook_refusals(kernel, kaggle, tmp_path, capsys):

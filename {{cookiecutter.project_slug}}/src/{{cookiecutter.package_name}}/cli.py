@@ -314,13 +314,21 @@ def _notebook_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--title", help="kernel title (default: from the kernel slug)")
     p.add_argument("--folder", default="notebooks", help="kernel folder: the script + kernel-metadata.json")
     p.add_argument("--dry-run", action="store_true", help="write kernel-metadata.json only; push nothing")
+    p.add_argument("--submit", metavar="EXP", help="wait for the kernel's run, then submit its submission.csv to the "
+                   "competition with EXP's CV in the message, and log it (submissions/log.csv)")  # fmt: skip
+    p.add_argument("--poll", type=float, default=30.0, help="seconds between status checks with --submit (30)")
 
 
 @command("push-notebook", "fill notebooks/kernel-metadata.json and push the inference notebook", _notebook_flags)
 def _push_notebook(args: argparse.Namespace) -> None:
     from .kaggle.offline import push_notebook
 
-    push_notebook(config_of(args), args.dataset, args.kernel, args.title, args.folder, args.dry_run)
+    if args.submit is not None and args.dry_run:
+        raise UserError("--submit with --dry-run: a dry run pushes nothing, so there is no kernel run to submit")
+    if args.poll <= 0:
+        raise UserError(f"--poll {args.poll}: expected seconds between status checks, > 0")
+    push_notebook(config_of(args), args.dataset, args.kernel, args.title, args.folder, args.dry_run,
+                  submit=args.submit, poll_s=args.poll)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -227,12 +227,36 @@ def dataset_create_or_version(folder: str | Path, message: str) -> str:
     return str(getattr(response, "url", "") or f"https://www.kaggle.com/datasets/{dataset_id}")
 
 
-def kernel_push(folder: str | Path) -> str:
-    """Push the notebook in `folder` (with its kernel-metadata.json); returns the kernel's URL."""
+def kernel_push(folder: str | Path) -> tuple[str, int | None]:
+    """Push the notebook in `folder` (with its kernel-metadata.json); returns the kernel's URL and the version number
+    Kaggle gave this push (None when it says none)."""
     folder = Path(folder)
     if not (folder / "kernel-metadata.json").is_file():
         raise UserError(f"{folder / 'kernel-metadata.json'} not found: the folder must hold the kernel's metadata")
     api = _client()
     response = _call("kernels push", api.kernels_push, str(folder))
     _check_response("kernels push", response)
-    return str(getattr(response, "url", "") or "")
+    version = getattr(response, "version_number", None)
+    return str(getattr(response, "url", "") or ""), int(version) if version else None
+
+
+KERNEL_DONE = {"complete"}
+KERNEL_FAILED = {"error", "cancel_requested", "cancel_acknowledged"}
+
+
+def kernel_status(kernel: str) -> tuple[str, str]:
+    """The kernel's run status, lower case (queued, running, complete, error...), and Kaggle's failure message."""
+    api = _client()
+    response = _call("kernels status", api.kernels_status, kernel)
+    status = getattr(response, "status", "")
+    name = str(getattr(status, "name", status) or "").lower()
+    return name, str(getattr(response, "failure_message", "") or "")
+
+
+def competition_submit_code(competition: str, kernel: str, version: int | None, message: str,
+                            file_name: str = "submission.csv") -> str:  # fmt: skip
+    """Submit the output `file_name` of `kernel`'s run `version` to a code competition; returns Kaggle's answer."""
+    api = _client()
+    response = _call("submit (code)", api.competition_submit_code, file_name=file_name, message=message,
+                     competition=competition, kernel=kernel, kernel_version=version)  # fmt: skip
+    return str(getattr(response, "message", "") or "")

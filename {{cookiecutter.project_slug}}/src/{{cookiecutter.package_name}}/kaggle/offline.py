@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from ..predict import predict_test
 from ..submission import make_submission
 from . import api as kaggle_api
 from .api import DATASET_ID, METADATA
+from .submissions import default_message, log_code_submission
 
 PACKAGED_FOLDS = "folds.csv"  # in the upload dataset's root
 # Decided by `predict` and recorded in decisions.json: the notebook predicts as the CV was measured, never otherwise.
@@ -255,9 +257,14 @@ def push_notebook(
     folder: str | Path = "notebooks",
     dry_run: bool = False,
     log: Callable[[str], None] = print,
+    submit: str | None = None,
+    poll_s: float = 30.0,
+    timeout_s: float = 9 * 3600.0,
 ) -> Path:
-    """Refresh folder/kernel-metadata.json and, unless `dry_run`, push the folder's notebook to Kaggle.
-    Returns the metadata file."""
+    """Refresh folder/kernel-metadata.json and, unless `dry_run`, push the folder's notebook to Kaggle. With
+    `submit` (the experiment the upload's submission was made from, for the message and the log): wait for the
+    kernel's run to finish (polled every `poll_s` seconds, at most `timeout_s`), then submit its submission.csv
+    to the competition and log it in submissions/log.csv like any submission. Returns the metadata file."""
     folder = Path(folder)
     path = folder / KERNEL_METADATA
     base = read_json(path) if path.is_file() else {"language": "python", "kernel_type": "script", "is_private": True}
@@ -269,9 +276,45 @@ def push_notebook(
     log(f"{path}: kernel {meta['id']}, dataset {dataset_id}, competition {cfg.competition}")
     if dry_run:
         log(f"dry run: would push {folder} (kaggle kernels push -p {folder})")
-    else:
-        log(kaggle_api.kernel_push(folder))
+        return path
+    url, version = kaggle_api.kernel_push(folder)
+    log(f"pushed {meta['id']} version {version}: {url}")
+    if submit is not None:
+        wait_for_kernel(meta["id"], poll_s, timeout_s, log)
+        submit_kernel_output(cfg, meta["id"], version, submit, log)
     return path
+
+
+def wait_for_kernel(kernel: str, poll_s: float, timeout_s: float, log: Callable[[str], None] = print) -> None:
+    """Poll the kernel's run until it completes; a failed or cancelled run, or one past `timeout_s`, stops with one
+    line (its log is on the kernel's page)."""
+    start, last = time.monotonic(), None
+    while True:
+        status, failure = kaggle_api.kernel_status(kernel)
+        if status != last:
+            log(f"kernel {kernel}: {status}")
+            last = status
+        if status in kaggle_api.KERNEL_DONE:
+            return
+        if status in kaggle_api.KERNEL_FAILED:
+            raise UserError(f"kernel {kernel} ended with status {status}{': ' + failure if failure else ''}; nothing "
+                            "submitted (see its log on kaggle.com)")  # fmt: skip
+        if time.monotonic() - start > timeout_s:
+            raise UserError(f"kernel {kernel} still {status} after {timeout_s:.0f} s; nothing submitted (submit it "
+                            "later with push-notebook --submit, or from the kernel's page)")  # fmt: skip
+        time.sleep(poll_s)
+
+
+def submit_kernel_output(cfg: Config, kernel: str, version: int | None, exp: str,
+                         log: Callable[[str], None] = print) -> dict:  # fmt: skip
+    """Submit the kernel run's submission.csv to the competition, with the experiment's CV in the message (the CV
+    of the submission its decisions describe, which the notebook reproduces), and log it."""
+    message = f"{default_message(cfg, exp)} (kernel {kernel} v{version})"
+    answer = kaggle_api.competition_submit_code(cfg.competition, kernel, version, message)
+    row = log_code_submission(cfg, kernel, version, exp, message, cfg.competition)
+    log(f"submitted {kernel} v{version}'s submission.csv to {cfg.competition}: {message}"
+        + (f" ({answer})" if answer else ""))  # fmt: skip
+    return row
 
 
 # --- the upload dataset --------------------------------------------------------------------------------------
