@@ -68,8 +68,9 @@ def test_setup_installs_with_the_lock_and_make_lock_rewrites_it(rendered, tmp_pa
 @pytest.mark.e2e
 def test_pip_resolves_setup_to_exactly_the_locked_versions(rendered, tmp_path):
     """`make setup`'s install as pip resolves it on a fresh environment (--ignore-installed; a dry run: nothing is
-    installed), from whatever index pip is configured with: every package at its locked version, none besides."""
-    project = rendered()
+    installed), from whatever index pip is configured with: every package at its locked version, none besides. In a
+    copy: pip's editable build writes its metadata (src/*.egg-info) into the project, which other tests read."""
+    project = Path(shutil.copytree(rendered(), tmp_path / "project"))
     report = tmp_path / "report.json"
     command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q", "--report", str(report),
                "-c", "requirements.lock", "-e", ".[dev]"]  # fmt: skip
