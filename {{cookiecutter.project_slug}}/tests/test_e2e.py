@@ -224,18 +224,25 @@ def test_balanced_class_weights_train_every_classification_task(tmp_path, new_pr
 
 
 def test_oof_with_tta_follows_the_views_it_was_made_with(tmp_path, new_project):
-    """cv.json's cv_tta is reported only for the views configured now: a stale oof_tta.csv is not reused."""
+    """cv.json's cv_tta is that of the OOF predicted as test_pred.csv was: `cv` under other configured views still
+    describes the test predictions (a decision is made by predict, never re-derived from the config), and a new
+    predict replaces both together."""
     new_project(tmp_path, "multiclass", n_folds=2, extra=TINY)
     path = tmp_path / "configs" / "exp.yaml"
     run("train", "-c", path)
-    cv_json = tmp_path / "outputs" / "exp" / "cv.json"
+    cv_json, decisions = tmp_path / "outputs" / "exp" / "cv.json", tmp_path / "outputs" / "exp" / "decisions.json"
     run("predict", "-c", path, "tta.views=[identity,vflip]")
-    assert json.loads(cv_json.read_text())["tta_views"] == ["identity", "vflip"]
-    run("cv", "-c", path, "tta.views=[identity,hflip]")  # other views: the old OOF-with-TTA does not count
-    assert "cv_tta" not in json.loads(cv_json.read_text())
+    first = json.loads(cv_json.read_text())
+    assert (
+        first["tta_views"] == ["identity", "vflip"] and json.loads(decisions.read_text())["views"] == first["tta_views"]
+    )
+    run("cv", "-c", path, "tta.views=[identity,hflip]")  # the config says hflip; test_pred.csv holds vflip
+    again = json.loads(cv_json.read_text())
+    assert again["tta_views"] == ["identity", "vflip"] and again["cv_tta"] == first["cv_tta"]
     run("predict", "-c", path, "tta.views=[identity,hflip]")
     cv = json.loads(cv_json.read_text())
     assert cv["tta_views"] == ["identity", "hflip"] and "cv_tta" in cv
+    assert json.loads(decisions.read_text())["views"] == ["identity", "hflip"]
 
 
 def test_lr_find_from_the_command_line(tmp_path, new_project, capsys):

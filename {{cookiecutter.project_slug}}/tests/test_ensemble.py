@@ -99,7 +99,8 @@ def test_optimize_label_metric_uses_the_surrogate(projects):
 
 
 @pytest.mark.parametrize("method", ensemble.list_blend_methods())
-def test_every_method_writes_a_complete_blendable_experiment(projects, method):
+def test_every_method_writes_a_complete_blendable_experiment(projects, method, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the run folder's own files only (a tracked blend adds wandb/)
     cfg = projects["binary"]  # roc_auc, so rank is allowed too
     weights = [1.0, 2.0, 1.0] if method == "weighted" else None
     result = ensemble.blend(cfg, MEMBERS, method, f"ens_{method}", weights=weights, log=lambda s: None)
