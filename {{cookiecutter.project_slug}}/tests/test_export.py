@@ -103,7 +103,7 @@ def test_export_logs_a_wandb_run_with_the_table(exported, monkeypatch):
     assert cli.main(args) == 0
     (tracked,) = [r for r in wandb_runs(cfg.run_dir) if r["job_type"] == "export"]
     assert (tracked["group"], tracked["name"]) == ("exp_tracked", "exp_tracked-export")
-    rows = export.table_rows(json.loads(cfg.run.export_json.read_text()))
+    rows = export.table_rows(cfg.run.read_export())
     assert set(rows) == {"torch", "onnx"} and rows["onnx"]["parity_ok"] is True
     expected = {f"{variant}/{key}": value for variant, row in rows.items() for key, value in row.items()}
     assert {k: tracked["summary"].get(k) for k in expected} == expected
