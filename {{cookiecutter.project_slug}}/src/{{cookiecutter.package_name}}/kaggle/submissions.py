@@ -37,16 +37,16 @@ def default_message(cfg: Config, exp: str) -> str:
     return exp if d is None else f"{exp} CV {d.metric}={d.cv:.5f}"
 
 
-def log_code_submission(cfg: Config, kernel: str, version: int | None, exp: str, message: str,
-                        competition: str) -> dict:  # fmt: skip
-    """submissions/log.csv's row for a code competition's submission: the kernel run's submission.csv, made on Kaggle
-    (no local file to hash), with the experiment's CV."""
+def _append_log(cfg: Config, exp: str, file: str, size: int | str, sha256: str, message: str, competition: str) -> dict:
+    """One row of submissions/log.csv: time in UTC, the file sent (its size and sha256 when it is local), the
+    experiment it was made from and the OOF CV of that submission (its decisions'), so `lb` can put the public
+    scores beside the CVs later."""
     d = _decided(cfg, exp)
     row = {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "file": f"submission.csv (kernel {kernel} v{version})",
-        "bytes": "",
-        "sha256": "",
+        "file": file,
+        "bytes": size,
+        "sha256": sha256,
         "experiment": exp,
         "cv": "" if d is None else d.cv,
         "cv_from": "" if d is None else d.cv_from,
@@ -58,22 +58,14 @@ def log_code_submission(cfg: Config, kernel: str, version: int | None, exp: str,
     return row
 
 
+def log_code_submission(cfg: Config, kernel: str, version: int | None, exp: str, message: str,
+                        competition: str) -> dict:  # fmt: skip
+    """The log's row for a code competition's submission: the kernel run's submission.csv, made on Kaggle (no local
+    file to hash), with the experiment's CV."""
+    return _append_log(cfg, exp, f"submission.csv (kernel {kernel} v{version})", "", "", message, competition)
+
+
 def log_submission(cfg: Config, path: str | Path, message: str, competition: str) -> dict:
-    """Append what was just sent to submissions/log.csv (time in UTC, the file's size and sha256, the experiment it
-    was made from and the OOF CV of that submission), so `lb` can put the public scores beside the CVs later."""
+    """The log's row for a submission file sent from here (the experiment it was made from: its name)."""
     path = Path(path)
-    d = _decided(cfg, path.stem)
-    row = {
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "file": path.name,
-        "bytes": path.stat().st_size,
-        "sha256": checksum(path),
-        "experiment": path.stem,
-        "cv": "" if d is None else d.cv,
-        "cv_from": "" if d is None else d.cv_from,
-        "metric": metric_name(cfg) if d is None else d.metric,
-        "competition": competition,
-        "message": message,
-    }
-    append_csv_row(submission_log_path(submissions_dir(cfg.output_dir)), row)
-    return row
+    return _append_log(cfg, path.stem, path.name, path.stat().st_size, checksum(path), message, competition)
