@@ -528,8 +528,9 @@ def test_each_record_round_trips_through_its_file(tmp_path, kind):
 
 
 def test_files_keep_the_keys_the_stages_always_wrote():
-    """cv.json: an experiment's always holds lr and lr_auto (lr may be null), an ensemble's members, method, weights
-    (null for stacking) and member_cv; the optional keys only when set. weights.json keeps `weights` even when null."""
+    """cv.json: an experiment's always holds lr, lr_auto and folds_differ (each may be null), an ensemble's members,
+    method, weights (null for stacking) and member_cv; the optional keys only when set. weights.json keeps `weights`
+    even when null."""
     common = [
         "exp",
         "task",
@@ -544,7 +545,7 @@ def test_files_keep_the_keys_the_stages_always_wrote():
         "pred_cols",
     ]
     bare = runs.CVSummary(*["x"] * 4, 0.5, {}, True, [], False, "h", ["a"])
-    assert list(bare.to_dict()) == [*common, "lr", "lr_auto"]
+    assert list(bare.to_dict()) == [*common, "lr", "lr_auto", "folds_differ"]
     ensemble = dataclasses.replace(bare, members=["m"], method="vote", member_cv={"m": 0.5})
     assert list(ensemble.to_dict()) == [*common, "members", "method", "weights", "member_cv"]
     assert ensemble.to_dict()["weights"] is None

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from {{ cookiecutter.package_name }} import cli, config, predict
-from {{ cookiecutter.package_name }} import cv as cvm
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.engine import views
+from {{ cookiecutter.package_name }}.data.problem import load_problem
+from {{ cookiecutter.package_name }}.engine import scoring, views
 from {{ cookiecutter.package_name }}.modeling import tta
 
 from conftest import TINY
@@ -225,8 +225,8 @@ def test_tta_views_auto_never_lowers_the_oof_score_on_the_demo(tmp_path, new_pro
     auto_test = pd.read_csv(cfg.run.test_pred)
     # merging every candidate would have lowered the score: the choice mattered
     every = views.with_views(cfg, auto["candidates"])
-    predict.predict_oof_tta(every)
-    assert cvm.summarize(every).cv_tta < auto["identity"]
+    merged = predict.predict_oof_tta(every)
+    assert scoring.score_oof(every, load_problem(every), merged)[1] < auto["identity"]
     explicit = predict.predict_test(views.with_views(cfg, auto["views"]))
     np.testing.assert_allclose(explicit.iloc[:, 1:].to_numpy(), auto_test.iloc[:, 1:].to_numpy(), atol=1e-6)
     # a second predict reuses the choice (same checkpoints, same candidates) and the OOF score it was chosen with

@@ -131,7 +131,7 @@ def summarize(
         pred_cols=problem.classes,
         lr=recorded_lr(cfg),  # optim.lr, resolved when it is auto
         lr_auto=cfg.optim.lr == "auto",
-        folds_differ=differ or None,
+        folds_differ=differ,
     )
     # The OOF rows predicted as test_pred.csv was (views, merge, runtime, from these very checkpoints), if predict
     # made it; else, before predict, the configured (or, tta.views: auto, the chosen) views.

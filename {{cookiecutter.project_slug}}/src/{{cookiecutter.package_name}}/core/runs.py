@@ -453,7 +453,9 @@ class CVSummary:
         return self.members is not None
 
     def to_dict(self) -> dict[str, Any]:
-        always = ("members", "method", "weights", "member_cv") if self.is_ensemble else ("lr", "lr_auto")
+        always = (
+            ("members", "method", "weights", "member_cv") if self.is_ensemble else ("lr", "lr_auto", "folds_differ")
+        )
         head = tuple(f.name for f in fields(self))[:11]
         return _plain(_without_none(self, head + always))
 
