@@ -18,6 +18,7 @@ from .config import Config, metric_name
 from .core.errors import UserError
 from .core.runs import (
     STALE_TMP_AGE,
+    Decisions,
     Run,
     atomic_write_csv,
     read_pred_csv,
@@ -40,7 +41,7 @@ from .engine.inference import predicted_as
 from .modeling import metrics
 
 
-def check_predicted_as_decided(run: Run, decisions) -> None:
+def check_predicted_as_decided(run: Run, decisions: Decisions) -> None:
     """test_pred.csv was predicted as the decisions say (views, merge, runtime): else the thresholds and the CV
     belong to other predictions."""
     if decisions.members is not None or decisions.views is None:
@@ -99,7 +100,7 @@ def make_submission(
     return path
 
 
-def describe(d, classes: list[str]) -> str:
+def describe(d: Decisions, classes: list[str]) -> str:
     """The decisions a submission applied, in words."""
     if d.threshold is not None:
         return f"binary threshold {d.threshold:.4f}"
