@@ -174,7 +174,7 @@ def test_the_notebook_submits_exactly_the_local_submission(tmp_path, new_project
     if case == "tta_auto":
         assert decided.views[0] == "identity" and "auto" not in decided.views
     if case == "multilabel_thresholds":
-        classes = Run.named(cfg.output_dir, "exp").read_classes()["classes"]
+        classes = Run.named(cfg.output_dir, "exp").read_classes().classes
         assert decided.thresholds is not None and len(decided.thresholds) == len(classes)
     if case == "regression_ordinal_cuts":
         assert decided.ordinal is not None and len(decided.ordinal["cuts"]) == len(decided.ordinal["levels"]) - 1
