@@ -34,6 +34,18 @@ class DataConfig:
     cache: str = "none"  # none | memory | disk: decode each image once, at the size training needs (data/cache.py)
     cache_dir: str = "data/cache"  # data.cache=disk: where the decoded arrays live (relative to the project)
     num_workers: int | str = "auto"  # loader processes; auto: see threads
+    # task=segmentation: where the masks are. train_masks: a folder of PNG masks, `<id>.png` (pixel value = class
+    # number 1..C, 0 = background; a 0/255 mask for one class) or `<id>_<class>.png` (one 0/nonzero mask per class).
+    # Unset: run-length encodings in train_csv, in rle_col (one column; or a list: one column per class, named as
+    # the class), one row per image and class when class_col names the class column (an empty cell = empty mask).
+    train_masks: str | None = None
+    rle_col: Any = "EncodedPixels"
+    class_col: str | None = None
+    rle_order: str = "F"  # F: Kaggle's column-major pixel numbering (top to bottom, then left to right) | C: row-major
+    mask_classes: list[str] | None = None  # the classes in order; unset: sorted from the table (or 1..max of the PNGs)
+    # multilabel: classes may overlap (each pixel any number of classes) | multiclass: at most one class per pixel
+    # (the submission keeps each pixel's most probable class among those above their threshold)
+    mask_mode: str = "multilabel"
 
 
 @dataclass
@@ -59,6 +71,11 @@ class ModelConfig:
     channels_last: bool | str = "auto"  # auto: on for CUDA, off on CPU
     compile: bool = False  # torch.compile the training model
     init_head: str = "prior"  # prior: logits start at the training fold's label prior (regression: the mean) | none
+    # task=segmentation: the segmentation-models-pytorch architecture around the timm backbone (`tu-<backbone>`):
+    # unet | unetplusplus | fpn | deeplabv3plus | linknet | manet | pan; decoder_channels unset: the architecture's
+    # own (Unet: 256 128 64 32 16); fewer channels train faster on a CPU
+    arch: str = "unet"
+    decoder_channels: list[int] | None = None
 
 
 @dataclass
@@ -192,11 +209,14 @@ class SubmitConfig:
     # Regression: round predictions to the target's levels (grades) with cuts tuned on OOF for the metric; recorded
     # in cv.json (cv_ordinal) and applied to the test predictions. Unset: on for metric qwk, off otherwise.
     ordinal: bool | None = None
+    # Segmentation: tune on OOF, per class, the mask threshold, the minimum component area (share of the image) and
+    # the probability below which the whole mask is left empty; recorded in decisions.json, applied to the test set.
+    tune_postprocess: bool = True
 
 
 @dataclass
 class Config:
-    task: str = "multiclass"  # multiclass | binary | multilabel | regression
+    task: str = "multiclass"  # multiclass | binary | multilabel | regression | segmentation
     metric: str = "auto"  # auto: the usual metric for the task
     seed: int = 42
     exp: str = MISSING  # the config file's stem
@@ -237,7 +257,13 @@ class Config:
         return [t] if isinstance(t, str) else list(t)
 
 
-DEFAULT_METRIC = {"multiclass": "accuracy", "binary": "roc_auc", "multilabel": "f1_micro", "regression": "rmse"}
+DEFAULT_METRIC = {
+    "multiclass": "accuracy",
+    "binary": "roc_auc",
+    "multilabel": "f1_micro",
+    "regression": "rmse",
+    "segmentation": "dice",
+}
 
 
 def metric_name(cfg: Config) -> str:

@@ -8,8 +8,11 @@ from typing import Any
 
 import numpy as np
 
-TASKS = ("multiclass", "binary", "multilabel", "regression")
+TASKS = ("multiclass", "binary", "multilabel", "regression", "segmentation")
 SIGMOID_TASKS = ("binary", "multilabel")  # independent sigmoid outputs, labels by a threshold
+# One mask per class, (N, C, H, W): independent sigmoid maps (exclusive classes too: the submission keeps one class
+# per pixel), an smp decoder around the timm backbone, predictions stored as arrays (npz), submitted as RLE.
+PIXEL_TASKS = ("segmentation",)
 CLASSIFICATION_TASKS = ("multiclass", "binary", "multilabel")  # predictions are probabilities
 SINGLE_OUTPUT_TASKS = ("binary", "regression")  # one output, one prediction column: (N,) arrays in the metrics
 
