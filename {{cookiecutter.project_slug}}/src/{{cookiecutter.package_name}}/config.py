@@ -45,7 +45,7 @@ from .core.schema import (
     WandbConfig,
     metric_name,
 )
-from .core.tasks import TASKS
+from .core.tasks import PIXEL_TASKS, TASKS
 from .data import folds as folds_module
 from .data.augment import PRESETS, RANDAUGMENT_MAX_M, aug_ops, check_normalization
 from .data.cache import MODES as CACHE_MODES
@@ -82,6 +82,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "export.exporter": EXPORTERS,
     "wandb.mode": ("online", "offline", "disabled"),
     "submit.format": ("auto", "label", "probs", "tags", "value"),
+    "data.mask_mode": ("multilabel", "multiclass"),
+    "data.rle_order": ("F", "C"),
 }
 
 
@@ -402,6 +404,27 @@ def validate(cfg: Config) -> None:
         )
     if cfg.train.sampler != "none" and cfg.task == "regression":
         raise UserError("config key 'train.sampler' balances classes; task=regression has none (use none)")
+    if cfg.task in PIXEL_TASKS:
+        _check_segmentation(cfg)
+
+
+def _check_segmentation(cfg: Config) -> None:
+    """What task=segmentation cannot honour exactly is refused, never adjusted."""
+    d = cfg.data
+    refused = [
+        (d.cache != "none", "data.cache", "none: the decode cache stores resized images, which the masks (laid on "
+         "the original pixels) would no longer fit"),  # fmt: skip
+        (cfg.train.sampler != "none", "train.sampler", "none: pixels have no per-image class to balance"),
+        (cfg.submit.format not in ("auto",), "submit.format", "auto: masks are submitted run-length encoded"),
+        (d.rle_col is not None and not isinstance(d.rle_col, str) and d.class_col is not None, "data.rle_col",
+         "one column when data.class_col names the class column"),  # fmt: skip
+    ]
+    for bad, key, want in refused:
+        if bad:
+            raise UserError(f"config key '{key}' is {get(cfg, key)!r}; task=segmentation needs {want}")
+    if cfg.augment.image_size % 32:
+        raise UserError(f"config key 'augment.image_size' is {cfg.augment.image_size}; segmentation decoders halve "
+                        "the image 5 times: use a multiple of 32")  # fmt: skip
 
 
 # Keys that leave what a fold learns unchanged (where files are, what is logged, what happens after training): a

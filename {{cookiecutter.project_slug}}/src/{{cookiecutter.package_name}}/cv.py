@@ -22,9 +22,12 @@ from .core.runs import (
     read_derived,
     read_id_csv,
     read_json,
+    read_masks,
     read_source,
     remove_stale_tmp,
+    write_masks,
 )
+from .core.tasks import PIXEL_TASKS
 from .core.tracking import Tracker, score_summary
 from .data.problem import Problem, load_problem
 from .engine.codec import record_decisions
@@ -115,7 +118,11 @@ def summarize(
             "every fold under one config (train --force)")  # fmt: skip
     frames = [read_id_csv(run.fold(k).oof, cfg.data.id_col) for k in folds]
     oof = pd.concat(frames, ignore_index=True)
-    per_fold, cv, y_true, pred = score_oof(cfg, problem, oof)
+    maps = None  # segmentation: the probability maps beside each fold's table
+    if cfg.task in PIXEL_TASKS:
+        maps = np.concatenate([read_masks(run.fold(k).oof, f[cfg.data.id_col].tolist())
+                               for k, f in zip(folds, frames, strict=True)])  # fmt: skip
+    per_fold, cv, y_true, pred = score_oof(cfg, problem, oof, maps)
     name = metric_name(cfg)
     result = CVSummary(
         exp=cfg.exp,
@@ -144,8 +151,11 @@ def summarize(
         views = choice.views if choice else (None if auto else list(cfg.tta.views))
         source = None if views is None else folds_source(with_views(cfg, views), folds)
     as_predicted = None if source is None else read_derived(run.oof_tta, source, cfg.data.id_col)
+    as_maps = None
+    if as_predicted is not None and maps is not None:
+        as_maps = read_masks(run.oof_tta, as_predicted[cfg.data.id_col].tolist())
     if as_predicted is not None:
-        result.cv_tta = score_oof(cfg, problem, as_predicted)[1]
+        result.cv_tta = score_oof(cfg, problem, as_predicted, as_maps)[1]
         result.tta_views = views
         result.runtime = way["runtime"] if way else runtime_name(cfg)
     if choice:
@@ -154,15 +164,18 @@ def summarize(
     # The decisions a submission applies, tuned on the OOF predicted as the test set is (the plain OOF when that is
     # one view in torch), and the CV of exactly what the submission holds.
     plain = way is None or (way["views"] == ["identity"] and way["runtime"] == "torch")
-    tuned = (oof, run.oof.name) if as_predicted is None or plain else (as_predicted, run.oof_tta.name)
+    plain_oof = (oof, maps, run.oof.name)
+    tuned = plain_oof if as_predicted is None or plain else (as_predicted, as_maps, run.oof_tta.name)
     if way is not None and not plain and as_predicted is None:
         log(f"{cfg.exp}: no OOF predicted as test_pred.csv (predict --no-oof-tta): decisions tuned on {run.oof.name}")
-    _, _, y_sub, pred_sub = score_oof(cfg, problem, tuned[0])
-    d = record_decisions(cfg, run, problem.classes, y_sub, pred_sub, problem.y, tuned[1], way, folds)
+    _, _, y_sub, pred_sub = score_oof(cfg, problem, tuned[0], tuned[1])
+    d = record_decisions(cfg, run, problem.classes, y_sub, pred_sub, problem.y, tuned[2], way, folds)
     if d is not None:
         result.cv_submission = d.cv
         if d.ordinal is not None:
             result.ordinal, result.cv_ordinal = d.ordinal, d.cv
+    if maps is not None:
+        write_masks(run.oof, oof[cfg.data.id_col].tolist(), maps)
     atomic_write_csv(run.oof, oof)
     run.write_cv(result)
     print(format_table(result))
@@ -209,8 +222,12 @@ def weight_averaging(cfg: Config, problem: Problem, folds: list[int]) -> dict | 
     for name in dict.fromkeys(n for info in infos.values() for n in info["scores"]):
         paths = [run.fold(k).variant_oof(name) for k in folds]
         if all(p.is_file() for p in paths):
-            frames = pd.concat([read_id_csv(p, cfg.data.id_col) for p in paths])
-            out[name] = score_oof(cfg, problem, frames)[1]
+            tables = [read_id_csv(p, cfg.data.id_col) for p in paths]
+            maps = None
+            if cfg.task in PIXEL_TASKS:
+                maps = np.concatenate([read_masks(p, t[cfg.data.id_col].tolist()) for p, t in zip(paths, tables,
+                                                                                                strict=True)])  # fmt: skip
+            out[name] = score_oof(cfg, problem, pd.concat(tables), maps)[1]
     out["folds"] = {str(k): info["scores"] for k, info in infos.items()}
     out["picked"] = {str(k): info["picked"] for k, info in infos.items()}
     return out
@@ -240,7 +257,8 @@ def format_table(result: CVSummary) -> str:
         lines.append(f"  OOF CV rounded to {len(result.ordinal['levels'])} levels at cuts tuned on OOF "
                      f"({cuts}): {result.cv_ordinal:.5f}")  # fmt: skip
     if result.cv_submission is not None:
-        lines.append(f"  OOF CV of the submission (thresholds, cuts, clipping applied): {result.cv_submission:.5f}")
+        applied = "post-processing" if result.task in PIXEL_TASKS else "thresholds, cuts, clipping"
+        lines.append(f"  OOF CV of the submission ({applied} applied): {result.cv_submission:.5f}")
     if result.lr is not None:
         lines.append(f"  optim.lr {result.lr:.3g}" + (" (auto: LR finder)" if result.lr_auto else ""))
     return "\n".join(lines)

@@ -26,8 +26,8 @@ from torch.utils.data import Subset
 
 from .config import Config
 from .core.errors import UserError
-from .core.runs import STALE_TMP_AGE, read_derived, remove_stale_tmp, write_derived
-from .data.problem import build_fold_data, load_problem, pred_frame, test_dataset
+from .core.runs import STALE_TMP_AGE, read_derived, remove_stale_tmp
+from .data.problem import build_fold_data, load_problem, pred_frame, save_predictions, test_dataset
 from .engine.inference import (
     fold_models,
     fold_predictors,
@@ -56,7 +56,7 @@ def predict_test_folds(cfg: Config, folds: list[int]) -> tuple[list[str], dict[i
     preds = {}
     for k in folds:
         pred = predict_loader(load(k), loader, cfg.task, views=cfg.tta.views, merge=cfg.tta.merge, desc=f"fold {k}")
-        write_derived(run.fold(k).test_pred, pred_frame(ids, pred, classes, cfg.data.id_col), prediction_source(cfg, k))
+        save_predictions(run.fold(k).test_pred, ids, pred, classes, cfg.data.id_col, source=prediction_source(cfg, k))
         preds[k] = pred
     return ids, preds
 
@@ -68,9 +68,9 @@ def predict_test(cfg: Config, folds: list[int] | None = None, allow_partial: boo
     folds = folds if folds is not None else fold_models(cfg, allow_partial)
     ids, preds = predict_test_folds(cfg, folds)
     classes = cfg.run.read_classes().classes
-    df = pred_frame(ids, sum(preds.values()) / len(folds), classes, cfg.data.id_col)
-    write_derived(cfg.run.test_pred, df, folds_source(cfg, folds))
-    return df
+    mean = sum(preds.values()) / len(folds)
+    save_predictions(cfg.run.test_pred, ids, mean, classes, cfg.data.id_col, source=folds_source(cfg, folds))
+    return pred_frame(ids, mean, classes, cfg.data.id_col)
 
 
 def predict_oof_tta(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame:
@@ -85,17 +85,17 @@ def predict_oof_tta(cfg: Config, folds: list[int] | None = None) -> pd.DataFrame
         return done
     problem = load_problem(cfg)
     load, feed = fold_predictors(cfg, len(problem.classes))
-    frames = []
+    ids, fold, preds = [], [], []
     for k in folds:
         data = build_fold_data(cfg, problem, k)
         loader = feed(data.valid)
-        pred = predict_loader(load(k), loader, cfg.task, views=cfg.tta.views, merge=cfg.tta.merge, desc=f"oof {k}")
-        frame = pred_frame(data.valid_ids, pred, problem.classes, cfg.data.id_col)
-        frame.insert(1, "fold", k)
-        frames.append(frame)
-    df = pd.concat(frames, ignore_index=True)
-    write_derived(run.oof_tta, df, source)
-    return df
+        preds.append(predict_loader(load(k), loader, cfg.task, views=cfg.tta.views, merge=cfg.tta.merge,
+                                    desc=f"oof {k}"))  # fmt: skip
+        ids += data.valid_ids
+        fold += [k] * len(data.valid_ids)
+    pred = np.concatenate(preds)
+    save_predictions(run.oof_tta, ids, pred, problem.classes, cfg.data.id_col, np.asarray(fold), source)
+    return read_derived(run.oof_tta, source, cfg.data.id_col)
 
 
 def run_predict(cfg: Config, oof_tta: bool = True, allow_partial: bool = False) -> list[str]:

@@ -21,13 +21,26 @@ from .core.runs import (
     Decisions,
     Run,
     atomic_write_csv,
+    read_masks,
     read_pred_csv,
     read_source,
     remove_stale_tmp,
     submission_path,
     submissions_dir,
 )
-from .data.tables import binary_positive, data_path, derive_classes, encode_targets, read_table, read_train
+from .core.tasks import PIXEL_TASKS
+from .data.masks import mask_source
+from .data.problem import test_shapes
+from .data.tables import (
+    binary_positive,
+    data_path,
+    derive_classes,
+    encode_targets,
+    read_long_table,
+    read_table,
+    read_train,
+)
+from .engine import masks_codec
 from .engine.codec import (
     allowed_labels,
     cell_text,
@@ -72,6 +85,9 @@ def make_submission(
     test = read_pred_csv(run.test_pred, id_col, classes)
     decisions = run.read_decisions()
     check_predicted_as_decided(run, decisions)
+    path = submission_path(out_dir if out_dir is not None else submissions_dir(cfg.output_dir), name or exp)
+    if cfg.task in PIXEL_TASKS:
+        return _masks_submission(cfg, run, decisions, test[id_col].tolist(), classes, path, log)
     sample_path = data_path(cfg, cfg.data.sample_submission)
     sample = read_table(sample_path, id_col, encoding=cfg.data.encoding)
     train = read_train(cfg)
@@ -90,13 +106,31 @@ def make_submission(
     values.insert(0, id_col, test[id_col].to_numpy())
     if set(values[id_col]) == set(sample[id_col]):  # else the validator names the missing / extra ids
         values = values.set_index(id_col).loc[sample[id_col]].reset_index()
-    path = submission_path(out_dir if out_dir is not None else submissions_dir(cfg.output_dir), name or exp)
     validate_submission(values, sample, id_col, kind=fmt, labels=allowed, where=str(path))
     remove_stale_tmp(path.parent, STALE_TMP_AGE)  # what a killed make-submission left
     atomic_write_csv(path, values)
     applied = describe(decisions, classes)
     log(f"{path}: {len(values)} rows, format {fmt}{'; ' + applied if applied else ''}; OOF CV of this submission "
         f"{decisions.metric}={decisions.cv:.5f}")  # fmt: skip
+    return path
+
+
+def _masks_submission(cfg: Config, run: Run, decisions: Decisions, ids: list[str], classes: list[str], path: Path,
+                      log: Callable[[str], None]) -> Path:  # fmt: skip
+    """Segmentation: test_pred.csv's maps -> run-length encoded masks at each test image's size, post-processed as
+    decisions.json says, in the sample submission's layout, validated (cells and encodings) before writing."""
+    if decisions.postprocess is None:
+        raise UserError(f"{run.decisions}: no post-processing recorded (made before segmentation support?); run `cv`")
+    maps = read_masks(run.test_pred, ids)
+    sample_path = existing(data_path(cfg, cfg.data.sample_submission), "sample submission")
+    sample = read_long_table(sample_path, cfg.data.id_col, cfg.data.encoding)
+    shapes = test_shapes(cfg, ids)
+    sub = masks_codec.encode_submission(cfg, ids, maps, shapes, decisions.postprocess, sample, classes, str(path))
+    masks_codec.validate_submission(cfg, sub, sample, classes, dict(zip(ids, shapes, strict=True)), str(path))
+    remove_stale_tmp(path.parent, STALE_TMP_AGE)
+    atomic_write_csv(path, sub)
+    log(f"{path}: {len(sub)} rows, run-length encoded masks ({describe(decisions, classes)}); OOF CV of this "
+        f"submission {decisions.metric}={decisions.cv:.5f}")  # fmt: skip
     return path
 
 
@@ -108,11 +142,18 @@ def describe(d: Decisions, classes: list[str]) -> str:
         return "label thresholds " + ", ".join(f"{c}={t:.3f}" for c, t in zip(classes, d.thresholds, strict=True))
     if d.ordinal is not None:
         return "ordinal cuts " + ", ".join(f"{c:.3f}" for c in d.ordinal["cuts"])
+    if d.postprocess is not None:
+        return "post-processing " + ", ".join(
+            f"{c}: p>={pc['threshold']:.2f} area>={pc['min_area']:g} empty<{pc['empty_below']:.2f}"
+            for c, pc in zip(classes, d.postprocess["classes"], strict=True)
+        )
     return ""
 
 
 def score_submission(cfg: Config, submission_file: str | Path, solution_path: str | Path) -> float:
     """The config's metric of a submission file against a solution file (id + target, as in train.csv)."""
+    if cfg.task in PIXEL_TASKS:
+        return _score_masks(cfg, submission_file, solution_path)
     id_col = cfg.data.id_col
     sub = read_table(existing(submission_file, "submission file"), id_col)
     sol = read_table(existing(solution_path, "solution file (--solution)"), id_col, cfg.target_cols, cfg.data.encoding)
@@ -130,6 +171,29 @@ def score_submission(cfg: Config, submission_file: str | Path, solution_path: st
     sample = read_table(data_path(cfg, cfg.data.sample_submission), id_col, encoding=cfg.data.encoding)
     pred = parse_submission(cfg, sub, classes, positive, label_values, resolve_format(cfg, sample, classes))
     return metrics.score(metric_name(cfg), y, pred, cfg.task)
+
+
+def _score_masks(cfg: Config, submission_file: str | Path, solution_path: str | Path) -> float:
+    """Segmentation: both files decoded at each test image's size (the solution laid out as the sample submission
+    is), scored image by image: images of one size at a time, weighted by their count (exact for the per-image
+    metrics dice and iou; miou pools each size's pixels)."""
+    id_col, enc = cfg.data.id_col, cfg.data.encoding
+    sub = read_long_table(existing(submission_file, "submission file"), id_col, enc)
+    sol = read_long_table(existing(solution_path, "solution file (--solution)"), id_col, enc)
+    sample = read_long_table(data_path(cfg, cfg.data.sample_submission), id_col, enc)
+    classes = mask_source(cfg, read_train(cfg)[id_col].tolist()).classes
+    ids = list(dict.fromkeys(sample[id_col].map(masks_codec.cell)))
+    shapes = dict(zip(ids, test_shapes(cfg, ids), strict=True))
+    pred = masks_codec.stack(masks_codec.parse_submission(cfg, sub, sample, classes, shapes, str(submission_file)),
+                             ids, classes)  # fmt: skip
+    true = masks_codec.stack(masks_codec.parse_submission(cfg, sol, sample, classes, shapes, str(solution_path)),
+                             ids, classes)  # fmt: skip
+    total, name = 0.0, metric_name(cfg)
+    for shape in dict.fromkeys(shapes.values()):
+        rows = [n for n, i in enumerate(ids) if shapes[i] == shape]
+        y, p = np.stack([true[n] for n in rows]), np.stack([pred[n] for n in rows]).astype(np.float32)
+        total += metrics.score(name, y, p, cfg.task) * len(rows)
+    return total / len(ids)
 
 
 def submitted_cv(cfg: Config, exp: str) -> float | None:

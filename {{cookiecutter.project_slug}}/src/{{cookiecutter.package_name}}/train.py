@@ -58,7 +58,7 @@ from .core.runtime import (
 )
 from .core.tracking import Tracker, finish_active
 from .data.folds import expected_folds
-from .data.problem import FoldData, pred_frame, save_classes
+from .data.problem import FoldData, save_classes, save_predictions
 from .engine.fold import FoldSetup, Step, rank_batch_size, setup_fold, start_epoch, supervised_step
 from .engine.inference import (
     load_fold_weights,
@@ -231,10 +231,9 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
     scale = load_fold_weights(cfg, model, fold)
     probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} oof", scale=scale)
     final = metrics.score(metric.name, s.data.y_valid, probs, cfg.task)
-    oof = pred_frame(s.data.valid_ids, probs, s.problem.classes, cfg.data.id_col)
-    oof.insert(1, "fold", fold)
     atomic_write_json(out.history, state.history)
-    atomic_write_csv(out.oof, oof)  # written last: its presence marks the fold as finished
+    # written last: its presence marks the fold as finished
+    save_predictions(out.oof, s.data.valid_ids, probs, s.problem.classes, cfg.data.id_col, fold)
     tracker.summary({"best_score": final, "best_source": state.best_source})
     tracker.finish()
     return {"fold": fold, "score": final, "history": state.history}
@@ -270,9 +269,7 @@ def compare_averages(cfg: Config, s: FoldSetup, fold: int, averaging: WeightAver
         probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} {name}",
                                scale=s.target_scale)  # fmt: skip
         scores[name] = metrics.score(metric.name, s.data.y_valid, probs, cfg.task)
-        oof = pred_frame(s.data.valid_ids, probs, s.problem.classes, cfg.data.id_col)
-        oof.insert(1, "fold", fold)
-        atomic_write_csv(out.variant_oof(name), oof)
+        save_predictions(out.variant_oof(name), s.data.valid_ids, probs, s.problem.classes, cfg.data.id_col, fold)
     # the best scoring one ("best", listed first, on a tie); a NaN (a diverged average) is never picked
     picked = max(scores, key=lambda n: metric.gain(scores[n])) if cfg.train.pick_averaged else "best"
     if picked != "best":

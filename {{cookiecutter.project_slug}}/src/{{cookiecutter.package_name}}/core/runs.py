@@ -118,6 +118,7 @@ LOCK = "train.lock"
 WANDB_RUN_ID = "wandb_run_id.txt"
 FOLDS_META_SUFFIX = ".json"  # data/folds.csv -> data/folds.json
 SOURCE_SUFFIX = ".source.json"
+MASKS_SUFFIX = "_masks.npz"  # oof.csv -> oof_masks.npz: a prediction table's segmentation maps
 TMP_SUFFIX = ".tmp"
 CACHE_DIR = ".cache"
 # What a packaged run (Kaggle dataset, offline notebook) carries besides its checkpoints: thresholds and QWK cuts
@@ -237,6 +238,42 @@ def append_csv_row(path: str | Path, row: dict[str, Any]) -> Path:
     path = Path(path)
     old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else pd.DataFrame()
     return atomic_write_csv(path, pd.concat([old, pd.DataFrame([row])], ignore_index=True))
+
+
+# --------------------------------------------------------------------------------------------- segmentation maps
+#
+# A segmentation run's prediction tables (oof.csv, test_pred.csv, oof_tta.csv, fold<k>/...) hold one row per image
+# (its id, fold, and each class's largest probability); the probability maps live beside each table, as uint8
+# (p * 255, rounded: 1/510 at most off) in a compressed npz with the ids, at the training size. Written before the
+# table, whose existence marks a finished fold: a crash between the two leaves no table that lacks its maps.
+
+
+def masks_file(table: Path) -> Path:
+    return table.with_name(table.stem + MASKS_SUFFIX)
+
+
+def write_masks(table: Path, ids: list[str], probs: np.ndarray) -> Path:
+    """The maps (N, C, H, W) of probabilities in [0, 1] (or uint8 already) beside the prediction table `table`."""
+    maps = probs if probs.dtype == np.uint8 else np.rint(np.clip(probs, 0, 1) * 255).astype(np.uint8)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, ids=np.asarray(ids, dtype=str), probs=maps)
+
+    return _atomic(masks_file(table), write)
+
+
+def read_masks(table: Path, ids: list[str]) -> np.ndarray:
+    """The uint8 maps beside `table`, checked to be those of its rows `ids`, in that order."""
+    path = masks_file(table)
+    if not path.is_file():
+        raise UserError(f"{path} not found: the segmentation maps of {table.name}; predict (or train) again")
+    with np.load(path) as z:
+        saved, probs = z["ids"].tolist(), z["probs"]
+    if saved != [str(i) for i in ids]:
+        raise UserError(f"{path} holds other images than {table.name} ({len(saved)} vs {len(ids)} rows); predict "
+                        "(or train) again")  # fmt: skip
+    return probs
 
 
 # --------------------------------------------------------------------------------------------- derived files
@@ -686,7 +723,7 @@ class FoldFiles:
         """Remove what training writes, so a retrained fold starts from nothing."""
         weights = self.path.glob("*.pt")  # last, best, and the weight-averaging variants
         for p in (*weights, self.oof, self.history, self.test_pred, _source_path(self.test_pred), self.averaging,
-                  self.config, *self.path.glob("oof_*.csv")):  # fmt: skip
+                  self.config, *self.path.glob("oof_*.csv"), *self.path.glob(f"*{MASKS_SUFFIX}")):  # fmt: skip
             p.unlink(missing_ok=True)
 
 
@@ -730,6 +767,8 @@ class Decisions:
     ordinal: dict | None = None
     clip: list[float] | None = None  # regression: [low, high], the training target's range
     members: list[str] | None = None  # a blend: its members (each predicted with its own decisions)
+    # segmentation: {"classes": [{threshold, min_area, empty_below} per class], "exclusive": one class per pixel}
+    postprocess: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -71,6 +71,15 @@ def read_image(path: Path, in_chans: int, min_side: int | None = None) -> np.nda
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def image_shapes(paths: Sequence[Path]) -> list[tuple[int, int]]:
+    """(height, width) of each image, from its header (nothing decoded): what a run-length encoding is laid on."""
+    shapes = []
+    for p in paths:
+        with Image.open(p) as im:
+            shapes.append((im.height, im.width))
+    return shapes
+
+
 def _decode_problem(path: Path, size: int) -> str | None:
     """Why `path` cannot be used (a short reason), or None when it opens and decodes completely."""
     if size == 0:

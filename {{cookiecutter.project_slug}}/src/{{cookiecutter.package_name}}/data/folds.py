@@ -17,7 +17,10 @@ from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, Str
 
 from ..core.errors import UserError
 from ..core.runs import atomic_write_csv, atomic_write_json, read_json
-from .tables import derive_classes, encode_targets, read_train
+from ..core.tasks import PIXEL_TASKS
+from .decode import image_paths, image_shapes
+from .masks import area_fractions, mask_source
+from .tables import data_path, derive_classes, encode_targets, read_train
 
 if TYPE_CHECKING:
     from ..core.schema import Config
@@ -33,7 +36,7 @@ def resolve_method(cfg: Config) -> str:
         if method in ("group", "stratified_group") and not grouped:
             raise UserError(f"folds.method={method} needs folds.group_col (the column whose rows must stay together)")
         return method
-    if cfg.task == "multilabel":
+    if cfg.task in ("multilabel", *PIXEL_TASKS):  # segmentation: the classes present and their area bins
         return "group" if grouped else "multilabel"
     if cfg.task == "regression":
         return "stratified_group" if grouped else "binned"
@@ -59,11 +62,11 @@ def assign_folds(
     strat = quantile_bins(y, n_bins) if task == "regression" else y
     if task == "binary":
         strat = (y > 0.5).astype(int)
-    if task == "multilabel" and method == "stratified_group":
+    if task in ("multilabel", *PIXEL_TASKS) and method == "stratified_group":
         raise UserError("folds.method=stratified_group is not defined for multilabel; use group or multilabel")
     dummy = np.zeros(len(y))
     if method == "multilabel":
-        if task != "multilabel":
+        if task not in ("multilabel", *PIXEL_TASKS):
             raise UserError(f"folds.method=multilabel needs task=multilabel, not {task}")
         splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(dummy, y)
@@ -113,10 +116,33 @@ def check_groups(fold: np.ndarray, groups: np.ndarray, group_col: str, where: st
         )
 
 
+def mask_strata(fractions: np.ndarray, n_bins: int) -> np.ndarray:
+    """Segmentation: what folds stratify on, as 0/1 columns (multilabel stratification): each class present or
+    not, and the quantile bin of its area share among the images that have it (small, medium, large defects spread
+    over every fold)."""
+    columns = [fractions > 0]
+    for c in range(fractions.shape[1]):
+        present = fractions[:, c] > 0
+        if present.sum() < 2:
+            continue
+        bins = np.full(len(fractions), -1)
+        bins[present] = quantile_bins(fractions[present, c], max(1, min(n_bins, 4)))
+        columns += [(bins == b)[:, None] for b in np.unique(bins[present])]
+    return np.concatenate(columns, axis=1).astype(np.int64)
+
+
+def _targets(cfg: Config, df: pd.DataFrame) -> np.ndarray:
+    """What the split stratifies on, row by row of the training table `df`."""
+    if cfg.task not in PIXEL_TASKS:
+        return encode_targets(cfg, df, derive_classes(cfg, df))
+    ids = df[cfg.data.id_col].tolist()
+    paths = image_paths(data_path(cfg, cfg.data.train_images), ids, cfg.data.image_ext, "train_images")
+    return mask_strata(area_fractions(mask_source(cfg, ids), image_shapes(paths)), cfg.folds.n_bins)
+
+
 def make_folds(cfg: Config) -> pd.DataFrame:
     df = read_train(cfg)
-    classes = derive_classes(cfg, df)
-    y = encode_targets(cfg, df, classes)
+    y = _targets(cfg, df)
     groups = None
     if cfg.folds.group_col is not None:
         groups = group_values(cfg, df, cfg.folds.group_col)
@@ -124,7 +150,8 @@ def make_folds(cfg: Config) -> pd.DataFrame:
     n_groups = len(np.unique(groups)) if groups is not None else len(df)
     if n_groups < cfg.folds.n_folds:
         raise UserError(f"folds.n_folds={cfg.folds.n_folds} but only {n_groups} rows/groups to split")
-    fold = assign_folds(y, method, cfg.folds.n_folds, cfg.folds.seed, groups, cfg.task, cfg.folds.n_bins)
+    task = "multilabel" if cfg.task in PIXEL_TASKS else cfg.task  # the strata are 0/1 columns
+    fold = assign_folds(y, method, cfg.folds.n_folds, cfg.folds.seed, groups, task, cfg.folds.n_bins)
     if groups is not None:
         check_groups(fold, groups, cfg.folds.group_col, f"folds.method={method}")
     keep = [cfg.data.id_col, *[c for c in cfg.target_cols if c in df.columns]]

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 class ImageDataset(Dataset):
     """Yields {"image": HWC uint8 tensor, "target": task target, "index": row} (+ any `extras` arrays by name).
+    Segmentation: `masks(i, (H, W))` gives row i's masks, HWC uint8 0/1; they go through the transforms with the
+    image (albumentations moves a `mask` with every geometric step, nearest-neighbour) and the target is their
+    (C, H, W) uint8 stack.
     HWC as the transforms leave it: the batch is laid out NCHW on the device (DeviceLoader), not here, image by
     image (a copy in every worker, 8% of an image's decoding and resizing at 224 px).
 
@@ -38,11 +41,12 @@ class ImageDataset(Dataset):
         in_chans: int = 3,
         cache: ImageCache | None = None,
         extras: dict[str, np.ndarray] | None = None,
+        masks: Callable[[int, tuple[int, int]], np.ndarray] | None = None,
     ) -> None:
         if in_chans not in (1, 3):
             raise UserError(f"model.in_chans={in_chans}: images are read as 1 (grayscale) or 3 (RGB) channels")
         self.paths, self.targets, self.transform, self.in_chans = list(paths), targets, transform, in_chans
-        self.cache, self.extras = cache, extras or {}
+        self.cache, self.extras, self.masks = cache, extras or {}, masks
         self.augment_key = torch.full((4,), -1, dtype=torch.int64).share_memory_()  # seed, fold, epoch, part
 
     def __len__(self) -> int:
@@ -59,12 +63,17 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image = self.read(i)
+        mask = self.masks(i, image.shape[:2]) if self.masks is not None else None
         if self.transform is not None:
             self._seed_transform(i)
-            image = self.transform(image=image)["image"]
+            out = self.transform(image=image) if mask is None else self.transform(image=image, mask=mask)
+            image, mask = out["image"], out.get("mask")
         image = image[..., None] if image.ndim == 2 else image
         item = {"image": torch.from_numpy(np.ascontiguousarray(image)), "index": i}
-        if self.targets is not None:
+        if mask is not None:
+            mask = mask[..., None] if mask.ndim == 2 else mask
+            item["target"] = torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1)))
+        elif self.targets is not None:
             item["target"] = torch.as_tensor(self.targets[i])
         for name, values in self.extras.items():
             item[name] = torch.as_tensor(values[i])

@@ -10,19 +10,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset, Sampler
 
 from ..core.errors import UserError
-from ..core.runs import Classes, image_check_cache
+from ..core.runs import Classes, atomic_write_csv, image_check_cache, write_derived, write_masks
 from ..core.runtime import available_cores
-from ..core.tasks import TargetScale
+from ..core.tasks import PIXEL_TASKS, TargetScale
 from .augment import build_transforms, source_size
 from .cache import ImageCache, open_cache
-from .decode import check_images, image_paths
+from .decode import check_images, image_paths, image_shapes
 from .folds import read_folds
 from .images import ImageDataset
+from .masks import MaskSource, area_fractions, mask_source
 from .tables import (
     binary_positive,
     class_counts,
@@ -40,7 +42,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class Problem:
-    """The training table joined with its folds, and the task's encoded targets in the same row order."""
+    """The training table joined with its folds, and the task's encoded targets in the same row order.
+    Segmentation: `y` is each image's area share per class (N, C), what folds stratify on and the pixel prior is
+    taken from; the masks themselves are read on demand from `masks` (data/masks.py), laid on `shapes`."""
 
     ids: list[str]
     folds: np.ndarray
@@ -49,9 +53,37 @@ class Problem:
     classes: list[str]
     positive: str | None
     folds_hash: str
+    masks: MaskSource | None = None
+    shapes: list[tuple[int, int]] | None = None
 
     def rows(self, fold: int, valid: bool) -> np.ndarray:
         return np.flatnonzero((self.folds == fold) if valid else (self.folds != fold))
+
+    def truth(self, rows: np.ndarray, size: int) -> np.ndarray:
+        """Segmentation: the masks of `rows` at the training size, (n, C, size, size) uint8, resized as the
+        evaluation transform resizes them (nearest neighbour): what OOF predictions are scored against."""
+        assert self.masks is not None and self.shapes is not None
+        out = np.zeros((len(rows), len(self.classes), size, size), np.uint8)
+        for j, i in enumerate(rows):
+            out[j] = resize_masks(self.masks.read(int(i), self.shapes[i]), size).transpose(2, 0, 1)
+        return out
+
+
+@dataclass
+class RowMasks:
+    """A Dataset's row j -> problem row rows[j]'s masks (a class, not a closure: loader workers pickle it)."""
+
+    source: MaskSource
+    rows: np.ndarray
+
+    def __call__(self, j: int, shape: tuple[int, int]) -> np.ndarray:
+        return self.source.read(int(self.rows[j]), shape)
+
+
+def resize_masks(mask: np.ndarray, size: int) -> np.ndarray:
+    """HWC 0/1 masks -> (size, size, C), nearest neighbour: albumentations' Resize does the same to a `mask`."""
+    out = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return out[..., None] if out.ndim == 2 else out
 
     def target_scale(self, fold: int, task: str) -> TargetScale | None:
         """Regression: the standardisation of fold `fold`'s training targets (validation rows never count);
@@ -71,6 +103,8 @@ class FoldData:
 
 
 def load_problem(cfg: Config) -> Problem:
+    if cfg.task in PIXEL_TASKS:
+        return _load_masks_problem(cfg)
     train = read_train(cfg)
     folds, h = read_folds(cfg, train)
     id_col = cfg.data.id_col
@@ -85,6 +119,22 @@ def load_problem(cfg: Config) -> Problem:
     return Problem(ids, train["fold"].to_numpy(np.int64), y, paths, classes, positive, h)
 
 
+def _load_masks_problem(cfg: Config) -> Problem:
+    """Segmentation: the images of train_csv (one row each), their folds, masks and area shares."""
+    train = read_train(cfg)
+    folds, h = read_folds(cfg, train)
+    id_col = cfg.data.id_col
+    train = train.merge(folds[[id_col, "fold"]], on=id_col, how="left", validate="one_to_one")
+    ids = train[id_col].tolist()
+    folder = data_path(cfg, cfg.data.train_images)
+    paths = image_paths(folder, ids, cfg.data.image_ext, "train_images")
+    check_images(paths, "train_images", image_check_cache(cfg.output_dir, folder))
+    source = mask_source(cfg, ids)
+    shapes = image_shapes(paths)
+    y = area_fractions(source, shapes)
+    return Problem(ids, train["fold"].to_numpy(np.int64), y, paths, source.classes, None, h, source, shapes)
+
+
 def image_cache(cfg: Config, paths: list[Path]) -> ImageCache | None:
     """The decode cache (data.cache) of an image set, built on first use: every training image at once, so that
     all folds share one entry. Its build decodes with data.num_workers processes ('auto': one per core, since
@@ -97,6 +147,8 @@ def image_cache(cfg: Config, paths: list[Path]) -> ImageCache | None:
 def build_fold_data(cfg: Config, problem: Problem, fold: int) -> FoldData:
     tr, va = problem.rows(fold, valid=False), problem.rows(fold, valid=True)
     in_chans, paths = cfg.model.in_chans, problem.paths
+    if problem.masks is not None:
+        return _masks_fold_data(cfg, problem, tr, va)
     cache = image_cache(cfg, paths)
     train_tf = build_transforms(cfg.augment, True, in_chans)
     valid_tf = build_transforms(cfg.augment, False, in_chans)
@@ -113,6 +165,26 @@ def build_fold_data(cfg: Config, problem: Problem, fold: int) -> FoldData:
     )
 
 
+def _masks_fold_data(cfg: Config, problem: Problem, tr: np.ndarray, va: np.ndarray) -> FoldData:
+    """Segmentation: images with their masks (no decode cache: it would store resized images, which the masks,
+    laid on the original pixels, no longer fit); class_counts = the training rows' mean area share per class
+    (the pixel prior the output bias starts at)."""
+    assert problem.masks is not None
+    in_chans, paths = cfg.model.in_chans, problem.paths
+    train_tf = build_transforms(cfg.augment, True, in_chans)
+    valid_tf = build_transforms(cfg.augment, False, in_chans)
+    train_ds = ImageDataset([paths[i] for i in tr], None, train_tf, in_chans, masks=RowMasks(problem.masks, tr))
+    valid_ds = ImageDataset([paths[i] for i in va], None, valid_tf, in_chans, masks=RowMasks(problem.masks, va))
+    return FoldData(
+        train=train_ds,
+        valid=valid_ds,
+        valid_ids=[problem.ids[i] for i in va],
+        y_valid=problem.truth(va, cfg.augment.image_size),
+        sampler_labels=None,
+        class_counts=problem.y[tr].mean(0),
+    )
+
+
 def test_dataset(cfg: Config) -> tuple[list[str], ImageDataset]:
     test = read_table(data_path(cfg, cfg.data.test_csv), cfg.data.id_col, encoding=cfg.data.encoding)
     ids = test[cfg.data.id_col].tolist()
@@ -123,16 +195,36 @@ def test_dataset(cfg: Config) -> tuple[list[str], ImageDataset]:
     return ids, ImageDataset(paths, None, tf, cfg.model.in_chans, image_cache(cfg, paths))
 
 
+def test_shapes(cfg: Config, ids: list[str]) -> list[tuple[int, int]]:
+    """(height, width) of each test image: the size a segmentation submission's masks are encoded at."""
+    folder = data_path(cfg, cfg.data.test_images)
+    return image_shapes(image_paths(folder, ids, cfg.data.image_ext, "test_images"))
+
+
 def save_classes(cfg: Config, problem: Problem) -> None:
     cfg.run.write_classes(Classes(cfg.task, problem.classes, problem.positive))
 
 
 def pred_frame(ids: list[str], probs: np.ndarray, classes: list[str], id_col: str) -> pd.DataFrame:
-    """Predictions as a table: the id, then one column per class/label/target (see README, 'Artefacts')."""
-    probs = probs.reshape(len(ids), -1)
+    """Predictions as a table: the id, then one column per class/label/target (see README, 'Artefacts').
+    Segmentation maps (N, C, H, W) are summarised per class by their largest probability (how sure the model is
+    that the class is in the image); the maps themselves go beside the table (core.runs.write_masks)."""
+    probs = probs.max(axis=(2, 3)) if probs.ndim == 4 else probs.reshape(len(ids), -1)
     df = pd.DataFrame(probs, columns=classes)
     df.insert(0, id_col, ids)
     return df
+
+
+def save_predictions(path: Path, ids: list[str], probs: np.ndarray, classes: list[str], id_col: str,
+                     fold: int | None = None, source: dict | None = None) -> Path:  # fmt: skip
+    """A prediction table (pred_frame, with the `fold` column when given; derived from `source` when given, see
+    core.runs.write_derived), and segmentation maps beside it, written first."""
+    if probs.ndim == 4:
+        write_masks(path, ids, probs)
+    df = pred_frame(ids, probs, classes, id_col)
+    if fold is not None:
+        df.insert(1, "fold", fold)
+    return write_derived(path, df, source) if source is not None else atomic_write_csv(path, df)
 
 
 def oof_truth(

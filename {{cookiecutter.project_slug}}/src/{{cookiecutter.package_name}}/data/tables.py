@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import UserError
-from ..core.tasks import SIGMOID_TASKS, SINGLE_OUTPUT_TASKS
+from ..core.tasks import PIXEL_TASKS, SIGMOID_TASKS, SINGLE_OUTPUT_TASKS
 
 if TYPE_CHECKING:
     from ..core.schema import Config
@@ -48,6 +48,20 @@ def read_csv_text(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
         ) from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: no header row; expected a CSV with a header row") from None
+
+
+def read_long_table(path: Path, id_col: str, encoding: str = "utf-8") -> pd.DataFrame:
+    """A CSV whose ids may repeat (a run-length table: one row per image and class), as text; a missing id column,
+    no rows or an empty id is a one-line error."""
+    df = read_csv_text(path, encoding)
+    if id_col not in df.columns:
+        raise UserError(f"{path}: column {id_col!r} not found; columns are {list(df.columns)}")
+    if df.empty:
+        raise UserError(f"{path}: no rows, only the header {list(df.columns)}")
+    empty = df.index[df[id_col].isna()]
+    if len(empty):
+        raise UserError(f"{path}: column '{id_col}' has {len(empty)} empty ids, at {_rows(empty)}")
+    return df
 
 
 def read_table(
@@ -117,7 +131,12 @@ def check_labels(path: Path, col: str, labels: pd.Series, task: str, sep: str = 
 
 
 def read_train(cfg: Config) -> pd.DataFrame:
+    """The training table, one row per image, its targets checked. Segmentation: one row per image in first-seen
+    order (a run-length table has a row per image and class; the masks are read by data/masks.py)."""
     path = data_path(cfg, cfg.data.train_csv)
+    if cfg.task in PIXEL_TASKS:
+        df = read_long_table(path, cfg.data.id_col, cfg.data.encoding)
+        return df.drop_duplicates(cfg.data.id_col).reset_index(drop=True)
     df = read_table(path, cfg.data.id_col, cfg.target_cols, cfg.data.encoding)
     for col in cfg.target_cols:
         if cfg.task in ("multiclass", "binary") or (cfg.task == "multilabel" and not _is_multi_hot(cfg)):

@@ -12,7 +12,7 @@ import pandas as pd
 from ..config import Config, metric_name
 from ..core.errors import UserError
 from ..core.runs import Decisions, Run
-from ..core.tasks import CLASSIFICATION_TASKS
+from ..core.tasks import CLASSIFICATION_TASKS, PIXEL_TASKS
 from ..data.tables import data_path, derive_classes, read_table
 from ..modeling import metrics
 from .inference import as_decided, model_digests
@@ -221,7 +221,10 @@ def record_decisions(cfg: Config, run: Run, classes: list[str], y: np.ndarray, p
     if not sample_path.is_file():
         print(f"note: {sample_path} not found: no submission decisions for {run.name}")
         return None
-    fmt = resolve_format(cfg, read_table(sample_path, cfg.data.id_col, encoding=cfg.data.encoding), classes)
+    if cfg.task in PIXEL_TASKS:
+        fmt = "rle"  # run-length encoded masks, laid out as the sample submission is (submission.py)
+    else:
+        fmt = resolve_format(cfg, read_table(sample_path, cfg.data.id_col, encoding=cfg.data.encoding), classes)
     predicted = {}
     if way is not None:
         models = model_digests(as_decided(cfg, way["views"], way["merge"], way["runtime"]), folds) if folds else None

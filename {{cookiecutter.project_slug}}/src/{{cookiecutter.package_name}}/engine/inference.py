@@ -29,7 +29,7 @@ from ..core.runtime import (
     compute_setup,
     use_channels_last,
 )
-from ..core.tasks import TargetScale, num_outputs
+from ..core.tasks import PIXEL_TASKS, TargetScale, num_outputs
 from ..data.augment import Normalize, resolve_normalization
 from ..data.folds import expected_folds
 from ..data.images import DeviceLoader, make_loader
@@ -45,7 +45,7 @@ def activate(logits: torch.Tensor, task: str, scale: TargetScale | None = None) 
     logits = logits.float()
     if task == "multiclass":
         return logits.softmax(-1)
-    if task == "multilabel":
+    if task in ("multilabel", *PIXEL_TASKS):  # segmentation (N, C, H, W): one independent map per class
         return logits.sigmoid()
     out = logits.reshape(len(logits), -1)[:, 0]
     if task == "binary":
@@ -87,7 +87,8 @@ def predict_models(
             fold_scale = scale if scale is not None else predictor.scale
             per_view = []
             for view in views:
-                logits = predictor(tta.get_view(view).apply(x.to(predictor.device, non_blocking=True)))
+                v = tta.get_view(view)
+                logits = _inverted(v, predictor(v.apply(x.to(predictor.device, non_blocking=True))), x)
                 per_view.append(activate(logits, task, fold_scale) if activation or len(views) > 1 else logits)
             outs[name].append(per_view[0] if len(per_view) == 1 else torch.as_tensor(tta.merge(per_view, how)))
     return {name: torch.cat(o).cpu().numpy() for name, o in outs.items()}
@@ -109,7 +110,12 @@ class _ViewStack(Predictor):
         self.device, self.where = predictor.device, predictor.where
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.predictor(view.apply(x)).float() for view in self.views], dim=1)
+        return torch.stack([_inverted(view, self.predictor(view.apply(x)).float(), x) for view in self.views], dim=1)
+
+
+def _inverted(view: tta.View, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A view's output back onto the input's pixels when it is a map (segmentation); class scores as they are."""
+    return view.invert(out, tuple(x.shape[-2:])) if out.ndim == 4 else out
 
 
 def predict_views(predictor: Predictor, loader: Iterable[dict], task: str, views: Sequence[str],

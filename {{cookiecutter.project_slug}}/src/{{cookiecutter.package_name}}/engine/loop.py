@@ -80,7 +80,8 @@ def evaluate(cfg: Config, s: FoldSetup, models: dict[str, nn.Module]) -> dict[st
     results = {}
     for name, out in outputs.items():
         logits = torch.from_numpy(out)
-        loss = float(s.criterion(logits.reshape(len(y), -1).to(s.device), y.to(s.device)))
+        logits = logits if logits.ndim == 4 else logits.reshape(len(y), -1)  # segmentation keeps its maps
+        loss = float(s.criterion(logits.to(s.device), y.to(s.device)))
         probs = activate(logits, cfg.task, s.target_scale).numpy()
         results[name] = (loss, metrics.score(metric_name(cfg), s.data.y_valid, probs, cfg.task))
     return results

@@ -16,19 +16,26 @@ from scipy.optimize import minimize
 from ..config import Config, metric_name
 from ..core.errors import UserError
 from ..core.runs import Decisions
-from ..core.tasks import SINGLE_OUTPUT_TASKS
+from ..core.tasks import PIXEL_TASKS, SINGLE_OUTPUT_TASKS
 from ..data.problem import Problem
 from ..modeling import metrics
+from . import postprocess
 
 
 def score_oof(
-    cfg: Config, problem: Problem, oof: pd.DataFrame
+    cfg: Config, problem: Problem, oof: pd.DataFrame, maps: np.ndarray | None = None
 ) -> tuple[dict[str, float], float, np.ndarray, np.ndarray]:
     """Per-fold scores, the overall OOF score, and the aligned (truth, prediction) arrays; the truth is `problem`'s
-    (data.problem.load_problem, read once by the command)."""
+    (data.problem.load_problem, read once by the command). Segmentation: `maps` are the OOF rows' probability maps
+    (uint8, core.runs.read_masks), scored against the masks at their size."""
     position = {i: n for n, i in enumerate(problem.ids)}
     rows = np.array([position[i] for i in oof[cfg.data.id_col]])
-    y_true, pred = problem.y[rows], oof[problem.classes].to_numpy()
+    if cfg.task in PIXEL_TASKS:
+        if maps is None:
+            raise TypeError("score_oof: a segmentation OOF table is scored with its maps")
+        y_true, pred = problem.truth(rows, maps.shape[-1]), maps.astype(np.float32) / 255
+    else:
+        y_true, pred = problem.y[rows], oof[problem.classes].to_numpy()
     if cfg.task in SINGLE_OUTPUT_TASKS:
         pred = pred[:, 0]
     name = metric_name(cfg)
@@ -140,9 +147,17 @@ def decide(cfg: Config, fmt: str, y: np.ndarray, pred: np.ndarray, target: np.nd
     name = metric_name(cfg)
     metric = metrics.get_metric(name)
     label_metric = name in metrics.label_metrics()
-    pred = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
     d = Decisions(metric=name, higher_is_better=metric.higher_is_better, cv=float("nan"), cv_from=cv_from, format=fmt,
                   **predicted)  # fmt: skip
+    if cfg.task in PIXEL_TASKS:  # thresholds, smallest component, empty masks: per class, tuned on the OOF maps
+        exclusive = cfg.data.mask_mode == "multiclass"
+        if cfg.submit.tune_postprocess:
+            pp = postprocess.tune(pred, y, name, exclusive)[0]
+        else:
+            pp = postprocess.default(len(pred[0]), exclusive)
+        masks = postprocess.apply(pred, pp).astype(np.float32)
+        return dataclasses.replace(d, postprocess=pp, cv=float(metrics.score(name, y, masks, cfg.task)))
+    pred = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
     if cfg.task == "binary" and fmt == "label":
         t = cfg.submit.threshold
         if cfg.submit.tune_thresholds and label_metric:
