@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from .config import Config, load
 from .core.errors import Interrupted, UserError
+from .core.tasks import TASKS
 
 
 @dataclass
@@ -81,8 +82,8 @@ def config_of(args: argparse.Namespace) -> Config:
 
 def _demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="data/demo", help="folder to write (default data/demo)")
-    p.add_argument("--task", default="multiclass", help="multiclass | binary | multilabel | regression")
-    p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    p.add_argument("--task", default="multiclass", choices=TASKS, help=" | ".join(TASKS))
+    p.add_argument("--size", type=int, help="image side in pixels (default 32; segmentation: 64)")
     p.add_argument("--rgb", action="store_true", help="write RGB instead of grayscale PNGs")
 
 
