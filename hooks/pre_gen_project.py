@@ -23,7 +23,7 @@ DEPENDENCIES = {
 # fmt: on
 # Which metrics make sense for which task (the generated metrics registry holds the same table; a test checks it).
 METRIC_TASKS = {
-    "auto": {"multiclass", "binary", "multilabel", "regression"},
+    "auto": {"multiclass", "binary", "multilabel", "regression", "segmentation"},
     "accuracy": {"multiclass", "binary", "multilabel"},
     "balanced_accuracy": {"multiclass", "binary"},
     "f1_macro": {"multiclass", "binary", "multilabel"},
@@ -34,6 +34,9 @@ METRIC_TASKS = {
     "rmse": {"regression"},
     "mae": {"regression"},
     "map_at_3": {"multiclass"},
+    "dice": {"segmentation"},  # Kaggle's mean Dice per image and class (empty on empty = 1)
+    "iou": {"segmentation"},
+    "miou": {"segmentation"},  # per-class IoU over the whole set
 }
 # Free-text answers are escaped where they are rendered (pyproject.toml strings, the README's Markdown title, a
 # Makefile comment; answers in configs/*.yaml are quoted), so any one line of printable text is fine. What no one-line

@@ -16,23 +16,36 @@ from {{ cookiecutter.package_name }}.data import tables
 from {{ cookiecutter.package_name }}.modeling import losses
 
 N, C, L = 8, 5, 3
-TASKS = ("multiclass", "binary", "multilabel", "regression")
-OUTPUTS = {"multiclass": C, "binary": 1, "multilabel": L, "regression": 1}
+M, H, W = 2, 6, 5  # segmentation: classes, height, width
+TASKS = ("multiclass", "binary", "multilabel", "regression", "segmentation")
+OUTPUTS = {"multiclass": C, "binary": 1, "multilabel": L, "regression": 1, "segmentation": M}
 EXPECTED_TASKS = {
     "ce": {"multiclass"},
     "soft_ce": {"multiclass"},
-    "bce": {"binary", "multilabel"},
-    "focal": {"multiclass", "binary", "multilabel"},
+    "bce": {"binary", "multilabel", "segmentation"},
+    "focal": {"multiclass", "binary", "multilabel", "segmentation"},
     "soft_f1": {"binary", "multilabel"},
     "mse": {"regression"},
     "l1": {"regression"},
     "huber": {"regression"},
+    "bce_dice": {"segmentation"},
+    "dice": {"segmentation"},
+    "jaccard": {"segmentation"},
+    "lovasz": {"segmentation"},
 }
 
 
 def make_batch(task: str, soft: bool = False, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits in the model's shape and targets in the task's format (float64, so references compare tightly)."""
+    """Logits in the model's shape and targets in the task's format (float64, so references compare tightly).
+    Segmentation masks are 0/1 whatever `soft` says, with an empty mask (image 0, class 1) among them."""
     g = torch.Generator().manual_seed(seed)
+    if task == "segmentation":
+        logits = (2 * torch.randn(N, M, H, W, generator=g, dtype=torch.float64)).requires_grad_()
+        masks = (
+            torch.rand(N, M, H, W, generator=g, dtype=torch.float64) < torch.rand(N, M, 1, 1, generator=g)
+        ).double()
+        masks[0, 1] = 0
+        return logits, masks
     logits = (2 * torch.randn(N, OUTPUTS[task], generator=g, dtype=torch.float64)).requires_grad_()
     if task == "multiclass":
         soft_t = torch.softmax(torch.randn(N, C, generator=g, dtype=torch.float64), 1)
@@ -130,7 +143,44 @@ def ref_focal(logits, target, task, cfg) -> float:
     return ref_sigmoid(logits, target, gamma=cfg.focal_gamma)
 
 
+def ref_mask(kind: str):
+    """Per image and class over plain floats: soft Dice / Jaccard with smoothing 1, or the Lovasz hinge written from
+    its definition (errors sorted in decreasing order, each weighted by the step in Jaccard loss it causes)."""
+
+    def pair(z: list[float], t: list[float]) -> float:
+        p = [1 / (1 + math.exp(-v)) for v in z]
+        inter, size = sum(a * b for a, b in zip(p, t, strict=True)), sum(p) + sum(t)
+        if kind == "dice":
+            return 1 - (2 * inter + 1) / (size + 1)
+        if kind == "jaccard":
+            return 1 - (inter + 1) / (size - inter + 1)
+        errors = sorted(((1 - v * (2 * y - 1), y) for v, y in zip(z, t, strict=True)), key=lambda e: -e[0])
+        loss, prev, positives = 0.0, 0.0, sum(t)
+        for k in range(1, len(errors) + 1):
+            hits = sum(y for _, y in errors[:k])
+            jaccard_loss = 1 - (positives - hits) / (positives + k - hits)
+            loss += max(errors[k - 1][0], 0.0) * (jaccard_loss - prev)
+            prev = jaccard_loss
+        return loss
+
+    def ref(logits, target, task, cfg) -> float:
+        z, t = logits.detach().tolist(), target.detach().tolist()
+        per_image = []
+        for zi, ti in zip(z, t, strict=True):
+            flat = [
+                ([v for row in zc for v in row], [v for row in tc for v in row]) for zc, tc in zip(zi, ti, strict=True)
+            ]
+            per_image.append(sum(pair(a, b) for a, b in flat) / len(flat))
+        return sum(per_image) / len(per_image)
+
+    return ref
+
+
 REFERENCE = {
+    "bce_dice": lambda z, t, task, cfg: ref_sigmoid(z, t) + ref_mask("dice")(z, t, task, cfg),
+    "dice": ref_mask("dice"),
+    "jaccard": ref_mask("jaccard"),
+    "lovasz": ref_mask("lovasz"),
     "ce": lambda z, t, task, cfg: ref_softmax(z, t),
     "soft_ce": lambda z, t, task, cfg: ref_softmax(z, t),
     "bce": lambda z, t, task, cfg: ref_sigmoid(z, t),
@@ -142,7 +192,9 @@ REFERENCE = {
 }
 
 PAIRS = [(n, t) for n in losses.list_losses() for t in losses.LOSSES.meta(n)["tasks"]]
-CASES = [(n, t, soft) for n, t in PAIRS for soft in ((False,) if t == "regression" else (False, True))]
+CASES = [
+    (n, t, soft) for n, t in PAIRS for soft in ((False,) if t in ("regression", "segmentation") else (False, True))
+]
 
 
 def build(task: str, counts=None, **kw) -> torch.nn.Module:
@@ -207,14 +259,14 @@ def test_half_precision_logits_are_computed_in_float32(name, task):
 
 
 def test_default_loss_and_auto():
-    assert [losses.default_loss(t) for t in TASKS] == ["ce", "bce", "bce", "mse"]
+    assert [losses.default_loss(t) for t in TASKS] == ["ce", "bce", "bce", "mse", "bce_dice"]
     logits, target = make_batch("multilabel")
     auto = build("multilabel")(logits, target)
     assert auto.item() == pytest.approx(F.binary_cross_entropy_with_logits(logits, target).item())
     with pytest.raises(UserError, match="unknown task 'ranking'"):
         losses.default_loss("ranking")
-    with pytest.raises(UserError, match="unknown loss 'dice'"):
-        build("binary", name="dice")
+    with pytest.raises(UserError, match="unknown loss 'tversky'"):
+        build("binary", name="tversky")
 
 
 # --- options ---------------------------------------------------------------------------------------------------------
@@ -276,6 +328,17 @@ def test_class_counts():
         ("multiclass", {"name": "ce", "label_smoothing": 1.0}, "'loss.label_smoothing' is 1.0"),
         ("multiclass", {"name": "focal", "focal_gamma": -1.0}, "'loss.focal_gamma'"),
         ("regression", {"name": "huber", "huber_delta": 0.0}, "'loss.huber_delta'"),
+        (
+            "segmentation",
+            {"name": "bce", "class_weight": "balanced"},
+            "'loss.class_weight' is not used by loss 'bce' for",
+        ),
+        (
+            "segmentation",
+            {"name": "focal", "pos_weight": 2.0},
+            "'loss.pos_weight' is not used by loss 'focal' for task",
+        ),
+        ("segmentation", {"name": "bce_dice", "label_smoothing": 0.1}, "'loss.label_smoothing' is not used by loss"),
     ],
 )
 def test_bad_options_are_user_errors(task, kw, match):
@@ -372,3 +435,78 @@ def test_distillation_is_zero_for_an_identical_multiclass_student():
     assert losses.distillation_loss(student, student + 3.0, "multiclass", 2.0).item() == pytest.approx(0, abs=1e-12)
     with pytest.raises(UserError, match=r"distill\.temperature"):
         losses.distillation_loss(student, student, "multiclass", 0.0)
+
+
+# --- segmentation ----------------------------------------------------------------------------------------------------
+
+SEG_LOSSES = losses.list_losses("segmentation")
+
+
+def _hard_dice(logits: torch.Tensor, masks: torch.Tensor) -> float:
+    pred = (logits > 0).double()
+    inter, size = (pred * masks).sum((2, 3)), (pred + masks).sum((2, 3))
+    return torch.where(size > 0, 2 * inter / size.clamp_min(1), torch.ones_like(size)).mean().item()
+
+
+@pytest.mark.parametrize("name", SEG_LOSSES)
+def test_segmentation_loss_fits_a_mask(name):
+    """A free logits tensor, 50 Adam steps towards fixed masks (one empty): the loss falls, stays finite, and the
+    Dice of the thresholded result rises."""
+    _, masks = make_batch("segmentation", seed=3)
+    logits = torch.zeros(N, M, H, W, dtype=torch.float64).normal_(generator=torch.Generator().manual_seed(4))
+    logits.requires_grad_()
+    loss_fn, opt = build("segmentation", name=name), torch.optim.Adam([logits], lr=0.1)
+    before_dice, seen = _hard_dice(logits.detach(), masks), []
+    for _ in range(50):
+        opt.zero_grad()
+        loss = loss_fn(logits, masks.to(torch.uint8))
+        assert torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+        seen.append(loss.item())
+    assert seen[-1] < 0.5 * seen[0]
+    assert _hard_dice(logits.detach(), masks) > max(before_dice, 0.9)
+
+
+@pytest.mark.parametrize("name", ["dice", "jaccard", "lovasz", "bce_dice"])
+def test_perfect_masks_cost_nothing(name):
+    _, masks = make_batch("segmentation")
+    assert build("segmentation", name=name)(30 * (2 * masks - 1), masks).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_soft_dice_of_empty_masks():
+    """An empty mask predicted empty costs ~0 (Kaggle's empty-on-empty = 1), one predicted full costs about all."""
+    empty = torch.zeros(1, 1, 4, 4)
+    dice = build("segmentation", name="dice")
+    assert dice(torch.full_like(empty, -30.0), empty).item() == pytest.approx(0, abs=1e-6)
+    assert dice(torch.full_like(empty, 30.0), empty).item() == pytest.approx(1 - 1 / 17)
+
+
+def test_lovasz_matches_smp_per_image_and_class():
+    lovasz = pytest.importorskip("segmentation_models_pytorch.losses.lovasz")
+    logits, masks = make_batch("segmentation")
+    x, t = logits.detach().float(), masks.float()
+    ref = [lovasz._lovasz_hinge_flat(x[i, c].reshape(-1), t[i, c].reshape(-1)) for i in range(N) for c in range(M)]
+    assert build("segmentation", name="lovasz")(x, t).item() == pytest.approx(torch.stack(ref).mean().item(), rel=1e-5)
+
+
+def test_segmentation_shapes_must_match():
+    logits, masks = make_batch("segmentation")
+    with pytest.raises(ValueError, match="do not match"):
+        build("segmentation", name="dice")(logits, masks[:, :1])
+    with pytest.raises(ValueError, match="do not match"):
+        build("segmentation", name="lovasz")(logits[:, :, 0], masks[:, :, 0])
+
+
+def test_segmentation_prior_logits():
+    """Losses with a BCE term start at each class's pixel log-odds (clipped for a class without pixels), smoothed as
+    they smooth; the region losses at 0."""
+    frac = np.array([0.2, 0.0])
+    got = losses.prior_logits(LossConfig(), "segmentation", M, frac)
+    assert got.tolist() == pytest.approx([math.log(0.2 / 0.8), math.log(1e-4 / (1 - 1e-4))], rel=1e-5)
+    smoothed = losses.prior_logits(LossConfig(name="bce", label_smoothing=0.2), "segmentation", M, frac)
+    assert smoothed.tolist() == pytest.approx([math.log(0.26 / 0.74), math.log(0.1 / 0.9)], rel=1e-5)
+    for name in ("dice", "jaccard", "lovasz"):
+        assert losses.prior_logits(LossConfig(name=name), "segmentation", M, frac).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="pixel fractions"):
+        losses.prior_logits(LossConfig(), "segmentation", M, np.array([3.0, 1.0]))

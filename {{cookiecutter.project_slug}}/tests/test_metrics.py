@@ -15,6 +15,7 @@ from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.modeling import metrics
 
 N, C, L = 60, 4, 3
+MASK = (6, 3, 9, 7)  # segmentation: N images, C classes, H x W
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -24,6 +25,11 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def make_data(task: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Predictions that are informative but imperfect, with every class / label value present."""
     rng = np.random.default_rng(seed)
+    if task == "segmentation":  # blobs of varied size, some masks empty, class 2 empty in image 0 and 1
+        y = (rng.random(MASK) < rng.uniform(0.0, 0.6, MASK[:2])[:, :, None, None]).astype(np.uint8)
+        y[:2, 2] = 0
+        y[3, 1] = 0
+        return y, _sigmoid(rng.normal(size=MASK) + 1.5 * (2.0 * y - 1))
     if task == "multiclass":
         y = np.concatenate([np.arange(C), rng.integers(0, C, N - C)])
         z = rng.normal(size=(N, C)) + 1.5 * np.eye(C)[y]
@@ -79,6 +85,31 @@ def _roc_auc_ref(y_true: np.ndarray, y_pred: np.ndarray, task: str) -> float:
     return skm.roc_auc_score(y_true, y_pred, average="macro")
 
 
+def _mask_ref(kind: str):
+    """Per image and class, in plain Python: pixel counts of truth, prediction (>= 0.5) and both; empty on empty = 1."""
+
+    def ref(y_true: np.ndarray, y_pred: np.ndarray, task: str) -> float:
+        pairs, inter_c, union_c = [], {}, {}
+        for n in range(y_true.shape[0]):
+            for c in range(y_true.shape[1]):
+                t = [int(v) for v in y_true[n, c].ravel()]
+                p = [1 if v >= 0.5 else 0 for v in y_pred[n, c].ravel()]
+                inter = sum(a * b for a, b in zip(t, p, strict=True))
+                union = sum(max(a, b) for a, b in zip(t, p, strict=True))
+                if kind == "dice":
+                    pairs.append(1.0 if sum(t) + sum(p) == 0 else 2 * inter / (sum(t) + sum(p)))
+                else:
+                    pairs.append(1.0 if union == 0 else inter / union)
+                inter_c[c] = inter_c.get(c, 0) + inter
+                union_c[c] = union_c.get(c, 0) + union
+        if kind == "miou":
+            ious = [inter_c[c] / union_c[c] for c in union_c if union_c[c] > 0]
+            return sum(ious) / len(ious) if ious else 1.0
+        return sum(pairs) / len(pairs)
+
+    return ref
+
+
 def _map_ref(k: int):
     def ref(y_true: np.ndarray, y_pred: np.ndarray, task: str) -> float:
         total = 0.0
@@ -104,6 +135,9 @@ REFERENCE = {
     "mae": lambda y, p, t: skm.mean_absolute_error(y, p),
     "map_at_3": _map_ref(3),
     "map_at_5": _map_ref(5),
+    "dice": _mask_ref("dice"),
+    "iou": _mask_ref("iou"),
+    "miou": _mask_ref("miou"),
 }
 
 EXPECTED_TASKS = {
@@ -119,12 +153,15 @@ EXPECTED_TASKS = {
     "mae": {"regression"},
     "map_at_3": {"multiclass"},
     "map_at_5": {"multiclass"},
+    "dice": {"segmentation"},
+    "iou": {"segmentation"},
+    "miou": {"segmentation"},
 }
 
 LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
 
 PAIRS = [(m, t) for m in metrics.list_metrics() for t in metrics.get_metric(m).tasks]
-TASKS = ("multiclass", "binary", "multilabel", "regression")
+TASKS = ("multiclass", "binary", "multilabel", "regression", "segmentation")
 
 
 def test_every_metric_has_a_reference_and_a_task_table():
@@ -333,3 +370,55 @@ def test_log_loss_clips_and_renormalises_rows_like_kaggle():
     assert metrics.score("log_loss", y, 0.5 * p, "multiclass") == pytest.approx(expected)
     zero = metrics.score("log_loss", np.array([1]), np.array([[1.0, 0.0]]), "multiclass")
     assert zero == pytest.approx(-np.log(1e-15))  # clipped, not infinite
+
+
+# --- segmentation ----------------------------------------------------------------------------------------------------
+
+
+def test_mask_metrics_hand_computed():
+    """Two images, two classes of 2 x 2: a half overlap, an empty-on-empty pair (1), a false positive on an empty
+    mask (0) and a miss (0)."""
+    y = np.zeros((2, 2, 2, 2), np.uint8)
+    p = np.zeros((2, 2, 2, 2))
+    y[0, 0, 0] = 1  # truth: the top row; prediction: the left column -> |A&B| = 1, |A| = |B| = 2
+    p[0, 0, :, 0] = 0.9
+    p[1, 0, 0, 0] = 0.5  # a false positive on an empty mask (0.5 counts as positive)
+    y[1, 1, 1, 1] = 1  # a missed pixel; image 0 class 1 is empty on empty
+    assert metrics.score("dice", y, p, "segmentation") == pytest.approx((0.5 + 1 + 0 + 0) / 4)
+    assert metrics.score("iou", y, p, "segmentation") == pytest.approx((1 / 3 + 1 + 0 + 0) / 4)
+    # miou: class 0 sums to |A&B| = 1 over |A|B| = 3 + 1; class 1 to 0 over 1
+    assert metrics.score("miou", y, p, "segmentation") == pytest.approx((1 / 4 + 0) / 2)
+
+
+def test_miou_leaves_out_a_class_absent_from_truth_and_prediction():
+    y, p = make_data("segmentation")
+    y[:, 2], p[:, 2] = 0, 0.1
+    two = metrics.score("miou", y[:, :2], p[:, :2], "segmentation")
+    assert metrics.score("miou", y, p, "segmentation") == pytest.approx(two)
+    assert metrics.score("miou", y * 0, p * 0, "segmentation") == 1.0  # nothing anywhere: nothing wrong
+    assert metrics.score("dice", y * 0, p * 0, "segmentation") == 1.0
+
+
+def test_mask_metrics_take_binary_masks_uint8_and_chunks(monkeypatch):
+    y, p = make_data("segmentation")
+    masks = (p >= 0.5).astype(np.float32)  # a post-processed mask, scored as 0./1. floats
+    for name in ("dice", "iou", "miou"):
+        expected = metrics.score(name, y, p, "segmentation")
+        assert metrics.score(name, y, masks, "segmentation") == pytest.approx(expected)
+        assert metrics.score(name, torch.tensor(y), torch.tensor(p), "segmentation") == pytest.approx(expected)
+        monkeypatch.setattr(metrics, "MASK_CHUNK_VALUES", 1)  # one image per chunk
+        assert metrics.score(name, y, p, "segmentation") == pytest.approx(expected)
+        monkeypatch.undo()
+    assert metrics.to_labels(p, "segmentation").dtype == np.uint8
+    per_class = metrics.to_labels(np.full((1, 2, 1, 1), 0.6), "segmentation", threshold=np.array([0.5, 0.7]))
+    assert per_class.ravel().tolist() == [1, 0]
+
+
+def test_bad_mask_shapes_are_one_line_user_errors():
+    y, p = make_data("segmentation")
+    for yt, yp in ((y[:, 0], p[:, 0]), (y, p[:, :2]), (y[:0], p[:0])):
+        with pytest.raises(UserError, match=r"metric 'dice' \(segmentation\) expects y_true \(N, C, H, W\)") as exc:
+            metrics.score("dice", yt, yp, "segmentation")
+        assert "\n" not in str(exc.value)
+    with pytest.raises(UserError, match="0/1 masks"):
+        metrics.score("iou", y * 255, p, "segmentation")

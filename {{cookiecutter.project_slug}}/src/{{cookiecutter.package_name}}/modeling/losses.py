@@ -3,7 +3,9 @@
 Each loss is an nn.Module with forward(logits, target, sample_weight=None) -> scalar. It takes the model's logits as
 they come ((N, C) multiclass, (N, 1) binary and regression, (N, L) multilabel) and the task's targets: class ids (N,)
 or soft targets (N, C) (mixup, pseudo labels) for multiclass; 0/1 or soft floats (N,) binary, (N, L) multilabel;
-floats (N,) regression. `sample_weight` (N,) weights rows, e.g. pseudo-labelled ones.
+floats (N,) regression; segmentation logits (N, C, H, W), one sigmoid map per class, with 0/1 masks (N, C, H, W)
+(uint8 or float). `sample_weight` (N,) weights rows (images), e.g. pseudo-labelled ones: every segmentation loss is
+computed per image, then averaged, so that it can.
 Half-precision logits are computed in float32: log-softmax and focal powers lose too much in fp16.
 
 Add a loss: write a factory `(cfg_loss, task, weights) -> nn.Module` and decorate it with
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 
 from ..core.errors import UserError
 from ..core.registry import Registry
-from ..core.tasks import SIGMOID_TASKS, TASKS, TargetScale
+from ..core.tasks import PIXEL_TASKS, SIGMOID_TASKS, TASKS, TargetScale
 
 if TYPE_CHECKING:
     from ..core.schema import LossConfig
@@ -98,9 +100,9 @@ class SoftmaxLoss(nn.Module):
 
 
 class SigmoidLoss(nn.Module):
-    """Binary cross-entropy (binary, multilabel) with label smoothing (t' = t (1 - eps) + eps / 2), positive and
-    negative weights a, b and a focal factor: -(a t' log s(x) + b (1 - t') log s(-x)) (1 - p_t)^gamma,
-    p_t = s(x) t' + s(-x) (1 - t'); the mean over labels, then over rows."""
+    """Binary cross-entropy (binary, multilabel, segmentation) with label smoothing (t' = t (1 - eps) + eps / 2),
+    positive and negative weights a, b and a focal factor: -(a t' log s(x) + b (1 - t') log s(-x)) (1 - p_t)^gamma,
+    p_t = s(x) t' + s(-x) (1 - t'); the mean over labels (and pixels), then over rows."""
 
     def __init__(
         self, label_smoothing: float = 0.0, pos: Tensor | None = None, neg: Tensor | None = None, gamma: float = 0.0
@@ -120,7 +122,7 @@ class SigmoidLoss(nn.Module):
         if self.gamma:
             one_minus_pt = torch.sigmoid(x) * (1 - t) + torch.sigmoid(-x) * t
             per = per * one_minus_pt.clamp_min(1e-12).pow(self.gamma)
-        return _weighted_mean(per.mean(1), torch.ones_like(x[:, 0]), sample_weight)
+        return _weighted_mean(per.flatten(1).mean(1), per.new_ones(len(per)), sample_weight)
 
 
 class RegressionLoss(nn.Module):
@@ -163,8 +165,80 @@ class SoftF1Loss(nn.Module):
         return 1 - (2 * tp / (2 * tp + fp + fn + 1e-7)).mean()
 
 
-_DEFAULT = {"multiclass": "ce", "binary": "bce", "multilabel": "bce", "regression": "mse"}
+def mask_inputs(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Segmentation (N, C, H, W) logits and masks of the same shape, as matching floats (float32 at least)."""
+    x = upcast(logits)
+    if x.ndim != 4 or target.shape != x.shape:
+        raise ValueError(f"segmentation logits {tuple(logits.shape)} and masks {tuple(target.shape)} do not match")
+    return x, target.to(x.dtype)
+
+
+# Soft Dice and Jaccard add this to numerator and denominator. Per image, an empty mask then scores
+# 1 / (1 + predicted mass): about 1 for an empty prediction, Kaggle's empty-on-empty rule, and any false positive costs.
+# Without it (smp's DiceLoss, smooth=0) an empty mask gives 0 / mass, no gradient at all, which is why smp zeroes
+# those channels, and a model learns nothing from the empty images that dominate Kaggle's per-image metric.
+MASK_SMOOTH = 1.0
+
+
+def _overlap(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Soft intersection sum(p t) and soft size sum(p) + sum(t) per image and class, (N, C) each."""
+    p = torch.sigmoid(x)
+    return (p * t).sum((2, 3)), (p + t).sum((2, 3))
+
+
+def soft_dice_loss(x: Tensor, t: Tensor) -> Tensor:
+    """1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s), the mean over classes: (N,) per image."""
+    inter, size = _overlap(x, t)
+    return 1 - ((2 * inter + MASK_SMOOTH) / (size + MASK_SMOOTH)).mean(1)
+
+
+def soft_jaccard_loss(x: Tensor, t: Tensor) -> Tensor:
+    """1 - (sum(p t) + s) / (sum(p) + sum(t) - sum(p t) + s), the mean over classes: (N,) per image."""
+    inter, size = _overlap(x, t)
+    return 1 - ((inter + MASK_SMOOTH) / (size - inter + MASK_SMOOTH)).mean(1)
+
+
+def lovasz_hinge_loss(x: Tensor, t: Tensor) -> Tensor:
+    """Berman et al.'s Lovasz hinge per image and class (the convex surrogate of 1 - IoU: hinge errors sorted
+    in decreasing order, weighted by the gradient of the Jaccard loss), the mean over classes: (N,) per image.
+    smp's LovaszLoss(per_image=True) mixes an image's classes into one ranking; this ranks each class alone and is
+    vectorised over all image x class pairs (one sort), with the same value as smp's `_lovasz_hinge_flat` per pair."""
+    n, c = x.shape[:2]
+    x, t = x.reshape(n * c, -1), t.reshape(n * c, -1)
+    errors = 1 - x * (2 * t - 1)
+    errors, order = errors.sort(dim=1, descending=True)
+    gt = t.gather(1, order)
+    total = gt.sum(1, keepdim=True)
+    jaccard = 1 - (total - gt.cumsum(1)) / (total + (1 - gt).cumsum(1))  # the union is >= 1 from the first pixel
+    grad = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+    return (F.relu(errors) * grad).sum(1).reshape(n, c).mean(1)
+
+
+_MASK_PARTS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "bce": lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction="none").flatten(1).mean(1),
+    "dice": soft_dice_loss,
+    "jaccard": soft_jaccard_loss,
+    "lovasz": lovasz_hinge_loss,
+}
+
+
+class MaskLoss(nn.Module):
+    """The sum of segmentation losses, each computed per image ((N,) values) and averaged over images with the sample
+    weights: bce (the mean over pixels), dice, jaccard, lovasz (the mean over classes)."""
+
+    def __init__(self, parts: tuple[str, ...]):
+        super().__init__()
+        self.parts = parts
+
+    def forward(self, logits: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        x, t = mask_inputs(logits, target)
+        per = sum(_MASK_PARTS[part](x, t) for part in self.parts)
+        return _weighted_mean(per, torch.ones_like(per), sample_weight)
+
+
+_DEFAULT = {"multiclass": "ce", "binary": "bce", "multilabel": "bce", "regression": "mse", "segmentation": "bce_dice"}
 OPTIONS = ("label_smoothing", "class_weight", "pos_weight")  # config keys a loss may or may not honour
+PIXEL_PRIOR_MIN = 1e-4  # the smallest pixel fraction a segmentation head starts at (logit -9.2)
 
 
 @dataclass(frozen=True)
@@ -177,7 +251,9 @@ class LossWeights:
 
 
 LossFactory = Callable[["LossConfig", str, LossWeights], nn.Module]
-# Each entry's metadata: `tasks` it supports, `options` (of OPTIONS) it honours.
+# Each entry's metadata: `tasks` it supports, `options` (of OPTIONS) it honours; for segmentation `pixel_options`
+# (default: `options`), since class and positive weights are per-label tensors that a pixel loss does not take; and
+# `pixel_prior`: whether its best constant output is the pixel log-odds (losses with a BCE term; see prior_logits).
 LOSSES: Registry[LossFactory] = Registry("loss")
 
 
@@ -218,9 +294,23 @@ def prior_logits(cfg_loss: LossConfig, task: str, num_outputs: int, class_counts
     and no epoch is spent learning the bias. Multiclass: the log class frequencies; binary and multilabel: each
     label's log-odds; both weighted as the loss weighs classes (class_weight, pos_weight) and smoothed as it smooths
     targets (so `balanced` starts uniform). Regression: 0, the mean of standardised targets. A class the training
-    rows lack counts as half a row (a finite logit)."""
+    rows lack counts as half a row (a finite logit).
+
+    Segmentation: `class_counts` is each class's mean pixel fraction over the training masks ((C,) floats in [0, 1],
+    not counts); losses with a BCE term (bce, focal, bce_dice) start at its smoothed log-odds, clipped to
+    [PIXEL_PRIOR_MIN, 1 - PIXEL_PRIOR_MIN] so that a class with hardly any pixels still gets a gradient; the
+    region losses (dice, jaccard, lovasz) have no such optimum and start at 0, where their gradient is largest."""
     if task == "regression" or class_counts is None:
         return torch.zeros(num_outputs)
+    if task in PIXEL_TASKS:
+        frac = np.asarray(class_counts, dtype=np.float64).reshape(-1)
+        if frac.shape != (num_outputs,) or not ((frac >= 0) & (frac <= 1)).all():
+            raise ValueError(f"segmentation class_counts must be {num_outputs} pixel fractions in [0, 1], got {frac}")
+        if not LOSSES.meta(resolve_loss(cfg_loss, task)).get("pixel_prior", False):
+            return torch.zeros(num_outputs)
+        eps = cfg_loss.label_smoothing
+        p = np.clip(frac * (1 - eps) + eps / 2, PIXEL_PRIOR_MIN, 1 - PIXEL_PRIOR_MIN)
+        return torch.tensor(np.log(p) - np.log1p(-p), dtype=torch.float32)
     w = _weights(cfg_loss, task, num_outputs, class_counts)
     eps = cfg_loss.label_smoothing
     counts = np.maximum(np.asarray(class_counts, dtype=np.float64), 0.5)
@@ -242,6 +332,7 @@ def check_options(cfg: LossConfig, task: str) -> None:
     """The loss exists for the task, and every option set is one it honours (run at config load)."""
     name = resolve_loss(cfg, task)
     meta = LOSSES.meta(name)
+    honoured = meta.get("pixel_options", meta["options"]) if task in PIXEL_TASKS else meta["options"]
     if task not in meta["tasks"]:
         raise UserError(
             f"config key 'loss.name': loss {name!r} does not support task {task!r} (it supports: "
@@ -250,8 +341,11 @@ def check_options(cfg: LossConfig, task: str) -> None:
     is_set = {"label_smoothing": cfg.label_smoothing != 0, "class_weight": cfg.class_weight != "none"}
     is_set["pos_weight"] = cfg.pos_weight is not None
     for key, on in is_set.items():
-        if on and key not in meta["options"]:
-            raise UserError(f"config key 'loss.{key}' is not used by loss {name!r}; unset it or pick another loss")
+        if on and key not in honoured:
+            where = f" for task {task}" if task in PIXEL_TASKS and key in meta["options"] else ""
+            raise UserError(
+                f"config key 'loss.{key}' is not used by loss {name!r}{where}; unset it or pick another loss"
+            )
     if cfg.pos_weight is not None and task not in SIGMOID_TASKS:
         raise UserError(f"config key 'loss.pos_weight' applies to binary/multilabel tasks, not {task}")
     if cfg.pos_weight is not None and cfg.pos_weight <= 0:
@@ -297,12 +391,20 @@ def _soft_ce(cfg: LossConfig, task: str, w: LossWeights) -> nn.Module:
     return SoftmaxLoss(cfg.label_smoothing, w.class_weight)  # the same formula: ce takes soft targets too
 
 
-@LOSSES.register("bce", tasks=SIGMOID_TASKS, options=OPTIONS)
+@LOSSES.register(
+    "bce", tasks=(*SIGMOID_TASKS, *PIXEL_TASKS), options=OPTIONS, pixel_options=("label_smoothing",), pixel_prior=True
+)
 def _bce(cfg: LossConfig, task: str, w: LossWeights) -> nn.Module:
     return SigmoidLoss(cfg.label_smoothing, w.pos, w.neg)
 
 
-@LOSSES.register("focal", tasks=("multiclass", *SIGMOID_TASKS), options=OPTIONS)
+@LOSSES.register(
+    "focal",
+    tasks=("multiclass", *SIGMOID_TASKS, *PIXEL_TASKS),
+    options=OPTIONS,
+    pixel_options=("label_smoothing",),
+    pixel_prior=True,
+)
 def _focal(cfg: LossConfig, task: str, w: LossWeights) -> nn.Module:
     if task == "multiclass":
         return SoftmaxLoss(cfg.label_smoothing, w.class_weight, gamma=cfg.focal_gamma)
@@ -312,6 +414,29 @@ def _focal(cfg: LossConfig, task: str, w: LossWeights) -> nn.Module:
 @LOSSES.register("soft_f1", tasks=SIGMOID_TASKS, options=())
 def _soft_f1(cfg: LossConfig, task: str, w: LossWeights) -> nn.Module:
     return SoftF1Loss()
+
+
+@LOSSES.register("bce_dice", tasks=PIXEL_TASKS, options=(), pixel_prior=True)
+def _bce_dice(cfg: LossConfig, task: str, w: LossWeights) -> nn.Module:
+    """BCE + soft Dice with equal weight, the usual Kaggle segmentation loss: BCE learns every pixel (and the empty
+    masks), Dice the overlap of small objects, which BCE's mean over pixels barely sees."""
+    return MaskLoss(("bce", "dice"))
+
+
+@LOSSES.register("dice", tasks=PIXEL_TASKS, options=())
+def _dice(cfg: LossConfig, task: str, w: LossWeights) -> nn.Module:
+    return MaskLoss(("dice",))
+
+
+@LOSSES.register("jaccard", tasks=PIXEL_TASKS, options=())
+def _jaccard(cfg: LossConfig, task: str, w: LossWeights) -> nn.Module:
+    return MaskLoss(("jaccard",))
+
+
+@LOSSES.register("lovasz", tasks=PIXEL_TASKS, options=())
+def _lovasz(cfg: LossConfig, task: str, w: LossWeights) -> nn.Module:
+    """Lovasz hinge, the IoU surrogate; often a fine-tuning loss after bce_dice (it starts slowly from scratch)."""
+    return MaskLoss(("lovasz",))
 
 
 @LOSSES.register("mse", tasks=("regression",), options=())
@@ -334,14 +459,15 @@ def _huber(cfg: LossConfig, task: str, w: LossWeights) -> nn.Module:
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, task: str, temperature: float = 1.0) -> Tensor:
     """Hinton's soft-target loss at temperature T (teacher detached): multiclass T^2 KL(p_t || p_s) per row;
-    binary/multilabel T^2 BCE(s/T, sigmoid(t/T)), the sigmoid analogue; regression MSE(s, t)."""
+    binary/multilabel T^2 BCE(s/T, sigmoid(t/T)), the sigmoid analogue (per pixel for segmentation, whose maps are
+    sigmoids too); regression MSE(s, t)."""
     if temperature <= 0:
         raise UserError(f"config key 'distill.temperature' is {temperature}; expected > 0")
     s, t, temp = upcast(student_logits), upcast(teacher_logits.detach()), float(temperature)
     if task == "multiclass":
         log_ps, log_pt = (s / temp).log_softmax(1), (t / temp).log_softmax(1)
         return temp**2 * F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
-    if task in SIGMOID_TASKS:
+    if task in SIGMOID_TASKS or task in PIXEL_TASKS:
         x, soft = sigmoid_inputs(s, t)
         return temp**2 * F.binary_cross_entropy_with_logits(x / temp, torch.sigmoid(soft / temp))
     if task == "regression":

@@ -2,7 +2,9 @@
 
 Inputs use the package's task formats (probabilities, not logits):
 multiclass y_true (N,) class ids, y_pred (N, C) probabilities; binary y_true (N,) 0/1, y_pred (N,) P(positive);
-multilabel y_true (N, L) 0/1, y_pred (N, L) probabilities; regression y_true (N,), y_pred (N,) values.
+multilabel y_true (N, L) 0/1, y_pred (N, L) probabilities; regression y_true (N,), y_pred (N,) values;
+segmentation y_true (N, C, H, W) 0/1 masks (uint8), y_pred (N, C, H, W) probabilities (a post-processed mask is scored
+by passing it as 0./1. floats: the threshold keeps it as it is).
 Label metrics turn probabilities into labels with `to_labels` (argmax, or >= threshold).
 
 The metrics are written in numpy rather than as sklearn calls so that they also take rank-averaged ensemble
@@ -23,10 +25,13 @@ from scipy.stats import rankdata
 
 from ..core.errors import UserError
 from ..core.registry import Registry
-from ..core.tasks import CLASSIFICATION_TASKS, SIGMOID_TASKS, SINGLE_OUTPUT_TASKS, TASKS
+from ..core.tasks import CLASSIFICATION_TASKS, PIXEL_TASKS, SIGMOID_TASKS, SINGLE_OUTPUT_TASKS, TASKS
 
 DEFAULT_THRESHOLD = 0.5
 LOG_LOSS_EPS = 1e-15  # Kaggle clips probabilities to [eps, 1 - eps] before the log
+# Segmentation metrics count pixels in chunks of images of about this many values, so that scoring a whole OOF set
+# at full size never holds more than a few boolean copies of one chunk (the inputs themselves are not copied).
+MASK_CHUNK_VALUES = 1 << 24
 
 MetricFn = Callable[[np.ndarray, np.ndarray, str], float]
 
@@ -103,8 +108,12 @@ def score(name: str, y_true: Any, y_pred: Any, task: str) -> float:
 
 def to_labels(y_pred: Any, task: str, threshold: float | Any = DEFAULT_THRESHOLD) -> np.ndarray:
     """Predictions -> int labels: argmax (multiclass), >= threshold (binary, multilabel; per-label thresholds
-    may be an (L,) array), nearest integer (regression, for ordinal targets as QWK needs)."""
+    may be an (L,) array), nearest integer (regression, for ordinal targets as QWK needs); segmentation: uint8
+    masks, p >= threshold (per-class thresholds may be a (C,) array)."""
     p = _to_numpy(y_pred)
+    if task in PIXEL_TASKS:
+        t = np.asarray(threshold)
+        return (p >= (t.reshape(-1, 1, 1) if t.ndim == 1 else t)).astype(np.uint8)
     if task == "multiclass":
         if p.ndim != 2:
             raise UserError(f"multiclass predictions must be (N, C) probabilities, got shape {p.shape}")
@@ -138,10 +147,13 @@ _SHAPES = {  # task -> (y_true ndim, y_pred ndim, how to say it)
     "binary": (1, 1, "y_true (N,) 0/1 and y_pred (N,) probabilities"),
     "multilabel": (2, 2, "y_true (N, L) 0/1 and y_pred (N, L) probabilities"),
     "regression": (1, 1, "y_true (N,) and y_pred (N,) values"),
+    "segmentation": (4, 4, "y_true (N, C, H, W) 0/1 masks and y_pred (N, C, H, W) probabilities of the same shape"),
 }
 
 
 def _check_inputs(name: str, y_true: Any, y_pred: Any, task: str) -> tuple[np.ndarray, np.ndarray]:
+    if task in PIXEL_TASKS:
+        return _check_masks(name, y_true, y_pred, task)
     yt, yp = _to_numpy(y_true), _to_numpy(y_pred).astype(np.float64)
     if task in SINGLE_OUTPUT_TASKS:  # the model's (N, 1) output column is fine too
         yt = yt.reshape(-1) if yt.ndim == 2 and yt.shape[1] == 1 else yt
@@ -156,6 +168,16 @@ def _check_inputs(name: str, y_true: Any, y_pred: Any, task: str) -> tuple[np.nd
         allowed = f"class ids 0..{yp.shape[1] - 1}" if task == "multiclass" else "0/1 values"
         raise UserError(f"metric {name!r} ({task}): y_true must hold {allowed}; found {np.unique(yt)[:10]}")
     return yt.astype(np.int64), yp
+
+
+def _check_masks(name: str, y_true: Any, y_pred: Any, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Masks are neither copied nor cast (an OOF set at full size is large): the metrics threshold them in chunks."""
+    yt, yp = _to_numpy(y_true), _to_numpy(y_pred)
+    if yt.ndim != 4 or yt.shape != yp.shape or len(yt) == 0:
+        raise UserError(f"metric {name!r} ({task}) expects {_SHAPES[task][2]}; got shapes {yt.shape} and {yp.shape}")
+    if not all(((c == 0) | (c == 1)).all() for c in _chunks(yt)):
+        raise UserError(f"metric {name!r} ({task}): y_true must hold 0/1 masks; found {np.unique(yt)[:10]}")
+    return yt, yp
 
 
 # --- label metrics ---------------------------------------------------------------------------------------------------
@@ -282,3 +304,57 @@ for _k in (3, 5):
     METRICS.register(
         f"map_at_{_k}", functools.partial(_map_at_k, k=_k), higher_is_better=True, tasks=("multiclass",), labels=True
     )
+
+
+# --- segmentation metrics --------------------------------------------------------------------------------------------
+
+
+def _chunks(a: np.ndarray) -> list[np.ndarray]:
+    """`a` split along N into views of about MASK_CHUNK_VALUES values each."""
+    step = max(1, MASK_CHUNK_VALUES // max(1, a[:1].size))
+    return [a[i : i + step] for i in range(0, len(a), step)]
+
+
+def mask_counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(intersection, predicted pixels, true pixels) per image and class, (N, C) int64 each, with y_pred thresholded
+    at DEFAULT_THRESHOLD. Every segmentation metric is a function of these three counts."""
+    inter, pred, true = [], [], []
+    for t, p in zip(_chunks(y_true), _chunks(y_pred), strict=True):
+        t, p = t.astype(bool), p >= DEFAULT_THRESHOLD
+        inter.append(np.count_nonzero(t & p, axis=(2, 3)))
+        pred.append(np.count_nonzero(p, axis=(2, 3)))
+        true.append(np.count_nonzero(t, axis=(2, 3)))
+    return tuple(np.concatenate(c).astype(np.int64) for c in (inter, pred, true))  # type: ignore[return-value]
+
+
+def _ratio_or_one(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, and 1 where den == 0: an empty prediction of an empty mask is exactly right (Kaggle's rule)."""
+    num, den = num.astype(np.float64), den.astype(np.float64)
+    return np.divide(num, den, out=np.ones_like(den), where=den > 0)
+
+
+@METRICS.register("dice", higher_is_better=True, tasks=PIXEL_TASKS, labels=True)
+def _dice(y_true: np.ndarray, y_pred: np.ndarray, task: str) -> float:
+    """Kaggle's mean Dice: 2|A&B| / (|A| + |B|) per image and class (1 when both are empty), averaged over all the
+    image x class pairs. Empty masks weigh as much as large ones, so a false positive on an empty image costs a
+    whole pair: what min_area and empty_below in post-processing are for."""
+    inter, pred, true = mask_counts(y_true, y_pred)
+    return float(_ratio_or_one(2 * inter, pred + true).mean())
+
+
+@METRICS.register("iou", higher_is_better=True, tasks=PIXEL_TASKS, labels=True)
+def _iou(y_true: np.ndarray, y_pred: np.ndarray, task: str) -> float:
+    """Mean IoU (Jaccard) per image and class, |A&B| / |A|B| (1 when both are empty), as `dice` averages."""
+    inter, pred, true = mask_counts(y_true, y_pred)
+    return float(_ratio_or_one(inter, pred + true - inter).mean())
+
+
+@METRICS.register("miou", higher_is_better=True, tasks=PIXEL_TASKS, labels=True)
+def _miou(y_true: np.ndarray, y_pred: np.ndarray, task: str) -> float:
+    """Dataset-level mean IoU (semantic-segmentation benchmarks): per class, intersection and union summed over every
+    image, then the mean over classes. A class absent from both truth and prediction has no IoU and is left out;
+    with none present at all, nothing was wrong: 1."""
+    inter, pred, true = mask_counts(y_true, y_pred)
+    i, u = inter.sum(0), (pred + true - inter).sum(0)
+    present = u > 0
+    return float((i[present] / u[present]).mean()) if present.any() else 1.0
