@@ -45,14 +45,14 @@ from .core.schema import (
     WandbConfig,
     metric_name,
 )
-from .core.tasks import TASKS
+from .core.tasks import PIXEL_TASKS, TASKS
 from .data import folds as folds_module
 from .data.augment import PRESETS, RANDAUGMENT_MAX_M, aug_ops, check_normalization
 from .data.cache import MODES as CACHE_MODES
 from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
 from .modeling.deploy import EXPORTERS
-from .modeling.models import check_backbone
+from .modeling.models import check_backbone, check_segmentation_model
 from .modeling.optim import OPTIMIZERS, SCHEDULES
 from .modeling.predictors import ONNX_MODELS, RUNTIMES
 
@@ -402,6 +402,17 @@ def validate(cfg: Config) -> None:
         )
     if cfg.train.sampler != "none" and cfg.task == "regression":
         raise UserError("config key 'train.sampler' balances classes; task=regression has none (use none)")
+    if cfg.task in PIXEL_TASKS:
+        _check_segmentation(cfg)
+
+
+def _check_segmentation(cfg: Config) -> None:
+    """task=segmentation: an smp architecture that fits model.decoder_channels, and no batch mixing (timm's Mixup
+    mixes images and class targets, not the masks: a mixed image would be trained on one image's mask)."""
+    check_segmentation_model(cfg.model)
+    for key in ("augment.mixup_alpha", "augment.cutmix_alpha"):
+        if get(cfg, key) > 0:
+            raise UserError(f"config key '{key}' is {get(cfg, key)}; task=segmentation mixes no masks (use 0)")
 
 
 # Keys that leave what a fold learns unchanged (where files are, what is logged, what happens after training): a
