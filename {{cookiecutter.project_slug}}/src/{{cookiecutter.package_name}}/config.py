@@ -52,7 +52,7 @@ from .data.cache import MODES as CACHE_MODES
 from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
 from .modeling.deploy import EXPORTERS
-from .modeling.models import check_backbone
+from .modeling.models import check_backbone, check_segmentation_model
 from .modeling.optim import OPTIMIZERS, SCHEDULES
 from .modeling.predictors import ONNX_MODELS, RUNTIMES
 
@@ -409,7 +409,13 @@ def validate(cfg: Config) -> None:
 
 
 def _check_segmentation(cfg: Config) -> None:
-    """What task=segmentation cannot honour exactly is refused, never adjusted."""
+    """What task=segmentation cannot honour exactly is refused, never adjusted: an smp architecture that fits
+    model.decoder_channels, and no batch mixing (timm's Mixup mixes images and class targets, not the masks: a mixed
+    image would be trained on one image's mask)."""
+    check_segmentation_model(cfg.model)
+    for key in ("augment.mixup_alpha", "augment.cutmix_alpha"):
+        if get(cfg, key) > 0:
+            raise UserError(f"config key '{key}' is {get(cfg, key)}; task=segmentation mixes no masks (use 0)")
     d = cfg.data
     refused = [
         (d.cache != "none", "data.cache", "none: the decode cache stores resized images, which the masks (laid on "

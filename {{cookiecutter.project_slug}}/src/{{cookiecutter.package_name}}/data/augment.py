@@ -59,12 +59,12 @@ def resolve_normalization(
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) with one value per input channel, on the 0..1 pixel scale.
 
-    Explicit `augment.mean` / `augment.std` win; else the timm model's `pretrained_cfg` (a model or the dict itself);
-    else ImageNet's. Three values are averaged into one for grayscale (timm sums the RGB stem weights for
-    in_chans=1, so the grey input should look like the mean of the channels) and repeated for more channels.
+    Explicit `augment.mean` / `augment.std` win; else the timm model's `pretrained_cfg` (a model, an smp model whose
+    timm encoder holds it, or the dict itself); else ImageNet's. Three values are averaged into one for grayscale
+    (timm sums the RGB stem weights for in_chans=1, so the grey input should look like the mean of the channels) and
+    repeated for more channels.
     """
-    pcfg = getattr(model_or_pretrained_cfg, "pretrained_cfg", model_or_pretrained_cfg)
-    pcfg = pcfg if isinstance(pcfg, dict) else {}
+    pcfg = _pretrained_cfg(model_or_pretrained_cfg)
     mean = cfg_aug.mean if cfg_aug.mean is not None else pcfg.get("mean", IMAGENET_MEAN)
     std = cfg_aug.std if cfg_aug.std is not None else pcfg.get("std", IMAGENET_STD)
     mean_out = _adapt_channels(mean, in_chans, "augment.mean")
@@ -72,6 +72,18 @@ def resolve_normalization(
     if any(s <= 0 for s in std_out):
         raise UserError(f"config key 'augment.std' must be > 0 for every channel, got {list(std_out)}")
     return mean_out, std_out
+
+
+def _pretrained_cfg(obj: Any) -> dict:
+    """The timm pretrained_cfg of a timm model, of an smp model (its `tu-` encoder wraps the timm model:
+    model.encoder.model), or the dict itself; {} when there is none. Read by attribute, so data/ needs no smp."""
+    if isinstance(obj, dict):
+        return obj
+    for holder in (obj, getattr(obj, "encoder", None), getattr(getattr(obj, "encoder", None), "model", None)):
+        pcfg = getattr(holder, "pretrained_cfg", None)
+        if isinstance(pcfg, dict):
+            return pcfg
+    return {}
 
 
 def check_normalization(cfg_aug: AugmentConfig, in_chans: int) -> None:

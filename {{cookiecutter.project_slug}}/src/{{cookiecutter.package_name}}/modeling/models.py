@@ -1,10 +1,18 @@
 """The model factory: any timm backbone, its head sized for the task; the classifier head, its initialisation,
-and freezing."""
+and freezing.
+
+task=segmentation builds a segmentation-models-pytorch model (model.arch) around the same timm backbone, as smp's
+timm-universal encoder (`tu-<backbone>`). Its "head" is everything the backbone did not bring, the decoder and the
+segmentation head (new weights: full LR, trained while the backbone is frozen); its "backbone" is `model.encoder`.
+Every helper below (output layers, head parameters, freezing) sees it that way, so the trainer's parameter groups,
+model.freeze_backbone_epochs and model.init_head work unchanged.
+"""
 
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING
+import inspect
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
@@ -12,6 +20,7 @@ from timm.models import parse_model_name, split_model_name_tag
 from torch import nn
 
 from ..core.errors import UserError
+from ..core.tasks import PIXEL_TASKS
 
 if TYPE_CHECKING:
     from ..core.schema import Config, ModelConfig
@@ -34,12 +43,57 @@ def check_backbone(name: str) -> None:
                         f"{', '.join(tags[:10]) or 'none'}")  # fmt: skip
 
 
-def build_model(cfg: Config, n_outputs: int, pretrained: bool | None = None) -> nn.Module:
+def _smp_architectures() -> dict[str, type]:
+    """smp's own table of architectures (name -> class), imported lazily: classification runs never load smp."""
+    import segmentation_models_pytorch as smp
+
+    return dict(smp.MODEL_ARCHITECTURES_MAPPING)
+
+
+def list_archs() -> list[str]:
+    """The values model.arch accepts: every architecture segmentation-models-pytorch knows."""
+    return list(_smp_architectures())
+
+
+def _decoder_kwargs(m: ModelConfig) -> dict[str, Any]:
+    """model.decoder_channels as the architecture takes it, read from its signature: a sequence with one width per
+    decoder stage (unet, unetplusplus, manet: as long as the encoder is deep), or one width (deeplabv3(plus), pan,
+    upernet: a one-value list). Architectures without the argument (fpn, linknet, ...) refuse it."""
+    if m.decoder_channels is None:
+        return {}
+    cls = _smp_architectures()[m.arch.lower()]
+    params = inspect.signature(cls.__init__).parameters
+    channels = list(m.decoder_channels)
+    if "decoder_channels" not in params:
+        raise UserError(f"config key 'model.decoder_channels' is set, but model.arch={m.arch} takes no decoder "
+                        "channels; leave it unset (null)")  # fmt: skip
+    if not channels or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels):
+        raise UserError(f"config key 'model.decoder_channels' is {channels}; expected positive integers")
+    default = params["decoder_channels"].default
+    if isinstance(default, int):
+        if len(channels) != 1:
+            raise UserError(f"config key 'model.decoder_channels' is {channels}; model.arch={m.arch} takes one "
+                            f"width, e.g. [{default}]")  # fmt: skip
+        return {"decoder_channels": channels[0]}
+    depth = params["encoder_depth"].default if "encoder_depth" in params else len(default)
+    if len(channels) != depth:
+        raise UserError(f"config key 'model.decoder_channels' is {channels}; model.arch={m.arch} takes one width "
+                        f"per decoder stage ({depth}), e.g. {list(default)}")  # fmt: skip
+    return {"decoder_channels": tuple(channels)}
+
+
+def check_segmentation_model(m: ModelConfig) -> None:
+    """model.arch names an smp architecture and model.decoder_channels fits it (config load runs this too)."""
+    archs = _smp_architectures()
+    if not isinstance(m.arch, str) or m.arch.lower() not in archs:
+        raise UserError(f"config key 'model.arch' is {m.arch!r}; allowed: {', '.join(archs)}")
+    _decoder_kwargs(m)
+
+
+def _create(cfg: Config, n_outputs: int, pretrained: bool) -> nn.Module:
     m = cfg.model
-    pretrained = m.pretrained if pretrained is None else pretrained
-    check_backbone(m.backbone)
-    try:
-        model = timm.create_model(
+    if cfg.task not in PIXEL_TASKS:
+        return timm.create_model(
             m.backbone,
             pretrained=pretrained,
             num_classes=n_outputs,
@@ -47,6 +101,34 @@ def build_model(cfg: Config, n_outputs: int, pretrained: bool | None = None) -> 
             drop_rate=m.drop_rate,
             drop_path_rate=m.drop_path_rate or None,
         )
+    check_segmentation_model(m)
+    import segmentation_models_pytorch as smp
+
+    try:
+        # encoder_weights=True (not "imagenet"): for tu- encoders the pretrained tag is in the backbone's name, and
+        # smp 0.6 warns about any other value. drop_path_rate reaches timm through smp's encoder kwargs.
+        return smp.create_model(
+            m.arch.lower(),
+            encoder_name=f"tu-{m.backbone}",
+            encoder_weights=True if pretrained else None,
+            in_channels=m.in_chans,
+            classes=n_outputs,
+            drop_path_rate=m.drop_path_rate or None,
+            **_decoder_kwargs(m),
+        )
+    except (ValueError, RuntimeError) as e:  # the backbone's feature maps do not fit the architecture
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"model.arch={m.arch} cannot be built on model.backbone={m.backbone!r}: {first}") from None
+
+
+def build_model(cfg: Config, n_outputs: int, pretrained: bool | None = None) -> nn.Module:
+    """A timm classifier with `n_outputs` logits, or for task=segmentation an smp model with `n_outputs` logit maps
+    (N, n_outputs, H, W) at the input's size."""
+    m = cfg.model
+    pretrained = m.pretrained if pretrained is None else pretrained
+    check_backbone(m.backbone)
+    try:
+        model = _create(cfg, n_outputs, pretrained)
     except (OSError, ConnectionError) as e:  # the hub is unreachable (offline, HF_HUB_OFFLINE=1) or refuses
         if not pretrained:
             raise
@@ -78,10 +160,21 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def head_modules(model: nn.Module) -> list[nn.Module]:
-    """timm's classifier head: `get_classifier()`, which distilled ViTs return as a tuple (head, head_dist).
-    A model without `get_classifier()` is all head (nothing to freeze, one learning rate)."""
+def is_segmentation_model(model: nn.Module) -> bool:
+    """An smp model (encoder + decoder + segmentation_head), told by its parts so that smp need not be imported."""
     model = unwrap(model)
+    return all(
+        isinstance(getattr(model, part, None), nn.Module) for part in ("encoder", "decoder", "segmentation_head")
+    )
+
+
+def head_modules(model: nn.Module) -> list[nn.Module]:
+    """timm's classifier head: `get_classifier()`, which distilled ViTs return as a tuple (head, head_dist); for an
+    smp model every part but the encoder (decoder, segmentation head, an auxiliary classification head if any).
+    A model without either is all head (nothing to freeze, one learning rate)."""
+    model = unwrap(model)
+    if is_segmentation_model(model):
+        return [child for name, child in model.named_children() if name != "encoder"]
     get = getattr(model, "get_classifier", None)
     if get is None:
         return [model]
@@ -92,7 +185,13 @@ def head_modules(model: nn.Module) -> list[nn.Module]:
 
 def output_layers(model: nn.Module, n_outputs: int) -> list[nn.Module]:
     """The layers that produce the logits: in each classifier head, the last Linear (or 1x1 convolution) with
-    `n_outputs` outputs (a distilled ViT has two heads, both used at inference)."""
+    `n_outputs` outputs (a distilled ViT has two heads, both used at inference). For an smp model, the last
+    convolution of the segmentation head (3x3 in smp), whatever its kernel: only there, since a decoder stage may
+    happen to have `n_outputs` channels too."""
+    if is_segmentation_model(model):
+        convs = [m for m in unwrap(model).segmentation_head.modules()
+                 if isinstance(m, nn.Conv2d) and m.out_channels == n_outputs]  # fmt: skip
+        return convs[-1:]
     found = []
     for head in head_modules(model):
         last = None

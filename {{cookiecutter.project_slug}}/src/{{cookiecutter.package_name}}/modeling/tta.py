@@ -2,8 +2,10 @@
 
 A view has `apply(x)` (the augmented batch fed to the model) and `invert(y)` (maps a spatial output, e.g. a
 segmentation map, back onto the original pixels; classification outputs are not spatial and need no inversion).
-The eight dihedral views (D4) are exact permutations of pixels; `scale_<factor>` views (e.g. 'scale_0.875')
-are made on demand and resize bilinearly. Merging happens on probabilities, never on logits (a geometric mean of
+The eight dihedral views (D4) are exact permutations of pixels (rot90 / transpose swap H and W of a non-square
+input, and their inverse swaps them back); `scale_<factor>` views (e.g. 'scale_0.875') are made on demand: the image
+is resized bilinearly, a map is resized back by block averages where it shrinks by an integer factor (exact for a
+nearest upscale) and bilinearly otherwise. Merging happens on probabilities, never on logits (a geometric mean of
 logits is undefined for negative values: ttach's NaNs).
 
 `tta.views: auto` chooses the views on OOF predictions with `greedy_views`: start from the identity, add the
@@ -84,9 +86,21 @@ def _scale_view(name: str, factor: float) -> View:
         if size is None:  # without the original size, undo the factor (exact when h * factor was an integer)
             h, w = y.shape[-2:]
             size = (max(1, round(h / factor)), max(1, round(w / factor)))
-        return F.interpolate(y, size=tuple(size), mode="bilinear", align_corners=False)
+        return _resize_back(y, (int(size[0]), int(size[1])))
 
     return View(name, fwd, inv)
+
+
+def _resize_back(y: torch.Tensor, size: Size) -> torch.Tensor:
+    """A map back to `size`. Shrinking by an integer factor in both axes averages each k x k block ('area'): the
+    exact inverse of a nearest-neighbour upscale, and every output pixel counts (bilinear without antialias reads 2
+    of every k > 2 pixels and aliases a segmentation map). Any other size is resampled bilinearly."""
+    (h, w), (th, tw) = y.shape[-2:], size
+    if (h, w) == (th, tw):
+        return y
+    if h >= th and w >= tw and h % th == 0 and w % tw == 0:
+        return F.adaptive_avg_pool2d(y, (th, tw))
+    return F.interpolate(y, size=(th, tw), mode="bilinear", align_corners=False)
 
 
 def get_view(name: str) -> View:
