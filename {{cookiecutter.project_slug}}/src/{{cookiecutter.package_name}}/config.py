@@ -418,12 +418,19 @@ def _check_segmentation(cfg: Config) -> None:
             raise UserError(f"config key '{key}' is {get(cfg, key)}; task=segmentation mixes no masks (use 0)")
     d = cfg.data
     refused = [
-        (d.cache != "none", "data.cache", "none: the decode cache stores resized images, which the masks (laid on "
-         "the original pixels) would no longer fit"),  # fmt: skip
+        (
+            d.cache != "none",
+            "data.cache",
+            "none: the decode cache stores resized images, which the masks (laid on "
+            "the original pixels) would no longer fit",
+        ),
         (cfg.train.sampler != "none", "train.sampler", "none: pixels have no per-image class to balance"),
         (cfg.submit.format not in ("auto",), "submit.format", "auto: masks are submitted run-length encoded"),
-        (d.rle_col is not None and not isinstance(d.rle_col, str) and d.class_col is not None, "data.rle_col",
-         "one column when data.class_col names the class column"),  # fmt: skip
+        (
+            d.rle_col is not None and not isinstance(d.rle_col, str) and d.class_col is not None,
+            "data.rle_col",
+            "one column when data.class_col names the class column",
+        ),
     ]
     for bad, key, want in refused:
         if bad:

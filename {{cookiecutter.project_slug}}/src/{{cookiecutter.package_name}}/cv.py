@@ -225,8 +225,8 @@ def weight_averaging(cfg: Config, problem: Problem, folds: list[int]) -> dict | 
             tables = [read_id_csv(p, cfg.data.id_col) for p in paths]
             maps = None
             if cfg.task in PIXEL_TASKS:
-                maps = np.concatenate([read_masks(p, t[cfg.data.id_col].tolist()) for p, t in zip(paths, tables,
-                                                                                                strict=True)])  # fmt: skip
+                pairs = zip(paths, tables, strict=True)
+                maps = np.concatenate([read_masks(p, t[cfg.data.id_col].tolist()) for p, t in pairs])
             out[name] = score_oof(cfg, problem, pd.concat(tables), maps)[1]
     out["folds"] = {str(k): info["scores"] for k, info in infos.items()}
     out["picked"] = {str(k): info["picked"] for k, info in infos.items()}

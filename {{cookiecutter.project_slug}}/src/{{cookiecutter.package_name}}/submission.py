@@ -29,7 +29,7 @@ from .core.runs import (
     submissions_dir,
 )
 from .core.tasks import PIXEL_TASKS
-from .data.masks import mask_source
+from .data.masks import training_masks
 from .data.problem import test_shapes
 from .data.tables import (
     binary_positive,
@@ -181,7 +181,7 @@ def _score_masks(cfg: Config, submission_file: str | Path, solution_path: str | 
     sub = read_long_table(existing(submission_file, "submission file"), id_col, enc)
     sol = read_long_table(existing(solution_path, "solution file (--solution)"), id_col, enc)
     sample = read_long_table(data_path(cfg, cfg.data.sample_submission), id_col, enc)
-    classes = mask_source(cfg, read_train(cfg)[id_col].tolist()).classes
+    classes = training_masks(cfg).classes
     ids = list(dict.fromkeys(sample[id_col].map(masks_codec.cell)))
     shapes = dict(zip(ids, test_shapes(cfg, ids), strict=True))
     pred = masks_codec.stack(masks_codec.parse_submission(cfg, sub, sample, classes, shapes, str(submission_file)),

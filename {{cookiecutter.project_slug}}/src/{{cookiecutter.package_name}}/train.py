@@ -34,7 +34,6 @@ from .core.errors import Interrupted, UserError
 from .core.runs import (
     Checkpoint,
     FoldLock,
-    atomic_write_csv,
     atomic_write_json,
     load_last,
     read_checkpoint,

@@ -19,7 +19,7 @@ from ..core.errors import UserError
 from ..core.runs import atomic_write_csv, atomic_write_json, read_json
 from ..core.tasks import PIXEL_TASKS
 from .decode import image_paths, image_shapes
-from .masks import area_fractions, mask_source
+from .masks import area_fractions, training_masks
 from .tables import data_path, derive_classes, encode_targets, read_train
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def _targets(cfg: Config, df: pd.DataFrame) -> np.ndarray:
         return encode_targets(cfg, df, derive_classes(cfg, df))
     ids = df[cfg.data.id_col].tolist()
     paths = image_paths(data_path(cfg, cfg.data.train_images), ids, cfg.data.image_ext, "train_images")
-    return mask_strata(area_fractions(mask_source(cfg, ids), image_shapes(paths)), cfg.folds.n_bins)
+    return mask_strata(area_fractions(training_masks(cfg, ids), image_shapes(paths)), cfg.folds.n_bins)
 
 
 def make_folds(cfg: Config) -> pd.DataFrame:

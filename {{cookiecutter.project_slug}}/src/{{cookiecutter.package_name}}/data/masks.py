@@ -31,6 +31,7 @@ import pandas as pd
 from PIL import Image
 
 from ..core.errors import UserError
+from .tables import read_long_table
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -392,3 +393,13 @@ def area_fractions(source: MaskSource, shapes: Sequence[tuple[int, int]]) -> np.
     for i, shape in enumerate(shapes):
         out[i] = source.areas(i, shape) / float(shape[0] * shape[1])
     return out
+
+
+def training_masks(cfg: Config, ids: list[str] | None = None) -> MaskSource:
+    """The masks of train_csv (read here, any of the formats), checked to be those of the images `ids` in that
+    order when given (the rows a Problem or a split holds)."""
+    source = mask_source(cfg, read_long_table(_path(cfg, cfg.data.train_csv), cfg.data.id_col, cfg.data.encoding))
+    if ids is not None and source.ids != [str(i) for i in ids]:
+        raise UserError(f"{cfg.data.train_csv}: its images are not those of the split ({len(source.ids)} vs "
+                        f"{len(ids)}); rerun `folds --force`")  # fmt: skip
+    return source

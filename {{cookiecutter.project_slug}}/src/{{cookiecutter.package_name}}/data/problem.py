@@ -24,7 +24,7 @@ from .cache import ImageCache, open_cache
 from .decode import check_images, image_paths, image_shapes
 from .folds import read_folds
 from .images import ImageDataset
-from .masks import MaskSource, area_fractions, mask_source
+from .masks import MaskSource, area_fractions, training_masks
 from .tables import (
     binary_positive,
     class_counts,
@@ -129,7 +129,7 @@ def _load_masks_problem(cfg: Config) -> Problem:
     folder = data_path(cfg, cfg.data.train_images)
     paths = image_paths(folder, ids, cfg.data.image_ext, "train_images")
     check_images(paths, "train_images", image_check_cache(cfg.output_dir, folder))
-    source = mask_source(cfg, ids)
+    source = training_masks(cfg, ids)
     shapes = image_shapes(paths)
     y = area_fractions(source, shapes)
     return Problem(ids, train["fold"].to_numpy(np.int64), y, paths, source.classes, None, h, source, shapes)
