@@ -68,6 +68,11 @@ class Problem:
             out[j] = resize_masks(self.masks.read(int(i), self.shapes[i]), size).transpose(2, 0, 1)
         return out
 
+    def target_scale(self, fold: int, task: str) -> TargetScale | None:
+        """Regression: the standardisation of fold `fold`'s training targets (validation rows never count);
+        None for the other tasks."""
+        return TargetScale.fit(self.y[self.rows(fold, valid=False)]) if task == "regression" else None
+
 
 @dataclass
 class RowMasks:
@@ -84,11 +89,6 @@ def resize_masks(mask: np.ndarray, size: int) -> np.ndarray:
     """HWC 0/1 masks -> (size, size, C), nearest neighbour: albumentations' Resize does the same to a `mask`."""
     out = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
     return out[..., None] if out.ndim == 2 else out
-
-    def target_scale(self, fold: int, task: str) -> TargetScale | None:
-        """Regression: the standardisation of fold `fold`'s training targets (validation rows never count);
-        None for the other tasks."""
-        return TargetScale.fit(self.y[self.rows(fold, valid=False)]) if task == "regression" else None
 
 
 @dataclass
