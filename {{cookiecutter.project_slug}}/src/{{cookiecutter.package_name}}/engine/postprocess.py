@@ -69,10 +69,10 @@ def threshold_masks(p: np.ndarray, thresholds: Any, exclusive: bool) -> np.ndarr
     if not exclusive:
         return above
     # A running maximum over the few classes: argmax along axis 1 of an (N, C, H, W) array is several times slower.
-    best, winner = np.full(p[:, 0].shape, -1.0, np.float32), np.zeros(p[:, 0].shape, np.intp)
+    best, winner = np.full(p[:, 0].shape, -1.0, np.float32), np.zeros(p[:, 0].shape, np.int8)
     for k in range(p.shape[1]):
         wins = above[:, k] & (p[:, k] > best)  # strictly: a tie keeps the lower class id
-        best[wins], winner[wins] = p[:, k][wins], k
+        best, winner = np.where(wins, p[:, k], best), np.where(wins, np.int8(k), winner)
     return above & (np.arange(p.shape[1]).reshape(1, -1, 1, 1) == winner[:, None])
 
 
@@ -114,11 +114,13 @@ def tune(probs: Any, truth: Any, metric_name: str, exclusive: bool = False) -> t
     metric = get_metric(metric_name)
     n_classes, (h, w) = p.shape[1], p.shape[2:]
 
+    # Masks are scored as 0/1 uint8 views of the bool masks (no float copy per candidate): the metrics threshold at
+    # 0.5, so they score exactly as the 0./1. floats of the convention.
     def scored(masks: np.ndarray) -> float:  # every channel
-        return score(metric_name, y, masks.astype(np.float32), "segmentation")
+        return score(metric_name, y, masks.view(np.uint8), "segmentation")
 
     def scored_channel(mask: np.ndarray, k: int) -> float:  # one class's (N, H, W) mask against its truth
-        return score(metric_name, y[:, k : k + 1], mask[:, None].astype(np.float32), "segmentation")
+        return score(metric_name, y[:, k : k + 1], mask[:, None].view(np.uint8), "segmentation")
 
     pp = default(n_classes, exclusive)
     before = scored(apply(p, pp))
@@ -132,12 +134,9 @@ def tune(probs: Any, truth: Any, metric_name: str, exclusive: bool = False) -> t
         classes[k][key] = float(best_value)
 
     for k in range(n_classes):
-        thresholds = [c["threshold"] for c in classes]
-
-        def by_threshold(t: float, k: int = k, thresholds: list[float] = thresholds) -> float:
-            cut = [*thresholds[:k], t, *thresholds[k + 1 :]]
-            return scored(threshold_masks(p, cut, True)) if exclusive else scored_channel(p[:, k] >= t, k)
-
+        by_threshold = (
+            _exclusive_scorer(p, classes, k, scored) if exclusive else (lambda t, k=k: scored_channel(p[:, k] >= t, k))
+        )
         search("threshold", k, THRESHOLDS, by_threshold)
 
     base = threshold_masks(p, [c["threshold"] for c in classes], exclusive)
@@ -160,3 +159,27 @@ def tune(probs: Any, truth: Any, metric_name: str, exclusive: bool = False) -> t
 
         search("empty_below", k, EMPTY_BELOW, by_peak)
     return pp, before, scored(apply(p, pp))
+
+
+def _exclusive_scorer(
+    p: np.ndarray, classes: list[dict[str, float]], k: int, scored: Callable[[np.ndarray], float]
+) -> Callable[[float], float]:
+    """t -> the score of exclusive masks with class k at threshold t and the others at theirs. What the other classes
+    make without k (their masks, the best probability and class at each pixel) is computed once, so a candidate costs
+    a few operations per class instead of a new exclusivity over the whole array."""
+    cut = [c["threshold"] for c in classes]
+    cut[k] = np.inf  # class k never a candidate
+    others = threshold_masks(p, cut, exclusive=True)
+    held = others.any(axis=1)
+    best = np.where(held, (p * others).max(axis=1), -1.0)
+    winner = others.argmax(axis=1)
+    masks = others.copy()
+
+    def by_threshold(t: float) -> float:
+        pk = p[:, k]
+        wins = (pk >= t) & ((pk > best) | ((pk == best) & (k < winner)))  # a tie keeps the lower class id
+        np.logical_and(others, ~wins[:, None], out=masks)
+        masks[:, k] = wins
+        return scored(masks)
+
+    return by_threshold
