@@ -249,7 +249,7 @@ CASES = [
     Case("device-name", train("device=gpu"), ["device", "'gpu'", "cuda:<index>"]),
     Case("device-missing", train("device=cuda:99"), ["device='cuda:99'", "device="]),
     # choices, from the registries
-    Case("unknown-task", train("task=segmentation"), ["'task'", "segmentation", "multiclass"]),
+    Case("unknown-task", train("task=detection"), ["'task'", "detection", "segmentation"]),
     Case("unknown-metric", train("metric=acc"), ["'metric'", "'acc'", "accuracy"]),
     Case("metric-not-for-task", train("metric=rmse"), ["'metric'", "rmse", "task=multiclass", "accuracy"]),
     Case("unknown-loss", train("loss.name=dice"), ["loss.name", "dice", "focal"]),

@@ -30,7 +30,7 @@ from .core.runs import (
 )
 from .core.tasks import PIXEL_TASKS
 from .data.masks import training_masks
-from .data.problem import test_shapes
+from .data.problem import sizes_of_test_images
 from .data.tables import (
     binary_positive,
     data_path,
@@ -124,7 +124,7 @@ def _masks_submission(cfg: Config, run: Run, decisions: Decisions, ids: list[str
     maps = read_masks(run.test_pred, ids)
     sample_path = existing(data_path(cfg, cfg.data.sample_submission), "sample submission")
     sample = read_long_table(sample_path, cfg.data.id_col, cfg.data.encoding)
-    shapes = test_shapes(cfg, ids)
+    shapes = sizes_of_test_images(cfg, ids)
     sub = masks_codec.encode_submission(cfg, ids, maps, shapes, decisions.postprocess, sample, classes, str(path))
     masks_codec.validate_submission(cfg, sub, sample, classes, dict(zip(ids, shapes, strict=True)), str(path))
     remove_stale_tmp(path.parent, STALE_TMP_AGE)
@@ -183,7 +183,7 @@ def _score_masks(cfg: Config, submission_file: str | Path, solution_path: str | 
     sample = read_long_table(data_path(cfg, cfg.data.sample_submission), id_col, enc)
     classes = training_masks(cfg).classes
     ids = list(dict.fromkeys(sample[id_col].map(masks_codec.cell)))
-    shapes = dict(zip(ids, test_shapes(cfg, ids), strict=True))
+    shapes = dict(zip(ids, sizes_of_test_images(cfg, ids), strict=True))
     pred = masks_codec.stack(masks_codec.parse_submission(cfg, sub, sample, classes, shapes, str(submission_file)),
                              ids, classes)  # fmt: skip
     true = masks_codec.stack(masks_codec.parse_submission(cfg, sol, sample, classes, shapes, str(solution_path)),

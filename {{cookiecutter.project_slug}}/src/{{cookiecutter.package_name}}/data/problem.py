@@ -195,7 +195,7 @@ def test_dataset(cfg: Config) -> tuple[list[str], ImageDataset]:
     return ids, ImageDataset(paths, None, tf, cfg.model.in_chans, image_cache(cfg, paths))
 
 
-def test_shapes(cfg: Config, ids: list[str]) -> list[tuple[int, int]]:
+def sizes_of_test_images(cfg: Config, ids: list[str]) -> list[tuple[int, int]]:
     """(height, width) of each test image: the size a segmentation submission's masks are encoded at."""
     folder = data_path(cfg, cfg.data.test_images)
     return image_shapes(image_paths(folder, ids, cfg.data.image_ext, "test_images"))
