@@ -29,7 +29,6 @@ from .core.runs import (
     submissions_dir,
 )
 from .core.tasks import PIXEL_TASKS
-from .data.masks import training_masks
 from .data.problem import sizes_of_test_images
 from .data.tables import (
     binary_positive,
@@ -177,23 +176,15 @@ def _score_masks(cfg: Config, submission_file: str | Path, solution_path: str | 
     """Segmentation: both files decoded at each test image's size (the solution laid out as the sample submission
     is), scored image by image: images of one size at a time, weighted by their count (exact for the per-image
     metrics dice and iou; miou pools each size's pixels)."""
-    id_col, enc = cfg.data.id_col, cfg.data.encoding
-    sub = read_long_table(existing(submission_file, "submission file"), id_col, enc)
-    sol = read_long_table(existing(solution_path, "solution file (--solution)"), id_col, enc)
-    sample = read_long_table(data_path(cfg, cfg.data.sample_submission), id_col, enc)
-    classes = training_masks(cfg).classes
-    ids = list(dict.fromkeys(sample[id_col].map(masks_codec.cell)))
-    shapes = dict(zip(ids, sizes_of_test_images(cfg, ids), strict=True))
-    pred = masks_codec.stack(masks_codec.parse_submission(cfg, sub, sample, classes, shapes, str(submission_file)),
-                             ids, classes)  # fmt: skip
-    true = masks_codec.stack(masks_codec.parse_submission(cfg, sol, sample, classes, shapes, str(solution_path)),
-                             ids, classes)  # fmt: skip
-    total, name = 0.0, metric_name(cfg)
-    for shape in dict.fromkeys(shapes.values()):
-        rows = [n for n, i in enumerate(ids) if shapes[i] == shape]
-        y, p = np.stack([true[n] for n in rows]), np.stack([pred[n] for n in rows]).astype(np.float32)
+    sub = masks_codec.read_submission(cfg, submission_file)
+    sol = masks_codec.read_submission(cfg, solution_path, "solution file (--solution)")
+    total, name, sizes = 0.0, metric_name(cfg), [m.shape[1:] for m in sub.masks]
+    for size in dict.fromkeys(sizes):
+        rows = [n for n, s in enumerate(sizes) if s == size]
+        y = np.stack([sol.masks[n] for n in rows])
+        p = np.stack([sub.masks[n] for n in rows]).astype(np.float32)
         total += metrics.score(name, y, p, cfg.task) * len(rows)
-    return total / len(ids)
+    return total / len(sub.ids)
 
 
 def submitted_cv(cfg: Config, exp: str) -> float | None:

@@ -11,6 +11,7 @@ Layouts (found from the sample submission's columns):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,7 +19,9 @@ import pandas as pd
 
 from ..config import Config
 from ..core.errors import UserError
-from ..data.masks import check_rle, rle_decode, rle_encode
+from ..data.masks import check_rle, rle_decode, rle_encode, training_masks
+from ..data.problem import sizes_of_test_images
+from ..data.tables import data_path, read_long_table
 from . import postprocess
 
 
@@ -134,6 +137,31 @@ def validate_submission(cfg: Config, sub: pd.DataFrame, sample: pd.DataFrame, cl
                         shapes: dict[str, tuple[int, int]], where: str) -> None:  # fmt: skip
     """What parse_submission checks, for a file about to be written."""
     parse_submission(cfg, sub, sample, classes, shapes, where)
+
+
+@dataclass(frozen=True)
+class CheckedFile:
+    """A segmentation submission (or solution) file, checked against the sample submission and decoded."""
+
+    table: pd.DataFrame
+    ids: list[str]  # the sample's images, in its order
+    classes: list[str]
+    masks: list[np.ndarray]  # per image of `ids`, (C, H, W) at its size
+
+
+def read_submission(cfg: Config, path: str | Path, what: str = "submission file") -> CheckedFile:
+    """`path` read as text, checked cell by cell against the sample submission (data.sample_submission) and each
+    test image's size, and decoded; the classes are the training table's (data.masks.training_masks)."""
+    id_col, enc = cfg.data.id_col, cfg.data.encoding
+    if not Path(path).is_file():
+        raise UserError(f"{path}: {what} not found")
+    table = read_long_table(Path(path), id_col, enc)
+    sample = read_long_table(data_path(cfg, cfg.data.sample_submission), id_col, enc)
+    classes = training_masks(cfg).classes
+    ids = list(dict.fromkeys(sample[id_col].map(cell)))
+    shapes = dict(zip(ids, sizes_of_test_images(cfg, ids), strict=True))
+    masks = parse_submission(cfg, table, sample, classes, shapes, str(path))
+    return CheckedFile(table, ids, classes, stack(masks, ids, classes))
 
 
 def stack(masks: dict[tuple[str, str], np.ndarray], ids: list[str], classes: list[str]) -> list[np.ndarray]:

@@ -11,13 +11,17 @@ import pandas as pd
 
 from ..config import Config, metric_name
 from ..core.runs import Run, append_csv_row, checksum, submission_log_path, submissions_dir
+from ..core.tasks import PIXEL_TASKS
 from ..data.tables import data_path, derive_classes, read_table, read_train
+from ..engine import masks_codec
 from ..engine.codec import allowed_labels, existing, resolve_format, validate_submission
 
 
 def check_submission_file(cfg: Config, path: str | Path) -> pd.DataFrame:
     """A submission file as it will be sent: same columns, ids and order as the sample submission, no NaN, and values
     of the competition's format (labels among the training labels, probabilities in [0, 1], finite numbers)."""
+    if cfg.task in PIXEL_TASKS:  # run-length encoded masks: every cell and encoding checked
+        return masks_codec.read_submission(cfg, path).table
     sub = read_table(existing(path, "submission file"), cfg.data.id_col)
     sample = read_table(data_path(cfg, cfg.data.sample_submission), cfg.data.id_col, encoding=cfg.data.encoding)
     train = read_train(cfg)
