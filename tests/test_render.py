@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from conftest import (
     expected_answers,
     hook_metric_tasks,
     probe,
+    python_env,
     rendered_files,
     run,
     skip_caches,
@@ -194,20 +197,67 @@ def test_post_gen_keeps_optional_files_only_when_their_option_is_on(rendered, ct
     assert present, f"{optional} should be kept when {OPTIONAL[optional]} is on"
 
 
-EXP001_PROBE = """
-config = importlib.import_module(PKG + ".config")
-cfg = config.load("configs/exp001.yaml")
-print(json.dumps({
-    "exp": cfg.exp, "task": cfg.task, "metric": cfg.metric, "metric_name": config.metric_name(cfg),
-    "competition": cfg.competition, "data_dir": cfg.data.dir, "folds_path": cfg.folds.path,
-    "n_folds": cfg.folds.n_folds, "image_size": cfg.augment.image_size, "backbone": cfg.model.backbone,
-    "wandb_mode": cfg.wandb.mode, "wandb_project": cfg.wandb.project,
-}))
+# Loads a render's configs/exp001.yaml with that render's own package (imported from its src/, as the generated
+# pyproject's pythonpath does): one long-lived process serves every render of the session, one request per line
+# (the project and its package name) and one JSON answer per line, so torch and timm are imported once, not once per
+# render (60 renders x ~10 s of imports was a third of `make test`). Each request drops the previous render's
+# modules, so each render's config is loaded by its own code.
+EXP001_LOADER = """
+import contextlib, importlib, json, os, sys
+previous = None
+for request in sys.stdin:
+    project, package = json.loads(request)
+    if previous is not None:
+        sys.path.remove(previous)
+        for name in [m for m in sys.modules if m == package or m.startswith(package + '.')]:
+            del sys.modules[name]
+    previous = os.path.join(project, 'src')
+    sys.path.insert(0, previous)
+    importlib.invalidate_caches()
+    os.chdir(project)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            config = importlib.import_module(package + '.config')
+            cfg = config.load('configs/exp001.yaml')
+            answer = {
+                'exp': cfg.exp, 'task': cfg.task, 'metric': cfg.metric, 'metric_name': config.metric_name(cfg),
+                'competition': cfg.competition, 'data_dir': cfg.data.dir, 'folds_path': cfg.folds.path,
+                'n_folds': cfg.folds.n_folds, 'image_size': cfg.augment.image_size, 'backbone': cfg.model.backbone,
+                'wandb_mode': cfg.wandb.mode, 'wandb_project': cfg.wandb.project,
+                'module': os.path.relpath(config.__file__, project),
+            }
+    except Exception as e:
+        answer = {'error': f'{type(e).__name__}: {e}'}
+    print(json.dumps(answer), flush=True)
 """
 
 
-def check_exp001(project: Path, answers: dict[str, Any]) -> None:
-    got = probe(project, EXP001_PROBE)
+@pytest.fixture(scope="session")
+def load_exp001(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path], dict[str, Any]]]:
+    """`load_exp001(project)` -> what the render's own config loader reads from its configs/exp001.yaml."""
+    log = tmp_path_factory.mktemp("exp001_loader") / "stderr.txt"
+    with open(log, "w", encoding="utf-8") as err:
+        proc = subprocess.Popen([sys.executable, "-c", EXP001_LOADER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=err, text=True, env=python_env())  # fmt: skip
+
+        def load(project: Path) -> dict[str, Any]:
+            package = json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps([str(project), package["cookiecutter"]["package_name"]]) + "\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline()
+            assert answer, f"the config loader process ended:\n{log.read_text(encoding='utf-8')[-3000:]}"
+            return json.loads(answer)
+
+        try:
+            yield load
+        finally:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait(timeout=120)
+
+
+def check_exp001(got: dict[str, Any], answers: dict[str, Any]) -> None:
     slug = answers["competition_id"]
     assert got == {
         "exp": "exp001",
@@ -222,18 +272,19 @@ def check_exp001(project: Path, answers: dict[str, Any]) -> None:
         "backbone": answers["backbone"],
         "wandb_mode": "online" if answers["use_wandb"] else "disabled",
         "wandb_project": answers["wandb_project"],
+        "module": f"src/{answers['package_name']}/config.py",  # the render's own code, not an earlier render's
     }
 
 
 @case_params
-def test_exp001_loads_with_the_generated_config_loader(rendered, ctx):
-    check_exp001(rendered(**ctx), expected_answers(ctx))
+def test_exp001_loads_with_the_generated_config_loader(rendered, load_exp001, ctx):
+    check_exp001(load_exp001(rendered(**ctx)), expected_answers(ctx))
 
 
 @pytest.mark.parametrize(("task", "metric"), valid_pairs(), ids=[f"{t}-{m}" for t, m in valid_pairs()])
-def test_every_valid_task_metric_pair_renders_a_loadable_config(rendered, task, metric):
+def test_every_valid_task_metric_pair_renders_a_loadable_config(rendered, load_exp001, task, metric):
     ctx = {"task": task, "metric": metric}
-    check_exp001(rendered(**ctx), expected_answers(ctx))
+    check_exp001(load_exp001(rendered(**ctx)), expected_answers(ctx))
 
 
 @case_params
