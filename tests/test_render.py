@@ -54,7 +54,13 @@ NAMES = {
     "package_name": "cassava",
     "author": "Jean-Luc O'Neil",
 }
-EXPLICIT_METRIC = {"multiclass": "map_at_3", "binary": "log_loss", "multilabel": "f1_macro", "regression": "mae"}
+EXPLICIT_METRIC = {
+    "multiclass": "map_at_3",
+    "binary": "log_loss",
+    "multilabel": "f1_macro",
+    "regression": "mae",
+    "segmentation": "miou",
+}
 
 # One answer varied at a time from the defaults, plus the 2x2 product of the two options that remove files.
 CASES: dict[str, dict[str, Any]] = {
@@ -96,6 +102,8 @@ SUITE_CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
         NAMED,
     ),
     "binary,no_wandb": ({"task": "binary", "use_wandb": False}, UNIT),
+    # its configs (exp001, demo: run-length encoded masks, the U-Net) under its suite; its demo in tests/test_demo.py
+    "segmentation": ({"task": "segmentation"}, UNIT),
     "multilabel,no_wandb,code_competition": (
         {"task": "multilabel", "use_wandb": False, "code_competition": True},
         UNIT,
