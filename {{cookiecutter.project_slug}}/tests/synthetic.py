@@ -7,6 +7,9 @@ set: a scikit-learn logistic regression on the raw pixels, scored on the same va
     multilabel  one or two digits side by side on a non-square 16x32 (HxW) JPEG canvas; tags = which digits,
                 space-separated in one column; F1 micro
     regression  an ordinal grade 0-4 (the digit // 2: two looks per grade) predicted as a number, scored with QWK
+    segmentation  1-3 digits pasted on a textured 64x64 canvas, a mask per digit group (0-3, 4-6, 7-9) in Kaggle's
+                run-length encoding, one row per image and class; the baseline is a logistic regression per pixel
+                (its value and its 3x3 neighbours' at the training size), Dice per image and class
 
 tests/test_learns.py trains each with the exp001 defaults and asserts the baseline is beaten: the guard that a
 change of a default breaks no task. benchmarks/defaults.py (at the template's root) measures the same shapes
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -25,12 +29,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
 from {{ cookiecutter.package_name }}.config import Config, metric_name
+from {{ cookiecutter.package_name }}.data import demo
 from {{ cookiecutter.package_name }}.data.decode import read_image
-from {{ cookiecutter.package_name }}.data.problem import load_problem
+from {{ cookiecutter.package_name }}.data.problem import Problem, load_problem
 from {{ cookiecutter.package_name }}.modeling import metrics
 
-SHAPES = ("multiclass", "binary", "multilabel", "regression")
-METRIC = {"multiclass": "accuracy", "binary": "roc_auc", "multilabel": "f1_micro", "regression": "qwk"}
+SHAPES = ("multiclass", "binary", "multilabel", "regression", "segmentation")
+METRIC = {"multiclass": "accuracy", "binary": "roc_auc", "multilabel": "f1_micro", "regression": "qwk",
+          "segmentation": "dice"}  # fmt: skip
 SIDE = 16  # each digit is drawn at 16x16 (scikit-learn's are 8x8)
 
 
@@ -70,6 +76,12 @@ def _rows(task: str, rng: np.random.Generator) -> tuple[list[Image.Image], list]
 def write_competition(root: Path, task: str, seed: int = 0) -> str:
     """The competition of `task`'s shape under `root` (train.csv, test.csv, sample_submission.csv, train/, test/);
     returns the YAML of the config keys that describe it (task, metric, data.*)."""
+    if task == "segmentation":  # the demo's generator, another seed: other canvases than the demo's
+        demo.write_segmentation_demo(root, seed=seed + 1)
+        return (
+            f"task: {task}\nmetric: {METRIC[task]}\n"
+            f"data:\n  dir: {root}\n  class_col: ClassId\n  rle_col: EncodedPixels\n  image_ext: .png\n"
+        )
     rng = np.random.default_rng(seed)
     images, labels = _rows(task, rng)
     order = rng.permutation(len(images))  # rows come grouped by label: the test rows must be a random share
@@ -101,6 +113,8 @@ def pixel_baseline(cfg: Config, fold: int) -> float:
     rows with the config's metric (one-vs-rest for multilabel; ordinal grades as classes)."""
     problem = load_problem(cfg)
     tr, va = problem.rows(fold, valid=False), problem.rows(fold, valid=True)
+    if cfg.task == "segmentation":
+        return _pixel_masks_baseline(cfg, problem, tr, va)
     x = _pixels(problem.paths)
     y = problem.y
     lr = LogisticRegression(max_iter=2000)
@@ -113,3 +127,28 @@ def pixel_baseline(cfg: Config, fold: int) -> float:
     else:
         pred = lr.fit(x[tr], y[tr]).predict_proba(x[va])
     return metrics.score(metric_name(cfg), y[va], pred, cfg.task)
+
+
+def _neighbourhoods(paths: list[Path], size: int) -> np.ndarray:
+    """Each pixel's value and its 3x3 neighbours' at the training size: (images * size * size, 9)."""
+    images = np.stack([cv2.resize(read_image(p, 1)[..., 0], (size, size), interpolation=cv2.INTER_AREA)
+                       for p in paths]).astype(np.float32) / 255.0  # fmt: skip
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    shifts = [padded[:, dy : dy + size, dx : dx + size] for dy in range(3) for dx in range(3)]
+    return np.stack(shifts, axis=-1).reshape(-1, 9)
+
+
+def _pixel_masks_baseline(cfg: Config, problem: Problem, tr: np.ndarray, va: np.ndarray) -> float:
+    """A logistic regression per class on each pixel's 3x3 neighbourhood (a quarter of the training pixels, drawn
+    at random), scored on the validation masks at the training size as the model's OOF maps are."""
+    size = cfg.augment.image_size
+    x_tr = _neighbourhoods([problem.paths[i] for i in tr], size)
+    x_va = _neighbourhoods([problem.paths[i] for i in va], size)
+    y_tr, y_va = problem.truth(tr, size), problem.truth(va, size)
+    pick = np.random.default_rng(0).permutation(len(x_tr))[: len(x_tr) // 4]
+    maps = np.zeros(y_va.shape, np.float32)
+    for c in range(y_tr.shape[1]):
+        target = y_tr[:, c].reshape(-1)[pick]
+        lr = LogisticRegression(max_iter=500).fit(x_tr[pick], target)
+        maps[:, c] = lr.predict_proba(x_va)[:, 1].reshape(len(va), size, size)
+    return metrics.score(metric_name(cfg), y_va, maps, cfg.task)
