@@ -37,7 +37,7 @@ from torch import nn
 from .config import Config, metric_name
 from .core.runs import ExportedFold, ExportedVariant, ExportManifest, Run, atomic_torch_save, checksum
 from .core.runtime import amp_dtype, compute_setup
-from .core.tasks import TargetScale, num_outputs
+from .core.tasks import PIXEL_TASKS, TargetScale, num_outputs
 from .core.tracking import Tracker
 from .data.augment import build_transforms
 from .data.images import ImageDataset
@@ -104,9 +104,13 @@ def _export_folds(cfg: Config, problem: Problem, folds: list[int], model: nn.Mod
     for k in folds:
         print(f"fold {k}: exporting {', '.join(cfg.export.variants)}")
         per_fold[str(k)], preds = export_fold(cfg, problem, k, model, feed, device, staging)
-        for name, frame in preds.items():
-            oof.setdefault(name, []).append(frame)
-    overall = {n: score_oof(cfg, problem, pd.concat(frames, ignore_index=True))[1] for n, frames in oof.items()}
+        for name, part in preds.items():
+            oof.setdefault(name, []).append(part)
+    overall = {}
+    for n, parts in oof.items():  # each fold's (table, predictions): segmentation scores the maps themselves
+        frames, preds = zip(*parts, strict=True)
+        maps = np.concatenate(preds) if cfg.task in PIXEL_TASKS else None
+        overall[n] = score_oof(cfg, problem, pd.concat(frames, ignore_index=True), maps)[1]
     name = metric_name(cfg)
     return ExportManifest(
         exp=cfg.exp,
@@ -121,7 +125,7 @@ def _export_folds(cfg: Config, problem: Problem, folds: list[int], model: nn.Mod
 
 def export_fold(
     cfg: Config, problem: Problem, k: int, model: nn.Module, feed: Feed, device: torch.device, out: Run | None = None
-) -> tuple[ExportedFold, dict[str, pd.DataFrame]]:
+) -> tuple[ExportedFold, dict[str, tuple[pd.DataFrame, np.ndarray]]]:
     """Fold k's variants: written (into `out`'s export/, default the run's own), checked on the CPU against torch,
     timed, scored on fold k's validation rows. Returns fold k's entry of export.json (file paths as in the run
     folder) and each variant's OOF predictions."""
@@ -170,7 +174,7 @@ def export_fold(
         oof = predict_loader(v.make(device), loader, cfg.task, desc=f"fold {k} {v.name}")
         frame = pred_frame(data.valid_ids, oof, problem.classes, cfg.data.id_col)
         frame.insert(1, "fold", k)
-        preds[v.name] = frame
+        preds[v.name] = (frame, np.rint(np.clip(oof, 0, 1) * 255).astype(np.uint8) if oof.ndim == 4 else oof)
         diff = float(np.abs(probs - reference).max())
         content = v.path.read_bytes()
         entry.variants[v.name] = ExportedVariant(

@@ -15,12 +15,11 @@ from ..config import Config, metric_name
 from ..core.runs import (
     TTAChoice,
     checksum,
-    write_derived,
 )
 from ..data.problem import (
     build_fold_data,
     load_problem,
-    pred_frame,
+    save_predictions,
 )
 from ..modeling import metrics, tta
 from .inference import (
@@ -81,7 +80,9 @@ def choose_views(cfg: Config) -> TTAChoice:
         fold_col += [k] * len(data.valid_ids)
     preds = {v: np.concatenate(parts) for v, parts in per_view.items()}
     position = {i: n for n, i in enumerate(problem.ids)}
-    y = problem.y[[position[i] for i in ids]]
+    rows = np.array([position[i] for i in ids])
+    first = next(iter(preds.values()))  # segmentation: masks scored at the maps' size
+    y = problem.truth(rows, first.shape[-1]) if first.ndim == 4 else problem.y[rows]
     metric = metrics.get_metric(metric_name(cfg))
 
     def score(views: list[str]) -> float:  # the OOF score of these views merged as predict merges them
@@ -103,10 +104,9 @@ def choose_views(cfg: Config) -> TTAChoice:
         checkpoints=checkpoint_digests(cfg, folds),
     )
     resolved = with_views(cfg, chosen)
-    oof = pred_frame(ids, merge_views([preds[v] for v in chosen], cfg.task, cfg.tta.merge), problem.classes,
-                     cfg.data.id_col)  # fmt: skip
-    oof.insert(1, "fold", fold_col)
-    write_derived(run.oof_tta, oof, folds_source(resolved, folds))
+    merged = merge_views([preds[v] for v in chosen], cfg.task, cfg.tta.merge)
+    save_predictions(run.oof_tta, ids, merged, problem.classes, cfg.data.id_col, np.asarray(fold_col),
+                     folds_source(resolved, folds))  # fmt: skip
     run.write_tta_choice(choice)
     print(f"{cfg.exp}: TTA views chosen on OOF {chosen}: {metric.name} {choice.chosen:.5f} "
           f"(identity alone {choice.identity:.5f}; candidates {candidates})")  # fmt: skip
