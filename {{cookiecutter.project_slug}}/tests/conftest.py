@@ -55,6 +55,31 @@ threads: 1
 """
 
 
+# The segmentation demo (64 px canvases, three classes of masks) at a size and decoder that train in seconds.
+TINY_SEGMENTATION = """
+data:
+  class_col: ClassId
+  rle_col: EncodedPixels
+  num_workers: 0
+model:
+  backbone: test_resnet
+  pretrained: false
+  in_chans: 1
+  decoder_channels: [16, 8, 8, 8, 8]
+augment:
+  image_size: 32
+  hflip: false
+train:
+  epochs: 1
+  batch_size: 16
+  limit_batches: 4
+  ema: false
+threads: 1
+wandb:
+  mode: disabled
+"""
+
+
 def write_config(root: Path, task: str = "multiclass", metric: str = "auto", n_folds: int = 3, extra: str = "",
                  name: str = "exp") -> Path:  # fmt: skip
     """A config for the demo competition in `root`/data, outputs in `root`/outputs. `extra` is appended YAML."""

@@ -17,12 +17,13 @@ import pytest
 
 from {{ cookiecutter.package_name }} import cli, config, ensemble, submission
 from {{ cookiecutter.package_name }}.core import errors
-from {{ cookiecutter.package_name }}.core.runs import BlendWeights, Classes, Decisions, Run
+from {{ cookiecutter.package_name }}.core.runs import BlendWeights, Classes, Decisions, Run, read_masks
+from {{ cookiecutter.package_name }}.data import demo
 from {{ cookiecutter.package_name }}.kaggle import api as kaggle_api
 from {{ cookiecutter.package_name }}.kaggle import offline
 from {{ cookiecutter.package_name }}.kaggle import submissions as kaggle_submissions
 
-from conftest import TINY, write_config
+from conftest import TINY, TINY_SEGMENTATION, write_config
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 COMPETITION = "digit-recognizer"
@@ -202,6 +203,31 @@ def test_the_notebook_submits_exactly_the_local_submission(tmp_path, new_project
     pred_ours = read(work / "outputs" / "exp" / "test_pred.csv").iloc[:, 1:].to_numpy()
     pred_theirs = read(root / "outputs" / "exp" / "test_pred.csv").iloc[:, 1:].to_numpy()
     np.testing.assert_allclose(pred_ours, pred_theirs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.e2e
+def test_the_notebook_submits_exactly_the_local_segmentation_submission(tmp_path):
+    """A segmentation run (TTA views, post-processing decided on OOF) travels in the upload: the notebook, run as
+    Kaggle runs it, writes the very run-length encodings `make-submission` wrote locally, from the same maps."""
+    root = tmp_path / "project"
+    demo.write_demo(root / "data", "segmentation")
+    path = write_config(root, "segmentation", n_folds=2, extra=TINY_SEGMENTATION + f"competition: {COMPETITION}\n")
+    for command in (["folds"], ["train"], ["predict", "tta.views=[identity,vflip]"], ["make-submission"]):
+        assert cli.main([command[0], "-c", str(path), *command[1:]]) == 0
+    cfg = config.load(path)
+    dataset = offline.package_for_dataset(cfg, ["exp"], tmp_path / "ds", "me/digit-models", "Digit models")
+    work = tmp_path / "working"
+    work.mkdir()
+    env = {"INFER_DATASET_DIR": str(dataset), "INFER_DATA_DIR": str(root / "data"), "KAGGLE_INPUT": str(tmp_path)}
+    cmd = [sys.executable, str(NOTEBOOKS / "inference.py")]
+    done = subprocess.run(cmd, cwd=work, env=notebook_env(work, env), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours = pd.read_csv(work / "submission.csv", dtype=str, keep_default_na=False)
+    theirs = pd.read_csv(root / "submissions" / "exp.csv", dtype=str, keep_default_na=False)
+    pd.testing.assert_frame_equal(ours, theirs)
+    ids = theirs["id"].drop_duplicates().tolist()
+    np.testing.assert_array_equal(read_masks(work / "outputs" / "exp" / "test_pred.csv", ids),
+                                  read_masks(root / "outputs" / "exp" / "test_pred.csv", ids))  # fmt: skip
 
 
 def test_notebook_refuses_to_predict_otherwise_than_decided(tmp_path):

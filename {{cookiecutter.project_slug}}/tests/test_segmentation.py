@@ -20,32 +20,10 @@ from {{ cookiecutter.package_name }}.data.problem import load_problem, sizes_of_
 from {{ cookiecutter.package_name }}.engine import masks_codec, postprocess
 from {{ cookiecutter.package_name }}.modeling import metrics
 
+from conftest import TINY_SEGMENTATION as SEG
 from conftest import write_config
 
 pytestmark = pytest.mark.e2e
-
-SEG = """
-data:
-  class_col: ClassId
-  rle_col: EncodedPixels
-  num_workers: 0
-model:
-  backbone: test_resnet
-  pretrained: false
-  in_chans: 1
-  decoder_channels: [16, 8, 8, 8, 8]
-augment:
-  image_size: 32
-  hflip: false
-train:
-  epochs: 1
-  batch_size: 16
-  limit_batches: 4
-  ema: false
-threads: 1
-wandb:
-  mode: disabled
-"""
 
 
 def run(*args) -> None:
@@ -159,3 +137,13 @@ def test_what_segmentation_cannot_honour_is_refused_in_one_line(tmp_path, key, v
     path = write_config(tmp_path, "segmentation", extra=SEG)
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         config.load(path, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("command", [["ensemble", "--exps", "exp", "exp"], ["pseudo", "--teacher", "exp"],
+                                     ["distill", "--teacher", "exp"]])  # fmt: skip
+def test_stages_that_take_tables_only_refuse_segmentation_in_one_line(project, command, capsys):
+    capsys.readouterr()
+    args = [command[0], "-c", str(project / "configs" / "exp.yaml"), *command[1:]]
+    assert cli.main(args) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and command[0] in err[0] and "task=segmentation" in err[0]

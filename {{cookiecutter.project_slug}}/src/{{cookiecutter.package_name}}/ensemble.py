@@ -49,7 +49,7 @@ from .core.runs import (
     read_pred_csv,
     remove_stale_tmp,
 )
-from .core.tasks import CLASSIFICATION_TASKS, SINGLE_OUTPUT_TASKS, TASKS
+from .core.tasks import CLASSIFICATION_TASKS, SINGLE_OUTPUT_TASKS, TASKS, check_stage_takes
 from .core.tracking import Tracker, score_summary
 from .data.folds import expected_folds
 from .data.problem import oof_truth
@@ -408,6 +408,7 @@ def blend(
 ) -> CVSummary:
     """Blend `exps` with `method` into outputs/<name>/ and return its cv.json. Members with unfinished folds stop
     the blend unless `allow_partial` (then the folds every member finished are blended, and cv.json says so)."""
+    check_stage_takes(cfg.task, "ensemble")
     blender = get_blend_method(method)
     metric = metric_name(cfg)
     _check_request(cfg, exps, blender, method, metric, name, weights)

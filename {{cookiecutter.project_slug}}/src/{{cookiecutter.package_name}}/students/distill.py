@@ -23,6 +23,7 @@ from torch.utils.data import ConcatDataset
 from ..config import Config
 from ..core.errors import UserError
 from ..core.runs import CVSummary
+from ..core.tasks import check_stage_takes
 from ..data.problem import FoldData, Problem, build_fold_data, load_problem
 from ..engine.fold import Step
 from ..modeling.losses import distillation_loss
@@ -94,6 +95,7 @@ def run_distill(
 ) -> CVSummary:
     """Train the student `cfg` on every fold (or `folds`) from `teachers` (default: distill.teachers);
     outputs/<exp>/ gets the usual experiment files plus lineage.json. Returns the cv.json summary."""
+    check_stage_takes(cfg.task, "distill")
     names = list(teachers) or list(cfg.distill.teachers)
     if not names:
         raise UserError("distill needs a teacher: --teacher EXP [EXP ...] or config key 'distill.teachers'")

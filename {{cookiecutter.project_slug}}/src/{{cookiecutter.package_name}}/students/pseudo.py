@@ -39,7 +39,7 @@ from torch.utils.data import ConcatDataset, Sampler
 from ..config import Config
 from ..core.errors import UserError
 from ..core.runs import CVSummary, atomic_write_csv
-from ..core.tasks import num_outputs
+from ..core.tasks import check_stage_takes, num_outputs
 from ..data.augment import build_mixup
 from ..data.problem import FoldData, Problem, build_fold_data, load_problem, pred_frame
 from ..engine.fold import Step
@@ -269,6 +269,7 @@ def run_pseudo(
 ) -> dict:
     """`pseudo.rounds` rounds from `teacher` (default: pseudo.teacher); returns the last round's cv.json summary
     (`summary`) and `rounds`: [{round, exp, teacher, cv}]."""
+    check_stage_takes(cfg.task, "pseudo")
     teacher = teacher or cfg.pseudo.teacher
     if not teacher:
         raise UserError("pseudo needs a teacher: --teacher EXP or config key 'pseudo.teacher'")
