@@ -48,6 +48,9 @@ def project(tmp_path_factory) -> Path:
     run("folds", "-c", path)
     run("train", "-c", path)
     run("predict", "-c", path, "tta.views=[identity,vflip]")
+    other = write_config(root, "segmentation", n_folds=2, extra=SEG + "seed: 7\n", name="exp2")
+    run("train", "-c", other)
+    run("predict", "-c", other)
     return root
 
 
@@ -139,11 +142,38 @@ def test_what_segmentation_cannot_honour_is_refused_in_one_line(tmp_path, key, v
         config.load(path, [f"{key}={value}"])
 
 
-@pytest.mark.parametrize("command", [["ensemble", "--exps", "exp", "exp"], ["pseudo", "--teacher", "exp"],
-                                     ["distill", "--teacher", "exp"]])  # fmt: skip
+@pytest.mark.parametrize("command", [["pseudo", "--teacher", "exp"], ["distill", "--teacher", "exp"]])
 def test_stages_that_take_tables_only_refuse_segmentation_in_one_line(project, command, capsys):
     capsys.readouterr()
     args = [command[0], "-c", str(project / "configs" / "exp.yaml"), *command[1:]]
     assert cli.main(args) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and command[0] in err[0] and "task=segmentation" in err[0]
+
+
+@pytest.mark.parametrize("method", ["mean", "hill_climb"])
+def test_an_ensemble_blends_the_members_maps_and_submits_them(project, method, capsys):
+    path = project / "configs" / "exp.yaml"
+    run("ensemble", "-c", path, "--exps", "exp", "exp2", "--method", method, "--name", f"seg_{method}")
+    cfg = config.load(path)
+    out, members = Run.named(cfg.output_dir, f"seg_{method}"), [Run.named(cfg.output_dir, e) for e in ("exp", "exp2")]
+    weights = json.loads(out.path.joinpath("weights.json").read_text())["weights"]
+    ids = pd.read_csv(out.oof, dtype={"id": str})["id"].tolist()
+
+    def maps(table: Path, rows: list[str]) -> np.ndarray:  # a member's maps in the order of `rows`
+        own = pd.read_csv(table, dtype={"id": str})["id"].tolist()
+        return read_masks(table, own)[[own.index(i) for i in rows]].astype(np.float32) / 255
+
+    sources = [m.path / m.read_decisions().cv_from for m in members]  # each member's OOF as it was predicted
+    expected = sum(w * maps(p, ids) for w, p in zip(weights, sources, strict=True))
+    blended = read_masks(out.oof, ids).astype(np.float32) / 255
+    np.testing.assert_allclose(blended, expected, atol=0.5 / 255 + 1e-6)  # stored as uint8
+    cv, decided = json.loads(out.cv.read_text()), out.read_decisions()
+    problem = load_problem(cfg)
+    truth = problem.truth(np.array([problem.ids.index(i) for i in ids]), 32)
+    assert cv["cv"] == pytest.approx(dice_reference(list(truth), list(expected >= 0.5)), abs=2e-3)
+    assert decided.members == ["exp", "exp2"] and len(decided.postprocess["classes"]) == 3
+    run("make-submission", "-c", path, "--exp", f"seg_{method}")
+    sub = pd.read_csv(project / "submissions" / f"seg_{method}.csv", dtype=str, keep_default_na=False)
+    sample = pd.read_csv(project / "data" / "sample_submission.csv", dtype=str, keep_default_na=False)
+    assert sub[["id", "ClassId"]].values.tolist() == sample[["id", "ClassId"]].values.tolist()

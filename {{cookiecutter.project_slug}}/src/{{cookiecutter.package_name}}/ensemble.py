@@ -45,14 +45,14 @@ from .core.runs import (
     Classes,
     CVSummary,
     Run,
-    atomic_write_csv,
+    read_masks,
     read_pred_csv,
     remove_stale_tmp,
 )
-from .core.tasks import CLASSIFICATION_TASKS, SINGLE_OUTPUT_TASKS, TASKS, check_stage_takes
+from .core.tasks import CLASSIFICATION_TASKS, PIXEL_TASKS, SINGLE_OUTPUT_TASKS, TASKS
 from .core.tracking import Tracker, score_summary
 from .data.folds import expected_folds
-from .data.problem import oof_truth
+from .data.problem import oof_truth, save_predictions
 from .engine.codec import record_decisions
 from .modeling import metrics
 
@@ -287,10 +287,13 @@ COMBINERS: dict[str, Callable[[dict, np.ndarray], np.ndarray]] = {"stacking": _s
 
 BLEND_METHODS.register("mean", _equal)
 BLEND_METHODS.register("weighted", _weighted)
-BLEND_METHODS.register("rank", _equal, rank=True)
+# Segmentation maps blend by a weighted mean (mean, weighted, hill_climb); ranks, fitted weights and meta-models of
+# per-pixel columns are not defined for them.
+TABLE_TASKS = tuple(t for t in TASKS if t not in PIXEL_TASKS)
+BLEND_METHODS.register("rank", _equal, rank=True, tasks=TABLE_TASKS)
 BLEND_METHODS.register("hill_climb", _hill_climb, tuned=True)
-BLEND_METHODS.register("optimize", _optimize, tuned=True)
-BLEND_METHODS.register("stacking", _stacking, foldwise=True)
+BLEND_METHODS.register("optimize", _optimize, tuned=True, tasks=TABLE_TASKS)
+BLEND_METHODS.register("stacking", _stacking, foldwise=True, tasks=TABLE_TASKS)
 BLEND_METHODS.register("vote", _vote, tasks=CLASSIFICATION_TASKS)
 
 
@@ -370,7 +373,12 @@ def load_members(
     for name, df in zip(exps, oofs, strict=True):
         if set(df[id_col]) != set(ids):
             raise UserError(f"{name}/oof.csv and {exps[0]}/oof.csv cover different ids: train the same folds first")
-    oof = np.stack([df.set_index(id_col).loc[ids, cols].to_numpy(np.float64) for df in oofs])
+    maps = cfg.task in PIXEL_TASKS  # segmentation blends the probability maps beside the tables
+    paths = [as_predicted(run) for run in runs]
+    if maps:
+        oof = np.stack([_maps_in_order(p, df, ids, id_col) for p, df in zip(paths, oofs, strict=True)])
+    else:
+        oof = np.stack([df.set_index(id_col).loc[ids, cols].to_numpy(np.float64) for df in oofs])
     have_test = [run.test_pred.is_file() for run in runs]
     test_ids, test = None, None
     if any(have_test):
@@ -379,9 +387,21 @@ def load_members(
         for name, df in zip(exps, tests, strict=True):
             if set(df[id_col]) != set(test_ids):
                 raise UserError(f"{name}/test_pred.csv and {exps[0]}/test_pred.csv cover different test ids")
-        test = np.stack([df.set_index(id_col).loc[test_ids, cols].to_numpy(np.float64) for df in tests])
+        if maps:
+            pairs = zip(runs, tests, strict=True)
+            test = np.stack([_maps_in_order(r.test_pred, df, test_ids, id_col) for r, df in pairs])
+        else:
+            test = np.stack([df.set_index(id_col).loc[test_ids, cols].to_numpy(np.float64) for df in tests])
     classes = runs[0].read_classes()
     return Members(exps, cvs, classes, ids, oof, test_ids, test, missing)
+
+
+def _maps_in_order(table: Path, df: pd.DataFrame, ids: list[str], id_col: str) -> np.ndarray:
+    """The maps beside a member's prediction table, as probabilities (float32: a blend holds every member's maps),
+    in the order of `ids`."""
+    position = {i: n for n, i in enumerate(df[id_col])}
+    maps = read_masks(table, df[id_col].tolist())
+    return maps[[position[i] for i in ids]].astype(np.float32) / 255
 
 
 def out_of_fold(method: BlendMethod, preds: np.ndarray, obj: Objective, fold: np.ndarray, weights) -> np.ndarray:
@@ -408,14 +428,13 @@ def blend(
 ) -> CVSummary:
     """Blend `exps` with `method` into outputs/<name>/ and return its cv.json. Members with unfinished folds stop
     the blend unless `allow_partial` (then the folds every member finished are blended, and cv.json says so)."""
-    check_stage_takes(cfg.task, "ensemble")
     blender = get_blend_method(method)
     metric = metric_name(cfg)
     _check_request(cfg, exps, blender, method, metric, name, weights)
     remove_stale_tmp(Run.named(cfg.output_dir, name).path, STALE_TMP_AGE)  # what a killed blend left
     members = load_members(cfg, exps, allow_partial, log)
     y, fold, folds_hash = oof_truth(cfg, members.ids, members.classes, trained_on=members.cv[0].folds_hash,
-                                    where=f"{members.names[0]}/oof.csv")  # fmt: skip
+                                    where=f"{members.names[0]}/oof.csv", size=members.oof.shape[-1])  # fmt: skip
     obj = Objective(metric, cfg.task, y)
     preds = to_ranks(members.oof) if blender.rank else members.oof
     member_cv = {e: obj.score(p) for e, p in zip(exps, preds, strict=True)}
@@ -482,7 +501,9 @@ def _check_request(cfg: Config, exps: list[str], blender: BlendMethod, method: s
     if weights is not None and method != "weighted":
         raise UserError(f"weights are only used by method=weighted, not method={method}")
     if cfg.task not in blender.tasks:
-        raise UserError(f"method={method} takes task {', '.join(blender.tasks)}, not {cfg.task}: use mean or optimize")
+        fitting = [m for m in list_blend_methods() if cfg.task in get_blend_method(m).tasks]
+        raise UserError(f"method={method} takes task {', '.join(blender.tasks)}, not {cfg.task}: use one of "
+                        f"{', '.join(fitting)}")  # fmt: skip
     if blender.rank and metric not in metrics.rank_metrics():
         raise UserError(
             f"method=rank averages ranks, which keeps the meaning of rank metrics only "
@@ -507,15 +528,11 @@ def _track(cfg: Config, name: str, result: dict) -> None:
 def _write(cfg: Config, name: str, members: Members, fold, oof, fitted: Blend, blender: BlendMethod,
            result: CVSummary) -> None:  # fmt: skip
     out, id_col, cols = Run.named(cfg.output_dir, name), cfg.data.id_col, result.pred_cols
-    frame = pd.DataFrame(oof, columns=cols)
-    frame.insert(0, "fold", fold)
-    frame.insert(0, id_col, members.ids)
-    atomic_write_csv(out.oof, frame)
+    out.path.mkdir(parents=True, exist_ok=True)
+    save_predictions(out.oof, members.ids, oof, cols, id_col, fold)  # segmentation: the maps beside
     if members.test is not None:
         test = fitted.apply(to_ranks(members.test) if blender.rank else members.test)
-        frame = pd.DataFrame(test, columns=cols)
-        frame.insert(0, id_col, members.test_ids)
-        atomic_write_csv(out.test_pred, frame)
+        save_predictions(out.test_pred, list(members.test_ids or []), test, cols, id_col)
     else:
         out.test_pred.unlink(missing_ok=True)  # a stale one would not match these weights
     # weights None when the blend is no weighted mean: then `model` says what it is

@@ -20,7 +20,7 @@ SINGLE_OUTPUT_TASKS = ("binary", "regression")  # one output, one prediction col
 
 
 # The stages that blend or learn from prediction tables of one row per image, not from maps yet.
-TABLE_ONLY_STAGES = ("ensemble", "pseudo", "distill")
+TABLE_ONLY_STAGES = ("pseudo", "distill")
 
 
 def check_stage_takes(task: str, stage: str) -> None:

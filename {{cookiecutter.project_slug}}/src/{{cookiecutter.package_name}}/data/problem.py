@@ -228,10 +228,22 @@ def save_predictions(path: Path, ids: list[str], probs: np.ndarray, classes: lis
 
 
 def oof_truth(
-    cfg: Config, ids: list[str], classes: Classes, trained_on: str | None, where: str
+    cfg: Config, ids: list[str], classes: Classes, trained_on: str | None, where: str, size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Targets and folds (from folds.csv) of the OOF rows `ids`, encoded with the run's `classes` (classes.json),
-    and the folds hash, which must be the one the run was trained on (`trained_on`, from its cv.json)."""
+    and the folds hash, which must be the one the run was trained on (`trained_on`, from its cv.json).
+    Segmentation: the masks at the maps' `size`."""
+    if cfg.task in PIXEL_TASKS:
+        problem = load_problem(cfg)
+        if trained_on != problem.folds_hash:
+            raise UserError(f"{where} was trained on folds hash {trained_on} but {cfg.folds.path} has hash "
+                            f"{problem.folds_hash}: retrain it on the current folds")  # fmt: skip
+        position = {i: n for n, i in enumerate(problem.ids)}
+        unknown = [i for i in ids if i not in position]
+        if unknown:
+            raise UserError(f"{where} has ids not in {cfg.data.train_csv}, e.g. {unknown[:3]}")
+        rows = np.array([position[i] for i in ids])
+        return problem.truth(rows, int(size or cfg.augment.image_size)), problem.folds[rows], problem.folds_hash
     train = read_train(cfg)
     folds, folds_hash = read_folds(cfg, train)
     if trained_on != folds_hash:
