@@ -47,7 +47,7 @@ from .core.schema import (
 )
 from .core.tasks import PIXEL_TASKS, TASKS
 from .data import folds as folds_module
-from .data.augment import PRESETS, RANDAUGMENT_MAX_M, aug_ops, check_normalization
+from .data.augment import AUGMIX_MAX_SEVERITY, PRESETS, RANDAUGMENT_MAX_M, aug_ops, check_normalization
 from .data.cache import MODES as CACHE_MODES
 from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
@@ -327,6 +327,11 @@ def validate(cfg: Config) -> None:
          f"1..{len(aug_ops(cfg.model.in_chans))} (the ops for model.in_chans={cfg.model.in_chans})"),
         (0 <= a.randaugment_m <= RANDAUGMENT_MAX_M, "augment.randaugment_m", a.randaugment_m,
          f"0..{RANDAUGMENT_MAX_M}"),
+        (1 <= a.augmix_severity <= AUGMIX_MAX_SEVERITY, "augment.augmix_severity", a.augmix_severity,
+         f"1..{AUGMIX_MAX_SEVERITY}"),
+        (a.augmix_width >= 1, "augment.augmix_width", a.augmix_width, ">= 1"),
+        (a.augmix_depth >= 0, "augment.augmix_depth", a.augmix_depth, ">= 0 (0: 1 to 3 ops, drawn per chain)"),
+        (a.augmix_alpha > 0, "augment.augmix_alpha", a.augmix_alpha, "> 0"),
         (a.mixup_alpha >= 0, "augment.mixup_alpha", a.mixup_alpha, ">= 0 (0 = off)"),
         (a.cutmix_alpha >= 0, "augment.cutmix_alpha", a.cutmix_alpha, ">= 0 (0 = off)"),
         (0 <= a.mix_prob <= 1, "augment.mix_prob", a.mix_prob, "0..1"),
@@ -416,6 +421,10 @@ def _check_segmentation(cfg: Config) -> None:
     for key in ("augment.mixup_alpha", "augment.cutmix_alpha"):
         if get(cfg, key) > 0:
             raise UserError(f"config key '{key}' is {get(cfg, key)}; task=segmentation mixes no masks (use 0)")
+    if cfg.augment.preset == "augmix":
+        raise UserError("config key 'augment.preset' is augmix; task=segmentation cannot use it: AugMix blends "
+                        "differently warped copies of an image, which no one mask fits (use autoaugment, trivial "
+                        "or randaugment)")  # fmt: skip
     d = cfg.data
     refused = [
         (

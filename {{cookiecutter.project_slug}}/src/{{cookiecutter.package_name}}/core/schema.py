@@ -81,9 +81,14 @@ class ModelConfig:
 @dataclass
 class AugmentConfig:
     image_size: int = 256
-    preset: str = "light"  # none | light | medium | heavy | trivial | randaugment (PRESETS in data/augment.py)
+    # none | light | medium | heavy | trivial | randaugment | augmix | autoaugment (PRESETS in data/augment.py)
+    preset: str = "light"
     randaugment_n: int = 2  # randaugment: ops per image
     randaugment_m: float = 9.0  # randaugment: their level, 0..10
+    augmix_severity: float = 3.0  # augmix: each op's level is drawn up to this, 1..10 (the paper's 3)
+    augmix_width: int = 3  # augmix: chains mixed per image
+    augmix_depth: int = 0  # augmix: ops per chain; 0: 1 to 3, drawn per chain
+    augmix_alpha: float = 1.0  # augmix: Dirichlet (chain weights) and Beta (blend with the original) parameter
     hflip: bool = True
     vflip: bool = False
     rotate90: bool = False
