@@ -1,6 +1,7 @@
 """Optimizers and LR schedules: Ranger against a hand-written reference, schedule shapes, parameter groups."""
 
 import dataclasses
+import io
 import math
 
 import pytest
@@ -145,13 +146,89 @@ def test_every_optimizer_steps_a_small_conv_net(name):
 
 def test_default_is_ranger_and_unknown_names_fail_clearly():
     assert config.OptimConfig().name == "ranger"
-    assert {"ranger", "adamw", "sgd", "radam", "lamb", "lars", "madgrad", "ranger21", "lion"} <= set(
-        optim.list_optimizers()
-    )
+    offered = {"ranger", "adamw", "sgd", "radam", "lamb", "lars", "madgrad", "ranger21", "lion", "rmsprop", "adagrad"}
+    assert offered | {"qhadam"} <= set(optim.list_optimizers())
     with pytest.raises(UserError, match="ranger"):
         optim.build_optimizer(nn.Linear(2, 1), _cfg(name="rangerr"))
     with pytest.raises(ValueError, match="total_steps"):
         optim.build_optimizer(nn.Linear(2, 1), _cfg(name="ranger21"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lookahead around any optimizer (optim.lookahead)
+
+
+@pytest.mark.parametrize("name", [n for n in optim.list_optimizers() if not optim.has_lookahead(n)])
+def test_lookahead_over_every_optimizer_reduces_a_regression_loss(name):
+    model, loss_fn = _regression()
+    cfg = _cfg(name=name, lr=1e-2, weight_decay=1e-2, lookahead=True, lookahead_k=2)
+    opt = optim.build_optimizer(model, cfg, total_steps=10)
+    sched = optim.build_scheduler(opt, cfg, total_steps=10)
+    assert type(opt).__name__ == "Lookahead"
+    initial = loss_fn().item()
+    for _ in range(4):  # two syncs of the slow weights
+        opt.zero_grad()
+        loss_fn().backward()
+        opt.step()
+        sched.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert loss_fn().item() < initial
+
+
+@pytest.mark.parametrize("name", ["adamw", "qhadam"])
+def test_lookahead_moves_the_slow_weights_alpha_of_the_way_every_k_updates(name):
+    """Lookahead(k=3, alpha=0.4) over `name`: after 3 updates the weights are w0 + 0.4 (fast_3 - w0), where fast_3 is
+    the plain optimizer's weights after the same 3 updates; the schedule sees the inner optimizer's groups."""
+    torch.manual_seed(0)
+    start = _Tiny()
+    grads = [{n: torch.randn_like(p) for n, p in start.named_parameters()} for _ in range(3)]
+
+    def run(lookahead: bool) -> dict:
+        model = _Tiny()
+        model.load_state_dict(start.state_dict())
+        cfg = _cfg(name=name, lr=0.05, schedule="constant", lookahead=lookahead, lookahead_k=3, lookahead_alpha=0.4)
+        opt = optim.build_optimizer(model, cfg)
+        sched = optim.build_scheduler(opt, cfg, total_steps=3)
+        for g in grads:
+            for n, p in model.named_parameters():
+                p.grad = g[n].clone()
+            opt.step()
+            sched.step()
+        return {n: p.detach().clone() for n, p in model.named_parameters()}, opt
+
+    fast, plain = run(False)
+    slow, wrapped = run(True)
+    assert wrapped.param_groups is wrapped.optimizer.param_groups and len(wrapped.param_groups) == 4
+    for n, w0 in start.named_parameters():
+        torch.testing.assert_close(slow[n], w0.detach() + 0.4 * (fast[n] - w0.detach()))
+    # last.pt holds it (tensors and containers only: weights_only=True) and a resumed run gets it back
+    buffer = io.BytesIO()
+    torch.save(wrapped.state_dict(), buffer)
+    buffer.seek(0)
+    again = optim.build_optimizer(_Tiny(), _cfg(name=name, lookahead=True, lookahead_k=3, lookahead_alpha=0.4))
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    assert len(again.state) == len(wrapped.state) and len(again.optimizer.state) == len(plain.state)
+
+
+def test_lookahead_is_refused_where_the_optimizer_has_one(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("seed: 1\n")
+    assert config.load(path, ["optim.name=rmsprop", "optim.lookahead=true"]).optim.lookahead
+    for name in ("ranger", "ranger21"):
+        assert optim.has_lookahead(name)
+        with pytest.raises(UserError, match=r"optim\.lookahead.*Lookahead already"):
+            config.load(path, [f"optim.name={name}", "optim.lookahead=true"])
+        with pytest.raises(UserError, match="Lookahead already"):
+            optim.build_optimizer(nn.Linear(2, 1), _cfg(name=name, lookahead=True), total_steps=5)
+    for bad in ("lookahead_k=0", "lookahead_alpha=0", "lookahead_alpha=1.5"):
+        with pytest.raises(UserError, match=rf"optim\.{bad.split('=')[0]}"):
+            config.load(path, [f"optim.{bad}"])
+
+
+def test_qhadam_uses_the_papers_recommended_nus_and_betas():
+    opt = optim.build_optimizer(nn.Linear(2, 1), _cfg(name="qhadam"))
+    assert type(opt).__name__ == "QHAdam" and opt.defaults["nus"] == (0.7, 1.0)
+    assert opt.defaults["betas"] == (0.995, 0.999)
 
 
 def test_sgd_uses_nesterov_momentum_from_config():

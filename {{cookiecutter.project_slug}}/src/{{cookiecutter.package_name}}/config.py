@@ -53,7 +53,7 @@ from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
 from .modeling.deploy import EXPORTERS
 from .modeling.models import check_backbone, check_segmentation_model
-from .modeling.optim import OPTIMIZERS, SCHEDULES
+from .modeling.optim import OPTIMIZERS, SCHEDULES, has_lookahead
 from .modeling.predictors import ONNX_MODELS, RUNTIMES
 
 # The schema's types are re-exported: stages and tests name them as config.Config, config.TrainConfig...
@@ -338,6 +338,10 @@ def validate(cfg: Config) -> None:
         (0 <= a.switch_prob <= 1, "augment.switch_prob", a.switch_prob, "0..1"),
         (_lr_ok(o.lr), "optim.lr", o.lr, "a number > 0, or auto (the LR finder's suggestion; see `lr-find`)"),
         (o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0"),
+        (o.lookahead_k >= 1, "optim.lookahead_k", o.lookahead_k, ">= 1"),
+        (0 < o.lookahead_alpha <= 1, "optim.lookahead_alpha", o.lookahead_alpha, "0 < value <= 1"),
+        (not (o.lookahead and has_lookahead(o.name)), "optim.lookahead", o.lookahead,
+         f"false with optim.name={o.name}, which holds a Lookahead already"),
         (0 <= o.momentum < 1, "optim.momentum", o.momentum, "0 <= value < 1"),
         (0 < o.pct_start < 1, "optim.pct_start", o.pct_start, "0 < value < 1"),
         (o.div_factor >= 1, "optim.div_factor", o.div_factor, ">= 1"),

@@ -112,7 +112,10 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "ranger"
+    name: str = "ranger"  # OPTIMIZERS in modeling/optim.py
+    lookahead: bool = False  # wrap optim.name in Lookahead (not ranger / ranger21: theirs is built in)
+    lookahead_k: int = 5  # Lookahead: updates between syncs of the slow weights
+    lookahead_alpha: float = 0.5  # Lookahead: the share of the way the slow weights move to the fast ones
     lr: Any = 0.03  # a number > 0, or auto: the LR finder's suggestion (fold 0, once per experiment, cached)
     weight_decay: float = 1e-2
     momentum: float = 0.9

@@ -1,7 +1,8 @@
 """Optimizers (Ranger by default, via pytorch-optimizer) and LR schedules stepped once per optimizer update.
 
 Add an optimizer with one line in `_TABLE` (or `OPTIMIZERS.register(name, factory)`), a schedule with
-`@SCHEDULES.register(name)`; `optim.name` and `optim.schedule` accept the new name at once.
+`@SCHEDULES.register(name)`; `optim.name` and `optim.schedule` accept the new name at once. `optim.lookahead` wraps
+whichever optimizer in pytorch-optimizer's Lookahead (those that hold one already, ranger and ranger21, refuse it).
 """
 
 from __future__ import annotations
@@ -120,6 +121,10 @@ _TABLE: dict[str, tuple[type[Optimizer] | str, Callable[[OptimConfig], dict[str,
     "aida": ("aida", None),
     "apollo": ("apollo", None),
     "soap": ("soap", None),
+    "rmsprop": (torch.optim.RMSprop, _momentum),  # L2 (coupled) weight decay, like adam
+    "adagrad": (torch.optim.Adagrad, None),
+    # QHAdam's recommended nus and betas (Ma & Yarats 2019); pytorch-optimizer's default nus (1, 1) is plain Adam.
+    "qhadam": ("qhadam", lambda c: {"nus": (0.7, 1.0), "betas": (0.995, 0.999), "weight_decouple": True}),
     # Not offered: pytorch-optimizer 4.1's `kron` (PSGD Kron) tried to allocate 110 GB for its preconditioner in the
     # first step on test_resnet's conv weights (on the demo it did not return in 85 s). Every name here takes a few
     # steps on a small conv net in the tests (test_optim.py).
@@ -148,8 +153,25 @@ def _make_factory(name: str) -> OptimizerFactory:
     return factory
 
 
+# Optimizers with a Lookahead of their own: `optim.lookahead` would put a second one around it.
+_HAS_LOOKAHEAD = ("ranger", "ranger21")
+
 for _name in _TABLE:
-    OPTIMIZERS.register(_name, _make_factory(_name))
+    OPTIMIZERS.register(_name, _make_factory(_name), lookahead=_name in _HAS_LOOKAHEAD)
+
+
+def has_lookahead(name: str) -> bool:
+    """Whether optimizer `name` already holds a Lookahead (then `optim.lookahead` is refused)."""
+    return bool(OPTIMIZERS.meta(name).get("lookahead", False))
+
+
+def with_lookahead(optimizer: Optimizer, k: int, alpha: float) -> Optimizer:
+    """pytorch-optimizer's Lookahead (Zhang et al. 2019) around `optimizer`: every k updates the slow weights move
+    alpha of the way to the fast ones, and the fast weights restart from them. Its param_groups are the inner
+    optimizer's, so schedules, the loss scaler and clipping see the same groups; its state_dict holds both."""
+    from pytorch_optimizer import Lookahead
+
+    return Lookahead(optimizer, k=k, alpha=alpha)
 
 
 def list_optimizers() -> list[str]:
@@ -171,7 +193,13 @@ def build_optimizer(
             raise ValueError(f"optimizer {cfg_optim.name!r} needs total_steps (the number of optimizer updates)")
         extra = _EXTRA[cfg_optim.name](total_steps)
     groups = param_groups(model, cfg_optim.weight_decay, cfg_optim.lr, backbone_lr_mult)
-    return factory(groups, cfg_optim, **extra)
+    optimizer = factory(groups, cfg_optim, **extra)
+    if cfg_optim.lookahead:
+        if has_lookahead(cfg_optim.name):
+            raise UserError(f"config key 'optim.lookahead' is true, but optim.name={cfg_optim.name} holds a "
+                            "Lookahead already")  # fmt: skip
+        optimizer = with_lookahead(optimizer, cfg_optim.lookahead_k, cfg_optim.lookahead_alpha)
+    return optimizer
 
 
 # ---------------------------------------------------------------------------------------------------------------
