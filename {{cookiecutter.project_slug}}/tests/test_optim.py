@@ -372,6 +372,61 @@ def test_constant_shape():
     assert torch.all(lrs[:, 0] == 1e-2) and torch.all(lrs.max(dim=1).values == 1e-2)
 
 
+def _cosine(step: int, start: int, end: int, floor: float) -> float:
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step - start) / (end - start)))
+
+
+@pytest.mark.parametrize("mult,starts", [(1.0, [0, 30, 60]), (2.0, [0, 13, 39])])
+def test_cosine_restarts_shape(mult, starts):
+    """SGDR: 3 cycles fill 90 updates (equal, or each twice the one before: 90 * 1/7, 3/7 -> 13, 39), each a cosine
+    from the peak lr down towards lr * floor, restarting at the peak; the run ends at the floor."""
+    lrs, _, final, opt = _lr_curve("cosine_restarts", 90, restart_cycles=3, restart_mult=mult, restart_floor=0.1)
+    head, ends = lrs[:, 0], [*starts[1:], 90]
+    restarts = [0] + [i for i in range(1, 90) if head[i] > head[i - 1]]
+    assert restarts == starts
+    for start, end in zip(starts, ends, strict=True):
+        assert head[start].item() == pytest.approx(1e-2)  # the peak at each restart
+        assert bool((head[start:end].diff() < 0).all())
+        expected = [1e-2 * _cosine(i, start, end, 0.1) for i in range(start, end)]
+        torch.testing.assert_close(head[start:end], torch.tensor(expected, dtype=torch.float64))
+        assert 1e-3 < head[end - 1].item() < 1e-3 * 1.2  # the last update of a cycle runs just above the floor
+    assert final[0] == pytest.approx(1e-3)  # after the last update: the floor
+    torch.testing.assert_close(lrs[:, 2], head * 0.1)  # the backbone on the same curve
+    cfg = _cfg(schedule="cosine_restarts", restart_cycles=3, restart_mult=mult)
+    assert optim.snapshot_steps(cfg, 90) == ends  # one snapshot at each cycle's end, the last at the run's
+    assert all(b.get("betas", (0.95,))[0] == 0.95 for b in opt.param_groups)  # momentum is not cycled
+
+
+def test_snapshots_need_two_cycles_and_one_update_each():
+    cfg = _cfg(schedule="cosine_restarts", restart_cycles=4)
+    assert optim.snapshot_steps(cfg, 8) == [2, 4, 6, 8]
+    assert optim.snapshot_steps(cfg, 2) == [1, 2]  # cycles that round to no update are dropped
+    assert optim.snapshot_steps(cfg, 1) == []  # a single cycle: nothing to average
+    assert optim.snapshot_steps(_cfg(schedule="cosine_restarts", restart_cycles=1), 50) == []
+    others = [s for s in optim.list_schedules() if s != "cosine_restarts"]
+    assert all(optim.snapshot_steps(_cfg(schedule=s, restart_cycles=4), 50) == [] for s in others)
+
+
+def test_step_shape():
+    lrs, _, final, _ = _lr_curve("step", 100, step_pct=0.3, step_gamma=0.1)
+    head = lrs[:, 0]
+    for lo, hi, factor in [(0, 30, 1.0), (30, 60, 0.1), (60, 90, 0.01), (90, 100, 0.001)]:
+        torch.testing.assert_close(head[lo:hi], torch.full((hi - lo,), 1e-2 * factor, dtype=torch.float64))
+    torch.testing.assert_close(lrs[:, 2], head * 0.1)
+    assert final[0] == pytest.approx(1e-5)
+
+
+def test_restart_and_step_options_are_checked(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("seed: 1\n")
+    assert config.load(path, ["optim.schedule=cosine_restarts", "optim.restart_mult=2"]).optim.restart_mult == 2
+    bad = ["restart_cycles=0", "restart_mult=0", "restart_floor=1", "restart_floor=-0.1", "step_pct=0", "step_pct=1.5",
+           "step_gamma=0", "step_gamma=2"]  # fmt: skip
+    for item in bad:
+        with pytest.raises(UserError, match=rf"optim\.{item.split('=')[0]}"):
+            config.load(path, [f"optim.{item}"])
+
+
 @pytest.mark.parametrize("schedule", optim.list_schedules())
 @pytest.mark.parametrize("total", [1, 2, 3, 4, 5, 8, 37])
 @pytest.mark.parametrize("pct", [0.25, 1.0])

@@ -348,6 +348,11 @@ def validate(cfg: Config) -> None:
         (o.final_div_factor >= 1, "optim.final_div_factor", o.final_div_factor, ">= 1"),
         (0 <= o.flat_pct <= 1, "optim.flat_pct", o.flat_pct, "0..1"),
         (0 <= o.warmup_pct < 1, "optim.warmup_pct", o.warmup_pct, "0 <= value < 1"),
+        (o.restart_cycles >= 1, "optim.restart_cycles", o.restart_cycles, ">= 1"),
+        (o.restart_mult > 0, "optim.restart_mult", o.restart_mult, "> 0 (1: cycles of equal length)"),
+        (0 <= o.restart_floor < 1, "optim.restart_floor", o.restart_floor, "0 <= value < 1 (a share of optim.lr)"),
+        (0 < o.step_pct <= 1, "optim.step_pct", o.step_pct, "0 < value <= 1"),
+        (0 < o.step_gamma <= 1, "optim.step_gamma", o.step_gamma, "0 < value <= 1"),
         (o.grad_accum >= 1, "optim.grad_accum", o.grad_accum, ">= 1"),
         (o.clip_grad >= 0, "optim.clip_grad", o.clip_grad, ">= 0 (0 = off)"),
         (t.epochs >= 1, "train.epochs", t.epochs, ">= 1"),
@@ -355,8 +360,9 @@ def validate(cfg: Config) -> None:
         (0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "0 < value < 1"),
         (0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "0 <= value < 1 (a fraction of train.epochs)"),
         (t.avg_best_k == 0 or t.avg_best_k >= 2, "train.avg_best_k", t.avg_best_k, "0 (off) or >= 2"),
-        (not t.pick_averaged or t.swa or t.avg_best_k > 0, "train.pick_averaged", t.pick_averaged,
-         "false unless train.swa or train.avg_best_k is on (there is nothing else to pick)"),
+        (not t.pick_averaged or t.swa or t.avg_best_k > 0 or _snapshots(o), "train.pick_averaged", t.pick_averaged,
+         "false unless train.swa, train.avg_best_k or snapshots (optim.schedule=cosine_restarts with "
+         "optim.restart_cycles >= 2) are on (there is nothing else to pick)"),
         (t.early_stopping >= 0, "train.early_stopping", t.early_stopping, ">= 0 (0 = off)"),
         (t.sampler_power >= 0, "train.sampler_power", t.sampler_power, ">= 0"),
         (t.limit_batches >= 0, "train.limit_batches", t.limit_batches, ">= 0 (0 = every batch)"),
@@ -415,6 +421,11 @@ def validate(cfg: Config) -> None:
         raise UserError("config key 'train.sampler' balances classes; task=regression has none (use none)")
     if cfg.task in PIXEL_TASKS:
         _check_segmentation(cfg)
+
+
+def _snapshots(o: OptimConfig) -> bool:
+    """Whether the schedule takes snapshots to average (cosine_restarts with two cycles or more)."""
+    return bool(SCHEDULES.meta(o.schedule).get("restarts")) and o.restart_cycles >= 2
 
 
 def _check_segmentation(cfg: Config) -> None:

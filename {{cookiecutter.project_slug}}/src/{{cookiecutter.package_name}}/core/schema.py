@@ -119,12 +119,21 @@ class OptimConfig:
     lr: Any = 0.03  # a number > 0, or auto: the LR finder's suggestion (fold 0, once per experiment, cached)
     weight_decay: float = 1e-2
     momentum: float = 0.9
-    schedule: str = "one_cycle"  # one_cycle | flat_cos | cosine | constant
+    # one_cycle | flat_cos | cosine | constant | cosine_restarts | step (SCHEDULES in modeling/optim.py)
+    schedule: str = "one_cycle"
     pct_start: float = 0.25  # one_cycle: share of steps rising to the peak LR
     div_factor: float = 25.0
     final_div_factor: float = 1e4
     flat_pct: float = 0.7  # flat_cos: share of steps at the full LR before the cosine decay
     warmup_pct: float = 0.05  # cosine: linear warm-up share
+    # cosine_restarts (SGDR): this many cosine cycles fill the run, each restart_mult times as long as the one before
+    # (1: equal cycles), from optim.lr down to optim.lr * restart_floor; the weights at each cycle's end are
+    # snapshots, averaged into the `snapshot` weights and scored beside the best epoch (modeling/averaging.py)
+    restart_cycles: int = 3
+    restart_mult: float = 1.0
+    restart_floor: float = 0.0
+    step_pct: float = 0.3  # step: the LR is multiplied by step_gamma after every step_pct of the updates
+    step_gamma: float = 0.1
     grad_accum: int = 1
     clip_grad: float = 0.0  # max gradient norm; 0 = off
 
@@ -139,7 +148,9 @@ class TrainConfig:
     swa: bool = False  # also average the weights of the last epochs (SWA), scored beside the best epoch
     swa_start: float = 0.75  # SWA averages the epochs after this fraction of train.epochs
     avg_best_k: int = 0  # > 1: also average the K best epochs' weights, scored beside the best epoch
-    pick_averaged: bool = False  # best.pt becomes an average when it scores better on the fold's validation rows
+    # best.pt becomes an average (swa, avg_best_k, or the snapshots of optim.schedule=cosine_restarts) when it scores
+    # better on the fold's validation rows
+    pick_averaged: bool = False
     early_stopping: int = 0  # patience in epochs; 0 = off
     sampler: str = "none"  # none | weighted | upsample | downsample
     sampler_power: float = 1.0  # weighted: weight = 1 / count ** power

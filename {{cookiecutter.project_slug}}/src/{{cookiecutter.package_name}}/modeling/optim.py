@@ -7,6 +7,7 @@ whichever optimizer in pytorch-optimizer's Lookahead (those that hold one alread
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import math
 from collections.abc import Callable
@@ -281,3 +282,47 @@ def cosine(optimizer: Optimizer, cfg: OptimConfig, total_steps: int) -> LRSchedu
 @SCHEDULES.register("constant")
 def constant(optimizer: Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
     return LambdaLR(optimizer, lambda s: 1.0)
+
+
+def restart_bounds(cfg: OptimConfig, total_steps: int) -> list[int]:
+    """cosine_restarts: the update counts where the cycles start, then `total_steps` (where the last one ends).
+    Cycle i (0-based) is `optim.restart_mult` ** i times as long as the first, and the `optim.restart_cycles` cycles
+    fill the run, so the run ends at a cycle's end. A cycle that rounds to no update at all (fewer updates than
+    cycles) is dropped."""
+    n, mult = cfg.restart_cycles, cfg.restart_mult
+    lengths = [mult**i for i in range(n)]
+    cum = [sum(lengths[:i]) for i in range(n + 1)]
+    return sorted({round(total_steps * c / cum[-1]) for c in cum})
+
+
+def snapshot_steps(cfg: OptimConfig, total_steps: int) -> list[int]:
+    """The update counts after which a cycle of the schedule ends (snapshot ensembling takes the weights there):
+    every cycle end of cosine_restarts when it has two cycles or more, none for the other schedules."""
+    if not SCHEDULES.meta(cfg.schedule).get("restarts"):
+        return []
+    ends = restart_bounds(cfg, total_steps)[1:]
+    return ends if len(ends) >= 2 else []
+
+
+@SCHEDULES.register("cosine_restarts", restarts=True)
+def cosine_restarts(optimizer: Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
+    """SGDR (Loshchilov & Hutter 2017), stepped per update: `restart_cycles` cosine cycles from lr down towards
+    lr * restart_floor, each `restart_mult` times as long as the one before and restarting at lr; the run ends at
+    the last cycle's end. Each cycle's end is a snapshot (snapshot_steps; modeling/averaging.py)."""
+    bounds, floor = restart_bounds(cfg, total_steps), cfg.restart_floor
+
+    def factor(step: int) -> float:
+        i = bisect.bisect_right(bounds, step) - 1
+        if i >= len(bounds) - 1:  # past the last update: the end of the last cycle
+            return floor
+        start, end = bounds[i], bounds[i + 1]
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * (step - start) / (end - start)))
+
+    return LambdaLR(optimizer, factor)
+
+
+@SCHEDULES.register("step")
+def step_decay(optimizer: Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
+    """Step decay: lr, multiplied by step_gamma after every step_pct of the updates (0.3: at 30%, 60% and 90%)."""
+    size = max(1, round(cfg.step_pct * total_steps))
+    return LambdaLR(optimizer, lambda s: cfg.step_gamma ** (s // size))
