@@ -1,6 +1,7 @@
 """Augmentation presets (shapes, normalisation, flips only when allowed) and mixup / cutmix targets."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import albumentations as A
 import numpy as np
@@ -241,6 +242,11 @@ def test_aug_preview_shows_the_new_presets(tmp_path, new_project, capsys, preset
     assert all(any(not np.array_equal(d, r[0]) for d in r[1:]) for r in rows)
     again = aug_preview.preview_rows(images, loaded, 6)
     assert all(np.array_equal(a, b) for r, q in zip(rows, again, strict=True) for a, b in zip(r, q, strict=True))
+
+
+def test_the_readme_lists_every_preset():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert [name for name in augment.list_presets() if f"`{name}`" not in readme] == []
 
 
 def test_augmix_options_are_checked(tmp_path):

@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import math
+from pathlib import Path
 
 import pytest
 import timm
@@ -435,6 +436,13 @@ def test_stepping_exactly_total_steps_never_raises(schedule, total, pct):
     lrs, _, final, _ = _lr_curve(schedule, total, name="sgd", pct_start=pct, flat_pct=pct, warmup_pct=pct)
     assert torch.isfinite(lrs).all() and (lrs >= 0).all() and (lrs <= 1e-2 + 1e-12).all()
     assert all(math.isfinite(x) for x in final)
+
+
+@pytest.mark.parametrize("registry", ["OPTIMIZERS", "SCHEDULES"])
+def test_the_readme_lists_every_choice(registry):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in getattr(optim, registry).names() if f"`{name}`" not in readme]
+    assert not missing, f"README.md does not name these {registry}: {missing}"
 
 
 def test_schedule_names_match_the_config_choices():
