@@ -256,6 +256,10 @@ def test_augmix_options_are_checked(tmp_path):
     for bad in ("augmix_severity=0", "augmix_severity=11", "augmix_width=0", "augmix_depth=-1", "augmix_alpha=0"):
         with pytest.raises(UserError, match=rf"augment\.{bad.split('=')[0]}"):
             config.load(path, [f"augment.{bad}"])
+    # a blend of differently warped copies fits no one mask; autoaugment moves the mask with the image
+    with pytest.raises(UserError, match=r"augmix.*segmentation"):
+        config.load(path, ["task=segmentation", "augment.preset=augmix"])
+    assert config.load(path, ["task=segmentation", "augment.preset=autoaugment"]).augment.preset == "autoaugment"
 
 
 @pytest.mark.parametrize("preset", augment.list_presets())
