@@ -1,6 +1,7 @@
 """Augmentation presets (shapes, normalisation, flips only when allowed) and mixup / cutmix targets."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import albumentations as A
 import numpy as np
@@ -12,6 +13,7 @@ from {{ cookiecutter.package_name }} import aug_preview, cli, config
 from {{ cookiecutter.package_name }}.config import AugmentConfig
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.data import augment
+from {{ cookiecutter.package_name }}.data.images import ImageDataset, set_epoch
 
 from conftest import TINY
 
@@ -126,6 +128,138 @@ def test_aug_preview_command_writes_the_grid(tmp_path, new_project, capsys):
     again = aug_preview.preview_rows(images, trivial, 6)
     assert all(np.array_equal(a, b) for r, q in zip(rows, again, strict=True) for a, b in zip(r, q, strict=True))
     assert cli.main(["aug-preview", "-c", str(path), "--draws", "0"]) == 2
+
+
+# ----------------------------------------------------------------------------------------------- augmix / autoaugment
+
+
+def _leaves(t) -> list:
+    """The leaf transforms under a composition (OneOf, Sequential, AugMix's ops)."""
+    inner = t.ops if isinstance(t, augment.AugMix) else t.transforms if isinstance(t, A.BaseCompose) else None
+    return [leaf for child in inner for leaf in _leaves(child)] if inner else [t]
+
+
+@pytest.mark.parametrize("chans", [1, 3])
+def test_augmix_mixes_chains_of_every_searched_op_but_identity(chans):
+    steps = augment.PRESETS.get("augmix")(_cfg(preset="augmix", hflip=False, augmix_severity=5), chans)
+    assert isinstance(steps[0], A.Resize) and isinstance(steps[-1], augment.AugMix) and len(steps) == 2
+    kinds = {type(t).__name__ for op in steps[-1].ops for t in _leaves(op)}
+    expected = {"Affine", "RandomBrightnessContrast", "Sharpen", "Posterize", "Solarize", "Equalize", "AutoContrast"}
+    assert kinds == expected | ({"ColorJitter"} if chans == 3 else set())  # no colour op for grayscale, no NoOp
+    # severity 5 of 10: a rotation is drawn in [0, 15] degrees either way
+    rotations = [t for op in steps[-1].ops for t in _leaves(op) if type(t).__name__ == "Affine" and t.rotate != (0, 0)]
+    assert sorted(t.rotate for t in rotations) == [(-15.0, 0.0), (0.0, 15.0)]
+
+
+def test_augmix_is_the_blend_of_the_original_with_a_weighted_mixture_of_chains():
+    img = _image(3, 8, 8)
+    # the mixture of chains of identities is the image itself, whatever the weights
+    assert np.array_equal(augment.AugMix([A.NoOp(p=1.0)], width=3)(image=img)["image"], img)
+    mix = augment.AugMix([A.InvertImg(p=1.0), A.NoOp(p=1.0)], width=2, depth=1)
+    # chain 0 inverts, chain 1 keeps: out = (1 - m) img + m (w0 (255 - img) + w1 img)
+    weights, m = np.array([0.3, 0.7], dtype=np.float32), 0.4
+    out = mix.apply(img, weights=weights, m=m, chains=[[0], [1]])
+    expected = (1 - m) * img + m * (0.3 * (255.0 - img) + 0.7 * img)
+    assert out.dtype == np.uint8 and np.abs(out.astype(float) - expected).max() <= 0.5 + 1e-4
+    # two inversions in one chain cancel
+    np.testing.assert_array_equal(mix.apply(img, weights=weights, m=1.0, chains=[[0, 0], [1]]), img)
+    # the draws: weights on the simplex, m in [0, 1], `depth` ops per chain (0: 1 to 3)
+    params = [augment.AugMix([A.NoOp(p=1.0)] * 4, width=3).get_params() for _ in range(200)]
+    assert all(p["weights"].shape == (3,) and abs(p["weights"].sum() - 1) < 1e-5 and 0 <= p["m"] <= 1 for p in params)
+    assert {len(c) for p in params for c in p["chains"]} == {1, 2, 3}
+    assert {len(c) for c in augment.AugMix([A.NoOp(p=1.0)], width=4, depth=2).get_params()["chains"]} == {2}
+
+
+def test_autoaugment_is_the_imagenet_policy_on_the_op_table():
+    assert len(augment.AUTOAUGMENT_IMAGENET) == 25
+    rgb, gray = augment.autoaugment_policy(3), augment.autoaugment_policy(1)
+    assert all(len(sub) == 2 for sub in rgb) and all(1 <= len(sub) <= 2 for sub in gray)
+    assert not any(op == "color" for sub in gray for op, _, _ in sub)
+    assert sum(len(sub) for sub in rgb) - sum(len(sub) for sub in gray) == 6  # the six colour steps
+    # magnitude bin 9 of 0..9 is the table's strongest level; posterize 8 keeps 4 bits (torchvision's value)
+    assert rgb[0] == [("posterize", 0.4, 8 / 9), ("rotate", 0.6, 1.0)]
+    assert augment.AUG_OPS.get("posterize")(8 / 9, 8 / 9).num_bits == (4, 4)
+    assert "invert" in augment.AUG_OPS and "invert" not in augment.aug_ops(3)  # not among the searched ops
+
+
+@pytest.mark.parametrize("chans", [1, 3])
+def test_autoaugment_applies_one_sub_policy_per_image(chans):
+    applied = _applied_ops("autoaugment", chans, 400)
+    assert all(len(a) <= 2 for a in applied) and any(len(a) == 2 for a in applied) and any(not a for a in applied)
+    names = {name for a in applied for name, _ in a}
+    assert names <= {"Affine", "Posterize", "Solarize", "Equalize", "AutoContrast", "InvertImg", "ColorJitter",
+                     "RandomBrightnessContrast", "Sharpen", "NoOp"}  # fmt: skip
+    assert ("ColorJitter" in names) == (chans == 3)
+    # rotations come at the policy's magnitudes 3, 8 and 9 of 9 (10, 26.7 and 30 degrees), either way (3 is rare)
+    angles = {round(p["rotate"], 4) for a in applied for name, p in a if name == "Affine" and p["rotate"]}
+    strong = {round(30 * 8 / 9, 4), 30.0}
+    assert strong | {-a for a in strong} <= angles <= strong | {-a for a in strong} | {10.0, -10.0}
+
+
+class _Arrays:
+    """A decode cache stand-in: path -> its image."""
+
+    def __init__(self, images: dict) -> None:
+        self.images = images
+
+    def read(self, path):
+        return self.images[path]
+
+
+@pytest.mark.parametrize("preset", ["augmix", "autoaugment"])
+@pytest.mark.parametrize("chans", [1, 3])
+def test_new_presets_are_deterministic_under_the_datasets_seeding(preset, chans):
+    images = {f"{i}.png": _image(chans, seed=i) for i in range(6)}
+
+    def epoch(n: int, order) -> list[np.ndarray]:
+        tf = augment.build_transforms(_cfg(preset=preset), True, chans)  # a fresh worker's copy
+        ds = ImageDataset(list(images), None, tf, in_chans=chans, cache=_Arrays(images))
+        set_epoch(ds, seed=7, fold=0, epoch=n)
+        out = {i: ds[i]["image"].numpy() for i in order}
+        return [out[i] for i in range(len(images))]
+
+    first = epoch(0, range(6))
+    assert all(a.dtype == np.uint8 and a.shape == (SIZE, SIZE, chans) for a in first)
+    again = epoch(0, reversed(range(6)))  # another worker, another order: the same images
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    later = epoch(1, range(6))
+    assert any(not np.array_equal(a, b) for a, b in zip(first, later, strict=True))
+
+
+@pytest.mark.parametrize("preset", ["augmix", "autoaugment"])
+@pytest.mark.parametrize("chans", [1, 3])
+def test_aug_preview_shows_the_new_presets(tmp_path, new_project, capsys, preset, chans):
+    cfg = new_project(tmp_path, extra=TINY)
+    path = tmp_path / "configs" / "exp.yaml"
+    keys = [f"augment.preset={preset}", f"model.in_chans={chans}"]
+    assert cli.main(["aug-preview", "-c", str(path), "--images", "2", "--draws", "3", *keys]) == 0
+    assert cfg.run.aug_preview.read_bytes()[:4] == b"\x89PNG"
+    assert f"augment.preset={preset}" in capsys.readouterr().out
+    loaded = config.load(path, keys)
+    images = [_image(chans, 20, 20, seed=i) for i in range(3)]
+    rows = aug_preview.preview_rows(images, loaded, 6)
+    assert all(a.dtype == np.uint8 and a.shape == (16, 16, chans) for r in rows for a in r)
+    assert all(any(not np.array_equal(d, r[0]) for d in r[1:]) for r in rows)
+    again = aug_preview.preview_rows(images, loaded, 6)
+    assert all(np.array_equal(a, b) for r, q in zip(rows, again, strict=True) for a, b in zip(r, q, strict=True))
+
+
+def test_the_readme_lists_every_preset():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert [name for name in augment.list_presets() if f"`{name}`" not in readme] == []
+
+
+def test_augmix_options_are_checked(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("seed: 1\n")
+    assert config.load(path, ["augment.preset=augmix", "augment.augmix_depth=2"]).augment.augmix_depth == 2
+    for bad in ("augmix_severity=0", "augmix_severity=11", "augmix_width=0", "augmix_depth=-1", "augmix_alpha=0"):
+        with pytest.raises(UserError, match=rf"augment\.{bad.split('=')[0]}"):
+            config.load(path, [f"augment.{bad}"])
+    # a blend of differently warped copies fits no one mask; autoaugment moves the mask with the image
+    with pytest.raises(UserError, match=r"augmix.*segmentation"):
+        config.load(path, ["task=segmentation", "augment.preset=augmix"])
+    assert config.load(path, ["task=segmentation", "augment.preset=autoaugment"]).augment.preset == "autoaugment"
 
 
 @pytest.mark.parametrize("preset", augment.list_presets())

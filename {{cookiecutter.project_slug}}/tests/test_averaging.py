@@ -1,6 +1,7 @@
 """Weight averaging: SWA and the average of the best K epochs, against hand-computed means, their BatchNorm
 statistics, and on the demo through `train`: reported beside the best epoch in cv.json, picked only when asked."""
 
+import dataclasses
 import io
 import json
 
@@ -14,7 +15,7 @@ from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.core.runs import read_checkpoint
 from {{ cookiecutter.package_name }}.data.problem import build_fold_data, load_problem
 from {{ cookiecutter.package_name }}.engine import inference
-from {{ cookiecutter.package_name }}.modeling import averaging, metrics
+from {{ cookiecutter.package_name }}.modeling import averaging, metrics, optim
 from {{ cookiecutter.package_name }}.modeling.models import build_model
 
 from conftest import TINY
@@ -68,6 +69,35 @@ def test_best_k_averages_the_k_best_scored_epochs(higher):
     torch.testing.assert_close(again.averaged()["avg_best_k"], out["avg_best_k"])
 
 
+def test_snapshots_are_the_mean_of_the_weights_at_each_cycle_end():
+    """cosine_restarts' cycle ends (optim.snapshot_steps) drive the snapshots: one per cycle, their running mean
+    equal to the plain mean of the weights there; nothing before two; last.pt brings them back."""
+    cfg = dataclasses.replace(config.OptimConfig(), schedule="cosine_restarts", restart_cycles=3, restart_mult=2.0)
+    ends = optim.snapshot_steps(cfg, 70)
+    assert ends == [10, 30, 70]
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    avg = averaging.WeightAveraging(model, swa_from=None, best_k=0, metric=metrics.get_metric("accuracy"),
+                                    snapshot_at=ends)  # fmt: skip
+    assert avg.active
+    for update in range(1, 71):
+        _set(model, float(update))
+        avg.after_update(update, model)
+        if update == 10:
+            assert "snapshot" not in avg.averaged()  # one snapshot is no average
+    out = avg.averaged()["snapshot"]
+    torch.testing.assert_close(out["0.weight"], torch.full((2, 3), (10 + 30 + 70) / 3))
+    assert out["1.num_batches_tracked"].dtype == torch.long
+    assert avg.describe()["snapshot"] == {"cycle_ends": [10, 30, 70], "taken_at": [10, 30, 70], "n_averaged": 3}
+    buffer = io.BytesIO()
+    torch.save(avg.state_dict(), buffer)
+    buffer.seek(0)
+    again = averaging.WeightAveraging(model, None, 0, metrics.get_metric("accuracy"), snapshot_at=ends)
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    again.after_update(70, model)  # a resumed run that replays an update already taken does not count it twice
+    torch.testing.assert_close(again.averaged()["snapshot"], out)
+    assert not averaging.WeightAveraging(model, None, 0, metrics.get_metric("accuracy")).active
+
+
 def test_recomputed_batchnorm_statistics_are_those_of_the_data():
     bn = nn.BatchNorm2d(3)
     g = torch.Generator().manual_seed(0)
@@ -85,6 +115,10 @@ def test_config_checks(tmp_path):
     assert config.load(path, ["train.swa=true", "train.pick_averaged=true"]).train.pick_averaged
     with pytest.raises(UserError, match=r"train\.pick_averaged"):
         config.load(path, ["train.pick_averaged=true"])
+    snapshots = ["optim.schedule=cosine_restarts", "train.pick_averaged=true"]
+    assert config.load(path, snapshots).train.pick_averaged  # the snapshots are one more average to pick
+    with pytest.raises(UserError, match=r"train\.pick_averaged"):
+        config.load(path, [*snapshots, "optim.restart_cycles=1"])
     with pytest.raises(UserError, match=r"train\.avg_best_k"):
         config.load(path, ["train.avg_best_k=1"])
     with pytest.raises(UserError, match=r"train\.swa_start"):
@@ -130,3 +164,28 @@ def test_averages_reported_beside_the_best_epoch_and_picked_only_when_asked(tmp_
         assert read_checkpoint(files.best_epoch).source in ("model", "ema")
     else:
         assert files.read_best().source in ("model", "ema") and not files.best_epoch.exists()
+
+
+@pytest.mark.e2e
+def test_snapshots_of_cosine_restarts_reported_beside_the_best_epoch(tmp_path, new_project):
+    """optim.schedule=cosine_restarts with 3 cycles over 2 epochs of 3 updates: snapshots after updates 2, 4 and 6
+    (one in the middle of epoch 2), averaged into snapshot.pt, scored in cv.json beside the best epoch, pickable."""
+    extra = TINY.replace("epochs: 1", "epochs: 2").replace("limit_batches: 4", "limit_batches: 3")
+    new_project(tmp_path, n_folds=2, extra=extra + "optim:\n  lr: 0.01\n")
+    path = str(tmp_path / "configs" / "exp.yaml")
+    on = ["optim.schedule=cosine_restarts", "optim.restart_cycles=3", "train.pick_averaged=true"]
+    assert cli.main(["train", "-c", path, *on]) == 0
+    cfg = config.load(path, on)
+    wa = json.loads(cfg.run.cv.read_text())["weight_averaging"]
+    assert set(wa) == {"best", "snapshot", "folds", "picked"}
+    for k in (0, 1):
+        files = cfg.run.fold(k)
+        info = json.loads(files.averaging.read_text())
+        assert info["snapshot"] == {"cycle_ends": [2, 4, 6], "taken_at": [2, 4, 6], "n_averaged": 3}
+        assert files.averaged("snapshot").is_file() and files.variant_oof("snapshot").is_file()
+        picked = max(info["scores"], key=info["scores"].get)
+        assert wa["picked"][str(k)] == info["picked"] == picked
+        if picked == "best":
+            assert files.read_best().source in ("model", "ema") and not files.best_epoch.exists()
+        else:
+            assert files.read_best().source == "snapshot" and files.best_epoch.is_file()

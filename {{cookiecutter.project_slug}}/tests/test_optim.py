@@ -1,7 +1,9 @@
 """Optimizers and LR schedules: Ranger against a hand-written reference, schedule shapes, parameter groups."""
 
 import dataclasses
+import io
 import math
+from pathlib import Path
 
 import pytest
 import timm
@@ -145,13 +147,89 @@ def test_every_optimizer_steps_a_small_conv_net(name):
 
 def test_default_is_ranger_and_unknown_names_fail_clearly():
     assert config.OptimConfig().name == "ranger"
-    assert {"ranger", "adamw", "sgd", "radam", "lamb", "lars", "madgrad", "ranger21", "lion"} <= set(
-        optim.list_optimizers()
-    )
+    offered = {"ranger", "adamw", "sgd", "radam", "lamb", "lars", "madgrad", "ranger21", "lion", "rmsprop", "adagrad"}
+    assert offered | {"qhadam"} <= set(optim.list_optimizers())
     with pytest.raises(UserError, match="ranger"):
         optim.build_optimizer(nn.Linear(2, 1), _cfg(name="rangerr"))
     with pytest.raises(ValueError, match="total_steps"):
         optim.build_optimizer(nn.Linear(2, 1), _cfg(name="ranger21"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lookahead around any optimizer (optim.lookahead)
+
+
+@pytest.mark.parametrize("name", [n for n in optim.list_optimizers() if not optim.has_lookahead(n)])
+def test_lookahead_over_every_optimizer_reduces_a_regression_loss(name):
+    model, loss_fn = _regression()
+    cfg = _cfg(name=name, lr=1e-2, weight_decay=1e-2, lookahead=True, lookahead_k=2)
+    opt = optim.build_optimizer(model, cfg, total_steps=10)
+    sched = optim.build_scheduler(opt, cfg, total_steps=10)
+    assert type(opt).__name__ == "Lookahead"
+    initial = loss_fn().item()
+    for _ in range(4):  # two syncs of the slow weights
+        opt.zero_grad()
+        loss_fn().backward()
+        opt.step()
+        sched.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert loss_fn().item() < initial
+
+
+@pytest.mark.parametrize("name", ["adamw", "qhadam"])
+def test_lookahead_moves_the_slow_weights_alpha_of_the_way_every_k_updates(name):
+    """Lookahead(k=3, alpha=0.4) over `name`: after 3 updates the weights are w0 + 0.4 (fast_3 - w0), where fast_3 is
+    the plain optimizer's weights after the same 3 updates; the schedule sees the inner optimizer's groups."""
+    torch.manual_seed(0)
+    start = _Tiny()
+    grads = [{n: torch.randn_like(p) for n, p in start.named_parameters()} for _ in range(3)]
+
+    def run(lookahead: bool) -> dict:
+        model = _Tiny()
+        model.load_state_dict(start.state_dict())
+        cfg = _cfg(name=name, lr=0.05, schedule="constant", lookahead=lookahead, lookahead_k=3, lookahead_alpha=0.4)
+        opt = optim.build_optimizer(model, cfg)
+        sched = optim.build_scheduler(opt, cfg, total_steps=3)
+        for g in grads:
+            for n, p in model.named_parameters():
+                p.grad = g[n].clone()
+            opt.step()
+            sched.step()
+        return {n: p.detach().clone() for n, p in model.named_parameters()}, opt
+
+    fast, plain = run(False)
+    slow, wrapped = run(True)
+    assert wrapped.param_groups is wrapped.optimizer.param_groups and len(wrapped.param_groups) == 4
+    for n, w0 in start.named_parameters():
+        torch.testing.assert_close(slow[n], w0.detach() + 0.4 * (fast[n] - w0.detach()))
+    # last.pt holds it (tensors and containers only: weights_only=True) and a resumed run gets it back
+    buffer = io.BytesIO()
+    torch.save(wrapped.state_dict(), buffer)
+    buffer.seek(0)
+    again = optim.build_optimizer(_Tiny(), _cfg(name=name, lookahead=True, lookahead_k=3, lookahead_alpha=0.4))
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    assert len(again.state) == len(wrapped.state) and len(again.optimizer.state) == len(plain.state)
+
+
+def test_lookahead_is_refused_where_the_optimizer_has_one(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("seed: 1\n")
+    assert config.load(path, ["optim.name=rmsprop", "optim.lookahead=true"]).optim.lookahead
+    for name in ("ranger", "ranger21"):
+        assert optim.has_lookahead(name)
+        with pytest.raises(UserError, match=r"optim\.lookahead.*Lookahead already"):
+            config.load(path, [f"optim.name={name}", "optim.lookahead=true"])
+        with pytest.raises(UserError, match="Lookahead already"):
+            optim.build_optimizer(nn.Linear(2, 1), _cfg(name=name, lookahead=True), total_steps=5)
+    for bad in ("lookahead_k=0", "lookahead_alpha=0", "lookahead_alpha=1.5"):
+        with pytest.raises(UserError, match=rf"optim\.{bad.split('=')[0]}"):
+            config.load(path, [f"optim.{bad}"])
+
+
+def test_qhadam_uses_the_papers_recommended_nus_and_betas():
+    opt = optim.build_optimizer(nn.Linear(2, 1), _cfg(name="qhadam"))
+    assert type(opt).__name__ == "QHAdam" and opt.defaults["nus"] == (0.7, 1.0)
+    assert opt.defaults["betas"] == (0.995, 0.999)
 
 
 def test_sgd_uses_nesterov_momentum_from_config():
@@ -295,6 +373,61 @@ def test_constant_shape():
     assert torch.all(lrs[:, 0] == 1e-2) and torch.all(lrs.max(dim=1).values == 1e-2)
 
 
+def _cosine(step: int, start: int, end: int, floor: float) -> float:
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step - start) / (end - start)))
+
+
+@pytest.mark.parametrize("mult,starts", [(1.0, [0, 30, 60]), (2.0, [0, 13, 39])])
+def test_cosine_restarts_shape(mult, starts):
+    """SGDR: 3 cycles fill 90 updates (equal, or each twice the one before: 90 * 1/7, 3/7 -> 13, 39), each a cosine
+    from the peak lr down towards lr * floor, restarting at the peak; the run ends at the floor."""
+    lrs, _, final, opt = _lr_curve("cosine_restarts", 90, restart_cycles=3, restart_mult=mult, restart_floor=0.1)
+    head, ends = lrs[:, 0], [*starts[1:], 90]
+    restarts = [0] + [i for i in range(1, 90) if head[i] > head[i - 1]]
+    assert restarts == starts
+    for start, end in zip(starts, ends, strict=True):
+        assert head[start].item() == pytest.approx(1e-2)  # the peak at each restart
+        assert bool((head[start:end].diff() < 0).all())
+        expected = [1e-2 * _cosine(i, start, end, 0.1) for i in range(start, end)]
+        torch.testing.assert_close(head[start:end], torch.tensor(expected, dtype=torch.float64))
+        assert 1e-3 < head[end - 1].item() < 1e-3 * 1.2  # the last update of a cycle runs just above the floor
+    assert final[0] == pytest.approx(1e-3)  # after the last update: the floor
+    torch.testing.assert_close(lrs[:, 2], head * 0.1)  # the backbone on the same curve
+    cfg = _cfg(schedule="cosine_restarts", restart_cycles=3, restart_mult=mult)
+    assert optim.snapshot_steps(cfg, 90) == ends  # one snapshot at each cycle's end, the last at the run's
+    assert all(b.get("betas", (0.95,))[0] == 0.95 for b in opt.param_groups)  # momentum is not cycled
+
+
+def test_snapshots_need_two_cycles_and_one_update_each():
+    cfg = _cfg(schedule="cosine_restarts", restart_cycles=4)
+    assert optim.snapshot_steps(cfg, 8) == [2, 4, 6, 8]
+    assert optim.snapshot_steps(cfg, 2) == [1, 2]  # cycles that round to no update are dropped
+    assert optim.snapshot_steps(cfg, 1) == []  # a single cycle: nothing to average
+    assert optim.snapshot_steps(_cfg(schedule="cosine_restarts", restart_cycles=1), 50) == []
+    others = [s for s in optim.list_schedules() if s != "cosine_restarts"]
+    assert all(optim.snapshot_steps(_cfg(schedule=s, restart_cycles=4), 50) == [] for s in others)
+
+
+def test_step_shape():
+    lrs, _, final, _ = _lr_curve("step", 100, step_pct=0.3, step_gamma=0.1)
+    head = lrs[:, 0]
+    for lo, hi, factor in [(0, 30, 1.0), (30, 60, 0.1), (60, 90, 0.01), (90, 100, 0.001)]:
+        torch.testing.assert_close(head[lo:hi], torch.full((hi - lo,), 1e-2 * factor, dtype=torch.float64))
+    torch.testing.assert_close(lrs[:, 2], head * 0.1)
+    assert final[0] == pytest.approx(1e-5)
+
+
+def test_restart_and_step_options_are_checked(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("seed: 1\n")
+    assert config.load(path, ["optim.schedule=cosine_restarts", "optim.restart_mult=2"]).optim.restart_mult == 2
+    bad = ["restart_cycles=0", "restart_mult=0", "restart_floor=1", "restart_floor=-0.1", "step_pct=0", "step_pct=1.5",
+           "step_gamma=0", "step_gamma=2"]  # fmt: skip
+    for item in bad:
+        with pytest.raises(UserError, match=rf"optim\.{item.split('=')[0]}"):
+            config.load(path, [f"optim.{item}"])
+
+
 @pytest.mark.parametrize("schedule", optim.list_schedules())
 @pytest.mark.parametrize("total", [1, 2, 3, 4, 5, 8, 37])
 @pytest.mark.parametrize("pct", [0.25, 1.0])
@@ -303,6 +436,13 @@ def test_stepping_exactly_total_steps_never_raises(schedule, total, pct):
     lrs, _, final, _ = _lr_curve(schedule, total, name="sgd", pct_start=pct, flat_pct=pct, warmup_pct=pct)
     assert torch.isfinite(lrs).all() and (lrs >= 0).all() and (lrs <= 1e-2 + 1e-12).all()
     assert all(math.isfinite(x) for x in final)
+
+
+@pytest.mark.parametrize("registry", ["OPTIMIZERS", "SCHEDULES"])
+def test_the_readme_lists_every_choice(registry):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in getattr(optim, registry).names() if f"`{name}`" not in readme]
+    assert not missing, f"README.md does not name these {registry}: {missing}"
 
 
 def test_schedule_names_match_the_config_choices():

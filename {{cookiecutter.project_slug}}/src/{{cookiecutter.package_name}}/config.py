@@ -47,13 +47,13 @@ from .core.schema import (
 )
 from .core.tasks import PIXEL_TASKS, TASKS
 from .data import folds as folds_module
-from .data.augment import PRESETS, RANDAUGMENT_MAX_M, aug_ops, check_normalization
+from .data.augment import AUGMIX_MAX_SEVERITY, PRESETS, RANDAUGMENT_MAX_M, aug_ops, check_normalization
 from .data.cache import MODES as CACHE_MODES
 from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
 from .modeling.deploy import EXPORTERS
 from .modeling.models import check_backbone, check_segmentation_model
-from .modeling.optim import OPTIMIZERS, SCHEDULES
+from .modeling.optim import OPTIMIZERS, SCHEDULES, has_lookahead
 from .modeling.predictors import ONNX_MODELS, RUNTIMES
 
 # The schema's types are re-exported: stages and tests name them as config.Config, config.TrainConfig...
@@ -327,18 +327,32 @@ def validate(cfg: Config) -> None:
          f"1..{len(aug_ops(cfg.model.in_chans))} (the ops for model.in_chans={cfg.model.in_chans})"),
         (0 <= a.randaugment_m <= RANDAUGMENT_MAX_M, "augment.randaugment_m", a.randaugment_m,
          f"0..{RANDAUGMENT_MAX_M}"),
+        (1 <= a.augmix_severity <= AUGMIX_MAX_SEVERITY, "augment.augmix_severity", a.augmix_severity,
+         f"1..{AUGMIX_MAX_SEVERITY}"),
+        (a.augmix_width >= 1, "augment.augmix_width", a.augmix_width, ">= 1"),
+        (a.augmix_depth >= 0, "augment.augmix_depth", a.augmix_depth, ">= 0 (0: 1 to 3 ops, drawn per chain)"),
+        (a.augmix_alpha > 0, "augment.augmix_alpha", a.augmix_alpha, "> 0"),
         (a.mixup_alpha >= 0, "augment.mixup_alpha", a.mixup_alpha, ">= 0 (0 = off)"),
         (a.cutmix_alpha >= 0, "augment.cutmix_alpha", a.cutmix_alpha, ">= 0 (0 = off)"),
         (0 <= a.mix_prob <= 1, "augment.mix_prob", a.mix_prob, "0..1"),
         (0 <= a.switch_prob <= 1, "augment.switch_prob", a.switch_prob, "0..1"),
         (_lr_ok(o.lr), "optim.lr", o.lr, "a number > 0, or auto (the LR finder's suggestion; see `lr-find`)"),
         (o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0"),
+        (o.lookahead_k >= 1, "optim.lookahead_k", o.lookahead_k, ">= 1"),
+        (0 < o.lookahead_alpha <= 1, "optim.lookahead_alpha", o.lookahead_alpha, "0 < value <= 1"),
+        (not (o.lookahead and has_lookahead(o.name)), "optim.lookahead", o.lookahead,
+         f"false with optim.name={o.name}, which holds a Lookahead already"),
         (0 <= o.momentum < 1, "optim.momentum", o.momentum, "0 <= value < 1"),
         (0 < o.pct_start < 1, "optim.pct_start", o.pct_start, "0 < value < 1"),
         (o.div_factor >= 1, "optim.div_factor", o.div_factor, ">= 1"),
         (o.final_div_factor >= 1, "optim.final_div_factor", o.final_div_factor, ">= 1"),
         (0 <= o.flat_pct <= 1, "optim.flat_pct", o.flat_pct, "0..1"),
         (0 <= o.warmup_pct < 1, "optim.warmup_pct", o.warmup_pct, "0 <= value < 1"),
+        (o.restart_cycles >= 1, "optim.restart_cycles", o.restart_cycles, ">= 1"),
+        (o.restart_mult > 0, "optim.restart_mult", o.restart_mult, "> 0 (1: cycles of equal length)"),
+        (0 <= o.restart_floor < 1, "optim.restart_floor", o.restart_floor, "0 <= value < 1 (a share of optim.lr)"),
+        (0 < o.step_pct <= 1, "optim.step_pct", o.step_pct, "0 < value <= 1"),
+        (0 < o.step_gamma <= 1, "optim.step_gamma", o.step_gamma, "0 < value <= 1"),
         (o.grad_accum >= 1, "optim.grad_accum", o.grad_accum, ">= 1"),
         (o.clip_grad >= 0, "optim.clip_grad", o.clip_grad, ">= 0 (0 = off)"),
         (t.epochs >= 1, "train.epochs", t.epochs, ">= 1"),
@@ -346,8 +360,9 @@ def validate(cfg: Config) -> None:
         (0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "0 < value < 1"),
         (0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "0 <= value < 1 (a fraction of train.epochs)"),
         (t.avg_best_k == 0 or t.avg_best_k >= 2, "train.avg_best_k", t.avg_best_k, "0 (off) or >= 2"),
-        (not t.pick_averaged or t.swa or t.avg_best_k > 0, "train.pick_averaged", t.pick_averaged,
-         "false unless train.swa or train.avg_best_k is on (there is nothing else to pick)"),
+        (not t.pick_averaged or t.swa or t.avg_best_k > 0 or _snapshots(o), "train.pick_averaged", t.pick_averaged,
+         "false unless train.swa, train.avg_best_k or snapshots (optim.schedule=cosine_restarts with "
+         "optim.restart_cycles >= 2) are on (there is nothing else to pick)"),
         (t.early_stopping >= 0, "train.early_stopping", t.early_stopping, ">= 0 (0 = off)"),
         (t.sampler_power >= 0, "train.sampler_power", t.sampler_power, ">= 0"),
         (t.limit_batches >= 0, "train.limit_batches", t.limit_batches, ">= 0 (0 = every batch)"),
@@ -408,6 +423,11 @@ def validate(cfg: Config) -> None:
         _check_segmentation(cfg)
 
 
+def _snapshots(o: OptimConfig) -> bool:
+    """Whether the schedule takes snapshots to average (cosine_restarts with two cycles or more)."""
+    return bool(SCHEDULES.meta(o.schedule).get("restarts")) and o.restart_cycles >= 2
+
+
 def _check_segmentation(cfg: Config) -> None:
     """What task=segmentation cannot honour exactly is refused, never adjusted: an smp architecture that fits
     model.decoder_channels, and no batch mixing (timm's Mixup mixes images and class targets, not the masks: a mixed
@@ -416,6 +436,10 @@ def _check_segmentation(cfg: Config) -> None:
     for key in ("augment.mixup_alpha", "augment.cutmix_alpha"):
         if get(cfg, key) > 0:
             raise UserError(f"config key '{key}' is {get(cfg, key)}; task=segmentation mixes no masks (use 0)")
+    if cfg.augment.preset == "augmix":
+        raise UserError("config key 'augment.preset' is augmix; task=segmentation cannot use it: AugMix blends "
+                        "differently warped copies of an image, which no one mask fits (use autoaugment, trivial "
+                        "or randaugment)")  # fmt: skip
     d = cfg.data
     refused = [
         (

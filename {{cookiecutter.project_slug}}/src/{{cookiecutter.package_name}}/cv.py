@@ -211,9 +211,9 @@ def warn_if_tta_hurts(result: CVSummary, views: list[str]) -> None:
 
 
 def weight_averaging(cfg: Config, problem: Problem, folds: list[int]) -> dict | None:
-    """train.swa / train.avg_best_k: the OOF score of the best epoch's weights ("best") and of each average, over
-    every finished fold (a variant some fold lacks, e.g. SWA cut short by early stopping, gets per-fold scores
-    only), each fold's scores, and which one each fold's best.pt holds."""
+    """train.swa / train.avg_best_k / cosine_restarts' snapshots: the OOF score of the best epoch's weights ("best")
+    and of each average, over every finished fold (a variant some fold lacks, e.g. SWA cut short by early stopping,
+    gets per-fold scores only), each fold's scores, and which one each fold's best.pt holds."""
     run = cfg.run
     infos = {k: read_json(run.fold(k).averaging) for k in folds if run.fold(k).averaging.is_file()}
     if not infos:

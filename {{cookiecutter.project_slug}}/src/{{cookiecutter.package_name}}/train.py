@@ -7,7 +7,8 @@ optimizer (Ranger by default) and schedule (one-cycle, stepped once per optimize
 resume from last.pt if a previous run was interrupted (crash, kill, Ctrl-C)
 each epoch: train (AMP, accumulation, clipping, EMA), evaluate raw and EMA weights (one pass), keep the better,
             write best.pt and last.pt atomically, stop early when the metric stalls
-            (train.swa / train.avg_best_k: collect the weights to average, modeling/averaging.py)
+            (train.swa / train.avg_best_k / cosine_restarts' snapshots: collect the weights to average,
+            modeling/averaging.py)
 score the averaged weights beside the best epoch's (BatchNorm recomputed); train.pick_averaged may put one in best.pt
 predict the validation rows with the best weights -> fold<k>/oof.csv
 
@@ -162,7 +163,7 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
     trainer = build_trainer(cfg, model, s.n_batches, s.device, s.dtype)
     optimizer, scheduler, scaler, ema = trainer.optimizer, trainer.scheduler, trainer.scaler, trainer.ema
     swa_from = swa_start_epoch(cfg.train.swa_start, cfg.train.epochs) if cfg.train.swa else None
-    averaging = WeightAveraging(model, swa_from, cfg.train.avg_best_k, metric)
+    averaging = WeightAveraging(model, swa_from, cfg.train.avg_best_k, metric, trainer.snapshot_at)
     # Each rank keeps its own BatchNorm statistics during the epoch; sync_buffers averages them after it.
     train_model = DistributedDataParallel(model, broadcast_buffers=False) if world_size() > 1 else model
     if cfg.model.compile:
@@ -181,7 +182,8 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
     for epoch in tqdm(range(state.epoch, cfg.train.epochs), desc=f"fold {fold}", disable=None):
         start_epoch(cfg, s, fold, epoch)
         t0 = time.perf_counter()
-        train_loss = train_epoch(cfg, s, train_model, optimizer, scheduler, scaler, ema, step, epoch)
+        train_loss = train_epoch(cfg, s, train_model, optimizer, scheduler, scaler, ema, step, epoch,
+                                 after_update=lambda n: averaging.after_update(n, model))  # fmt: skip
         seconds = time.perf_counter() - t0
         # Under torchrun: the loss averaged over the ranks, the images of every rank counted.
         train_loss = reduce_mean(train_loss)
@@ -225,7 +227,7 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
     barrier()
     if not is_main():
         return {"fold": fold}
-    if cfg.train.swa or cfg.train.avg_best_k:
+    if averaging.active:
         tracker.summary(compare_averages(cfg, s, fold, averaging))
     scale = load_fold_weights(cfg, model, fold)
     probs = predict_loader(model, s.valid_loader, cfg.task, s.device, s.dtype, desc=f"fold {fold} oof", scale=scale)

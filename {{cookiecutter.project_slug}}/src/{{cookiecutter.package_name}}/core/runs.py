@@ -39,7 +39,8 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
             fold<k>/model.onnx model_int8.onnx model.ts pruned.pt
         fold<k>/                        FoldFiles
             best.pt  last.pt            weights to predict with; everything to resume exactly
-            swa.pt avg_best_k.pt        train.swa / train.avg_best_k: the averaged weights (BatchNorm recomputed)
+            swa.pt avg_best_k.pt        train.swa / train.avg_best_k / cosine_restarts' snapshots: the averaged
+            snapshot.pt                 weights (BatchNorm recomputed)
             oof_<variant>.csv           their OOF rows, and the best epoch's (oof_best.csv), to compare in cv.json
             averaging.json              each variant's make-up and score, and which one best.pt holds
             best_epoch.pt               the best epoch's weights when train.pick_averaged put an average in best.pt
@@ -386,9 +387,10 @@ def _why(error: Exception) -> str:
 
 @dataclass
 class Checkpoint:
-    """fold<k>/best.pt (and the weights it was chosen among: best_epoch.pt, swa.pt, avg_best_k.pt): the weights to
-    predict with, the epoch and validation score they had, where they came from (model | ema | swa | avg_best_k),
-    the prediction columns, and the regression target scale the outputs are in (None: the identity)."""
+    """fold<k>/best.pt (and the weights it was chosen among: best_epoch.pt, swa.pt, avg_best_k.pt, snapshot.pt): the
+    weights to predict with, the epoch and validation score they had, where they came from (model | ema | swa |
+    avg_best_k | snapshot), the prediction columns, and the regression target scale the outputs are in (None: the
+    identity)."""
 
     model: dict[str, torch.Tensor]
     epoch: int | None = None
@@ -470,7 +472,9 @@ class CVSummary:
     cv_tta: float | None = None  # OOF re-predicted with the TTA views `tta_views`
     tta_views: list[str] | None = None
     tta_auto: dict | None = None  # tta.views: auto: TTAChoice.summary()
-    weight_averaging: dict | None = None  # train.swa / avg_best_k: each variant's OOF score, per fold, picked
+    weight_averaging: dict | None = (
+        None  # train.swa / avg_best_k / snapshots: each variant's OOF score, per fold, picked
+    )
     ordinal: dict | None = None  # {"levels", "cuts"}: regression rounded to grades at cuts tuned on OOF
     cv_ordinal: float | None = None
     runtime: str | None = None  # what predicted the OOF of cv_tta: torch, onnx fp32, onnx int8
@@ -694,7 +698,7 @@ class FoldFiles:
         return self.path / AVERAGING
 
     def averaged(self, variant: str) -> Path:
-        """Weights of a weight-averaging variant (swa, avg_best_k)."""
+        """Weights of a weight-averaging variant (swa, avg_best_k, snapshot)."""
         return self.path / f"{variant}.pt"
 
     def variant_oof(self, variant: str) -> Path:

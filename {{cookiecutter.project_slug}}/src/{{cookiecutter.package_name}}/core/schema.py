@@ -81,9 +81,14 @@ class ModelConfig:
 @dataclass
 class AugmentConfig:
     image_size: int = 256
-    preset: str = "light"  # none | light | medium | heavy | trivial | randaugment (PRESETS in data/augment.py)
+    # none | light | medium | heavy | trivial | randaugment | augmix | autoaugment (PRESETS in data/augment.py)
+    preset: str = "light"
     randaugment_n: int = 2  # randaugment: ops per image
     randaugment_m: float = 9.0  # randaugment: their level, 0..10
+    augmix_severity: float = 3.0  # augmix: each op's level is drawn up to this, 1..10 (the paper's 3)
+    augmix_width: int = 3  # augmix: chains mixed per image
+    augmix_depth: int = 0  # augmix: ops per chain; 0: 1 to 3, drawn per chain
+    augmix_alpha: float = 1.0  # augmix: Dirichlet (chain weights) and Beta (blend with the original) parameter
     hflip: bool = True
     vflip: bool = False
     rotate90: bool = False
@@ -107,16 +112,28 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "ranger"
+    name: str = "ranger"  # OPTIMIZERS in modeling/optim.py
+    lookahead: bool = False  # wrap optim.name in Lookahead (not ranger / ranger21: theirs is built in)
+    lookahead_k: int = 5  # Lookahead: updates between syncs of the slow weights
+    lookahead_alpha: float = 0.5  # Lookahead: the share of the way the slow weights move to the fast ones
     lr: Any = 0.03  # a number > 0, or auto: the LR finder's suggestion (fold 0, once per experiment, cached)
     weight_decay: float = 1e-2
     momentum: float = 0.9
-    schedule: str = "one_cycle"  # one_cycle | flat_cos | cosine | constant
+    # one_cycle | flat_cos | cosine | constant | cosine_restarts | step (SCHEDULES in modeling/optim.py)
+    schedule: str = "one_cycle"
     pct_start: float = 0.25  # one_cycle: share of steps rising to the peak LR
     div_factor: float = 25.0
     final_div_factor: float = 1e4
     flat_pct: float = 0.7  # flat_cos: share of steps at the full LR before the cosine decay
     warmup_pct: float = 0.05  # cosine: linear warm-up share
+    # cosine_restarts (SGDR): this many cosine cycles fill the run, each restart_mult times as long as the one before
+    # (1: equal cycles), from optim.lr down to optim.lr * restart_floor; the weights at each cycle's end are
+    # snapshots, averaged into the `snapshot` weights and scored beside the best epoch (modeling/averaging.py)
+    restart_cycles: int = 3
+    restart_mult: float = 1.0
+    restart_floor: float = 0.0
+    step_pct: float = 0.3  # step: the LR is multiplied by step_gamma after every step_pct of the updates
+    step_gamma: float = 0.1
     grad_accum: int = 1
     clip_grad: float = 0.0  # max gradient norm; 0 = off
 
@@ -131,7 +148,9 @@ class TrainConfig:
     swa: bool = False  # also average the weights of the last epochs (SWA), scored beside the best epoch
     swa_start: float = 0.75  # SWA averages the epochs after this fraction of train.epochs
     avg_best_k: int = 0  # > 1: also average the K best epochs' weights, scored beside the best epoch
-    pick_averaged: bool = False  # best.pt becomes an average when it scores better on the fold's validation rows
+    # best.pt becomes an average (swa, avg_best_k, or the snapshots of optim.schedule=cosine_restarts) when it scores
+    # better on the fold's validation rows
+    pick_averaged: bool = False
     early_stopping: int = 0  # patience in epochs; 0 = off
     sampler: str = "none"  # none | weighted | upsample | downsample
     sampler_power: float = 1.0  # weighted: weight = 1 / count ** power

@@ -1,5 +1,5 @@
-"""Image augmentation: albumentations presets (none / light / medium / heavy / trivial / randaugment),
-normalisation, mixup / cutmix on batches.
+"""Image augmentation: albumentations presets (none / light / medium / heavy / trivial / randaugment / augmix /
+autoaugment), normalisation, mixup / cutmix on batches.
 
 Transforms take a numpy HWC uint8 image with 1 or 3 channels (grayscale is HxWx1) and return an HWC uint8 image of
 the training size: the loader's workers send uint8 (a quarter of float32's bytes), and `Normalize` turns a batch
@@ -11,15 +11,22 @@ digit is another class. Colour transforms that need RGB are skipped for grayscal
 AUG_OPS, each built from albumentations' own transforms at a level in [-1, 1] (signed ops) or [0, 1]: trivial
 applies one op per image at a level drawn uniformly (the sign at random), randaugment applies
 `augment.randaugment_n` different ops at the fixed level `augment.randaugment_m` / 10 (the sign at random).
+albumentations 2.0.8 has neither AugMix nor AutoAugment; both are built here on the same table: `augmix` (Hendrycks
+et al. 2020) blends the image with a Dirichlet-weighted mixture of `augment.augmix_width` chains of random ops
+(AugMix below; the JSD consistency loss of the paper is not part of it), `autoaugment` (Cubuk et al. 2019) applies
+one sub-policy of the ImageNet policy, two (op, probability, magnitude) steps, per image. Colour ops are left out
+for grayscale (a grayscale sub-policy keeps its other step).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -252,6 +259,8 @@ AUG_OPS.register("posterize", lambda lo, hi: A.Posterize(num_bits=(8 - round(4 *
 AUG_OPS.register("solarize", lambda lo, hi: A.Solarize(threshold_range=(1.0 - hi, 1.0 - lo), p=1.0))
 AUG_OPS.register("equalize", lambda lo, hi: A.Equalize(p=1.0))
 AUG_OPS.register("autocontrast", lambda lo, hi: A.AutoContrast(p=1.0))
+# AutoAugment's policy uses it; RandAugment, TrivialAugment and AugMix leave it out of their search space
+AUG_OPS.register("invert", lambda lo, hi: A.InvertImg(p=1.0), searched=False)
 
 
 def _saturation(lo: float, hi: float) -> Any:
@@ -262,8 +271,12 @@ AUG_OPS.register("color", _saturation, signed=True, rgb_only=True)  # saturation
 
 
 def aug_ops(n_chans: int) -> list[str]:
-    """The ops that fit images of `n_chans` channels (colour ops need RGB)."""
-    return AUG_OPS.names(lambda meta: n_chans == 3 or not meta.get("rgb_only", False))
+    """The ops that the random presets draw from for images of `n_chans` channels (colour ops need RGB)."""
+    return AUG_OPS.names(lambda meta: _fits(meta, n_chans) and meta.get("searched", True))
+
+
+def _fits(meta: Any, n_chans: int) -> bool:
+    return n_chans == 3 or not meta.get("rgb_only", False)
 
 
 def _random_level(name: str) -> Any:
@@ -294,6 +307,131 @@ def _preset_randaugment(cfg_aug: AugmentConfig, n_chans: int) -> list[Any]:
     ops = [_fixed_level(name, level) for name in aug_ops(n_chans)]
     n = min(cfg_aug.randaugment_n, len(ops))
     return [A.Resize(s, s), *_flips(cfg_aug), A.SomeOf(ops, n=n, replace=False, p=1.0)]
+
+
+# ----------------------------------------------------------------------------------------------- augmix / autoaugment
+AUGMIX_MAX_SEVERITY = 10  # augmix_severity runs 1..10 like randaugment_m (the paper's default is 3)
+
+
+def _level_range(name: str, hi: float) -> Any:
+    """The op at a level drawn uniformly in [0, hi] each time it applies (a signed op: either way, equal odds)."""
+    make = AUG_OPS.get(name)
+    if AUG_OPS.meta(name).get("signed") and hi > 0:
+        return A.OneOf([make(0.0, hi), make(-hi, 0.0)], p=1.0)
+    return make(0.0, hi)
+
+
+class AugMix(A.ImageOnlyTransform):
+    """AugMix (Hendrycks et al. 2020) on uint8 HWC images of any channel count:
+    out = (1 - m) * image + m * sum_i w_i * chain_i(image), w ~ Dirichlet(alpha, ..., alpha) over `width` chains,
+    m ~ Beta(alpha, alpha); chain i applies `depth` ops (0: 1 to 3, drawn per chain) drawn with replacement from
+    `ops`, each an albumentations transform that always applies and draws its own level.
+
+    Every draw (weights, depths, ops, and the ops' own parameters) comes from this transform's generators, which
+    it shares with its ops: a Compose's set_random_state / set_random_seed (the dataset's per-sample seeding,
+    aug-preview's seed) makes the result reproducible."""
+
+    def __init__(self, ops: Sequence[Any], width: int = 3, depth: int = 0, alpha: float = 1.0, p: float = 1.0) -> None:
+        self.ops = list(ops)
+        super().__init__(p=p)
+        self.width, self.depth, self.alpha = width, depth, alpha
+
+    def set_random_state(self, random_generator: np.random.Generator, py_random: random.Random) -> None:
+        super().set_random_state(random_generator, py_random)
+        for op in getattr(self, "ops", []):
+            op.set_random_state(random_generator, py_random)
+
+    def set_random_seed(self, seed: int | None) -> None:
+        super().set_random_seed(seed)
+        for op in getattr(self, "ops", []):  # one stream for the mixture and its ops
+            op.set_random_state(self.random_generator, self.py_random)
+
+    def get_params(self) -> dict[str, Any]:
+        rng = self.random_generator
+        weights = rng.dirichlet([self.alpha] * self.width).astype(np.float32)
+        m = float(rng.beta(self.alpha, self.alpha))
+        depths = [self.depth or int(rng.integers(1, 4)) for _ in range(self.width)]
+        chains = [rng.integers(0, len(self.ops), d).tolist() for d in depths]
+        return {"weights": weights, "m": m, "chains": chains}
+
+    def apply(self, img: np.ndarray, weights: np.ndarray, m: float, chains: list[list[int]], **params: Any) -> Any:
+        mix = np.zeros(img.shape, dtype=np.float32)
+        for w, chain in zip(weights, chains, strict=True):
+            out = img
+            for i in chain:
+                out = self.ops[i](image=out)["image"]
+            mix += w * out.reshape(img.shape).astype(np.float32)
+        blended = (1.0 - m) * img.astype(np.float32) + m * mix
+        return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("width", "depth", "alpha")
+
+
+@PRESETS.register("augmix")
+def _preset_augmix(cfg_aug: AugmentConfig, n_chans: int) -> list[Any]:
+    """AugMix over every op of the table but identity, each at a level up to augmix_severity / 10."""
+    s, hi = cfg_aug.image_size, cfg_aug.augmix_severity / AUGMIX_MAX_SEVERITY
+    ops = [_level_range(name, hi) for name in aug_ops(n_chans) if name != "identity"]
+    mix = AugMix(ops, width=cfg_aug.augmix_width, depth=cfg_aug.augmix_depth, alpha=cfg_aug.augmix_alpha)
+    return [A.Resize(s, s), *_flips(cfg_aug), mix]
+
+
+# The ImageNet policy of AutoAugment (Cubuk et al. 2019), as torchvision lists it: 25 sub-policies of two
+# (op, probability, magnitude) steps; magnitudes are bins 0..9 over the ops' ranges, which are torchvision's and
+# this table's (level 1 = the strongest), so level = magnitude / 9; None: an op without strength.
+AUTOAUGMENT_IMAGENET: tuple[tuple[tuple[str, float, int | None], ...], ...] = (
+    (("posterize", 0.4, 8), ("rotate", 0.6, 9)),
+    (("solarize", 0.6, 5), ("autocontrast", 0.6, None)),
+    (("equalize", 0.8, None), ("equalize", 0.6, None)),
+    (("posterize", 0.6, 7), ("posterize", 0.6, 6)),
+    (("equalize", 0.4, None), ("solarize", 0.2, 4)),
+    (("equalize", 0.4, None), ("rotate", 0.8, 8)),
+    (("solarize", 0.6, 3), ("equalize", 0.6, None)),
+    (("posterize", 0.8, 5), ("equalize", 1.0, None)),
+    (("rotate", 0.2, 3), ("solarize", 0.6, 8)),
+    (("equalize", 0.6, None), ("posterize", 0.4, 6)),
+    (("rotate", 0.8, 8), ("color", 0.4, 0)),
+    (("rotate", 0.4, 9), ("equalize", 0.6, None)),
+    (("equalize", 0.0, None), ("equalize", 0.8, None)),
+    (("invert", 0.6, None), ("equalize", 1.0, None)),
+    (("color", 0.6, 4), ("contrast", 1.0, 8)),
+    (("rotate", 0.8, 8), ("color", 1.0, 2)),
+    (("color", 0.8, 8), ("solarize", 0.8, 7)),
+    (("sharpness", 0.4, 7), ("invert", 0.6, None)),
+    (("shear_x", 0.6, 5), ("equalize", 1.0, None)),
+    (("color", 0.4, 0), ("equalize", 0.6, None)),
+    (("equalize", 0.4, None), ("solarize", 0.2, 4)),
+    (("solarize", 0.6, 5), ("autocontrast", 0.6, None)),
+    (("invert", 0.6, None), ("equalize", 1.0, None)),
+    (("color", 0.6, 4), ("contrast", 1.0, 8)),
+    (("equalize", 0.8, None), ("equalize", 0.6, None)),
+)
+AUTOAUGMENT_MAX_MAGNITUDE = 9
+
+
+def autoaugment_policy(n_chans: int) -> list[list[tuple[str, float, float]]]:
+    """The ImageNet sub-policies as (op, probability, level) steps for images of `n_chans` channels: colour steps
+    are dropped for grayscale (the sub-policy keeps its other step)."""
+    return [
+        [
+            (op, prob, (mag or 0) / AUTOAUGMENT_MAX_MAGNITUDE)
+            for op, prob, mag in sub
+            if _fits(AUG_OPS.meta(op), n_chans)
+        ]
+        for sub in AUTOAUGMENT_IMAGENET
+    ]
+
+
+@PRESETS.register("autoaugment")
+def _preset_autoaugment(cfg_aug: AugmentConfig, n_chans: int) -> list[Any]:
+    """One sub-policy per image, drawn uniformly; each of its steps applies with its probability at its level."""
+    s = cfg_aug.image_size
+    subs = [
+        A.Sequential([A.Sequential([_fixed_level(op, level)], p=prob) for op, prob, level in sub], p=1.0)
+        for sub in autoaugment_policy(n_chans)
+    ]
+    return [A.Resize(s, s), *_flips(cfg_aug), A.OneOf(subs, p=1.0)]
 
 
 # ----------------------------------------------------------------------------------------------- mixup / cutmix

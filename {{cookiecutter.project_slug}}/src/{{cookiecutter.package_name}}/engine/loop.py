@@ -5,6 +5,7 @@ schedule stepped per optimizer update), and the validation loss and metric of se
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -27,9 +28,10 @@ LOG_EVERY = 50  # steps between reads of the loss on the host (progress bar, non
 
 
 def train_epoch(cfg: Config, s: FoldSetup, model: nn.Module, optimizer, scheduler, scaler, ema, step: Step,
-                epoch: int) -> float:  # fmt: skip
+                epoch: int, after_update: Callable[[int], None] | None = None) -> float:  # fmt: skip
     """One pass over the training loader; returns the mean loss. The schedule steps once per optimizer update,
-    so gradient accumulation and the last, partial group of batches are counted right."""
+    so gradient accumulation and the last, partial group of batches are counted right. `after_update(n)` runs
+    after the n-th update of the run (the schedule's count; snapshots at the ends of its cycles)."""
     model.train()
     # The first model.freeze_backbone_epochs train the head alone (after model.train(): frozen BatchNorm layers
     # go back to eval mode, so their running statistics stay those of the pretrained backbone).
@@ -55,6 +57,8 @@ def train_epoch(cfg: Config, s: FoldSetup, model: nn.Module, optimizer, schedule
             scheduler.step()
             if ema is not None:
                 ema.update(getattr(model, "module", model), step=scheduler.last_epoch)
+            if after_update is not None:
+                after_update(scheduler.last_epoch)
         total += losses["loss"].detach().float()
         seen += 1
         if seen % LOG_EVERY == 0 or i + 1 == n_batches:  # a non-finite loss makes the sum non-finite for good

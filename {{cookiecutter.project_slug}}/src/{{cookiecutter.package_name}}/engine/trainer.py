@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 
 from ..config import Config
 from ..modeling.models import backbone_lr_mult
-from ..modeling.optim import build_optimizer, build_scheduler, total_updates
+from ..modeling.optim import build_optimizer, build_scheduler, snapshot_steps, total_updates
 
 
 def make_optimizer(cfg: Config, model: nn.Module, total_steps: int) -> Optimizer:
@@ -32,6 +32,7 @@ class Trainer:
     scheduler: Any  # a torch LR scheduler, stepped once per optimizer update
     scaler: torch.amp.GradScaler
     ema: ModelEmaV3 | None
+    snapshot_at: tuple[int, ...] = ()  # updates after which the schedule ends a cycle (cosine_restarts' snapshots)
 
     def stateful(self) -> dict[str, Any]:
         """What last.pt saves and a resume loads, by name."""
@@ -40,10 +41,11 @@ class Trainer:
 
 def build_trainer(cfg: Config, model: nn.Module, n_batches: int, device: torch.device,
                   dtype: torch.dtype | None) -> Trainer:  # fmt: skip
-    """The optimizer, schedule, scaler and EMA (train.ema) for `cfg.train.epochs` epochs of `n_batches` batches."""
+    """The optimizer, schedule, scaler and EMA (train.ema) for `cfg.train.epochs` epochs of `n_batches` batches, and
+    where the schedule's cycles end (snapshot ensembling)."""
     total_steps = total_updates(n_batches, cfg.optim.grad_accum, cfg.train.epochs)
     optimizer = make_optimizer(cfg, model, total_steps)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
-    return Trainer(optimizer, scheduler, scaler, ema)
+    return Trainer(optimizer, scheduler, scaler, ema, tuple(snapshot_steps(cfg.optim, total_steps)))

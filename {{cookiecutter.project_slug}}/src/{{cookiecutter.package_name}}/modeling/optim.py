@@ -1,11 +1,13 @@
 """Optimizers (Ranger by default, via pytorch-optimizer) and LR schedules stepped once per optimizer update.
 
 Add an optimizer with one line in `_TABLE` (or `OPTIMIZERS.register(name, factory)`), a schedule with
-`@SCHEDULES.register(name)`; `optim.name` and `optim.schedule` accept the new name at once.
+`@SCHEDULES.register(name)`; `optim.name` and `optim.schedule` accept the new name at once. `optim.lookahead` wraps
+whichever optimizer in pytorch-optimizer's Lookahead (those that hold one already, ranger and ranger21, refuse it).
 """
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import math
 from collections.abc import Callable
@@ -120,6 +122,10 @@ _TABLE: dict[str, tuple[type[Optimizer] | str, Callable[[OptimConfig], dict[str,
     "aida": ("aida", None),
     "apollo": ("apollo", None),
     "soap": ("soap", None),
+    "rmsprop": (torch.optim.RMSprop, _momentum),  # L2 (coupled) weight decay, like adam
+    "adagrad": (torch.optim.Adagrad, None),
+    # QHAdam's recommended nus and betas (Ma & Yarats 2019); pytorch-optimizer's default nus (1, 1) is plain Adam.
+    "qhadam": ("qhadam", lambda c: {"nus": (0.7, 1.0), "betas": (0.995, 0.999), "weight_decouple": True}),
     # Not offered: pytorch-optimizer 4.1's `kron` (PSGD Kron) tried to allocate 110 GB for its preconditioner in the
     # first step on test_resnet's conv weights (on the demo it did not return in 85 s). Every name here takes a few
     # steps on a small conv net in the tests (test_optim.py).
@@ -148,8 +154,25 @@ def _make_factory(name: str) -> OptimizerFactory:
     return factory
 
 
+# Optimizers with a Lookahead of their own: `optim.lookahead` would put a second one around it.
+_HAS_LOOKAHEAD = ("ranger", "ranger21")
+
 for _name in _TABLE:
-    OPTIMIZERS.register(_name, _make_factory(_name))
+    OPTIMIZERS.register(_name, _make_factory(_name), lookahead=_name in _HAS_LOOKAHEAD)
+
+
+def has_lookahead(name: str) -> bool:
+    """Whether optimizer `name` already holds a Lookahead (then `optim.lookahead` is refused)."""
+    return bool(OPTIMIZERS.meta(name).get("lookahead", False))
+
+
+def with_lookahead(optimizer: Optimizer, k: int, alpha: float) -> Optimizer:
+    """pytorch-optimizer's Lookahead (Zhang et al. 2019) around `optimizer`: every k updates the slow weights move
+    alpha of the way to the fast ones, and the fast weights restart from them. Its param_groups are the inner
+    optimizer's, so schedules, the loss scaler and clipping see the same groups; its state_dict holds both."""
+    from pytorch_optimizer import Lookahead
+
+    return Lookahead(optimizer, k=k, alpha=alpha)
 
 
 def list_optimizers() -> list[str]:
@@ -171,7 +194,13 @@ def build_optimizer(
             raise ValueError(f"optimizer {cfg_optim.name!r} needs total_steps (the number of optimizer updates)")
         extra = _EXTRA[cfg_optim.name](total_steps)
     groups = param_groups(model, cfg_optim.weight_decay, cfg_optim.lr, backbone_lr_mult)
-    return factory(groups, cfg_optim, **extra)
+    optimizer = factory(groups, cfg_optim, **extra)
+    if cfg_optim.lookahead:
+        if has_lookahead(cfg_optim.name):
+            raise UserError(f"config key 'optim.lookahead' is true, but optim.name={cfg_optim.name} holds a "
+                            "Lookahead already")  # fmt: skip
+        optimizer = with_lookahead(optimizer, cfg_optim.lookahead_k, cfg_optim.lookahead_alpha)
+    return optimizer
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,3 +282,47 @@ def cosine(optimizer: Optimizer, cfg: OptimConfig, total_steps: int) -> LRSchedu
 @SCHEDULES.register("constant")
 def constant(optimizer: Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
     return LambdaLR(optimizer, lambda s: 1.0)
+
+
+def restart_bounds(cfg: OptimConfig, total_steps: int) -> list[int]:
+    """cosine_restarts: the update counts where the cycles start, then `total_steps` (where the last one ends).
+    Cycle i (0-based) is `optim.restart_mult` ** i times as long as the first, and the `optim.restart_cycles` cycles
+    fill the run, so the run ends at a cycle's end. A cycle that rounds to no update at all (fewer updates than
+    cycles) is dropped."""
+    n, mult = cfg.restart_cycles, cfg.restart_mult
+    lengths = [mult**i for i in range(n)]
+    cum = [sum(lengths[:i]) for i in range(n + 1)]
+    return sorted({round(total_steps * c / cum[-1]) for c in cum})
+
+
+def snapshot_steps(cfg: OptimConfig, total_steps: int) -> list[int]:
+    """The update counts after which a cycle of the schedule ends (snapshot ensembling takes the weights there):
+    every cycle end of cosine_restarts when it has two cycles or more, none for the other schedules."""
+    if not SCHEDULES.meta(cfg.schedule).get("restarts"):
+        return []
+    ends = restart_bounds(cfg, total_steps)[1:]
+    return ends if len(ends) >= 2 else []
+
+
+@SCHEDULES.register("cosine_restarts", restarts=True)
+def cosine_restarts(optimizer: Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
+    """SGDR (Loshchilov & Hutter 2017), stepped per update: `restart_cycles` cosine cycles from lr down towards
+    lr * restart_floor, each `restart_mult` times as long as the one before and restarting at lr; the run ends at
+    the last cycle's end. Each cycle's end is a snapshot (snapshot_steps; modeling/averaging.py)."""
+    bounds, floor = restart_bounds(cfg, total_steps), cfg.restart_floor
+
+    def factor(step: int) -> float:
+        i = bisect.bisect_right(bounds, step) - 1
+        if i >= len(bounds) - 1:  # past the last update: the end of the last cycle
+            return floor
+        start, end = bounds[i], bounds[i + 1]
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * (step - start) / (end - start)))
+
+    return LambdaLR(optimizer, factor)
+
+
+@SCHEDULES.register("step")
+def step_decay(optimizer: Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
+    """Step decay: lr, multiplied by step_gamma after every step_pct of the updates (0.3: at 30%, 60% and 90%)."""
+    size = max(1, round(cfg.step_pct * total_steps))
+    return LambdaLR(optimizer, lambda s: cfg.step_gamma ** (s // size))
