@@ -52,7 +52,7 @@ from .data.cache import MODES as CACHE_MODES
 from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
 from .modeling.deploy import EXPORTERS
-from .modeling.models import check_backbone, check_segmentation_model
+from .modeling.models import INITS, check_backbone, check_segmentation_model
 from .modeling.optim import OPTIMIZERS, SCHEDULES
 from .modeling.predictors import ONNX_MODELS, RUNTIMES
 
@@ -70,6 +70,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.cache": CACHE_MODES,
     "augment.preset": tuple(PRESETS.names()),
     "model.init_head": ("prior", "none"),
+    "model.init": tuple(INITS.names()),
     "loss.name": ("auto", *losses.list_losses()),
     "loss.class_weight": ("none", "balanced"),
     "optim.name": tuple(OPTIMIZERS.names()),

@@ -70,6 +70,8 @@ class ModelConfig:
     backbone_lr_mult: float | None = None
     channels_last: bool | str = "auto"  # auto: on for CUDA, off on CPU
     compile: bool = False  # torch.compile the training model
+    init: str = "timm"  # new layers (the head): timm (as built) | xavier | kaiming (INITS in modeling/models.py)
+    coord_conv: bool = False  # two coordinate channels (x, y in -1..1) appended to the first convolution's input
     init_head: str = "prior"  # prior: logits start at the training fold's label prior (regression: the mean) | none
     # task=segmentation: the segmentation-models-pytorch architecture around the timm backbone (`tu-<backbone>`):
     # unet | unetplusplus | fpn | deeplabv3plus | linknet | manet | pan; decoder_channels unset: the architecture's

@@ -155,7 +155,7 @@ def _mismatch(cfg: Config, path: Path, error: RuntimeError) -> str:
         saved = load_config(cfg.run.config).model
     except UserError:
         saved = None
-    keys = ("backbone", "in_chans", "drop_rate", "drop_path_rate")
+    keys = ("backbone", "in_chans", "drop_rate", "drop_path_rate", "coord_conv")
     changed = [k for k in keys if saved is not None and getattr(saved, k) != getattr(cfg.model, k)]
     if changed:
         was = ", ".join(f"model.{k}={getattr(saved, k)!r}" for k in changed)
