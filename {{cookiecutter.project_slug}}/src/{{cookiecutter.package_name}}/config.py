@@ -371,6 +371,8 @@ def validate(cfg: Config) -> None:
         (0 < x.sparsity < 1, "export.sparsity", x.sparsity, "0 < value < 1 (the share of weights zeroed)"),
         (x.prune_finetune_epochs >= 0, "export.prune_finetune_epochs", x.prune_finetune_epochs, ">= 0 (0 = none)"),
         (x.prune_finetune_lr > 0, "export.prune_finetune_lr", x.prune_finetune_lr, "> 0 (a share of optim.lr)"),
+        (x.qat_epochs >= 1, "export.qat_epochs", x.qat_epochs, ">= 1"),
+        (x.qat_lr > 0, "export.qat_lr", x.qat_lr, "> 0 (a share of optim.lr)"),
     ]  # fmt: skip
     for ok, key, value, expected in checks:
         _check(ok, key, value, expected)
@@ -382,10 +384,10 @@ def validate(cfg: Config) -> None:
     if unknown or len(set(x.variants)) != len(x.variants):
         raise UserError(f"config key 'export.variants' is {list(x.variants)}; expected distinct names among "
                         f"{', '.join(EXPORT_VARIANTS)}")  # fmt: skip
-    if "onnx_int8" in x.variants and "onnx" not in x.variants:
-        raise UserError(
-            "config key 'export.variants' lists onnx_int8 without onnx: int8 is quantised from the ONNX model"
-        )
+    for needs_onnx in ("onnx_int8", "dynamic_int8"):
+        if needs_onnx in x.variants and "onnx" not in x.variants:
+            raise UserError(f"config key 'export.variants' lists {needs_onnx} without onnx: int8 is quantised from "
+                            "the ONNX model")  # fmt: skip
     check_backbone(cfg.model.backbone)
     if cfg.device != "auto":
         parse_device(cfg.device)

@@ -36,7 +36,7 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
         export/                         `export`: deployable forms of each fold's best.pt
             export.json                 per fold and variant: OOF score, parity with torch, file size, CPU img/s,
                                         the file's sha256 (and the checkpoint's it was exported from)
-            fold<k>/model.onnx model_int8.onnx model.ts pruned.pt
+            fold<k>/model.onnx model_int8.onnx model_dynamic_int8.onnx model_qat_int8.onnx model.ts pruned.pt
         fold<k>/                        FoldFiles
             best.pt  last.pt            weights to predict with; everything to resume exactly
             swa.pt avg_best_k.pt        train.swa / train.avg_best_k: the averaged weights (BatchNorm recomputed)
@@ -110,6 +110,9 @@ EXPORT_DIR = "export"
 EXPORT_JSON = "export.json"
 ONNX = "model.onnx"
 ONNX_INT8 = "model_int8.onnx"
+ONNX_DYNAMIC_INT8 = "model_dynamic_int8.onnx"
+ONNX_QAT_INT8 = "model_qat_int8.onnx"
+ONNX_QAT_FP32 = "model_qat.onnx"  # the fine-tuned float model qat quantises; removed once quantised
 TORCHSCRIPT = "model.ts"
 PRUNED = "pruned.pt"
 SUBMISSION_LOG = "log.csv"
@@ -735,6 +738,9 @@ class ExportFiles:
 
     onnx = property(lambda self: self.path / ONNX)
     onnx_int8 = property(lambda self: self.path / ONNX_INT8)
+    onnx_dynamic_int8 = property(lambda self: self.path / ONNX_DYNAMIC_INT8)
+    onnx_qat_int8 = property(lambda self: self.path / ONNX_QAT_INT8)
+    onnx_qat_fp32 = property(lambda self: self.path / ONNX_QAT_FP32)
     torchscript = property(lambda self: self.path / TORCHSCRIPT)
     pruned = property(lambda self: self.path / PRUNED)
 

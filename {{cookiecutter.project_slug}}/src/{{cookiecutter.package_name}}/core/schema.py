@@ -15,7 +15,9 @@ from omegaconf import MISSING
 
 from .runs import Run
 
-EXPORT_VARIANTS = ("torchscript", "onnx", "onnx_int8", "pruned")  # besides the fp32 torch model, always measured
+# Besides the fp32 torch model, always measured. qat fine-tunes (export.qat_epochs per fold): asked for by name only.
+EXPORT_VARIANTS = ("torchscript", "onnx", "onnx_int8", "dynamic_int8", "pruned", "qat")
+DEFAULT_EXPORT_VARIANTS = tuple(v for v in EXPORT_VARIANTS if v != "qat")
 
 
 @dataclass
@@ -159,7 +161,7 @@ class PredictConfig:
 
 @dataclass
 class ExportConfig:
-    variants: list[str] = field(default_factory=lambda: list(EXPORT_VARIANTS))  # fp32 torch is always measured
+    variants: list[str] = field(default_factory=lambda: list(DEFAULT_EXPORT_VARIANTS))  # fp32 torch: always measured
     exporter: str = "dynamo"  # dynamo (torch.export; needs onnxscript) | torchscript (older tracer, quicker)
     opset: int = 18
     dynamic_size: bool = False  # ONNX height/width dynamic too (TTA scale_* views resize the input)
@@ -170,6 +172,8 @@ class ExportConfig:
     sparsity: float = 0.5  # pruned: share of conv/linear weights zeroed (global magnitude pruning)
     prune_finetune_epochs: int = 0  # pruned: epochs of fine-tuning with the zeros kept (0 = none)
     prune_finetune_lr: float = 0.1  # ... at this share of optim.lr
+    qat_epochs: int = 1  # qat: epochs of quantisation-aware fine-tuning on fold k's training rows
+    qat_lr: float = 0.05  # ... at this share of optim.lr
 
 
 @dataclass

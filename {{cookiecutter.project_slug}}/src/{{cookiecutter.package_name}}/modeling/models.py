@@ -170,7 +170,7 @@ class CoordConv2d(nn.Module):
                 self.conv.bias = nn.Parameter(conv.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
+        n, h, w = x.shape[0], x.shape[2], x.shape[3]  # indexed, not unpacked: torch.fx traces it (qat export)
         ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
         xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
         return self.conv(torch.cat([x, xs, ys], dim=1))
