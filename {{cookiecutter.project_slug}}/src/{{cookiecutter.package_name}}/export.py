@@ -135,6 +135,7 @@ def export_fold(
     best, files, x = cfg.run.fold(k).best, out.export_fold(k), cfg.export
     ckpt = cfg.run.fold(k).read_best()
     model.to("cpu").load_state_dict(ckpt.model)
+    feed.use_fold(k)  # augment.mean/std: fold: fold k's own statistics
     scale = ckpt.scale  # regression outputs -> target values
     model.eval()
     data = build_fold_data(cfg, problem, k)

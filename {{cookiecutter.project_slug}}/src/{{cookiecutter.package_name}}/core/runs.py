@@ -8,6 +8,7 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
                                          the averaged weights and best_epoch.pt, the same record)
     classes.json        Classes          Run.write_classes / read_classes
     cv.json             CVSummary        Run.write_cv / read_cv
+    fold<k>/normalization.json  FoldNormalization  FoldFiles.write_normalization / read_normalization
     weights.json        BlendWeights     Run.write_weights / read_weights
     export/export.json  ExportManifest   Run.write_export / read_export
     lineage.json        Lineage          Run.write_lineage / read_lineage
@@ -44,6 +45,8 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
             averaging.json              each variant's make-up and score, and which one best.pt holds
             best_epoch.pt               the best epoch's weights when train.pick_averaged put an average in best.pt
             config.yaml                 the config this fold was trained under (cv.json is complete when they agree)
+            normalization.json          augment.mean/std: fold: the fold's training images' per-channel mean and std
+                                        (FoldNormalization), computed once, read by every stage that normalises
             history.json oof.csv        per-epoch metrics; the fold's OOF rows (written last: fold finished)
             train.lock                  held by the process training the fold (FoldLock)
             wandb_run_id.txt            the fold's wandb run, continued when the fold resumes (core/tracking.py)
@@ -103,6 +106,7 @@ LR_FIND_CACHE = "lr_find.json"
 BEST = "best.pt"
 LAST = "last.pt"
 HISTORY = "history.json"
+NORMALIZATION = "normalization.json"
 AVERAGING = "averaging.json"
 BEST_EPOCH = "best_epoch.pt"
 PSEUDO_LABELS = "pseudo_labels.csv"
@@ -524,6 +528,27 @@ class BlendWeights:
 
 
 @dataclass
+class FoldNormalization:
+    """fold<k>/normalization.json (augment.mean/std: fold): per-channel mean and std of fold k's training images
+    on the 0..1 scale, at the size they are fed (image_size after the prediction-time resize), and what they were
+    computed from: the rows (a hash of their ids), the size, the channels."""
+
+    mean: list[float]
+    std: list[float]
+    image_size: int
+    in_chans: int
+    n_images: int
+    rows_hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> FoldNormalization:
+        return _from_dict(cls, d, mean=list, std=list)
+
+
+@dataclass
 class ExportedVariant:
     """One deployable form of a fold's model in export.json: its file (relative to the run folder) and that file's
     sha256, its OOF score on the fold's validation rows, its largest difference with torch, size and CPU speed."""
@@ -707,6 +732,17 @@ class FoldFiles:
     @property
     def lock(self) -> Path:
         return self.path / LOCK
+
+    @property
+    def normalization(self) -> Path:
+        return self.path / NORMALIZATION
+
+    def write_normalization(self, record: FoldNormalization) -> Path:
+        return atomic_write_json(self.normalization, record.to_dict())
+
+    def read_normalization(self) -> FoldNormalization:
+        return _read_record(self.normalization, FoldNormalization.from_dict,
+                            "train the fold (augment.mean/std: fold are computed when it trains)")  # fmt: skip
 
     def write_best(self, ckpt: Checkpoint) -> Path:
         return write_checkpoint(self.best, ckpt)

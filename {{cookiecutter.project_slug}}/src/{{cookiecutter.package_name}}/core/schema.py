@@ -95,8 +95,10 @@ class AugmentConfig:
     cutmix_alpha: float = 0.0  # > 0 turns cutmix on
     mix_prob: float = 1.0
     switch_prob: float = 0.5
-    mean: list[float] | None = None  # None: the backbone's pretrained normalisation
-    std: list[float] | None = None
+    # None: the backbone's pretrained normalisation; a list (one value, three, or one per channel); fold: computed
+    # from fold k's training images when it trains (fold<k>/normalization.json), read back by every later stage
+    mean: Any = None
+    std: Any = None
 
 
 @dataclass
