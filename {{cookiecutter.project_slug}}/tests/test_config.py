@@ -7,7 +7,7 @@ import pytest
 from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.data import augment, samplers
-from {{ cookiecutter.package_name }}.modeling import losses, metrics, optim
+from {{ cookiecutter.package_name }}.modeling import losses, metrics, models, optim
 
 from conftest import SMALL
 
@@ -146,6 +146,7 @@ def test_shipped_student_configs_inherit_the_demo():
         ("augment.preset", augment.PRESETS),
         ("train.sampler", samplers.SAMPLERS),
         ("metric", metrics.METRICS),
+        ("model.init", models.INITS),
     ],
 )
 def test_choices_come_from_the_registries(tmp_path, key, registry):

@@ -26,8 +26,15 @@ from {{ cookiecutter.package_name }}.modeling.predictors import Predictor
 
 from conftest import small_config, wandb_runs
 
-VARIANTS = ["torch", "torchscript", "onnx", "onnx_int8", "pruned"]
-FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "onnx_int8": "model_int8.onnx", "pruned": "pruned.pt"}
+VARIANTS = ["torch", "torchscript", "onnx", "onnx_int8", "dynamic_int8", "pruned"]
+FILES = {
+    "torchscript": "model.ts",
+    "onnx": "model.onnx",
+    "onnx_int8": "model_int8.onnx",
+    "dynamic_int8": "model_dynamic_int8.onnx",
+    "qat_int8": "model_qat_int8.onnx",
+    "pruned": "pruned.pt",
+}
 TTA = ["tta.views=[identity,rot90]"]
 
 
@@ -80,6 +87,10 @@ def test_export_writes_every_variant_checked_scored_sized_and_timed(exported):
         ops = {node.op_type for node in onnx.load(str(files.onnx_int8)).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
         assert files.onnx_int8.stat().st_size < 0.5 * files.onnx.stat().st_size
+        # dynamic int8: integer convolutions whose activations are quantised per batch (no calibration)
+        ops = {node.op_type for node in onnx.load(str(files.onnx_dynamic_int8)).graph.node}
+        assert {"DynamicQuantizeLinear", "ConvInteger"} <= ops
+        assert files.onnx_dynamic_int8.stat().st_size < 0.5 * files.onnx.stat().st_size
         # pruned: half of all conv/linear weights are zero, taken globally (some layers lose more than others).
         weights = torch.load(files.pruned, weights_only=True)["model"]
         model = build_model(cfg, 10, pretrained=False)
@@ -239,6 +250,77 @@ def test_int8_export_with_dynamic_sizes_and_a_failed_export_leaves_the_previous_
     views = ["--no-oof-tta", "tta.views=[identity,scale_0.75]", "predict.runtime=onnx", "predict.onnx_model=int8"]
     assert cli.main(["predict", "-c", str(path), *views]) == 0
     assert read(run.test_pred).iloc[:, 1:].notna().all().all()
+
+
+@pytest.mark.e2e
+def test_qat_and_dynamic_int8_of_a_coord_conv_model_with_ema_are_scored_in_export_json(small_project, exported,
+                                                                                        capsys):  # fmt: skip
+    """model.coord_conv=true trained with EMA, exported with the default (dynamo) exporter: ONNX parity holds
+    through the coordinate channels; dynamic_int8 and qat (a quantisation-aware fine-tune of each fold's model, then
+    static int8) are each scored on the fold's validation rows (OOF overall too), smaller than the fp32 model, their
+    sha256 recorded; the qat fine-tune ran on each fold, and its float model is not left behind."""
+    root, _, _ = exported
+    extra = ["model.coord_conv=true", "train.ema=true"]
+    cfg = small_config(root, "coordqat", extra)
+    path = config_path(root, "coordqat")
+    assert cli.main(["train", "-c", str(path), *extra]) == 0
+    assert cli.main(["export", "-c", str(path), *extra, "export.variants=[onnx,dynamic_int8,qat]"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"fold {k} qat fine-tune epoch 1/1" in out for k in (0, 1))
+    info = json.loads(cfg.run.export_json.read_text())
+    assert list(info["overall"]) == ["torch", "onnx", "dynamic_int8", "qat"]
+    assert all(np.isfinite(info["overall"][v]) for v in info["overall"])
+    for k, entry in info["folds"].items():
+        files, rows = cfg.run.export_fold(int(k)), entry["variants"]
+        assert rows["onnx"]["parity_ok"] and rows["onnx"]["max_abs_diff"] <= 1e-4
+        for name, file in (("dynamic_int8", files.onnx_dynamic_int8), ("qat", files.onnx_qat_int8)):
+            row = rows[name]
+            assert file.name == FILES["qat_int8" if name == "qat" else name]
+            assert row["file"] == file.relative_to(cfg.run.path).as_posix() and row["sha256"] == checksum(file)
+            assert np.isfinite(row["score"]) and 0 <= row["score"] <= 1 and row["images_per_s"] > 0
+            assert row["size_mb"] < rows["onnx"]["size_mb"] and row["size_mb"] < rows["torch"]["size_mb"]
+        qat_ops = {node.op_type for node in onnx.load(str(files.onnx_qat_int8)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= qat_ops and "BatchNormalization" not in qat_ops
+        assert sorted(p.name for p in files.path.iterdir()) == sorted(
+            ["model.onnx", "model_dynamic_int8.onnx", "model_qat_int8.onnx"]
+        )
+    table = export.format_table(ExportManifest.from_dict(info))
+    assert "\n  dynamic_int8" in table and "\n  qat" in table
+
+
+def test_qat_weights_train_on_the_int8_grid_and_come_back_as_plain_layers():
+    """prepare_qat: the forward pass sees each conv/linear weight rounded to int8 per output channel while the
+    optimizer moves the float weight (straight-through gradients); finish_qat leaves plain layers whose weights are
+    on that grid, with BatchNorm folded into the convolutions first."""
+    torch.manual_seed(0)
+    model = build_model(_tiny_cfg(), 4, pretrained=False).eval()
+    x = torch.rand(4, 1, 32, 32)
+    folded = deploy.fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+    hooks = deploy.prepare_qat(folded)
+    opt = torch.optim.SGD(folded.parameters(), lr=0.01)
+    folded.train()
+    for _ in range(3):
+        opt.zero_grad()
+        folded(x).logsumexp(1).mean().backward()
+        opt.step()
+    quantizers = {id(m): m.parametrizations.weight[0] for m in folded.modules() if isinstance(m, deploy.QUANTIZED)}
+    plain = deploy.finish_qat(folded, hooks)
+    layers = [m for m in plain.modules() if isinstance(m, deploy.QUANTIZED)]
+    assert layers and not any(hasattr(m, "parametrizations") or hasattr(m, "input_fake_quant") for m in layers)
+    for layer in layers:
+        # symmetric per-channel int8: each output channel's weights are whole multiples of its scale, in -127..127
+        scale = quantizers[id(layer)].scale.view(-1, 1)
+        steps = layer.weight.detach().flatten(1) / scale
+        assert torch.allclose(steps, steps.round(), atol=1e-3) and float(steps.abs().max()) <= 127 + 1e-3
+
+
+def _tiny_cfg() -> config.Config:
+    return dataclasses.replace(
+        config.Config(exp="t"), model=config.ModelConfig(backbone="test_resnet", pretrained=False, in_chans=1)
+    )
 
 
 @pytest.mark.e2e

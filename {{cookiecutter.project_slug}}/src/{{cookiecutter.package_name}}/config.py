@@ -52,7 +52,7 @@ from .data.cache import MODES as CACHE_MODES
 from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
 from .modeling.deploy import EXPORTERS
-from .modeling.models import check_backbone, check_segmentation_model
+from .modeling.models import INITS, check_backbone, check_segmentation_model
 from .modeling.optim import OPTIMIZERS, SCHEDULES, has_lookahead
 from .modeling.predictors import ONNX_MODELS, RUNTIMES
 
@@ -70,6 +70,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.cache": CACHE_MODES,
     "augment.preset": tuple(PRESETS.names()),
     "model.init_head": ("prior", "none"),
+    "model.init": tuple(INITS.names()),
     "loss.name": ("auto", *losses.list_losses()),
     "loss.class_weight": ("none", "balanced"),
     "optim.name": tuple(OPTIMIZERS.names()),
@@ -385,6 +386,8 @@ def validate(cfg: Config) -> None:
         (0 < x.sparsity < 1, "export.sparsity", x.sparsity, "0 < value < 1 (the share of weights zeroed)"),
         (x.prune_finetune_epochs >= 0, "export.prune_finetune_epochs", x.prune_finetune_epochs, ">= 0 (0 = none)"),
         (x.prune_finetune_lr > 0, "export.prune_finetune_lr", x.prune_finetune_lr, "> 0 (a share of optim.lr)"),
+        (x.qat_epochs >= 1, "export.qat_epochs", x.qat_epochs, ">= 1"),
+        (x.qat_lr > 0, "export.qat_lr", x.qat_lr, "> 0 (a share of optim.lr)"),
     ]  # fmt: skip
     for ok, key, value, expected in checks:
         _check(ok, key, value, expected)
@@ -396,10 +399,10 @@ def validate(cfg: Config) -> None:
     if unknown or len(set(x.variants)) != len(x.variants):
         raise UserError(f"config key 'export.variants' is {list(x.variants)}; expected distinct names among "
                         f"{', '.join(EXPORT_VARIANTS)}")  # fmt: skip
-    if "onnx_int8" in x.variants and "onnx" not in x.variants:
-        raise UserError(
-            "config key 'export.variants' lists onnx_int8 without onnx: int8 is quantised from the ONNX model"
-        )
+    for needs_onnx in ("onnx_int8", "dynamic_int8"):
+        if needs_onnx in x.variants and "onnx" not in x.variants:
+            raise UserError(f"config key 'export.variants' lists {needs_onnx} without onnx: int8 is quantised from "
+                            "the ONNX model")  # fmt: skip
     check_backbone(cfg.model.backbone)
     if cfg.device != "auto":
         parse_device(cfg.device)

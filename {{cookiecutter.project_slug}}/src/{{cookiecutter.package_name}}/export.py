@@ -3,6 +3,8 @@
     outputs/<exp>/export/fold<k>/model.ts          TorchScript (torch.jit.trace)
                                  model.onnx        ONNX with a dynamic batch axis
                                  model_int8.onnx   ONNX int8: static quantisation calibrated on fold k's training images
+                                 model_dynamic_int8.onnx   ONNX int8, dynamic quantisation (no calibration)
+                                 model_qat_int8.onnx       ONNX int8 after a quantisation-aware fine-tune (export.qat_*)
                                  pruned.pt         globally magnitude-pruned weights (optionally fine-tuned)
     outputs/<exp>/export/export.json               per fold and variant: OOF score on fold k's validation rows,
                                                    max |probability difference| with torch, file size, CPU images/s,
@@ -133,6 +135,7 @@ def export_fold(
     best, files, x = cfg.run.fold(k).best, out.export_fold(k), cfg.export
     ckpt = cfg.run.fold(k).read_best()
     model.to("cpu").load_state_dict(ckpt.model)
+    feed.use_fold(k)  # augment.mean/std: fold: fold k's own statistics
     scale = ckpt.scale  # regression outputs -> target values
     model.eval()
     data = build_fold_data(cfg, problem, k)
@@ -158,6 +161,19 @@ def export_fold(
         deploy.quantize_int8(files.onnx, files.onnx_int8, calibration_batches(cfg, problem, k, feed), x.per_channel,
                              x.dynamic_size)  # fmt: skip
         variants.append(Variant("onnx_int8", files.onnx_int8, lambda d: OnnxPredictor(files.onnx_int8, d)))
+    if "dynamic_int8" in x.variants:
+        deploy.quantize_dynamic_int8(files.onnx, files.onnx_dynamic_int8, x.per_channel, x.dynamic_size)
+        variants.append(Variant("dynamic_int8", files.onnx_dynamic_int8,
+                                lambda d: OnnxPredictor(files.onnx_dynamic_int8, d)))  # fmt: skip
+    if "qat" in x.variants:
+        qat = qat_model(cfg, k, model)
+        try:
+            deploy.export_onnx(qat, example, files.onnx_qat_fp32, x.exporter, x.opset, x.dynamic_size)
+            deploy.quantize_int8(files.onnx_qat_fp32, files.onnx_qat_int8, calibration_batches(cfg, problem, k, feed),
+                                 x.per_channel, x.dynamic_size)  # fmt: skip
+        finally:
+            files.onnx_qat_fp32.unlink(missing_ok=True)
+        variants.append(Variant("qat", files.onnx_qat_int8, lambda d: OnnxPredictor(files.onnx_qat_int8, d)))
     if "pruned" in x.variants:
         pruned, sparsity = prune_model(cfg, k, model)
         atomic_torch_save(files.pruned, {"model": pruned.state_dict(), "sparsity": sparsity})
@@ -230,30 +246,39 @@ def prune_model(cfg: Config, k: int, model: nn.Module) -> tuple[nn.Module, float
     pruned = copy.deepcopy(model)
     params = deploy.prune_global(pruned, cfg.export.sparsity)
     if cfg.export.prune_finetune_epochs > 0:
-        finetune(cfg, k, pruned)
+        finetune(cfg, k, pruned, cfg.export.prune_finetune_epochs, cfg.export.prune_finetune_lr, "pruned")
     deploy.make_permanent(params)
     return pruned.to("cpu").eval(), deploy.sparsity_of(pruned)
 
 
-def finetune(cfg: Config, k: int, model: nn.Module) -> None:
+def qat_model(cfg: Config, k: int, model: nn.Module) -> nn.Module:
+    """Fold k's model fine-tuned quantisation-aware (modeling/deploy.py: BatchNorm folded, int8 fake quantisation
+    of weights and activations) for export.qat_epochs at export.qat_lr x optim.lr on fold k's training rows, then
+    back to float layers whose weights sit on the int8 grid; on the CPU, in eval mode. `model` is left as it was."""
+    qat = deploy.fold_batchnorm(copy.deepcopy(model).to("cpu").eval())
+    hooks = deploy.prepare_qat(qat)
+    finetune(cfg, k, qat, cfg.export.qat_epochs, cfg.export.qat_lr, "qat")
+    return deploy.finish_qat(qat.to("cpu"), hooks)
+
+
+def finetune(cfg: Config, k: int, model: nn.Module, epochs: int, lr_share: float, what: str) -> None:
     """A short training run of `model` on fold k's training rows with train.py's own loop (augmentation, loss,
-    mixup, AMP as configured): export.prune_finetune_epochs epochs at export.prune_finetune_lr x optim.lr, no EMA,
-    nothing frozen, the validation rows untouched."""
-    x = cfg.export
+    mixup, AMP as configured): `epochs` epochs at `lr_share` x optim.lr, no EMA, nothing frozen, the validation
+    rows untouched."""
     ft = dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, pretrained=False, freeze_backbone_epochs=0),
-        optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr * x.prune_finetune_lr),
-        train=dataclasses.replace(cfg.train, epochs=x.prune_finetune_epochs, ema=False),
+        optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr * lr_share),
+        train=dataclasses.replace(cfg.train, epochs=epochs, ema=False),
     )
     s = setup_fold(ft, k)  # seeded for fold k; it builds a model of its own, unused here
     model.to(s.device)
     t = build_trainer(ft, model, s.n_batches, s.device, s.dtype)  # ft.train.ema is off: no EMA
     step = lambda m, b, c: supervised_step(m, b, c, s.mixer)  # noqa: E731
-    for epoch in range(x.prune_finetune_epochs):
+    for epoch in range(epochs):
         start_epoch(cfg, s, k, cfg.train.epochs + epoch)  # draws of their own, after the training epochs'
         loss = train_epoch(ft, s, model, t.optimizer, t.scheduler, t.scaler, None, step, epoch)
-        print(f"fold {k} pruned fine-tune epoch {epoch + 1}/{x.prune_finetune_epochs} train_loss {loss:.4f}")
+        print(f"fold {k} {what} fine-tune epoch {epoch + 1}/{epochs} train_loss {loss:.4f}")
     model.eval()
 
 

@@ -8,6 +8,7 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
                                          the averaged weights and best_epoch.pt, the same record)
     classes.json        Classes          Run.write_classes / read_classes
     cv.json             CVSummary        Run.write_cv / read_cv
+    fold<k>/normalization.json  FoldNormalization  FoldFiles.write_normalization / read_normalization
     weights.json        BlendWeights     Run.write_weights / read_weights
     export/export.json  ExportManifest   Run.write_export / read_export
     lineage.json        Lineage          Run.write_lineage / read_lineage
@@ -36,7 +37,7 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
         export/                         `export`: deployable forms of each fold's best.pt
             export.json                 per fold and variant: OOF score, parity with torch, file size, CPU img/s,
                                         the file's sha256 (and the checkpoint's it was exported from)
-            fold<k>/model.onnx model_int8.onnx model.ts pruned.pt
+            fold<k>/model.onnx model_int8.onnx model_dynamic_int8.onnx model_qat_int8.onnx model.ts pruned.pt
         fold<k>/                        FoldFiles
             best.pt  last.pt            weights to predict with; everything to resume exactly
             swa.pt avg_best_k.pt        train.swa / train.avg_best_k / cosine_restarts' snapshots: the averaged
@@ -45,6 +46,8 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
             averaging.json              each variant's make-up and score, and which one best.pt holds
             best_epoch.pt               the best epoch's weights when train.pick_averaged put an average in best.pt
             config.yaml                 the config this fold was trained under (cv.json is complete when they agree)
+            normalization.json          augment.mean/std: fold: the fold's training images' per-channel mean and std
+                                        (FoldNormalization), computed once, read by every stage that normalises
             history.json oof.csv        per-epoch metrics; the fold's OOF rows (written last: fold finished)
             train.lock                  held by the process training the fold (FoldLock)
             wandb_run_id.txt            the fold's wandb run, continued when the fold resumes (core/tracking.py)
@@ -104,6 +107,7 @@ LR_FIND_CACHE = "lr_find.json"
 BEST = "best.pt"
 LAST = "last.pt"
 HISTORY = "history.json"
+NORMALIZATION = "normalization.json"
 AVERAGING = "averaging.json"
 BEST_EPOCH = "best_epoch.pt"
 PSEUDO_LABELS = "pseudo_labels.csv"
@@ -111,6 +115,9 @@ EXPORT_DIR = "export"
 EXPORT_JSON = "export.json"
 ONNX = "model.onnx"
 ONNX_INT8 = "model_int8.onnx"
+ONNX_DYNAMIC_INT8 = "model_dynamic_int8.onnx"
+ONNX_QAT_INT8 = "model_qat_int8.onnx"
+ONNX_QAT_FP32 = "model_qat.onnx"  # the fine-tuned float model qat quantises; removed once quantised
 TORCHSCRIPT = "model.ts"
 PRUNED = "pruned.pt"
 SUBMISSION_LOG = "log.csv"
@@ -525,6 +532,27 @@ class BlendWeights:
 
 
 @dataclass
+class FoldNormalization:
+    """fold<k>/normalization.json (augment.mean/std: fold): per-channel mean and std of fold k's training images
+    on the 0..1 scale, at the size they are fed (image_size after the prediction-time resize), and what they were
+    computed from: the rows (a hash of their ids), the size, the channels."""
+
+    mean: list[float]
+    std: list[float]
+    image_size: int
+    in_chans: int
+    n_images: int
+    rows_hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> FoldNormalization:
+        return _from_dict(cls, d, mean=list, std=list)
+
+
+@dataclass
 class ExportedVariant:
     """One deployable form of a fold's model in export.json: its file (relative to the run folder) and that file's
     sha256, its OOF score on the fold's validation rows, its largest difference with torch, size and CPU speed."""
@@ -709,6 +737,17 @@ class FoldFiles:
     def lock(self) -> Path:
         return self.path / LOCK
 
+    @property
+    def normalization(self) -> Path:
+        return self.path / NORMALIZATION
+
+    def write_normalization(self, record: FoldNormalization) -> Path:
+        return atomic_write_json(self.normalization, record.to_dict())
+
+    def read_normalization(self) -> FoldNormalization:
+        return _read_record(self.normalization, FoldNormalization.from_dict,
+                            "train the fold (augment.mean/std: fold are computed when it trains)")  # fmt: skip
+
     def write_best(self, ckpt: Checkpoint) -> Path:
         return write_checkpoint(self.best, ckpt)
 
@@ -739,6 +778,9 @@ class ExportFiles:
 
     onnx = property(lambda self: self.path / ONNX)
     onnx_int8 = property(lambda self: self.path / ONNX_INT8)
+    onnx_dynamic_int8 = property(lambda self: self.path / ONNX_DYNAMIC_INT8)
+    onnx_qat_int8 = property(lambda self: self.path / ONNX_QAT_INT8)
+    onnx_qat_fp32 = property(lambda self: self.path / ONNX_QAT_FP32)
     torchscript = property(lambda self: self.path / TORCHSCRIPT)
     pruned = property(lambda self: self.path / PRUNED)
 

@@ -15,7 +15,9 @@ from omegaconf import MISSING
 
 from .runs import Run
 
-EXPORT_VARIANTS = ("torchscript", "onnx", "onnx_int8", "pruned")  # besides the fp32 torch model, always measured
+# Besides the fp32 torch model, always measured. qat fine-tunes (export.qat_epochs per fold): asked for by name only.
+EXPORT_VARIANTS = ("torchscript", "onnx", "onnx_int8", "dynamic_int8", "pruned", "qat")
+DEFAULT_EXPORT_VARIANTS = tuple(v for v in EXPORT_VARIANTS if v != "qat")
 
 
 @dataclass
@@ -70,6 +72,8 @@ class ModelConfig:
     backbone_lr_mult: float | None = None
     channels_last: bool | str = "auto"  # auto: on for CUDA, off on CPU
     compile: bool = False  # torch.compile the training model
+    init: str = "timm"  # new layers (the head): timm (as built) | xavier | kaiming (INITS in modeling/models.py)
+    coord_conv: bool = False  # two coordinate channels (x, y in -1..1) appended to the first convolution's input
     init_head: str = "prior"  # prior: logits start at the training fold's label prior (regression: the mean) | none
     # task=segmentation: the segmentation-models-pytorch architecture around the timm backbone (`tu-<backbone>`):
     # unet | unetplusplus | fpn | deeplabv3plus | linknet | manet | pan; decoder_channels unset: the architecture's
@@ -96,8 +100,10 @@ class AugmentConfig:
     cutmix_alpha: float = 0.0  # > 0 turns cutmix on
     mix_prob: float = 1.0
     switch_prob: float = 0.5
-    mean: list[float] | None = None  # None: the backbone's pretrained normalisation
-    std: list[float] | None = None
+    # None: the backbone's pretrained normalisation; a list (one value, three, or one per channel); fold: computed
+    # from fold k's training images when it trains (fold<k>/normalization.json), read back by every later stage
+    mean: Any = None
+    std: Any = None
 
 
 @dataclass
@@ -176,7 +182,7 @@ class PredictConfig:
 
 @dataclass
 class ExportConfig:
-    variants: list[str] = field(default_factory=lambda: list(EXPORT_VARIANTS))  # fp32 torch is always measured
+    variants: list[str] = field(default_factory=lambda: list(DEFAULT_EXPORT_VARIANTS))  # fp32 torch: always measured
     exporter: str = "dynamo"  # dynamo (torch.export; needs onnxscript) | torchscript (older tracer, quicker)
     opset: int = 18
     dynamic_size: bool = False  # ONNX height/width dynamic too (TTA scale_* views resize the input)
@@ -187,6 +193,8 @@ class ExportConfig:
     sparsity: float = 0.5  # pruned: share of conv/linear weights zeroed (global magnitude pruning)
     prune_finetune_epochs: int = 0  # pruned: epochs of fine-tuning with the zeros kept (0 = none)
     prune_finetune_lr: float = 0.1  # ... at this share of optim.lr
+    qat_epochs: int = 1  # qat: epochs of quantisation-aware fine-tuning on fold k's training rows
+    qat_lr: float = 0.05  # ... at this share of optim.lr
 
 
 @dataclass

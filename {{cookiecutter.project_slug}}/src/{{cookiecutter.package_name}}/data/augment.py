@@ -61,16 +61,27 @@ def list_presets() -> list[str]:
 # ----------------------------------------------------------------------------------------------- normalisation
 
 
+FOLD = "fold"  # augment.mean / augment.std: the fold's own training images' statistics
+
+
 def resolve_normalization(
-    cfg_aug: AugmentConfig, model_or_pretrained_cfg: Any, in_chans: int
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    cfg_aug: AugmentConfig, model_or_pretrained_cfg: Any, in_chans: int,
+    fold_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:  # fmt: skip
     """(mean, std) with one value per input channel, on the 0..1 pixel scale.
 
-    Explicit `augment.mean` / `augment.std` win; else the timm model's `pretrained_cfg` (a model, an smp model whose
-    timm encoder holds it, or the dict itself); else ImageNet's. Three values are averaged into one for grayscale
+    `augment.mean/std: fold`: `fold_stats`, the fold's (mean, std) (data.problem.fold_normalization computes them
+    at training, the run folder keeps them for every later stage). Explicit `augment.mean` / `augment.std` win;
+    else the timm model's `pretrained_cfg` (a model, an smp model whose timm encoder holds it, or the dict itself);
+    else ImageNet's. Three values are averaged into one for grayscale
     (timm sums the RGB stem weights for in_chans=1, so the grey input should look like the mean of the channels) and
     repeated for more channels.
     """
+    if cfg_aug.mean == FOLD:
+        if fold_stats is None:
+            raise ValueError("augment.mean/std: fold: the fold's statistics must be given (fold_stats)")
+        return _adapt_channels(fold_stats[0], in_chans, "augment.mean"), _adapt_channels(fold_stats[1], in_chans,
+                                                                                        "augment.std")  # fmt: skip
     pcfg = _pretrained_cfg(model_or_pretrained_cfg)
     mean = cfg_aug.mean if cfg_aug.mean is not None else pcfg.get("mean", IMAGENET_MEAN)
     std = cfg_aug.std if cfg_aug.std is not None else pcfg.get("std", IMAGENET_STD)
@@ -94,7 +105,13 @@ def _pretrained_cfg(obj: Any) -> dict:
 
 
 def check_normalization(cfg_aug: AugmentConfig, in_chans: int) -> None:
-    """Explicit `augment.mean` / `augment.std` fit `in_chans` (run at config load, before any model is built)."""
+    """Explicit `augment.mean` / `augment.std` fit `in_chans` (run at config load, before any model is built);
+    `fold` is given to both or neither."""
+    if (cfg_aug.mean == FOLD) != (cfg_aug.std == FOLD):
+        raise UserError(f"config keys 'augment.mean' and 'augment.std' are {cfg_aug.mean!r} and {cfg_aug.std!r}; "
+                        "'fold' goes to both (the fold's own mean and std) or neither")  # fmt: skip
+    if cfg_aug.mean == FOLD:
+        return
     for key, values in (("augment.mean", cfg_aug.mean), ("augment.std", cfg_aug.std)):
         if values is not None:
             adapted = _adapt_channels(values, in_chans, key)
@@ -103,6 +120,9 @@ def check_normalization(cfg_aug: AugmentConfig, in_chans: int) -> None:
 
 
 def _adapt_channels(values: Sequence[float], in_chans: int, key: str) -> tuple[float, ...]:
+    if isinstance(values, str | int | float) or not all(isinstance(v, int | float) for v in values):
+        raise UserError(f"config key '{key}' is {values!r}; expected numbers (one, three or model.in_chans), or "
+                        "fold")  # fmt: skip
     vals = [float(v) for v in values]
     if in_chans < 1:
         raise UserError(f"config key 'model.in_chans' must be >= 1, got {in_chans}")
@@ -129,12 +149,18 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        if len(mean) != len(std):
+        self.register_buffer("mean", torch.zeros(1, len(mean), 1, 1), persistent=False)
+        self.register_buffer("inv_std", torch.zeros(1, len(std), 1, 1), persistent=False)
+        self.load_(mean, std)
+
+    @torch.no_grad()
+    def load_(self, mean: Sequence[float], std: Sequence[float]) -> Normalize:
+        """Other statistics, in place (augment.mean/std: fold: each fold's own, in the loaders already built)."""
+        if len(mean) != len(std) or len(mean) != self.mean.shape[1]:
             raise UserError(f"normalisation has {len(mean)} mean values but {len(std)} std values")
-        self.register_buffer("mean", torch.tensor([255.0 * m for m in mean]).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer(
-            "inv_std", torch.tensor([1 / (255.0 * s) for s in std]).view(1, -1, 1, 1), persistent=False
-        )
+        self.mean.copy_(torch.tensor([255.0 * m for m in mean]).view(1, -1, 1, 1))
+        self.inv_std.copy_(torch.tensor([1 / (255.0 * s) for s in std]).view(1, -1, 1, 1))
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # One new tensor, then in place (a batch of 128 images at 224 px is 77 MB in float32), with the arithmetic

@@ -6,6 +6,7 @@ that bad input fails before a model is built; `build_fold_data` cuts it into fol
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,14 @@ import pandas as pd
 from torch.utils.data import Dataset, Sampler
 
 from ..core.errors import UserError
-from ..core.runs import Classes, atomic_write_csv, image_check_cache, write_derived, write_masks
+from ..core.runs import (
+    Classes,
+    FoldNormalization,
+    atomic_write_csv,
+    image_check_cache,
+    write_derived,
+    write_masks,
+)
 from ..core.runtime import available_cores
 from ..core.tasks import PIXEL_TASKS, TargetScale
 from .augment import build_transforms, source_size
@@ -142,6 +150,47 @@ def image_cache(cfg: Config, paths: list[Path]) -> ImageCache | None:
     workers = cfg.data.num_workers if cfg.data.num_workers != "auto" else available_cores()
     size = source_size(cfg.augment, cfg.model.in_chans)
     return open_cache(cfg.data.cache, paths, cfg.model.in_chans, size, cfg.data.cache_dir, int(workers))
+
+
+def _rows_hash(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def fold_statistics(cfg: Config, problem: Problem, fold: int) -> FoldNormalization:
+    """Per-channel mean and std (0..1 scale, population std over every pixel) of fold k's training images, each
+    decoded and resized as prediction feeds it (image_size, no augmentation): what the model's input looks like."""
+    rows, c = problem.rows(fold, valid=False), cfg.model.in_chans
+    tf = build_transforms(cfg.augment, False, c)
+    dataset = ImageDataset([problem.paths[i] for i in rows], None, tf, c, image_cache(cfg, problem.paths))
+    total, squares, pixels = np.zeros(c), np.zeros(c), 0
+    for i in range(len(dataset)):
+        image = dataset[i]["image"].numpy().reshape(-1, c).astype(np.float64) / 255.0
+        total += image.sum(0)
+        squares += (image * image).sum(0)
+        pixels += len(image)
+    mean = total / pixels
+    std = np.sqrt(np.maximum(squares / pixels - mean * mean, 0.0))
+    if (std <= 0).any():
+        raise UserError(f"augment.std: fold: fold {fold}'s training images are constant in a channel (std 0); give "
+                        "augment.mean/std as numbers")  # fmt: skip
+    return FoldNormalization(mean.tolist(), std.tolist(), cfg.augment.image_size, c, len(rows),
+                             _rows_hash([problem.ids[i] for i in rows]))  # fmt: skip
+
+
+def fold_normalization(cfg: Config, problem: Problem, fold: int) -> tuple[list[float], list[float]]:
+    """augment.mean/std: fold: fold k's (mean, std), computed once (`fold_statistics`) and kept in the run folder
+    (fold<k>/normalization.json); recomputed only when the rows, the image size or the channels it was computed
+    for have changed."""
+    files = cfg.run.fold(fold)
+    key = (cfg.augment.image_size, cfg.model.in_chans, _rows_hash([problem.ids[i] for i in problem.rows(fold, False)]))
+    if files.normalization.is_file():
+        saved = files.read_normalization()
+        if (saved.image_size, saved.in_chans, saved.rows_hash) == key:
+            return saved.mean, saved.std
+    stats = fold_statistics(cfg, problem, fold)
+    files.path.mkdir(parents=True, exist_ok=True)
+    files.write_normalization(stats)
+    return stats.mean, stats.std
 
 
 def build_fold_data(cfg: Config, problem: Problem, fold: int) -> FoldData:

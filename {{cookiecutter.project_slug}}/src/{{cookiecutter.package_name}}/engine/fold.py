@@ -23,12 +23,13 @@ from ..core.runtime import (
     world_size,
 )
 from ..core.tasks import TargetScale, num_outputs
-from ..data.augment import MixBatch, Normalize, build_mixup, resolve_normalization
+from ..data.augment import FOLD, MixBatch, Normalize, build_mixup, resolve_normalization
 from ..data.images import DeviceLoader, make_loader, set_epoch
 from ..data.problem import (
     FoldData,
     Problem,
     build_fold_data,
+    fold_normalization,
     load_problem,
 )
 from ..data.samplers import ShuffleSampler, build_sampler
@@ -101,7 +102,8 @@ def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetu
     channels_last = use_channels_last(cfg.model.channels_last, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    normalize = Normalize(*resolve_normalization(cfg.augment, model, cfg.model.in_chans)).to(device)
+    stats = fold_normalization(cfg, problem, fold) if cfg.augment.mean == FOLD else None
+    normalize = Normalize(*resolve_normalization(cfg.augment, model, cfg.model.in_chans, stats)).to(device)
     data = data or build_fold_data(cfg, problem, fold)
     set_epoch(data.train, cfg.seed, fold, 0)  # seeded before any pass (lr-find iterates without epochs)
     to_device = {"device": device, "normalize": normalize, "channels_last": channels_last}

@@ -30,7 +30,7 @@ from ..core.runtime import (
     use_channels_last,
 )
 from ..core.tasks import PIXEL_TASKS, TargetScale, num_outputs
-from ..data.augment import Normalize, resolve_normalization
+from ..data.augment import FOLD, Normalize, resolve_normalization
 from ..data.folds import expected_folds
 from ..data.images import DeviceLoader, make_loader
 from ..modeling import tta
@@ -155,7 +155,7 @@ def _mismatch(cfg: Config, path: Path, error: RuntimeError) -> str:
         saved = load_config(cfg.run.config).model
     except UserError:
         saved = None
-    keys = ("backbone", "in_chans", "drop_rate", "drop_path_rate")
+    keys = ("backbone", "in_chans", "drop_rate", "drop_path_rate", "coord_conv")
     changed = [k for k in keys if saved is not None and getattr(saved, k) != getattr(cfg.model, k)]
     if changed:
         was = ", ".join(f"model.{k}={getattr(saved, k)!r}" for k in changed)
@@ -211,18 +211,45 @@ def _onnx_model(cfg: Config, fold: int) -> Path:
     return exported_onnx(cfg, fold, cfg.predict.onnx_model)  # export.json vouches for it (parity, checkpoint, sha256)
 
 
-Feed = Callable[[Dataset], DeviceLoader]
+def fold_stats(cfg: Config, fold: int) -> tuple[list[float], list[float]]:
+    """augment.mean/std: fold: the statistics fold `fold` was trained with, as its training recorded them."""
+    saved = cfg.run.fold(fold).read_normalization()
+    return saved.mean, saved.std
+
+
+class Feed:
+    """`feed(dataset)`: a DeviceLoader of tta.batch_size for prediction, its images normalised as the model was
+    trained (its pretrained config, or augment.mean/std) and, with `channels_last`, in that memory format. With
+    augment.mean/std: fold, `use_fold(k)` sets fold k's statistics (from the run folder) in every loader it made;
+    fold_predictors' `load(k)` calls it. Until then such a loader refuses to run."""
+
+    def __init__(self, cfg: Config, model: nn.Module, device: torch.device, workers: int,
+                 channels_last: bool = False) -> None:  # fmt: skip
+        self.cfg, self.device, self.workers, self.channels_last = cfg, device, workers, channels_last
+        self.per_fold = cfg.augment.mean == FOLD
+        c = cfg.model.in_chans
+        stats = ([0.0] * c, [1.0] * c) if self.per_fold else None
+        self.normalize = Normalize(*resolve_normalization(cfg.augment, model, c, stats)).to(device)
+        self.fold: int | None = None
+
+    def use_fold(self, fold: int) -> None:
+        if self.per_fold and self.fold != fold:
+            self.normalize.load_(*fold_stats(self.cfg, fold))
+        self.fold = fold
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_fold and self.fold is None:
+            raise RuntimeError("augment.mean/std: fold: call use_fold(k) before predicting")
+        return self.normalize(x)
+
+    def __call__(self, dataset: Dataset) -> DeviceLoader:
+        return make_loader(dataset, self.cfg.tta.batch_size, False, self.workers, self.device, self._normalize,
+                           channels_last=self.channels_last)  # fmt: skip
 
 
 def feeder(cfg: Config, model: nn.Module, device: torch.device, workers: int, channels_last: bool = False) -> Feed:
-    """`feed(dataset)`: a DeviceLoader of tta.batch_size for prediction, its images normalised as `model` was
-    trained (its pretrained config, or augment.mean/std) and, with `channels_last`, in that memory format."""
-    normalize = Normalize(*resolve_normalization(cfg.augment, model, cfg.model.in_chans)).to(device)
-
-    def feed(dataset: Dataset) -> DeviceLoader:
-        return make_loader(dataset, cfg.tta.batch_size, False, workers, device, normalize, channels_last=channels_last)
-
-    return feed
+    """A Feed for `model`'s predictions (see Feed)."""
+    return Feed(cfg, model, device, workers, channels_last)
 
 
 def fold_predictors(cfg: Config, n_classes: int) -> tuple[Callable[[int], Predictor], Feed]:
@@ -235,24 +262,29 @@ def fold_predictors(cfg: Config, n_classes: int) -> tuple[Callable[[int], Predic
         with torch.device("meta"):
             model = build_model(cfg, num_outputs(cfg.task, n_classes), pretrained=False)
 
+        feed = feeder(cfg, model, device, workers)
+
         def load_onnx(k: int) -> Predictor:
             predictor = OnnxPredictor(_onnx_model(cfg, k), device)
             predictor.scale = cfg.run.fold(k).read_best().scale  # the fold's regression target scale
+            feed.use_fold(k)
             return predictor
 
-        return load_onnx, feeder(cfg, model, device, workers)
+        return load_onnx, feed
     model = build_model(cfg, num_outputs(cfg.task, n_classes), pretrained=False).to(device)
     channels_last = use_channels_last(cfg.model.channels_last, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     dtype = amp_dtype(cfg.train.amp, device)
+    feed = feeder(cfg, model, device, workers, channels_last)
 
     def load(k: int) -> Predictor:
         predictor = TorchPredictor(model, device, dtype)
         predictor.scale = load_fold_weights(cfg, model, k)
+        feed.use_fold(k)  # augment.mean/std: fold: fold k's statistics in every loader `feed` made
         return predictor
 
-    return load, feeder(cfg, model, device, workers, channels_last)
+    return load, feed
 
 
 ONNX_VARIANT = {"fp32": "onnx", "int8": "onnx_int8"}  # predict.onnx_model -> its variant

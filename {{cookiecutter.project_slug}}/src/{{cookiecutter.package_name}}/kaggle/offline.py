@@ -132,6 +132,8 @@ def stage_run(src: Run, dest: Run) -> Run:
         for name in PACKAGED_EXPORT:
             if (src.export_fold(k).path / name).is_file():
                 _link(src.export_fold(k).path / name, dest.export_fold(k).path / name)
+        if src.fold(k).normalization.is_file():  # augment.mean/std: fold: the fold's own statistics
+            shutil.copy2(src.fold(k).normalization, dest.fold(k).normalization)
         if src.fold(k).oof.is_file():  # marks the fold finished, as in the run it was packaged from
             shutil.copy2(src.fold(k).oof, dest.fold(k).oof)
     return dest
@@ -339,6 +341,8 @@ def _copy_run(run: Run, out: Run, folds: list[int]) -> None:
         out.fold(k).path.mkdir(exist_ok=True)
         shutil.copy2(run.fold(k).best, out.fold(k).best)
         shutil.copy2(run.fold(k).oof, out.fold(k).oof)
+        if run.fold(k).normalization.is_file():  # augment.mean/std: fold: the fold's own statistics
+            shutil.copy2(run.fold(k).normalization, out.fold(k).normalization)
         for name in PACKAGED_EXPORT if run.export_json.is_file() else ():
             if (run.export_fold(k).path / name).is_file():
                 out.export_fold(k).path.mkdir(parents=True, exist_ok=True)

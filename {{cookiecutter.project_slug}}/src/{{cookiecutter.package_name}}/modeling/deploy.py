@@ -8,6 +8,12 @@ that the result still predicts what the model did is the `export` stage's job.
   older tracing exporter, deprecated by torch but quicker, and a fallback for a model torch.export cannot take.
 - int8: onnxruntime's post-training static quantisation (QDQ format, int8 weights per channel, uint8
   activations) with ranges calibrated on batches of real training images.
+- dynamic int8: onnxruntime's quantize_dynamic: int8 weights (per channel), activations quantised on the fly from
+  each batch's own range (no calibration: nothing to go wrong on images unlike the training set, slower per image).
+- quantisation-aware training (qat): BatchNorm folded into the convolutions (torch.fx), then fake quantisation
+  (torch.ao.quantization.FakeQuantize: int8 symmetric per-channel weights, uint8 per-tensor activations at each
+  conv/linear input, as onnxruntime's static int8 quantises them) during a short fine-tune, so the weights learn to
+  live on the int8 grid; the fine-tuned model is then exported and quantised statically like onnx_int8.
 - pruning: torch.nn.utils.prune.global_unstructured with L1 magnitude over every conv and linear weight: the
   smallest weights of the whole network are zeroed, so layers that matter less give up more.
 """
@@ -109,6 +115,77 @@ def quantize_int8(
             prepared.unlink(missing_ok=True)
 
     return atomic_write(path, write)
+
+
+def quantize_dynamic_int8(onnx_path: Path, path: Path, per_channel: bool = True, dynamic_size: bool = False) -> Path:
+    """Dynamic int8 quantisation of the ONNX model at `onnx_path`: int8 weights, activation ranges computed per
+    batch at run time (onnxruntime's ConvInteger / MatMulInteger), so no calibration images."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    def write(tmp: str) -> None:
+        prepared = Path(tmp).with_name(Path(tmp).name + ".pre.onnx")
+        try:
+            quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=dynamic_size)
+            quantize_dynamic(str(prepared), tmp, weight_type=QuantType.QInt8, per_channel=per_channel)
+        finally:
+            prepared.unlink(missing_ok=True)
+
+    return atomic_write(path, write)
+
+
+QUANTIZED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # the layers int8 quantisation rewrites
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """`model` (eval mode) with every BatchNorm that follows a convolution folded into it (torch.fx), as onnxruntime
+    does before quantising: fake quantisation must see the weights that will be int8. A model torch.fx cannot
+    trace is returned as it is (its BatchNorm is then folded only at export, after the fine-tune)."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model.eval())
+    except Exception as e:  # torch.fx's symbolic tracing refuses data-dependent Python control flow
+        print(f"note: qat: BatchNorm not folded before fine-tuning ({type(e).__name__}: {str(e)[:120]})")
+        return model
+
+
+def prepare_qat(model: nn.Module) -> list:
+    """Fake quantisation on `model` in place: each conv/linear weight through an int8 symmetric per-channel
+    FakeQuantize (a parametrisation: the optimizer keeps updating the float weight, the forward pass sees it
+    rounded; gradients pass straight through), each conv/linear input through a uint8 per-tensor one (moving
+    min/max). Returns the handles `finish_qat` removes."""
+    from torch.ao.quantization import (
+        FakeQuantize,
+        MovingAverageMinMaxObserver,
+        MovingAveragePerChannelMinMaxObserver,
+    )
+    from torch.nn.utils import parametrize
+
+    hooks = []
+    for layer in [m for m in model.modules() if isinstance(m, QUANTIZED)]:
+        weight_fq = FakeQuantize(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-127, quant_max=127,
+                                 dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)  # fmt: skip
+        parametrize.register_parametrization(layer, "weight", weight_fq.to(layer.weight.device))
+        act_fq = FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
+                              qscheme=torch.per_tensor_affine).to(layer.weight.device)  # fmt: skip
+        layer.add_module("input_fake_quant", act_fq)
+        hooks.append(layer.register_forward_pre_hook(lambda m, args: (m.input_fake_quant(args[0]), *args[1:])))
+    return hooks
+
+
+def finish_qat(model: nn.Module, hooks: list) -> nn.Module:
+    """The fine-tuned model as plain float layers again, its weights left on the int8 grid they were trained on."""
+    from torch.nn.utils import parametrize
+
+    for h in hooks:
+        h.remove()
+    for layer in [m for m in model.modules() if isinstance(m, QUANTIZED)]:
+        if parametrize.is_parametrized(layer, "weight"):
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+        if hasattr(layer, "input_fake_quant"):
+            del layer.input_fake_quant
+    return model.eval()
 
 
 def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:

@@ -20,6 +20,7 @@ from timm.models import parse_model_name, split_model_name_tag
 from torch import nn
 
 from ..core.errors import UserError
+from ..core.registry import Registry
 from ..core.tasks import PIXEL_TASKS
 
 if TYPE_CHECKING:
@@ -137,7 +138,104 @@ def build_model(cfg: Config, n_outputs: int, pretrained: bool | None = None) -> 
             f"({type(e).__name__}); set model.pretrained=false, or place the weights in the Hugging Face cache "
             "(HF_HOME) on a machine with network first"
         ) from None
+    if m.coord_conv:
+        add_coord_channels(model, pretrained)
+    init_new_layers(model, m.init)
     return model
+
+
+# ----------------------------------------------------------------------------------------------- CoordConv
+
+
+class CoordConv2d(nn.Module):
+    """A convolution that sees two more input channels than it is given: the pixel's x and y, each from -1 (left,
+    top) to 1 (right, bottom) (Liu et al. 2018, "An intriguing failing of convolutional neural networks and the
+    CoordConv solution"). Built from the model's first convolution, whose weights it keeps for the image channels;
+    the coordinate channels start at zero for pretrained weights (the model computes what it did, and learns how
+    much position matters), else like the other channels. The coordinates are made from the input's own shape in
+    the forward pass: any batch and image size, and nothing to save in a checkpoint or an ONNX graph but the ops."""
+
+    def __init__(self, conv: nn.Conv2d, zero: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(conv.in_channels + 2, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)  # fmt: skip
+        if conv.groups != 1:
+            raise UserError("model.coord_conv: the first convolution is grouped; CoordConv needs an ordinary one")
+        with torch.no_grad():
+            w = self.conv.weight.to(conv.weight)
+            w[:, : conv.in_channels] = conv.weight
+            w[:, conv.in_channels :] = 0.0 if zero else torch.randn_like(w[:, conv.in_channels :]) * conv.weight.std()
+            self.conv.weight = nn.Parameter(w)
+            if conv.bias is not None:
+                self.conv.bias = nn.Parameter(conv.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, w = x.shape[0], x.shape[2], x.shape[3]  # indexed, not unpacked: torch.fx traces it (qat export)
+        ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
+        xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
+        return self.conv(torch.cat([x, xs, ys], dim=1))
+
+
+def first_conv_name(model: nn.Module) -> str:
+    """The qualified name of the convolution that takes the image: timm's pretrained_cfg names it (`conv1.0`,
+    `conv_stem`, `patch_embed.proj`...; inside an smp model under `encoder.model.`), else the first Conv2d."""
+    for prefix, holder in (("", model), ("encoder.model.", getattr(getattr(model, "encoder", None), "model", None))):
+        name = (getattr(holder, "pretrained_cfg", None) or {}).get("first_conv")
+        if isinstance(name, str) and isinstance(model.get_submodule(prefix + name), nn.Conv2d | CoordConv2d):
+            return prefix + name
+    name = next((n for n, mod in model.named_modules() if isinstance(mod, nn.Conv2d)), None)
+    if name is None:
+        raise UserError(f"model.coord_conv: {type(model).__name__} has no convolution to add coordinates to")
+    return name
+
+
+def add_coord_channels(model: nn.Module, pretrained: bool) -> nn.Module:
+    """model.coord_conv: the first convolution replaced by a CoordConv2d (in place)."""
+    name = first_conv_name(model)
+    model.set_submodule(name, CoordConv2d(model.get_submodule(name), zero=pretrained))
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- new layers' init
+
+# model.init: how the layers the backbone did not bring (the classifier head; an smp model's decoder and
+# segmentation head) start. timm: as timm (or smp) built them; xavier: Glorot uniform; kaiming: He normal (fan_in,
+# ReLU gain). Biases start at zero except with timm. model.init_head=prior then moves each output layer to the
+# label prior (its weights scaled to zero): with the prior on, model.init decides the head's hidden layers only.
+INITS: Registry = Registry("model init")
+
+
+@INITS.register("timm")
+def _init_timm(weight: torch.Tensor) -> None:
+    pass
+
+
+@INITS.register("xavier")
+def _init_xavier(weight: torch.Tensor) -> None:
+    nn.init.xavier_uniform_(weight)
+
+
+@INITS.register("kaiming")
+def _init_kaiming(weight: torch.Tensor) -> None:
+    nn.init.kaiming_normal_(weight, mode="fan_in", nonlinearity="relu")
+
+
+@torch.no_grad()
+def init_new_layers(model: nn.Module, how: str) -> int:
+    """Every Linear and convolution of the head (head_modules) initialised by `how` (INITS); returns how many."""
+    init, n = INITS.get(how), 0
+    if how == "timm":
+        return 0
+    for head in head_modules(model):
+        if head is unwrap(model) and not is_segmentation_model(model):
+            continue  # a model without a classifier head is all head: its backbone keeps its own init
+        for layer in head.modules():
+            if isinstance(layer, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+                init(layer.weight)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+                n += 1
+    return n
 
 
 # The backbone's LR relative to the head's when model.backbone_lr_mult is unset and the backbone is pretrained: its

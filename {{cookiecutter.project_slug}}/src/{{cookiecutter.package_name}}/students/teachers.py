@@ -174,7 +174,9 @@ def predict_fold(
     scale = load_fold_weights(tcfg, model, fold)
     tf = build_transforms(tcfg.augment, False, tcfg.model.in_chans)
     dataset = ImageDataset(paths, None, tf, tcfg.model.in_chans, image_cache(tcfg, paths))
-    loader = feeder(tcfg, model, device, workers)(dataset)
+    feed = feeder(tcfg, model, device, workers)
+    feed.use_fold(fold)  # augment.mean/std: fold: the teacher fold's own statistics
+    loader = feed(dataset)
     dtype, desc = amp_dtype(cfg.train.amp, device), f"teacher {tcfg.exp} fold {fold}"
     out = predict_loader(model, loader, tcfg.task, device, dtype, views, tcfg.tta.merge, activation, desc, scale)
     return out.reshape(len(paths), -1)
