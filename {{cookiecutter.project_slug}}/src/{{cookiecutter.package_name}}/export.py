@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .config import Config, metric_name
-from .core.runs import ExportedFold, ExportedVariant, ExportManifest, Run, atomic_torch_save, checksum
+from .core.runs import ExportedFold, ExportedVariant, ExportManifest, Run, atomic_torch_save, checksum, maps_uint8
 from .core.runtime import amp_dtype, compute_setup
 from .core.tasks import PIXEL_TASKS, TargetScale, num_outputs
 from .core.tracking import Tracker
@@ -190,7 +190,7 @@ def export_fold(
         oof = predict_loader(v.make(device), loader, cfg.task, desc=f"fold {k} {v.name}")
         frame = pred_frame(data.valid_ids, oof, problem.classes, cfg.data.id_col)
         frame.insert(1, "fold", k)
-        preds[v.name] = (frame, np.rint(np.clip(oof, 0, 1) * 255).astype(np.uint8) if oof.ndim == 4 else oof)
+        preds[v.name] = (frame, maps_uint8(oof) if oof.ndim == 4 else oof)
         diff = float(np.abs(probs - reference).max())
         content = v.path.read_bytes()
         entry.variants[v.name] = ExportedVariant(

@@ -260,9 +260,14 @@ def masks_file(table: Path) -> Path:
     return table.with_name(table.stem + MASKS_SUFFIX)
 
 
+def maps_uint8(probs: np.ndarray) -> np.ndarray:
+    """Probability maps in [0, 1] as they are stored: uint8 round(p * 255) (uint8 maps are returned as they are)."""
+    return probs if probs.dtype == np.uint8 else np.rint(np.clip(probs, 0, 1) * 255).astype(np.uint8)
+
+
 def write_masks(table: Path, ids: list[str], probs: np.ndarray) -> Path:
     """The maps (N, C, H, W) of probabilities in [0, 1] (or uint8 already) beside the prediction table `table`."""
-    maps = probs if probs.dtype == np.uint8 else np.rint(np.clip(probs, 0, 1) * 255).astype(np.uint8)
+    maps = maps_uint8(probs)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:

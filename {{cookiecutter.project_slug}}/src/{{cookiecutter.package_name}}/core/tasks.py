@@ -8,8 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-
 TASKS = ("multiclass", "binary", "multilabel", "regression", "segmentation")
 SIGMOID_TASKS = ("binary", "multilabel")  # independent sigmoid outputs, labels by a threshold
 # One mask per class, (N, C, H, W): independent sigmoid maps (exclusive classes too: the submission keeps one class
@@ -17,17 +15,6 @@ SIGMOID_TASKS = ("binary", "multilabel")  # independent sigmoid outputs, labels 
 PIXEL_TASKS = ("segmentation",)
 CLASSIFICATION_TASKS = ("multiclass", "binary", "multilabel")  # predictions are probabilities
 SINGLE_OUTPUT_TASKS = ("binary", "regression")  # one output, one prediction column: (N,) arrays in the metrics
-
-
-# The stages that blend or learn from prediction tables of one row per image, not from maps yet.
-TABLE_ONLY_STAGES = ("pseudo", "distill")
-
-
-def check_stage_takes(task: str, stage: str) -> None:
-    """A stage that cannot honour segmentation maps yet stops in one line rather than blend per-image summaries."""
-    if task in PIXEL_TASKS and stage in TABLE_ONLY_STAGES:
-        raise UserError(f"{stage} takes class and value predictions; task={task} (probability maps) is not supported "
-                        "by it yet: blend or distil segmentation models outside this pipeline for now")  # fmt: skip
 
 
 def num_outputs(task: str, n_classes: int) -> int:

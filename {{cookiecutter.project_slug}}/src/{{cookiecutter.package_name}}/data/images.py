@@ -24,7 +24,10 @@ class ImageDataset(Dataset):
     """Yields {"image": HWC uint8 tensor, "target": task target, "index": row} (+ any `extras` arrays by name).
     Segmentation: `masks(i, (H, W))` gives row i's masks, HWC uint8 0/1; they go through the transforms with the
     image (albumentations moves a `mask` with every geometric step, nearest-neighbour) and the target is their
-    (C, H, W) uint8 stack.
+    (C, H, W) uint8 stack, or float32 mask / `mask_scale` when that is set (soft masks: uint8 0..255 probabilities
+    with mask_scale 255, next to 0/1 masks made float32 with mask_scale 1 so that both collate into one batch).
+    `maps` (name -> callable like `masks`, e.g. a teacher's logits) move with the image the same way (albumentations
+    `masks`) and are yielded by name as float32 (C, H, W).
     HWC as the transforms leave it: the batch is laid out NCHW on the device (DeviceLoader), not here, image by
     image (a copy in every worker, 8% of an image's decoding and resizing at 224 px).
 
@@ -42,11 +45,14 @@ class ImageDataset(Dataset):
         cache: ImageCache | None = None,
         extras: dict[str, np.ndarray] | None = None,
         masks: Callable[[int, tuple[int, int]], np.ndarray] | None = None,
+        mask_scale: float | None = None,
+        maps: dict[str, Callable[[int, tuple[int, int]], np.ndarray]] | None = None,
     ) -> None:
         if in_chans not in (1, 3):
             raise UserError(f"model.in_chans={in_chans}: images are read as 1 (grayscale) or 3 (RGB) channels")
         self.paths, self.targets, self.transform, self.in_chans = list(paths), targets, transform, in_chans
         self.cache, self.extras, self.masks = cache, extras or {}, masks
+        self.mask_scale, self.maps = mask_scale, maps or {}
         self.augment_key = torch.full((4,), -1, dtype=torch.int64).share_memory_()  # seed, fold, epoch, part
 
     def __len__(self) -> int:
@@ -63,21 +69,32 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image = self.read(i)
-        mask = self.masks(i, image.shape[:2]) if self.masks is not None else None
+        shape = image.shape[:2]
+        mask = self.masks(i, shape) if self.masks is not None else None
+        maps = [get(i, shape) for get in self.maps.values()]
         if self.transform is not None:
             self._seed_transform(i)
-            out = self.transform(image=image) if mask is None else self.transform(image=image, mask=mask)
-            image, mask = out["image"], out.get("mask")
+            spatial = ({} if mask is None else {"mask": mask}) | ({"masks": maps} if maps else {})
+            out = self.transform(image=image, **spatial)
+            image, mask, maps = out["image"], out.get("mask"), list(out.get("masks", maps))
         image = image[..., None] if image.ndim == 2 else image
         item = {"image": torch.from_numpy(np.ascontiguousarray(image)), "index": i}
         if mask is not None:
-            mask = mask[..., None] if mask.ndim == 2 else mask
-            item["target"] = torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1)))
+            target = _chw(mask)
+            item["target"] = target if self.mask_scale is None else target.float() / self.mask_scale
         elif self.targets is not None:
             item["target"] = torch.as_tensor(self.targets[i])
         for name, values in self.extras.items():
             item[name] = torch.as_tensor(values[i])
+        for name, m in zip(self.maps, maps, strict=True):
+            item[name] = _chw(m).float()
         return item
+
+
+def _chw(mask: np.ndarray) -> torch.Tensor:
+    """An HW or HWC mask as a (C, H, W) tensor."""
+    mask = mask[..., None] if mask.ndim == 2 else mask
+    return torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1)))
 
 
 def set_epoch(dataset: Dataset, seed: int, fold: int, epoch: int) -> None:

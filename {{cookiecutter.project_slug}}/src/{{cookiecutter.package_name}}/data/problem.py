@@ -93,9 +93,35 @@ class RowMasks:
         return self.source.read(int(self.rows[j]), shape)
 
 
-def resize_masks(mask: np.ndarray, size: int) -> np.ndarray:
-    """HWC 0/1 masks -> (size, size, C), nearest neighbour: albumentations' Resize does the same to a `mask`."""
-    out = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+@dataclass
+class StoredMaps:
+    """A Dataset's row j -> maps[j], (C, h, w) maps stored at the training size (a teacher's uint8 probabilities
+    or float logits), laid back on the image's own pixels (nearest neighbour), HWC: the transforms then move and
+    resize them with the image as they do a mask. Up by an integer factor and down again by the same, nearest
+    neighbour gives back the stored map exactly."""
+
+    maps: np.ndarray
+
+    def __call__(self, j: int, shape: tuple[int, int]) -> np.ndarray:
+        m = self.maps[j].transpose(1, 2, 0)
+        return resize_masks(m if m.dtype in (np.uint8, np.float32) else m.astype(np.float32), shape)
+
+
+@dataclass
+class EmptyMasks:
+    """Row j -> C empty masks: the masks of rows that have none (unlabelled), so that their batches collate."""
+
+    n_classes: int
+
+    def __call__(self, j: int, shape: tuple[int, int]) -> np.ndarray:
+        return np.zeros((*shape, self.n_classes), np.uint8)
+
+
+def resize_masks(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """HWC masks -> (size, size, C) or (height, width, C), nearest neighbour: albumentations' Resize does the same
+    to a `mask`."""
+    h, w = (size, size) if isinstance(size, int) else size
+    out = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
     return out[..., None] if out.ndim == 2 else out
 
 

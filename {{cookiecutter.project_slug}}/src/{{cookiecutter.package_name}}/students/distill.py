@@ -7,8 +7,11 @@ fold k's teacher models only (teachers.py: finding them, the provenance checks, 
 The ensemble teacher's logits are the weighted mean of its members' fold-k logits, computed once, without TTA.
 
 Loss: alpha * T^2 * KL(p_teacher,T || p_student,T) + (1 - alpha) * task loss (multiclass); the sigmoid/BCE analogue
-for binary and multilabel; MSE to the teacher's value for regression (losses.distillation_loss).
-With `distill.use_test` the test images join training with the teacher's soft outputs only (no task loss on them).
+for binary and multilabel, per pixel for segmentation; MSE to the teacher's value for regression
+(losses.distillation_loss). Segmentation: the teacher's logit maps (at the training size, float16 in the cache) are
+laid on each training image's pixels and augmented with it, as its masks are (ImageDataset `maps`).
+With `distill.use_test` the test images join training with the teacher's soft outputs only (no task loss on them;
+segmentation: empty masks, never scored).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from torch.utils.data import ConcatDataset
 from ..config import Config
 from ..core.errors import UserError
 from ..core.runs import CVSummary
-from ..core.tasks import check_stage_takes
-from ..data.problem import FoldData, Problem, build_fold_data, load_problem
+from ..core.tasks import PIXEL_TASKS
+from ..data.problem import EmptyMasks, FoldData, Problem, StoredMaps, build_fold_data, load_problem
 from ..engine.fold import Step
 from ..modeling.losses import distillation_loss
 from .teachers import (
@@ -69,17 +72,27 @@ def build_distill_fold(cfg: Config, problem: Problem, fold: int, leaves: dict[st
     teach = teacher_logits(cfg, leaves, fold, ids, "train")
     teach.check_fold(fold)
     teacher_out = _in_student_units(teach.values, problem, fold, cfg.task)
-    data.train.extras.update(teacher=teacher_out, labelled=np.ones(len(ids), np.float32))
+    pixels = cfg.task in PIXEL_TASKS
+    if pixels:  # maps move with the image
+        data.train.maps["teacher"] = StoredMaps(teacher_out)
+        data.train.extras["labelled"] = np.ones(len(ids), np.float32)
+    else:
+        data.train.extras.update(teacher=teacher_out, labelled=np.ones(len(ids), np.float32))
     record: dict = {"train_rows": len(ids), "sources": teach.sources, "test_rows": 0}
     if not cfg.distill.use_test:
         return data, record
     test = unlabelled_images(cfg)  # the test set
     soft = teacher_logits(cfg, leaves, fold, test.ids, "test")
     soft.check_fold(fold)
-    dummy = np.zeros((len(test.ids), *problem.y.shape[1:]), problem.y.dtype)  # never scored: labelled = 0
-    labelled = np.zeros(len(test.ids), np.float32)
+    labelled = np.zeros(len(test.ids), np.float32)  # never scored: their targets are dummies
     soft_out = _in_student_units(soft.values, problem, fold, cfg.task)
-    test_rows = student_rows(cfg, test.paths, dummy, teacher=soft_out, labelled=labelled)
+    if pixels:
+        maps = {"teacher": StoredMaps(soft_out)}
+        test_rows = student_rows(cfg, test.paths, None, masks=EmptyMasks(len(problem.classes)), maps=maps,
+                                 labelled=labelled)  # fmt: skip
+    else:
+        dummy = np.zeros((len(test.ids), *problem.y.shape[1:]), problem.y.dtype)
+        test_rows = student_rows(cfg, test.paths, dummy, teacher=soft_out, labelled=labelled)
     record.update(test_rows=len(test.ids), test_sources=soft.sources)
     # The class-balancing sampler knows the labelled rows only; the test rows are drawn like the rest.
     return dataclasses.replace(data, train=ConcatDataset([data.train, test_rows]), sampler_labels=None), record
@@ -95,7 +108,6 @@ def run_distill(
 ) -> CVSummary:
     """Train the student `cfg` on every fold (or `folds`) from `teachers` (default: distill.teachers);
     outputs/<exp>/ gets the usual experiment files plus lineage.json. Returns the cv.json summary."""
-    check_stage_takes(cfg.task, "distill")
     names = list(teachers) or list(cfg.distill.teachers)
     if not names:
         raise UserError("distill needs a teacher: --teacher EXP [EXP ...] or config key 'distill.teachers'")

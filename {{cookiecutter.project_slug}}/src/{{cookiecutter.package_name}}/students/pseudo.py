@@ -10,10 +10,15 @@ blend is blended on values, as ranks are no labels; tuned weights saw every fold
 Selected rows join fold k's training set only; its validation rows stay untouched (teacher outputs: teachers.py).
 
 Selection, per fold. Confidence: the top class probability (multiclass), max(p, 1 - p) (binary), that of the least
-certain label (multilabel). A row's class: the argmax (multiclass), the 0/1 label (binary), its rarest predicted label
-(multilabel). Keep rows with confidence >= `threshold` that are among the `top_fraction` most confident rows of their
-class (rounded up), then at most `max_per_class` per class. Regression keeps every row (it has no confidence).
+certain label (multilabel), the mean over pixels (and classes) of max(p, 1 - p) (segmentation). A row's class: the
+argmax (multiclass), the 0/1 label (binary), its rarest predicted label (multilabel; segmentation: of the classes
+with a pixel at p >= 0.5, "(none)" for an image predicted empty). Keep rows with confidence >= `threshold` that
+are among the `top_fraction` most confident rows of their class (rounded up), then at most `max_per_class` per class.
+Regression keeps every row (it has no confidence).
 Targets: `soft` = the teacher's probabilities; hard = one-hot argmax / 0-1 labels; regression = the teacher's value.
+Segmentation: the teacher fold's maps as `predict` stored them (uint8 p * 255 at the training size), hard = 0/1 at
+p >= 0.5; laid on each image's pixels and augmented with it as its mask, the target p in [0, 1] (float32, as the
+labelled rows' 0/1 masks then are too).
 
 Training: each batch holds round(batch_size * batch_ratio) pseudo rows, the rest labelled (RatioBatchSampler; an
 epoch covers the labelled rows once; batch_ratio 0 shuffles pseudo rows in with the rest). Loss = task loss on the
@@ -38,10 +43,10 @@ from torch.utils.data import ConcatDataset, Sampler
 
 from ..config import Config
 from ..core.errors import UserError
-from ..core.runs import CVSummary, atomic_write_csv
-from ..core.tasks import check_stage_takes, num_outputs
+from ..core.runs import CVSummary, atomic_write_csv, write_masks
+from ..core.tasks import PIXEL_TASKS, num_outputs
 from ..data.augment import build_mixup
-from ..data.problem import FoldData, Problem, build_fold_data, load_problem, pred_frame
+from ..data.problem import FoldData, Problem, StoredMaps, build_fold_data, load_problem, pred_frame
 from ..engine.fold import Step
 from .teachers import (
     Log,
@@ -57,7 +62,13 @@ from .teachers import (
 
 
 def confidence_and_class(pred: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: how sure the teacher is, and the class the row counts for (see the module docstring)."""
+    """Per row: how sure the teacher is, and the class the row counts for (see the module docstring).
+    Segmentation: `pred` are uint8 maps (N, C, H, W), p * 255."""
+    if task in PIXEL_TASKS:
+        maps = np.asarray(pred)
+        conf = np.array([np.maximum(m, 255 - m).mean(dtype=np.float64) / 255 for m in maps])  # image by image
+        _, group = confidence_and_class(maps.max(axis=(2, 3)) / 255, "multilabel")
+        return conf, group
     p = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
     if task == "multiclass":
         return p.max(1), p.argmax(1)
@@ -72,9 +83,8 @@ def confidence_and_class(pred: np.ndarray, task: str) -> tuple[np.ndarray, np.nd
 
 
 def class_names(task: str, classes: list[str]) -> list[str]:
-    return {"multiclass": classes, "binary": ["negative", "positive"], "multilabel": [*classes, "(none)"]}.get(
-        task, ["all"]
-    )
+    names = {"multiclass": classes, "binary": ["negative", "positive"], "multilabel": [*classes, "(none)"]}
+    return names.get("multilabel" if task in PIXEL_TASKS else task, ["all"])
 
 
 def select_pseudo(
@@ -95,7 +105,11 @@ def select_pseudo(
 
 
 def pseudo_targets(pred: np.ndarray, task: str, soft: bool) -> np.ndarray:
-    """Training targets from teacher predictions: (N, C) multiclass/multilabel, (N,) binary/regression, float32."""
+    """Training targets from teacher predictions: (N, C) multiclass/multilabel, (N,) binary/regression, float32;
+    segmentation: uint8 maps (N, C, H, W) as stored, p * 255 (hard: 0 or 255 at p >= 0.5)."""
+    if task in PIXEL_TASKS:
+        maps = np.asarray(pred, dtype=np.uint8)
+        return maps if soft else np.where(maps >= 128, 255, 0).astype(np.uint8)  # round(0.5 * 255) = 128
     p = np.asarray(pred, dtype=np.float32).reshape(len(pred), -1)
     if task == "multiclass":
         return p if soft else np.eye(p.shape[1], dtype=np.float32)[p.argmax(1)]
@@ -204,7 +218,8 @@ def build_pseudo_fold(
             f"(the most confident teacher prediction: {conf.max():.4f}); lower pseudo.threshold below that"
         )
     targets = pseudo_targets(teach.values[chosen], task, p.soft)
-    names = class_names(task, classes)
+    names, pixels = class_names(task, classes), task in PIXEL_TASKS
+    ids = [unl.ids[i] for i in chosen]
     record = {
         "sources": teach.sources,
         "unlabelled": len(unl.ids),
@@ -212,17 +227,24 @@ def build_pseudo_fold(
         "candidates_per_class": {n: int((group == g).sum()) for g, n in enumerate(names)},
         "pseudo_per_class": {n: int((group[chosen] == g).sum()) for g, n in enumerate(names)},
     }
-    table = pred_frame([unl.ids[i] for i in chosen], targets, classes, cfg.data.id_col)
+    path = cfg.run.fold(fold).pseudo_labels
+    if pixels:  # the maps beside the table (pseudo_labels_masks.npz), the table their largest p per class
+        write_masks(path, ids, targets)
+    table = pred_frame(ids, targets.max(axis=(2, 3)) / 255 if pixels else targets, classes, cfg.data.id_col)
     table.insert(1, "class", [names[g] for g in group[chosen]])
     table.insert(2, "confidence", conf[chosen])
-    atomic_write_csv(cfg.run.fold(fold).pseudo_labels, table)
+    atomic_write_csv(path, table)
     log(f"fold {fold}: {len(chosen)} of {len(unl.ids)} unlabelled images pseudo-labelled by {teach.sources}")
     if len(chosen) == 0:
         return data, record
-    data.train.targets = labelled_targets(data.train.targets, task, len(classes))
     data.train.extras["pseudo"] = np.zeros(len(data.train), np.float32)
-    flag = np.ones(len(chosen), np.float32)
-    rows = student_rows(cfg, [unl.paths[i] for i in chosen], targets, pseudo=flag)
+    flag, paths = np.ones(len(chosen), np.float32), [unl.paths[i] for i in chosen]
+    if pixels:  # 0/1 masks and soft masks, both float32
+        data.train.mask_scale = 1.0
+        rows = student_rows(cfg, paths, None, masks=StoredMaps(targets), mask_scale=255.0, pseudo=flag)
+    else:
+        data.train.targets = labelled_targets(data.train.targets, task, len(classes))
+        rows = student_rows(cfg, paths, targets, pseudo=flag)
     sampler = None
     if p.batch_ratio > 0:
         sampler = RatioBatchSampler(len(data.train), len(chosen), cfg.train.batch_size, p.batch_ratio, cfg.seed + fold)
@@ -269,7 +291,6 @@ def run_pseudo(
 ) -> dict:
     """`pseudo.rounds` rounds from `teacher` (default: pseudo.teacher); returns the last round's cv.json summary
     (`summary`) and `rounds`: [{round, exp, teacher, cv}]."""
-    check_stage_takes(cfg.task, "pseudo")
     teacher = teacher or cfg.pseudo.teacher
     if not teacher:
         raise UserError("pseudo needs a teacher: --teacher EXP or config key 'pseudo.teacher'")

@@ -24,12 +24,14 @@ from ..core.runs import (
     Lineage,
     Run,
     atomic_save_npz,
+    maps_uint8,
     read_derived,
+    read_masks,
     read_pred_csv,
     stamp,
 )
 from ..core.runtime import amp_dtype, compute_setup, world_size
-from ..core.tasks import num_outputs
+from ..core.tasks import PIXEL_TASKS, num_outputs
 from ..cv import summarize
 from ..data.augment import build_transforms
 from ..data.decode import IMAGE_EXTS, image_paths
@@ -55,7 +57,9 @@ class TeacherOutput:
     """Teacher outputs for some images, and the fold models they were computed with (the provenance)."""
 
     ids: list[str]
-    values: np.ndarray  # (N, outputs): logits (distillation) or predictions in the task's format (pseudo labels)
+    # (N, outputs): logits (distillation) or predictions in the task's format (pseudo labels); segmentation maps
+    # (N, C, H, W) at the training size: float16 logits, or uint8 probabilities as the run stores them (round(p*255))
+    values: np.ndarray
     sources: list[Source]
 
     def check_fold(self, fold: int) -> None:
@@ -165,8 +169,8 @@ def predict_fold(
     cfg: Config, tcfg: Config, fold: int, paths: list[Path], views: Sequence[str] = ("identity",), activation=False
 ) -> np.ndarray:
     """(N, outputs) of teacher `tcfg`'s fold-`fold` model on `paths`: logits, or TTA-merged predictions (regression:
-    values in the target's units, whatever scale the teacher learnt them in). The teacher's model settings, this
-    run's device, threads, workers and precision."""
+    values in the target's units, whatever scale the teacher learnt them in); segmentation: (N, C, H, W) maps at
+    the teacher's training size. The teacher's model settings, this run's device, threads, workers and precision."""
     device, workers = compute_setup(cfg.device, cfg.threads, cfg.data.num_workers)
     n_out = num_outputs(tcfg.task, len(tcfg.run.read_classes().classes))
     model = build_model(tcfg, n_out, pretrained=False).to(device)
@@ -179,17 +183,18 @@ def predict_fold(
     loader = feed(dataset)
     dtype, desc = amp_dtype(cfg.train.amp, device), f"teacher {tcfg.exp} fold {fold}"
     out = predict_loader(model, loader, tcfg.task, device, dtype, views, tcfg.tta.merge, activation, desc, scale)
-    return out.reshape(len(paths), -1)
+    return out if tcfg.task in PIXEL_TASKS else out.reshape(len(paths), -1)
 
 
-def cached(path: Path, ids: list[str], key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """`compute()` once; reused while the ids and the key (teachers, checkpoints, views) are the same."""
+def cached(path: Path, ids: list[str], key: dict, compute: Callable[[], np.ndarray], dtype=np.float32) -> np.ndarray:
+    """`compute()` once, stored as `dtype`; reused while the ids and the key (teachers, checkpoints, views) are the
+    same."""
     text = json.dumps(key, sort_keys=True)
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             if str(z["key"]) == text and z["ids"].tolist() == list(ids):
                 return z["values"]
-    values = np.asarray(compute(), dtype=np.float32)
+    values = np.asarray(compute(), dtype=dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_npz(path, ids=np.asarray(ids, dtype=str), values=values, key=np.asarray(text))
     return values
@@ -198,7 +203,9 @@ def cached(path: Path, ids: list[str], key: dict, compute: Callable[[], np.ndarr
 def teacher_logits(cfg: Config, leaves: dict[str, float], fold: int, ids: list[str], split: str) -> TeacherOutput:
     """The weighted mean of the leaves' fold-`fold` logits on images `ids` of `split` (train | test), cached
     (without TTA) in outputs/<student>/teacher/fold<k>[_test].npz. Regression teachers give values in the target's
-    units (each learnt in its own fold's scale); the student standardises them with its own (distill.py)."""
+    units (each learnt in its own fold's scale); the student standardises them with its own (distill.py).
+    Segmentation: (N, C, H, W) logit maps at the training size, kept as float16 (half the memory of float32, and
+    3 significant digits are more than a soft target needs)."""
     tcfgs = {e: teacher_config(cfg, e) for e in leaves}
     stamps = [[e, w, stamp(checkpoint(tcfgs[e], fold))] for e, w in leaves.items()]
     values = cfg.task == "regression"
@@ -210,7 +217,8 @@ def teacher_logits(cfg: Config, leaves: dict[str, float], fold: int, ids: list[s
         return np.sum(parts, axis=0)
 
     name = f"fold{fold}" if split == "train" else f"fold{fold}_{split}"
-    values = cached(cfg.run.teacher_cache(name), ids, key, compute)
+    dtype = np.float16 if cfg.task in PIXEL_TASKS else np.float32
+    values = cached(cfg.run.teacher_cache(name), ids, key, compute, dtype)
     return TeacherOutput(list(ids), values, [(e, fold) for e in leaves])
 
 
@@ -218,12 +226,14 @@ def _predicted(cfg: Config, tcfg: Config, fold: int, ids: list[str], paths: list
     views = list(tcfg.tta.views) if cfg.pseudo.tta else ["identity"]
     key = {"split": split, "fold": fold, "views": views, "model": stamp(checkpoint(tcfg, fold))}
     path = cfg.run.teacher_cache(f"{tcfg.exp}_fold{fold}_{split}")
+    if tcfg.task in PIXEL_TASKS:  # maps as the run stores them
+        return cached(path, ids, key, lambda: maps_uint8(predict_fold(cfg, tcfg, fold, paths, views, True)), np.uint8)
     return cached(path, ids, key, lambda: predict_fold(cfg, tcfg, fold, paths, views, activation=True))
 
 
 def _test_predictions(cfg: Config, tcfg: Config, fold: int, ids: list[str], log: Log) -> np.ndarray:
     """Fold `fold`'s TTA-merged test predictions, as `predict` saved them: made again when missing or made with
-    other views or another checkpoint than the teacher has now."""
+    other views or another checkpoint than the teacher has now. Segmentation: the uint8 maps saved beside them."""
     if not cfg.pseudo.tta:
         return _predicted(cfg, tcfg, fold, ids, split_paths(tcfg, "test", ids), "test")
     path, id_col = tcfg.run.fold(fold).test_pred, cfg.data.id_col
@@ -235,29 +245,39 @@ def _test_predictions(cfg: Config, tcfg: Config, fold: int, ids: list[str], log:
     missing = sorted(set(ids) - set(df.index))
     if missing:
         raise UserError(f"{path} lacks {len(missing)} test ids, e.g. {missing[:3]}: predict teacher {tcfg.exp!r} again")
+    if tcfg.task in PIXEL_TASKS:
+        row = {i: n for n, i in enumerate(df.index)}
+        return read_masks(path, list(df.index))[[row[i] for i in ids]]
     return df.loc[ids, classes].to_numpy(np.float32)
 
 
 def teacher_predictions(cfg: Config, leaves: dict[str, float], fold: int, unl: Unlabelled, log: Log) -> TeacherOutput:
     """The weighted blend of the leaves' fold-`fold` predictions on the unlabelled images; on the test images
-    those `predict` saved, TTA-merged (one view if not `pseudo.tta`: then predicted now, cached)."""
+    those `predict` saved, TTA-merged (one view if not `pseudo.tta`: then predicted now, cached).
+    Segmentation: uint8 maps, the members' probabilities blended and stored again as uint8 (one teacher: its own)."""
+    pixels = cfg.task in PIXEL_TASKS
     total: np.ndarray | float = 0.0
     for exp, weight in leaves.items():
         tcfg = resolve_views(teacher_config(cfg, exp))  # tta.views: auto -> the views chosen on the teacher's OOF
         parts = [_test_predictions(cfg, tcfg, fold, unl.ids[: unl.n_test], log)]
         if len(unl.ids) > unl.n_test:
             parts.append(_predicted(cfg, tcfg, fold, unl.ids[unl.n_test :], unl.paths[unl.n_test :], "extra"))
-        total = total + weight * np.concatenate(parts)
-    return TeacherOutput(list(unl.ids), np.asarray(total, dtype=np.float32), [(e, fold) for e in leaves])
+        values = np.concatenate(parts)
+        total = total + weight * (values.astype(np.float32) / 255 if pixels else values)
+    values = maps_uint8(np.asarray(total, np.float32)) if pixels else np.asarray(total, dtype=np.float32)
+    return TeacherOutput(list(unl.ids), values, [(e, fold) for e in leaves])
 
 
 # --- the student's training loop -------------------------------------------------------------------------------------
 
 
-def student_rows(cfg: Config, paths: list[Path], y: np.ndarray, **extras) -> ImageDataset:
-    """Rows that join fold k's training set next to its labelled rows: same augmentation, per-row `extras`."""
+def student_rows(cfg: Config, paths: list[Path], y: np.ndarray | None, masks=None, mask_scale: float | None = None,
+                 maps: dict | None = None, **extras) -> ImageDataset:  # fmt: skip
+    """Rows that join fold k's training set next to its labelled rows: same augmentation, per-row `extras`;
+    segmentation: their `masks` and `maps` (data.problem.StoredMaps) moved with the image (ImageDataset)."""
     tf = build_transforms(cfg.augment, True, cfg.model.in_chans)
-    return ImageDataset(paths, y, tf, cfg.model.in_chans, image_cache(cfg, paths), extras=extras)
+    return ImageDataset(paths, y, tf, cfg.model.in_chans, image_cache(cfg, paths), extras=extras, masks=masks,
+                        mask_scale=mask_scale, maps=maps)  # fmt: skip
 
 
 def start_lineage(
