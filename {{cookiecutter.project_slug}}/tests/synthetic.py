@@ -35,6 +35,7 @@ from {{ cookiecutter.package_name }}.data.problem import Problem, load_problem
 from {{ cookiecutter.package_name }}.modeling import metrics
 
 SHAPES = ("multiclass", "binary", "multilabel", "regression", "segmentation")
+LABEL_SHAPES = SHAPES[:4]  # one target per image: what a classifier head starts at the prior of (tests/test_heads.py)
 METRIC = {"multiclass": "accuracy", "binary": "roc_auc", "multilabel": "f1_micro", "regression": "qwk",
           "segmentation": "dice"}  # fmt: skip
 SIDE = 16  # each digit is drawn at 16x16 (scikit-learn's are 8x8)

@@ -31,7 +31,7 @@ PROJECT = Path(cli.__file__).parents[2]  # src/<package>/cli.py -> the project, 
 def shapes(tmp_path_factory) -> dict[str, Path]:
     """A config per task for its synthetic competition (imbalanced where the task allows), folds written."""
     out = {}
-    for task in synthetic.SHAPES:
+    for task in synthetic.LABEL_SHAPES:
         root = tmp_path_factory.mktemp(task)
         keys = synthetic.write_competition(root / "data", task)
         extra = OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.create(TINY), OmegaConf.create(keys)))
@@ -67,7 +67,7 @@ def first_loss(path: Path, overrides: list[str] = ()) -> tuple[float, float]:
     return loss, prior_entropy(cfg.task, s.data.class_counts)
 
 
-@pytest.mark.parametrize("task", synthetic.SHAPES)
+@pytest.mark.parametrize("task", synthetic.LABEL_SHAPES)
 def test_first_loss_is_the_prior_entropy(shapes, task):
     loss, entropy = first_loss(shapes[task])
     assert loss == pytest.approx(entropy, rel=0.01)
