@@ -422,6 +422,9 @@ def validate(cfg: Config) -> None:
         )
     if cfg.train.sampler != "none" and cfg.task == "regression":
         raise UserError("config key 'train.sampler' balances classes; task=regression has none (use none)")
+    if cfg.train.frozen_features and cfg.task in PIXEL_TASKS:
+        raise UserError(f"config key 'train.frozen_features' fits a head on pooled features; task={cfg.task} predicts "
+                        "maps and has none (use false)")  # fmt: skip
     if cfg.task in PIXEL_TASKS:
         _check_segmentation(cfg)
 

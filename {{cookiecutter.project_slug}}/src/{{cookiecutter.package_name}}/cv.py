@@ -161,6 +161,7 @@ def summarize(
     if choice:
         result.tta_auto = choice.summary()
     result.weight_averaging = weight_averaging(cfg, problem, folds)
+    result.cv_frozen_features, result.folds_frozen_features = frozen_features(cfg, problem, folds)
     # The decisions a submission applies, tuned on the OOF predicted as the test set is (the plain OOF when that is
     # one view in torch), and the CV of exactly what the submission holds.
     plain = way is None or (way["views"] == ["identity"] and way["runtime"] == "torch")
@@ -233,6 +234,17 @@ def weight_averaging(cfg: Config, problem: Problem, folds: list[int]) -> dict | 
     return out
 
 
+def frozen_features(cfg: Config, problem: Problem, folds: list[int]) -> tuple[float | None, dict[str, float] | None]:
+    """train.frozen_features: the linear probe's OOF score over every finished fold (None unless each has its
+    oof_frozen_features.csv), and each fold's score (None when no fold has one)."""
+    paths = {k: cfg.run.fold(k).frozen_oof for k in folds}
+    tables = {k: read_id_csv(p, cfg.data.id_col) for k, p in paths.items() if p.is_file()}
+    if not tables:
+        return None, None
+    per_fold, cv, _, _ = score_oof(cfg, problem, pd.concat(tables.values(), ignore_index=True))
+    return (cv if len(tables) == len(folds) else None), per_fold
+
+
 def format_table(result: CVSummary) -> str:
     lines = [f"{result.exp}: {result.metric} per fold"]
     lines += [f"  fold {k:>2}  {v:.5f}" for k, v in result.folds.items()]
@@ -247,6 +259,10 @@ def format_table(result: CVSummary) -> str:
         shown = " | ".join(f"{k} {v:.5f}" for k, v in averaging.items() if k not in ("folds", "picked"))
         picked = sorted(set(averaging["picked"].values()))
         lines.append(f"  weight averaging, OOF: {shown} (best.pt holds: {', '.join(picked)})")
+    if result.folds_frozen_features is not None:
+        shown = " | ".join(f"fold {k} {v:.5f}" for k, v in result.folds_frozen_features.items())
+        overall = "" if result.cv_frozen_features is None else f"OOF CV {result.cv_frozen_features:.5f} ("
+        lines.append(f"  linear probe on frozen features: {overall}{shown}{')' if overall else ''}")
     if result.tta_auto is not None:
         auto = result.tta_auto
         lines.append(

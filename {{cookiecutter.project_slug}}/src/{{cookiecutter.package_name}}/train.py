@@ -66,6 +66,7 @@ from .engine.inference import (
 )
 from .engine.loop import evaluate, train_epoch
 from .engine.lr import resolve_lr
+from .engine.probe import linear_probe
 from .engine.trainer import build_trainer
 from .modeling import metrics
 from .modeling.averaging import WeightAveraging, recompute_batchnorm, swa_start_epoch
@@ -157,6 +158,9 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
         record_git(cfg.run, fold)  # the code's commit beside it (git.json)
         save(cfg, out.config)  # and the fold's own: cv.json is complete only while every fold's agree
         save_classes(cfg, s.problem)
+        if cfg.train.frozen_features and not out.frozen_oof.is_file():  # before any step: the weights it starts with
+            frozen_features_probe(cfg, s, fold)
+    barrier()
     model, metric = s.model, metrics.get_metric(metric_name(cfg))
     step = step or (lambda m, b, c: supervised_step(m, b, c, s.mixer))
 
@@ -238,6 +242,21 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
     tracker.summary({"best_score": final, "best_source": state.best_source})
     tracker.finish()
     return {"fold": fold, "score": final, "history": state.history}
+
+
+def frozen_features_probe(cfg: Config, s: FoldSetup, fold: int) -> float:
+    """train.frozen_features: a linear head on the fold's frozen pooled features (engine/probe.py), its OOF rows in
+    fold<k>/oof_frozen_features.csv (cv.json: cv_frozen_features beside the fine-tuned CV). The random streams are
+    left as they were: the fine-tuning that follows is the one it would be without the probe."""
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        probe = linear_probe(cfg, s, fold)
+    out = cfg.run.fold(fold)
+    save_predictions(out.frozen_oof, s.data.valid_ids, probe.probs, s.problem.classes, cfg.data.id_col, fold)
+    how = "features computed and cached" if probe.computed else "cached features"
+    print(f"fold {fold} linear probe on frozen features ({how}, {probe.key}): "
+          f"{metric_name(cfg)} {probe.score:.5f} in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+    return probe.score
 
 
 def training_images(cfg: Config, s: FoldSetup) -> Iterator[torch.Tensor]:

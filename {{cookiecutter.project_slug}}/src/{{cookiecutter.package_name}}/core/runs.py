@@ -43,6 +43,8 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
             swa.pt avg_best_k.pt        train.swa / train.avg_best_k / cosine_restarts' snapshots: the averaged
             snapshot.pt                 weights (BatchNorm recomputed)
             oof_<variant>.csv           their OOF rows, and the best epoch's (oof_best.csv), to compare in cv.json
+            oof_frozen_features.csv     train.frozen_features: the OOF rows of a linear head fitted on the frozen
+                                        backbone's pooled features (cv.json: cv_frozen_features)
             averaging.json              each variant's make-up and score, and which one best.pt holds
             best_epoch.pt               the best epoch's weights when train.pick_averaged put an average in best.pt
             config.yaml                 the config this fold was trained under (cv.json is complete when they agree)
@@ -109,6 +111,7 @@ LAST = "last.pt"
 HISTORY = "history.json"
 NORMALIZATION = "normalization.json"
 AVERAGING = "averaging.json"
+FROZEN_OOF = "oof_frozen_features.csv"
 BEST_EPOCH = "best_epoch.pt"
 PSEUDO_LABELS = "pseudo_labels.csv"
 EXPORT_DIR = "export"
@@ -491,6 +494,9 @@ class CVSummary:
     cv_ordinal: float | None = None
     runtime: str | None = None  # what predicted the OOF of cv_tta: torch, onnx fp32, onnx int8
     cv_submission: float | None = None  # the CV of a submission: decisions.json's decisions applied (both kinds)
+    # train.frozen_features: the linear probe's OOF score (over every fold, when each has one) and each fold's
+    cv_frozen_features: float | None = None
+    folds_frozen_features: dict[str, float] | None = None
     folds_differ: dict[str, list[str]] | None = None  # folds trained under another config than the first: the keys
     # an ensemble's (ensemble.blend)
     members: list[str] | None = None
@@ -737,6 +743,11 @@ class FoldFiles:
     def variant_oof(self, variant: str) -> Path:
         """OOF rows of a weight-averaging variant, or of the best epoch ("best")."""
         return self.path / f"oof_{variant}.csv"
+
+    @property
+    def frozen_oof(self) -> Path:
+        """train.frozen_features: OOF rows of the linear head on the frozen backbone's features."""
+        return self.path / FROZEN_OOF
 
     @property
     def lock(self) -> Path:

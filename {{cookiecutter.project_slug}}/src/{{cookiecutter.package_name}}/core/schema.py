@@ -162,6 +162,9 @@ class TrainConfig:
     sampler_power: float = 1.0  # weighted: weight = 1 / count ** power
     deterministic: bool = False
     limit_batches: int = 0  # > 0: stop each epoch after this many batches (smoke runs)
+    # also fit a linear head (scikit-learn logistic regression; ridge for regression) on the frozen backbone's pooled
+    # features, cached per fold under data.cache_dir/features: a linear-probe baseline, cv_frozen_features in cv.json
+    frozen_features: bool = False
 
 
 @dataclass

@@ -13,6 +13,11 @@ the channels and the decoder (CACHE_VERSION, Pillow's and OpenCV's versions): ch
 built next to the old one (delete <data.cache_dir> to reclaim the space). Each array is written to a temporary name
 and renamed; `manifest.json` is written last and marks the entry complete. An entry without it (a crash, Ctrl-C) is
 resumed: arrays that read back whole are kept, the rest are decoded again.
+
+The feature cache (train.frozen_features) sits beside it: <data.cache_dir>/features/<key>.npz holds a frozen
+backbone's pooled features of an image set, one row per image (in the sorted order of the paths it also holds),
+under a key that extends the decode cache's (image set, size, channels, decoder) with the model's identity
+(`features_key`: the backbone, a digest of its weights, the normalisation, the precision).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import PIL
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..core.runs import atomic_save_npy, atomic_write_json, read_json, remove_stale_tmp
+from ..core.runs import atomic_save_npy, atomic_save_npz, atomic_write_json, read_json, remove_stale_tmp
 from ..core.runtime import barrier, is_main
 from .decode import one_opencv_thread, read_image, worker_init
 
@@ -213,3 +218,40 @@ def open_cache(
 
 def _complete(done: Path, manifest: dict) -> bool:
     return done.is_file() and read_json(done) == manifest
+
+
+# --------------------------------------------------------------------------------------------- feature cache
+
+FEATURES_DIR = "features"
+
+
+def features_key(paths: Sequence[Path], in_chans: int, size: int | None, model: dict) -> str:
+    """The decode cache's key of the image set (`cache_key`: paths, byte sizes, modification times, size,
+    channels, decoder) extended with `model`, what else decides a feature (backbone, weights digest,
+    normalisation, precision): change any of them and the features are computed again."""
+    h = hashlib.sha256(cache_key(sorted(paths, key=str), in_chans, size).encode())
+    h.update(json.dumps(model, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def features_file(cache_dir: str | Path, key: str) -> Path:
+    return Path(cache_dir) / FEATURES_DIR / f"{key}.npz"
+
+
+def write_features(file: Path, paths: Sequence[Path], features: np.ndarray) -> Path:
+    """Row r of `features` is the image paths[r]; written atomically (a reader finds the whole entry or none)."""
+    names = np.array([str(p) for p in paths])
+    return atomic_save_npz(file, paths=names, features=np.ascontiguousarray(features, dtype=np.float32))
+
+
+def read_features(file: Path) -> dict[str, np.ndarray] | None:
+    """path -> its feature row, from an entry written by `write_features`; None when there is none (or it is
+    unreadable: computed again)."""
+    if not file.is_file():
+        return None
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            names, features = z["paths"], z["features"]
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    return {str(p): features[i] for i, p in enumerate(names)}
