@@ -6,6 +6,7 @@ that bad input fails before a model is built; `build_fold_data` cuts it into fol
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +22,8 @@ from ..core.runtime import available_cores
 from ..core.tasks import PIXEL_TASKS, TargetScale
 from .augment import build_transforms, source_size
 from .cache import ImageCache, open_cache
-from .decode import check_images, image_paths, image_shapes
+from .cache import decode as cache_decode
+from .decode import check_images, decode_bytes, image_paths, image_shapes
 from .folds import read_folds
 from .images import ImageDataset
 from .masks import MaskSource, area_fractions, training_masks
@@ -193,6 +195,14 @@ def test_dataset(cfg: Config) -> tuple[list[str], ImageDataset]:
     check_images(paths, "test_images", image_check_cache(cfg.output_dir, folder))
     tf = build_transforms(cfg.augment, False, cfg.model.in_chans)
     return ids, ImageDataset(paths, None, tf, cfg.model.in_chans, image_cache(cfg, paths))
+
+
+def decode_upload(cfg: Config, data: bytes) -> np.ndarray:
+    """An image file's bytes (an upload to `serve`) -> HWC uint8, as test_dataset reads that file: decoded by
+    read_image, and with data.cache on, shrunk as the decode cache holds it."""
+    if cfg.data.cache == "none":
+        return decode_bytes(data, cfg.model.in_chans)
+    return cache_decode(io.BytesIO(data), cfg.model.in_chans, source_size(cfg.augment, cfg.model.in_chans))
 
 
 def sizes_of_test_images(cfg: Config, ids: list[str]) -> list[tuple[int, int]]:
