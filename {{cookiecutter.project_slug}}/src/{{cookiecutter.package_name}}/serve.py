@@ -189,7 +189,7 @@ class Batcher:
                 self.arrived.clear()  # waiting on an event (never on the queue) loses nothing when it times out
                 try:
                     await asyncio.wait_for(self.arrived.wait(), left)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
                     break
             batch = [self.pending.popleft() for _ in range(min(self.max_batch, len(self.pending)))]
             self.batches += 1
