@@ -3,9 +3,10 @@ image as `predict` and `make-submission` would.
 
 Everything is read from the run folder, as predict left it: decisions.json (the TTA views and their merge, the
 runtime, the model files' sha256, the thresholds, ordinal cuts and clipping of the submission), classes.json, and each
-fold's checkpoint (its regression target scale). An upload is decoded as its file would be (data/problem.decode_upload),
-resized by the evaluation transform, normalised and predicted by the prediction engine (engine/inference.py), folds
-averaged as predict averages them; the label is the submission's cell for it (engine/codec.format_values).
+fold's checkpoint (its regression target scale). An upload is decoded as its file would be
+(data/problem.upload_decoder), resized by the evaluation transform, normalised and predicted by each fold's model as
+predict does (engine/inference.py), folds averaged as predict averages them; the label is the submission's cell for it
+(engine/codec.format_values).
 
     GET  /          a page: choose or drop an image, see its top classes
     POST /predict   multipart field `files` (one or several images) -> per image its probabilities and label
@@ -14,8 +15,8 @@ averaged as predict averages them; the label is the submission's cell for it (en
     GET  /docs      OpenAPI
 
 Concurrent requests are batched (Batcher): images queue, and one worker runs up to serve.max_batch of them through
-the one set of models, after waiting at most serve.max_wait_ms for the batch to fill. A bad request gets a 4xx and a
-one-line JSON error, `{"error": "..."}`; the server goes on.
+the one set of models, waiting at most serve.max_wait_ms for the batch to fill, and only while more images are on their
+way. A bad request gets a 4xx and a one-line JSON error, `{"error": "..."}`; the server goes on.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import json
 import math
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import numpy as np
@@ -35,19 +36,20 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from .config import Config
 from .core.errors import UserError
+from .core.runtime import available_cores
 from .core.tasks import PIXEL_TASKS
 from .data.augment import build_transforms
-from .data.problem import decode_upload
+from .data.problem import upload_decoder
 from .data.tables import data_path, read_table, read_train
 from .engine.codec import format_values
-from .engine.inference import as_decided, fold_models, fold_predictors, model_digests, predict_models
+from .engine.inference import activate, as_decided, fold_models, fold_predictors, model_digests
+from .modeling import tta
 
 FIELD = "files"  # the multipart field the images come in
 UPLOAD_TYPES = ("image/", "application/octet-stream")  # content types a file part may declare
@@ -86,7 +88,9 @@ class Model:
         # The submission's format needs the sample's value columns and (binary labels) the training table's labels.
         sample = read_table(data_path(cfg, cfg.data.sample_submission), cfg.data.id_col, encoding=cfg.data.encoding)
         self.value_cols, self.train = list(sample.columns[1:]), read_train(cfg)
+        self.decode = upload_decoder(cfg)  # its sizes worked out once, not per upload
         self.transform = build_transforms(cfg.augment, False, cfg.model.in_chans)
+        self.views = [tta.get_view(v) for v in cfg.tta.views]
         # Each fold its own predictor (torch: its own model instance; onnx: its own session), loaded once.
         self.predictors = {}
         for k in self.folds:
@@ -97,7 +101,7 @@ class Model:
     def prepare(self, data: bytes) -> torch.Tensor:
         """An upload -> the HWC uint8 tensor predict's test loader yields for the same file."""
         try:
-            image = decode_upload(self.cfg, data)
+            image = self.decode(data)
         except Exception as e:  # PIL: UnidentifiedImageError, OSError (truncated), DecompressionBombError...
             text = re.sub(r"<_io\.BytesIO object at \w+>", "the upload", (str(e).splitlines() or [""])[0])[:160]
             raise BadRequest(422, f"not a readable image ({type(e).__name__}: {text})") from None
@@ -107,24 +111,36 @@ class Model:
 
     @torch.inference_mode()
     def predict(self, images: Sequence[torch.Tensor]) -> np.ndarray:
-        """(N, C) predictions: every fold x the decided views, merged, folds averaged as predict does."""
-        batch = self.to_device({"image": torch.stack(list(images))})
-        cfg = self.cfg
-        preds = predict_models(self.predictors, [batch], cfg.task, views=cfg.tta.views, merge=cfg.tta.merge,
-                               desc="serve")  # fmt: skip
-        mean = sum(preds.values()) / len(self.folds)
-        return np.asarray(mean, dtype=np.float64).reshape(len(images), -1)
+        """(N, C) predictions: every fold x the decided views, merged, folds averaged, as predict does
+        (engine/inference.predict_models), with one forward per fold for all views when they keep the image's size
+        (flips, rotations): the views side by side in one batch."""
+        x = self.to_device({"image": torch.stack(list(images))})["image"]
+        task, n = self.cfg.task, len(images)
+        how = "mean" if task == "regression" else self.cfg.tta.merge
+        total = None
+        for predictor in self.predictors.values():
+            xs = [view.apply(x.to(predictor.device)) for view in self.views]
+            if len(xs) > 1 and all(v.shape == xs[0].shape for v in xs):
+                outs = predictor(torch.cat(xs)).split(n)
+            else:
+                outs = [predictor(v) for v in xs]
+            per_view = [activate(out, task, predictor.scale) for out in outs]  # class scores: nothing to invert
+            pred = per_view[0] if len(per_view) == 1 else torch.as_tensor(tta.merge(per_view, how))
+            total = pred if total is None else total + pred
+        mean = total.cpu().numpy() / len(self.folds)
+        return np.asarray(mean, dtype=np.float64).reshape(n, -1)
 
     def answers(self, pred: np.ndarray, names: Sequence[str]) -> list[dict]:
         """Per image: its probabilities (regression: its value) by prediction column, and its submission cells with
         the run's decisions applied; `label` is the one cell when the submission has one value column."""
         cells = format_values(self.cfg, self.decisions, pred, self.value_cols, self.classes, self.positive, self.train)
+        columns = {c: [_plain(v) for v in cells[c].tolist()] for c in self.value_cols}  # once per batch, not per cell
         out = []
-        for i, name in enumerate(names):
-            row = {c: _plain(cells[c].iloc[i]) for c in self.value_cols}
+        for i, (name, probs) in enumerate(zip(names, pred.tolist(), strict=True)):
+            row = {c: values[i] for c, values in columns.items()}
             out.append({
                 "file": name,
-                "probabilities": {c: float(p) for c, p in zip(self.classes, pred[i], strict=True)},
+                "probabilities": dict(zip(self.classes, probs, strict=True)),
                 "label": row[self.value_cols[0]] if len(row) == 1 else row,
                 "submission": row,
             })  # fmt: skip
@@ -160,39 +176,59 @@ def _plain(v: Any) -> Any:
 
 
 class Batcher:
-    """Concurrent requests' images, queued and run together: one worker takes up to `max_batch` queued images
-    (waiting at most `max_wait_s` after the first for more to arrive) and runs `run(items)` on one thread, so the one
-    model instance is never used by two batches at once. `max_batch=1` serves each image on its own."""
+    """Concurrent requests' images, queued and run together: one worker takes up to `max_batch` queued images and
+    runs `run(items)` on one thread, so the one model instance is never used by two batches at once. `max_batch=1`
+    serves each image on its own.
+
+    The worker waits (at most `max_wait_s` after taking the first image) for more only while more are on their way:
+    requests being received or decoded (`arriving`), or fewer queued than the last batch held (its clients, answered,
+    are sending their next images). A lone client's image is run at once, never held for a batch that cannot come;
+    images that arrive while a batch runs are queued and taken together by the next one, without any wait."""
 
     def __init__(self, run: Callable[[list], list], max_batch: int, max_wait_s: float) -> None:
         self.run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_s
         self.pending: deque[tuple[Any, asyncio.Future]] = deque()
-        self.arrived = asyncio.Event()
+        self.changed = asyncio.Event()  # an image queued, or a request gave up before queuing its images
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="serve-model")
-        self.batches = 0
+        self.arriving = 0  # requests received and not yet queued (their body read, their images decoded)
+        self.batches, self.last = 0, 1  # batches run; how many images the last one held
+
+    @contextmanager
+    def receiving(self) -> Iterator[None]:
+        """Around a request's reading and decoding: the worker waits for its images rather than run without them."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+            self.changed.set()
 
     async def submit(self, items: Sequence[Any]) -> list:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
         self.pending.extend(zip(items, futures, strict=True))
-        self.arrived.set()
+        self.changed.set()
         return list(await asyncio.gather(*futures))
+
+    def _more_coming(self) -> bool:
+        queued = len(self.pending)
+        return queued < self.max_batch and (self.arriving > 0 or queued < self.last)
 
     async def worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             while not self.pending:
-                self.arrived.clear()
-                await self.arrived.wait()
+                self.changed.clear()
+                await self.changed.wait()
             deadline = loop.time() + self.max_wait_s
-            while len(self.pending) < self.max_batch and (left := deadline - loop.time()) > 0:
-                self.arrived.clear()  # waiting on an event (never on the queue) loses nothing when it times out
+            while self._more_coming() and (left := deadline - loop.time()) > 0:
+                self.changed.clear()  # waiting on an event (never on the queue) loses nothing when it times out
                 try:
-                    await asyncio.wait_for(self.arrived.wait(), left)
+                    await asyncio.wait_for(self.changed.wait(), left)
                 except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
                     break
             batch = [self.pending.popleft() for _ in range(min(self.max_batch, len(self.pending)))]
-            self.batches += 1
+            self.batches, self.last = self.batches + 1, len(batch)
             try:
                 results = await loop.run_in_executor(self.executor, self.run, [item for item, _ in batch])
             except Exception as e:  # the requests of this batch fail with it; the worker goes on
@@ -230,6 +266,7 @@ def build_app(model: Model) -> FastAPI:
         return model.answers(pred, [name for _, name in items])
 
     batcher = Batcher(run_batch, limits.max_batch, limits.max_wait_ms / 1000)
+    decoders = ThreadPoolExecutor(available_cores(), thread_name_prefix="serve-decode")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -237,6 +274,7 @@ def build_app(model: Model) -> FastAPI:
         yield
         task.cancel()
         batcher.executor.shutdown(wait=False, cancel_futures=True)
+        decoders.shutdown(wait=False, cancel_futures=True)
 
     meta = model.metadata()
     app = FastAPI(title=f"{meta['experiment']} ({meta['task']})", lifespan=lifespan,
@@ -279,9 +317,28 @@ def build_app(model: Model) -> FastAPI:
         return HTMLResponse(PAGE.replace("__META__", json.dumps(meta).replace("</", "<\\/")))
 
     @app.post("/predict", openapi_extra=OPENAPI_UPLOAD)
-    async def predict(request: Request) -> dict:
+    async def predict(request: Request) -> JSONResponse:
         """One or several images in the multipart field `files` -> per image (in order) its probabilities by class
         and its label in the competition's submission format."""
+        with batcher.receiving():  # the batch worker waits for this request's images
+            uploads = await read_uploads(request)
+            # Decoded off the event loop, all of a request's images in one hand-over (PIL and OpenCV release the
+            # GIL): the loop goes on receiving while images decode and a batch runs.
+            items = await asyncio.get_running_loop().run_in_executor(decoders, prepare, uploads)
+        answer = {"experiment": meta["experiment"], "predictions": await batcher.submit(items)}
+        return JSONResponse(answer)  # the answer is plain JSON already: no FastAPI encoding and validation pass
+
+    def prepare(uploads: list[tuple[str, bytes]]) -> list[tuple[torch.Tensor, str]]:
+        items = []
+        for name, data in uploads:
+            try:
+                items.append((model.prepare(data), name))
+            except BadRequest as e:
+                raise BadRequest(e.status, f"{name}: {e.message}") from None
+        return items
+
+    async def read_uploads(request: Request) -> list[tuple[str, bytes]]:
+        """The request's images as (name, bytes), every limit checked; a BadRequest otherwise."""
         kind = request.headers.get("content-type", "")
         if not kind.startswith("multipart/form-data"):
             raise BadRequest(415, f"content type {kind or 'none'!r}: send multipart/form-data with the images in "
@@ -321,14 +378,7 @@ def build_app(model: Model) -> FastAPI:
                 uploads.append((name, data))
         finally:
             await form.close()
-        items = []
-        for name, data in uploads:
-            try:
-                image = await run_in_threadpool(model.prepare, data)
-            except BadRequest as e:
-                raise BadRequest(e.status, f"{name}: {e.message}") from None
-            items.append((image, name))
-        return {"experiment": meta["experiment"], "predictions": await batcher.submit(items)}
+        return uploads
 
     return app
 

@@ -7,6 +7,7 @@ that bad input fails before a model is built; `build_fold_data` cuts it into fol
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -197,12 +198,15 @@ def test_dataset(cfg: Config) -> tuple[list[str], ImageDataset]:
     return ids, ImageDataset(paths, None, tf, cfg.model.in_chans, image_cache(cfg, paths))
 
 
-def decode_upload(cfg: Config, data: bytes) -> np.ndarray:
-    """An image file's bytes (an upload to `serve`) -> HWC uint8, as test_dataset reads that file: decoded by
-    read_image, and with data.cache on, shrunk as the decode cache holds it."""
+def upload_decoder(cfg: Config) -> Callable[[bytes], np.ndarray]:
+    """`decode(data)`: an image file's bytes (an upload to `serve`) -> HWC uint8, as test_dataset reads that file:
+    decoded by read_image, and with data.cache on, shrunk as the decode cache holds it. The size the cache shrinks
+    to is worked out here, once (it builds both transform pipelines), not for every upload."""
+    in_chans = cfg.model.in_chans
     if cfg.data.cache == "none":
-        return decode_bytes(data, cfg.model.in_chans)
-    return cache_decode(io.BytesIO(data), cfg.model.in_chans, source_size(cfg.augment, cfg.model.in_chans))
+        return lambda data: decode_bytes(data, in_chans)
+    size = source_size(cfg.augment, in_chans)
+    return lambda data: cache_decode(io.BytesIO(data), in_chans, size)
 
 
 def sizes_of_test_images(cfg: Config, ids: list[str]) -> list[tuple[int, int]]:
