@@ -42,8 +42,9 @@ test-fast: $(STAMP)  ## the template's tests without the e2e runs (the generated
 lint: $(STAMP)  ## ruff check + format check of hooks/, tests/, benchmarks/ (the template folder is linted per render)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-bench: $(STAMP)  ## benchmarks/run.py: timings of the generated pipeline, as ratios
+bench: $(STAMP)  ## benchmarks/run.py (timings of the generated pipeline, as ratios) + serve_load.py (serve under load)
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/serve_load.py
 
 lock: $(STAMP)  ## rewrite the generated project's requirements.lock: this .venv's versions, the tested ones
 	$(PY) tests/lockfile.py

@@ -309,6 +309,13 @@ def _upload(args: argparse.Namespace) -> None:
         print(dataset_create_or_version(folder, args.message))
 
 
+@command("serve", "an HTTP server (and web page) over EXP's fold models, predicting as predict does (serve.* keys)")
+def _serve(args: argparse.Namespace) -> None:
+    from .serve import run_serve
+
+    run_serve(config_of(args))
+
+
 def _notebook_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="the upload dataset the kernel reads, <user>/<slug>")
     p.add_argument("--kernel", help="kernel id, <user>/<slug> (default: <dataset user>/<competition>-inference)")

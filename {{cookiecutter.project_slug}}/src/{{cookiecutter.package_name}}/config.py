@@ -39,6 +39,7 @@ from .core.schema import (
     OptimConfig,
     PredictConfig,
     PseudoConfig,
+    ServeConfig,
     SubmitConfig,
     TrainConfig,
     TTAConfig,
@@ -58,9 +59,9 @@ from .modeling.predictors import ONNX_MODELS, RUNTIMES
 
 # The schema's types are re-exported: stages and tests name them as config.Config, config.TrainConfig...
 __all__ = ["CHOICES", "AugmentConfig", "Config", "DataConfig", "DistillConfig", "ExportConfig", "FoldsConfig",
-           "LossConfig", "ModelConfig", "OptimConfig", "PredictConfig", "PseudoConfig", "SubmitConfig", "TTAConfig",
-           "TrainConfig", "WandbConfig", "get", "load", "metric_name", "save", "to_yaml", "training_changes",
-           "validate"]  # fmt: skip
+           "LossConfig", "ModelConfig", "OptimConfig", "PredictConfig", "PseudoConfig", "ServeConfig",
+           "SubmitConfig", "TTAConfig", "TrainConfig", "WandbConfig", "get", "load", "metric_name", "save", "to_yaml",
+           "training_changes", "validate"]  # fmt: skip
 
 # Allowed values of the keys that name a choice; those a registry holds come from the registry.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -388,6 +389,11 @@ def validate(cfg: Config) -> None:
         (x.prune_finetune_lr > 0, "export.prune_finetune_lr", x.prune_finetune_lr, "> 0 (a share of optim.lr)"),
         (x.qat_epochs >= 1, "export.qat_epochs", x.qat_epochs, ">= 1"),
         (x.qat_lr > 0, "export.qat_lr", x.qat_lr, "> 0 (a share of optim.lr)"),
+        (0 <= cfg.serve.port <= 65535, "serve.port", cfg.serve.port, "0..65535"),
+        (cfg.serve.max_batch >= 1, "serve.max_batch", cfg.serve.max_batch, ">= 1 (1 = no batching)"),
+        (cfg.serve.max_wait_ms >= 0, "serve.max_wait_ms", cfg.serve.max_wait_ms, ">= 0"),
+        (cfg.serve.max_bytes >= 1, "serve.max_bytes", cfg.serve.max_bytes, ">= 1"),
+        (cfg.serve.max_files >= 1, "serve.max_files", cfg.serve.max_files, ">= 1"),
     ]  # fmt: skip
     for ok, key, value, expected in checks:
         _check(ok, key, value, expected)
@@ -488,6 +494,7 @@ RESUME_IGNORES = (
     "tta",
     "wandb",
     "submit",
+    "serve",
     "pseudo.rounds",
 )
 

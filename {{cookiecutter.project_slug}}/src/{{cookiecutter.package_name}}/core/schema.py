@@ -245,6 +245,18 @@ class SubmitConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`serve`: the HTTP server over an experiment's fold models (serve.py)."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 to answer other machines
+    port: int = 8000
+    max_batch: int = 32  # images run through the models together (1: no batching, each image on its own)
+    max_wait_ms: float = 5.0  # how long the first queued image waits for others to fill its batch
+    max_bytes: int = 10_000_000  # the largest image file accepted (bytes); larger ones get 413
+    max_files: int = 16  # images in one request
+
+
+@dataclass
 class Config:
     task: str = "multiclass"  # multiclass | binary | multilabel | regression | segmentation
     metric: str = "auto"  # auto: the usual metric for the task
@@ -271,6 +283,7 @@ class Config:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -5,6 +5,7 @@ lossless), a checked pass over an image set, and OpenCV's threads in loader work
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import random
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -51,8 +53,9 @@ def image_paths(folder: Path, ids: Sequence[str], ext: str, key: str) -> list[Pa
 SCALE_TO_8BIT = {"I;16": 255 / 65535, "I;16L": 255 / 65535, "I;16B": 255 / 65535, "I": 255 / 65535, "F": 255.0}
 
 
-def read_image(path: Path, in_chans: int, min_side: int | None = None) -> np.ndarray:
+def read_image(path: Path | BinaryIO, in_chans: int, min_side: int | None = None) -> np.ndarray:
     """HWC uint8 with `in_chans` channels (1 or 3), whatever the file holds (L, RGB, RGBA, palette, 16-bit, float).
+    `path`: a file, or an open binary stream (decode_bytes: an uploaded image, decoded exactly as its file would be).
 
     16-bit images are scaled by the fixed 255/65535 (32-bit integer images are read as 16-bit: values clipped to
     0..65535), float images as 0..1; values outside the range are clipped.
@@ -69,6 +72,11 @@ def read_image(path: Path, in_chans: int, min_side: int | None = None) -> np.nda
         mode = "L" if in_chans == 1 else "RGB"
         arr = np.array(im if im.mode == mode else im.convert(mode))  # a writable copy (convert would copy twice)
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def decode_bytes(data: bytes, in_chans: int) -> np.ndarray:
+    """An image file's bytes (e.g. an upload to `serve`) -> what read_image gives for that file: HWC uint8."""
+    return read_image(io.BytesIO(data), in_chans)
 
 
 def image_shapes(paths: Sequence[Path]) -> list[tuple[int, int]]:

@@ -7,6 +7,8 @@ that bad input fails before a model is built; `build_fold_data` cuts it into fol
 from __future__ import annotations
 
 import hashlib
+import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +31,8 @@ from ..core.runtime import available_cores
 from ..core.tasks import PIXEL_TASKS, TargetScale
 from .augment import build_transforms, source_size
 from .cache import ImageCache, open_cache
-from .decode import check_images, image_paths, image_shapes
+from .cache import decode as cache_decode
+from .decode import check_images, decode_bytes, image_paths, image_shapes
 from .folds import read_folds
 from .images import ImageDataset
 from .masks import MaskSource, area_fractions, training_masks
@@ -268,6 +271,17 @@ def test_dataset(cfg: Config) -> tuple[list[str], ImageDataset]:
     check_images(paths, "test_images", image_check_cache(cfg.output_dir, folder))
     tf = build_transforms(cfg.augment, False, cfg.model.in_chans)
     return ids, ImageDataset(paths, None, tf, cfg.model.in_chans, image_cache(cfg, paths))
+
+
+def upload_decoder(cfg: Config) -> Callable[[bytes], np.ndarray]:
+    """`decode(data)`: an image file's bytes (an upload to `serve`) -> HWC uint8, as test_dataset reads that file:
+    decoded by read_image, and with data.cache on, shrunk as the decode cache holds it. The size the cache shrinks
+    to is worked out here, once (it builds both transform pipelines), not for every upload."""
+    in_chans = cfg.model.in_chans
+    if cfg.data.cache == "none":
+        return lambda data: decode_bytes(data, in_chans)
+    size = source_size(cfg.augment, in_chans)
+    return lambda data: cache_decode(io.BytesIO(data), in_chans, size)
 
 
 def sizes_of_test_images(cfg: Config, ids: list[str]) -> list[tuple[int, int]]:
