@@ -237,6 +237,36 @@ def test_the_batcher_runs_queued_requests_together_up_to_max_batch():
     assert asyncio.run(one_at_a_time()) == [[0], [10], [20]] and seen == [[0], [1], [2]]
 
 
+def test_the_batcher_waits_only_for_images_on_their_way():
+    """A lone request runs at once, however long max_wait is (nothing else is coming); a request still being
+    received when the worker takes the first image is waited for and joins its batch. (The 60 s guard only keeps a
+    regression from hanging the suite: nothing here depends on how fast it runs.)"""
+    seen: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        seen.append(list(items))
+        return [10 * i for i in items]
+
+    async def main() -> tuple[list, list]:
+        batcher = Batcher(run, max_batch=8, max_wait_s=3600)
+        worker = asyncio.create_task(batcher.worker())
+        alone = await asyncio.wait_for(batcher.submit([1]), 60)
+        with batcher.receiving():  # a second request, still being read, when the first is queued
+            first = asyncio.ensure_future(batcher.submit([2]))
+            for _ in range(5):
+                await asyncio.sleep(0)  # the worker takes image 2 and waits: one request is on its way
+            assert seen == [[1]] and not first.done()
+            second = asyncio.ensure_future(batcher.submit([3, 4]))
+            await asyncio.sleep(0)  # its images queued before it counts as arrived
+        together = await asyncio.wait_for(asyncio.gather(first, second), 60)
+        worker.cancel()
+        return alone, together
+
+    alone, together = asyncio.run(main())
+    assert alone == [10] and together == [[20], [30, 40]]
+    assert seen == [[1], [2, 3, 4]]
+
+
 def test_serve_refuses_segmentation_and_bad_limits_in_one_line(tmp_path, new_project):
     cfg = new_project(tmp_path, "multiclass", n_folds=2, images=False, extra=TINY)
     with pytest.raises(UserError, match="task=segmentation is not served"):

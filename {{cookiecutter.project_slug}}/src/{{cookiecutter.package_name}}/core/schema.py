@@ -251,7 +251,7 @@ class ServeConfig:
     host: str = "127.0.0.1"  # 0.0.0.0 to answer other machines
     port: int = 8000
     max_batch: int = 32  # images run through the models together (1: no batching, each image on its own)
-    max_wait_ms: float = 5.0  # how long the first queued image waits for others to fill its batch
+    max_wait_ms: float = 5.0  # how long the first queued image may wait for others on their way to fill its batch
     max_bytes: int = 10_000_000  # the largest image file accepted (bytes); larger ones get 413
     max_files: int = 16  # images in one request
 
