@@ -59,6 +59,17 @@ def notebook_env(work: Path, env: dict[str, str]) -> dict[str, str]:
     return base | {"INFER_WORK_DIR": str(work), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"} | env
 
 
+def run_notebook(tmp_path: Path, dataset: Path, data: Path, **env: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """notebooks/inference.py in a separate Python, as Kaggle runs it, over the packaged `dataset` and the competition
+    `data`, in a fresh working folder (returned with the finished process); `env`: more INFER_* variables."""
+    work = tmp_path / "working"
+    work.mkdir()
+    env = {"INFER_DATASET_DIR": str(dataset), "INFER_DATA_DIR": str(data), "KAGGLE_INPUT": str(tmp_path), **env}
+    cmd = [sys.executable, str(NOTEBOOKS / "inference.py")]
+    done = subprocess.run(cmd, cwd=work, env=notebook_env(work, env), capture_output=True, text=True, timeout=600)
+    return work, done
+
+
 def check_submission(root: Path, cfg, local: Path, work: Path, final: str) -> None:
     """work/submission.csv has the sample's ids and columns, and is the local submission: same predictions, score."""
     sub, sample = read(work / "submission.csv"), read(root / "data" / "sample_submission.csv")
@@ -80,12 +91,8 @@ def test_notebook_averages_the_packaged_experiments_offline(project, tmp_path):
     and the mean of the two packaged experiments gives the submission `make-submission` wrote for their mean blend."""
     root, cfg, local = project
     dataset = offline.package_for_dataset(cfg, ["exp", "exp2"], tmp_path / "ds", "me/digit-models", "Digit models")
-    work = tmp_path / "working"
-    work.mkdir()
-    env = {"INFER_DATASET_DIR": str(dataset), "INFER_DATA_DIR": str(root / "data"), "KAGGLE_INPUT": str(tmp_path)}
     before = snapshot(dataset)
-    cmd = [sys.executable, str(NOTEBOOKS / "inference.py")]
-    done = subprocess.run(cmd, cwd=work, env=notebook_env(work, env), capture_output=True, text=True, timeout=600)
+    work, done = run_notebook(tmp_path, dataset, root / "data")
     assert done.returncode == 0, done.stderr[-3000:]
     package = offline.__package__.split(".")[0]
     assert f"package {package} from {dataset / 'src' / package}\n" in done.stdout
@@ -129,12 +136,7 @@ def test_upload_carries_the_onnx_models_and_the_notebook_keeps_the_decided_runti
         "fold0/model.onnx",
         "fold1/model.onnx",
     ]
-    work = tmp_path / "working"
-    work.mkdir()
-    env = {"INFER_DATASET_DIR": str(dataset), "INFER_DATA_DIR": str(root / "data"), "KAGGLE_INPUT": str(tmp_path),
-           "INFER_OVERRIDES": "predict.runtime=onnx"}  # fmt: skip
-    cmd = [sys.executable, str(NOTEBOOKS / "inference.py")]
-    done = subprocess.run(cmd, cwd=work, env=notebook_env(work, env), capture_output=True, text=True, timeout=600)
+    work, done = run_notebook(tmp_path, dataset, root / "data", INFER_OVERRIDES="predict.runtime=onnx")
     # These runs were predicted in torch: their CV is torch's, so the notebook will not predict otherwise (predicting
     # with the ONNX models is decided at home: test_the_notebook_submits_exactly_the_local_submission[onnx_*]).
     assert done.returncode != 0 and "decided by `predict`" in done.stderr
@@ -187,11 +189,7 @@ def test_the_notebook_submits_exactly_the_local_submission(tmp_path, new_project
     assert kaggle_submissions.default_message(cfg, local.stem) == f"exp CV {decided.metric}={decided.cv:.5f}"
 
     dataset = offline.package_for_dataset(cfg, ["exp"], tmp_path / "ds", "me/digit-models", "Digit models")
-    work = tmp_path / "working"
-    work.mkdir()
-    env = {"INFER_DATASET_DIR": str(dataset), "INFER_DATA_DIR": str(root / "data"), "KAGGLE_INPUT": str(tmp_path)}
-    cmd = [sys.executable, str(NOTEBOOKS / "inference.py")]
-    done = subprocess.run(cmd, cwd=work, env=notebook_env(work, env), capture_output=True, text=True, timeout=600)
+    work, done = run_notebook(tmp_path, dataset, root / "data")
     assert done.returncode == 0, done.stderr[-3000:]
     ours, theirs = read(work / "submission.csv"), read(local)
     assert ours.columns.tolist() == theirs.columns.tolist() and ours["id"].tolist() == theirs["id"].tolist()
@@ -216,11 +214,7 @@ def test_the_notebook_submits_exactly_the_local_segmentation_submission(tmp_path
         assert cli.main([command[0], "-c", str(path), *command[1:]]) == 0
     cfg = config.load(path)
     dataset = offline.package_for_dataset(cfg, ["exp"], tmp_path / "ds", "me/digit-models", "Digit models")
-    work = tmp_path / "working"
-    work.mkdir()
-    env = {"INFER_DATASET_DIR": str(dataset), "INFER_DATA_DIR": str(root / "data"), "KAGGLE_INPUT": str(tmp_path)}
-    cmd = [sys.executable, str(NOTEBOOKS / "inference.py")]
-    done = subprocess.run(cmd, cwd=work, env=notebook_env(work, env), capture_output=True, text=True, timeout=600)
+    work, done = run_notebook(tmp_path, dataset, root / "data")
     assert done.returncode == 0, done.stderr[-3000:]
     ours = pd.read_csv(work / "submission.csv", dtype=str, keep_default_na=False)
     theirs = pd.read_csv(root / "submissions" / "exp.csv", dtype=str, keep_default_na=False)

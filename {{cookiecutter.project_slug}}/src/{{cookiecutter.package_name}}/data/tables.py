@@ -50,12 +50,15 @@ def read_csv_text(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
         raise UserError(f"{path}: no header row; expected a CSV with a header row") from None
 
 
-def read_long_table(path: Path, id_col: str, encoding: str = "utf-8") -> pd.DataFrame:
-    """A CSV whose ids may repeat (a run-length table: one row per image and class), as text; a missing id column,
-    no rows or an empty id is a one-line error."""
+def read_long_table(
+    path: Path, id_col: str, encoding: str = "utf-8", required: list[str] | tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """Read a CSV as text (see read_csv_text) whose ids may repeat (a run-length table: one row per image and class);
+    a missing column, a table without rows or an empty id is a one-line error."""
     df = read_csv_text(path, encoding)
-    if id_col not in df.columns:
-        raise UserError(f"{path}: column {id_col!r} not found; columns are {list(df.columns)}")
+    missing = [c for c in (id_col, *required) if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: column(s) {missing} not found; columns are {list(df.columns)}")
     if df.empty:
         raise UserError(f"{path}: no rows, only the header {list(df.columns)}")
     empty = df.index[df[id_col].isna()]
@@ -67,17 +70,8 @@ def read_long_table(path: Path, id_col: str, encoding: str = "utf-8") -> pd.Data
 def read_table(
     path: Path, id_col: str, required: list[str] | tuple[str, ...] = (), encoding: str = "utf-8"
 ) -> pd.DataFrame:
-    """Read a CSV as text (see read_csv_text); a missing column, a table without rows, an empty or duplicate id is a
-    one-line error."""
-    df = read_csv_text(path, encoding)
-    missing = [c for c in (id_col, *required) if c not in df.columns]
-    if missing:
-        raise UserError(f"{path}: column(s) {missing} not found; columns are {list(df.columns)}")
-    if df.empty:
-        raise UserError(f"{path}: no rows, only the header {list(df.columns)}")
-    empty = df.index[df[id_col].isna()]
-    if len(empty):
-        raise UserError(f"{path}: column '{id_col}' has {len(empty)} empty ids, at {_rows(empty)}")
+    """read_long_table, one row per id: a duplicate id is a one-line error too."""
+    df = read_long_table(path, id_col, encoding, required)
     dup = df[id_col][df[id_col].duplicated()]
     if len(dup):
         raise UserError(f"{path}: {len(dup)} duplicate ids in column '{id_col}', first: {list(dup[:3])}")
