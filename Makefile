@@ -34,7 +34,9 @@ demo: $(STAMP)  ## render the template with its defaults, run the generated repo
 	$(MAKE) -C $(DEMO_DIR)/$(DEMO_SLUG) demo PY=$(abspath $(PY))
 
 test: $(STAMP)  ## the template's tests: every render that matters, lint, each render's own test suite
-	$(PY) -m pytest
+	# Two workers, one per core (each render's suite runs one torch thread in a copy of its own); the longest tests
+	# are handed out first (tests/conftest.py), an idle worker takes queued ones from the busy one.
+	$(PY) -m pytest -n 2 --dist worksteal
 
 test-fast: $(STAMP)  ## the template's tests without the e2e runs (the generated suites inside renders)
 	$(PY) -m pytest -m "not e2e"

@@ -217,6 +217,19 @@ def probe(project: Path, code: str) -> Any:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# The e2e runs of renders (each generated suite, each `make demo`) take minutes where the other tests take seconds:
+# under `pytest -n 2` they are collected first, so the workers start on them and the short tests fill in around them
+# (collected last, the defaults' whole suite would start after everything else and double the wall time).
+LONGEST = ("test_generated_test_suite_passes[defaults]",)  # the whole generated suite, its e2e runs included
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        return 0 if item.name in LONGEST else 1 if item.get_closest_marker("e2e") else 2
+
+    items.sort(key=rank)  # stable: the order within each part stays
+
+
 @pytest.fixture(scope="session")
 def cookiecutter_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_cookiecutter_config(tmp_path_factory.mktemp("cookiecutter_user"))
