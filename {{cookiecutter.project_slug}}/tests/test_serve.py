@@ -93,6 +93,17 @@ def expected(served) -> tuple[pd.DataFrame, pd.Series, Path]:
     return pred, sub, root / "data" / "test"
 
 
+# A model of four batches gives near-uniform probabilities: two classes can lie closer than the float noise between
+# one batch composition and another (the server batches requests as they come, predict by tta.batch_size), so the
+# label is compared with make-submission's where the top two probabilities are farther apart than that noise.
+TIE = 1e-5
+
+
+def clear_winner(pred: pd.DataFrame, image_id: str) -> bool:
+    top = np.sort(pred.loc[image_id].to_numpy())[-2:]
+    return bool(top[1] - top[0] > TIE)
+
+
 @pytest.mark.e2e
 def test_200_concurrent_requests_answer_as_predict_and_the_submission(served):
     pred, sub, folder = expected(served)
@@ -107,6 +118,7 @@ def test_200_concurrent_requests_answer_as_predict_and_the_submission(served):
     with httpx.Client(timeout=300) as client, ThreadPoolExecutor(32) as pool:
         answers = list(pool.map(ask, requests))
     assert len(answers) == 200
+    compared = 0
     for batch, response in answers:
         assert response.status_code == 200, response.text
         got = response.json()["predictions"]
@@ -114,7 +126,11 @@ def test_200_concurrent_requests_answer_as_predict_and_the_submission(served):
         for image_id, answer in zip(batch, got, strict=True):
             probs = pd.Series(answer["probabilities"])
             np.testing.assert_allclose(probs[pred.columns].to_numpy(), pred.loc[image_id].to_numpy(), atol=1e-5)
-            assert answer["label"] == sub.loc[image_id] == answer["submission"]["label"]
+            assert answer["label"] == answer["submission"]["label"] == str(probs.idxmax())
+            if clear_winner(pred, image_id):
+                assert answer["label"] == sub.loc[image_id]
+                compared += 1
+    assert compared > 100  # most images have a clear winner: the labels were compared
     assert httpx.get(f"{served['url']}/health").json()["status"] == "ok"
 
 
@@ -185,7 +201,7 @@ def test_the_page_predicts_an_uploaded_image_in_a_real_browser(served):
     from playwright.sync_api import expect, sync_playwright
 
     pred, sub, folder = expected(served)
-    image_id = pred.index[5]
+    image_id = next(i for i in pred.index if clear_winner(pred, i))
     meta = httpx.get(f"{served['url']}/metadata").json()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
