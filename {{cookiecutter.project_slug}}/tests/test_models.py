@@ -9,8 +9,9 @@ import timm
 import torch
 from torch import nn
 
+from {{ cookiecutter.package_name }} import config
 from {{ cookiecutter.package_name }}.config import OptimConfig
-from {{ cookiecutter.package_name }}.modeling import models, optim
+from {{ cookiecutter.package_name }}.modeling import deploy, models, optim
 
 
 def trainable(model: nn.Module) -> set[int]:
@@ -89,8 +90,6 @@ def test_each_init_gives_its_weight_statistics_on_the_head(how):
 
 
 def test_init_reaches_the_head_through_build_model(tmp_path):
-    from {{ cookiecutter.package_name }} import config
-
     path = tmp_path / "m.yaml"
     path.write_text("model:\n  backbone: test_resnet\n  pretrained: false\n")
     torch.manual_seed(0)
@@ -146,9 +145,6 @@ def test_coord_conv_through_build_model_checkpoint_ema_and_onnx(tmp_path):
     it and predicts the same, timm's EMA copies it, and the ONNX export predicts what torch does."""
     import onnxruntime as ort
     from timm.utils import ModelEmaV3
-
-    from {{ cookiecutter.package_name }} import config
-    from {{ cookiecutter.package_name }}.modeling import deploy
 
     path = tmp_path / "m.yaml"
     path.write_text("model:\n  backbone: test_resnet\n  pretrained: false\n  in_chans: 1\n  coord_conv: true\n")

@@ -187,10 +187,11 @@ def test_batch_mixing_is_refused_for_segmentation(key):
 
 def test_pretrained_weights_offline_is_one_line(tmp_path):
     """smp's tu- encoder downloads through timm: the same one-line error as a classifier without network."""
+    pkg = config.__package__  # the package's name, not written here: Python files hold no Jinja
     code = (
-        "from {{ cookiecutter.package_name }}.modeling import models\n"
-        "from {{ cookiecutter.package_name }}.core.errors import UserError\n"
-        "from {{ cookiecutter.package_name }} import config\n"
+        f"from {pkg}.modeling import models\n"
+        f"from {pkg}.core.errors import UserError\n"
+        f"from {pkg} import config\n"
         "cfg = config.Config(); cfg.task = 'segmentation'; cfg.model.backbone = 'test_resnet'\n"
         "try:\n    models.build_model(cfg, 2, pretrained=True)\nexcept UserError as e:\n    print(e)\n"
     )

@@ -138,8 +138,6 @@ def test_a_submission_with_a_broken_encoding_is_refused_naming_its_row(project):
     sub.loc[3, "EncodedPixels"] = "4000 200"  # past the last pixel of a 64 x 64 image
     sub.to_csv(file, index=False)
     cfg = config.load(path)
-    from {{ cookiecutter.package_name }}.submission import score_submission
-
     with pytest.raises(UserError, match=r"broken\.csv row 5 \(id .*, class 1\)"):
         score_submission(cfg, file, project / "data" / "solution.csv")
 
