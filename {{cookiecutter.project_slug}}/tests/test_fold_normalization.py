@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from {{ cookiecutter.package_name }} import cli, predict
+from {{ cookiecutter.package_name }} import cli, config, predict
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.data import problem as problem_module
 from {{ cookiecutter.package_name }}.data.problem import fold_normalization, load_problem
@@ -65,8 +65,6 @@ def test_fold_statistics_equal_numpy_are_cached_and_read_back_by_predict(small_p
 
 
 def test_fold_goes_to_both_mean_and_std(tmp_path):
-    from {{ cookiecutter.package_name }} import config
-
     path = tmp_path / "c.yaml"
     path.write_text("{}\n")
     assert config.load(path, FOLD).augment.mean == "fold"

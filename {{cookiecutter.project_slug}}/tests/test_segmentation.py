@@ -29,6 +29,7 @@ from {{ cookiecutter.package_name }}.engine import masks_codec, postprocess
 from {{ cookiecutter.package_name }}.modeling import metrics, models
 from {{ cookiecutter.package_name }}.modeling.losses import build_loss
 from {{ cookiecutter.package_name }}.students import distill, pseudo, teachers
+from {{ cookiecutter.package_name }}.submission import score_submission
 
 from conftest import TINY_SEGMENTATION as SEG
 from conftest import write_config
