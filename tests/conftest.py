@@ -220,12 +220,15 @@ def probe(project: Path, code: str) -> Any:
 # The e2e runs of renders (each generated suite, each `make demo`) take minutes where the other tests take seconds:
 # under `pytest -n 2` they are collected first, so the workers start on them and the short tests fill in around them
 # (collected last, the defaults' whole suite would start after everything else and double the wall time).
-LONGEST = ("test_generated_test_suite_passes[defaults]",)  # the whole generated suite, its e2e runs included
+# the two halves of the defaults' e2e runs, then its unit tests
+LONGEST = tuple(f"test_generated_test_suite_passes[defaults{part}]" for part in (",e2e_a", ",e2e_b", ""))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
-        return 0 if item.name in LONGEST else 1 if item.get_closest_marker("e2e") else 2
+        if item.name in LONGEST:
+            return LONGEST.index(item.name)
+        return len(LONGEST) + (0 if item.get_closest_marker("e2e") else 1)
 
     items.sort(key=rank)  # stable: the order within each part stays
 

@@ -10,7 +10,8 @@ template has no Jinja except the package name in test imports, so what can chang
 name, the task/metric/n_folds rendered into configs/*.yaml (the generated tests load the shipped configs), and the
 optional files (notebook, sweep) being there or not. Each of those is varied in some suite render, combined rather
 than one by one to keep `make test` within its 15-minute budget on 2 cores:
-- the whole suite, its own e2e runs included (~5 min): the defaults;
+- the whole suite, its own e2e runs included: the defaults (as three items: the unit tests, and the e2e runs of
+  every other test file in each of two halves, so that both workers share it);
 - a render with every other answer non-default that the e2e runs can see: its unit tests and the e2e runs that
   depend on the package's name (`python -m <package>` under torchrun, the offline notebook's import);
 - the generated tests that read what the answers render (RENDERED: the shipped configs, README, Makefile, notebook,
@@ -85,7 +86,11 @@ CASES: dict[str, dict[str, Any]] = {
     "backbone": {"backbone": "convnext_tiny.fb_in22k"},
     "ints_from_python_api": {"n_folds": 3, "image_size": 224},
 }
-FULL = []  # pytest arguments: the whole generated suite
+# The generated test files: the defaults' whole suite runs as three items that `pytest -n 2` hands to both workers (its
+# unit tests, and its e2e runs split file by file in two halves), rather than one item of 15-20 min on one worker.
+GENERATED_TESTS = sorted(p.name for p in (TEMPLATE_DIR / "tests").glob("test_*.py"))
+E2E_HALVES = [["-m", "e2e", *(f"tests/{name}" for name in GENERATED_TESTS[i::2])] for i in (0, 1)]
+UNIT = ["-m", "not e2e"]
 # The generated test files whose outcome can depend on the answers: they read configs/*.yaml, README.md, the Makefile,
 # the notebook (when the render has it) or the package's name; their e2e tests left out.
 RENDER_READERS = ["test_config", "test_kaggle", "test_heads", "test_layering", "test_cli", "test_augment", "test_optim",
@@ -95,7 +100,9 @@ RENDERED = ["-m", "not e2e", "-k", " or ".join(RENDER_READERS)]
 # torchrun, and the offline notebook importing the package from an upload (-k matches markers and test names).
 NAMED = ["-k", "not e2e or torchrun or notebook"]
 SUITE_CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
-    "defaults": ({}, FULL),
+    "defaults": ({}, UNIT),
+    "defaults,e2e_a": ({}, E2E_HALVES[0]),
+    "defaults,e2e_b": ({}, E2E_HALVES[1]),
     "regression,code_competition,names": (
         {
             "task": "regression",
@@ -116,8 +123,8 @@ SUITE_CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
         RENDERED,
     ),
 }
-# A hung generated test (a distributed run waiting for a peer...) fails instead of blocking CI; the defaults' whole
-# suite takes 13-20 min beside the other worker's tests under `make test` (pytest -n 2).
+# A hung generated test (a distributed run waiting for a peer...) fails instead of blocking CI; the longest item
+# (half of the defaults' e2e runs) takes well under it beside the other worker's tests under `make test` (pytest -n 2).
 SUITE_TIMEOUT_S = 1700
 # Files post-gen removes when their option is off, and the cases that vary those options.
 OPTIONAL = {
@@ -387,5 +394,9 @@ def test_cases_cover_every_prompt_and_choice():
         assert {a[option] for a, _ in suite} == {True, False}
     defaults = expected_answers({})
     # the e2e runs that depend on the package's name (python -m <package>, torchrun, the notebook) see another name
-    assert any(a["package_name"] != defaults["package_name"] and sel in (FULL, NAMED) for a, sel in suite)
-    assert any(a["code_competition"] and sel in (FULL, NAMED) for a, sel in suite)  # the notebook e2e runs
+    assert any(a["package_name"] != defaults["package_name"] and sel == NAMED for a, sel in suite)
+    assert any(a["code_competition"] and sel == NAMED for a, sel in suite)  # the notebook e2e runs
+    # the defaults' three items together are its whole suite: every unit test, every test file's e2e runs
+    whole = [sel for ctx, sel in SUITE_CASES.values() if ctx == {}]
+    assert UNIT in whole and all(half in whole for half in E2E_HALVES)
+    assert sorted(f for half in E2E_HALVES for f in half[2:]) == [f"tests/{name}" for name in GENERATED_TESTS]
