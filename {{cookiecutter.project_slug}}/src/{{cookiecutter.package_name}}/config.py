@@ -194,7 +194,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
 # (a Kaggle input folder) or one beside the project (../input) is fine.
 WRITTEN_PATHS = ("output_dir", "data.cache_dir", "folds.path")
 PATH_KEYS = (*WRITTEN_PATHS, "data.dir", "data.train_csv", "data.test_csv", "data.sample_submission",
-             "data.train_images", "data.test_images", "pseudo.extra_images")  # fmt: skip
+             "data.train_images", "data.test_images", "pseudo.extra_images", "model.weights")  # fmt: skip
 
 
 def _expand_home(cfg: Config) -> None:
@@ -433,6 +433,18 @@ def validate(cfg: Config) -> None:
                         "maps and has none (use false)")  # fmt: skip
     if cfg.task in PIXEL_TASKS:
         _check_segmentation(cfg)
+    _check_weights(cfg)
+
+
+def _check_weights(cfg: Config) -> None:
+    """model.weights: the pretrained backbone from a file, so model.pretrained must be on. The file itself is looked
+    for where the weights are loaded (build_model, at training): a notebook that only predicts never needs it."""
+    w = cfg.model.weights
+    if w is not None and (not isinstance(w, str) or not w.strip()):
+        raise UserError(f"config key 'model.weights' is {w!r}; expected the path of a weights file, or unset")
+    if w is not None and not cfg.model.pretrained:
+        raise UserError(f"config key 'model.weights' is {w!r} but model.pretrained is false; set model.pretrained: "
+                        "true to start from those weights, or unset model.weights")  # fmt: skip
 
 
 def _snapshots(o: OptimConfig) -> bool:

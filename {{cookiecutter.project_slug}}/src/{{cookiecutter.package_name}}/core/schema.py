@@ -80,6 +80,11 @@ class ModelConfig:
     # own (Unet: 256 128 64 32 16); fewer channels train faster on a CPU
     arch: str = "unet"
     decoder_channels: list[int] | None = None
+    # the backbone's pretrained weights from this file instead of the hub (a Kaggle dataset in a notebook without
+    # internet: /kaggle/input/<dataset>/model.safetensors): a .safetensors, .pth or .bin state dict as timm saves it;
+    # relative to the project. Loaded by timm (the head left out, the first convolution adapted to model.in_chans);
+    # needs model.pretrained: true. The normalisation stays the pretrained tag's (augment.mean/std to override).
+    weights: str | None = None
 
 
 @dataclass

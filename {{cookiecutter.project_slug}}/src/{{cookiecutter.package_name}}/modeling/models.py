@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import timm
@@ -91,8 +92,39 @@ def check_segmentation_model(m: ModelConfig) -> None:
     _decoder_kwargs(m)
 
 
+# The files model.weights may name: state dicts in the formats timm's loader reads (safetensors; torch.save's .pth /
+# .bin, also a checkpoint dict holding the state dict under 'state_dict' or 'model').
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def weights_file(m: ModelConfig) -> Path:
+    """model.weights as a path (relative ones from the working directory, the project, like data.dir), refused in
+    one line when it is no file or not a state dict's suffix."""
+    path = Path(m.weights or "")
+    if not path.is_file():
+        raise UserError(f"config key 'model.weights' is {m.weights!r}: no such file (from {Path.cwd()}); expected "
+                        "the backbone's weights, e.g. /kaggle/input/<dataset>/model.safetensors")  # fmt: skip
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise UserError(f"config key 'model.weights' is {m.weights!r}; expected a state dict file "
+                        f"({', '.join(WEIGHT_SUFFIXES)})")  # fmt: skip
+    return path
+
+
+def _pretrained_source(m: ModelConfig, pretrained: bool) -> dict[str, Any]:
+    """timm's keyword for model.weights: the pretrained config's `file` (timm loads it instead of the hub, drops the
+    classifier when the class count differs and adapts the first convolution to in_chans); an `hf-hub:` backbone's
+    config says source=hf-hub, which would win over the file, so the source is overridden too."""
+    if not (pretrained and m.weights):
+        return {}
+    overlay: dict[str, Any] = {"file": str(weights_file(m))}
+    if parse_model_name(m.backbone)[0] is not None:
+        overlay["source"] = "file"
+    return {"pretrained_cfg_overlay": overlay}
+
+
 def _create(cfg: Config, n_outputs: int, pretrained: bool) -> nn.Module:
     m = cfg.model
+    source = _pretrained_source(m, pretrained)
     if cfg.task not in PIXEL_TASKS:
         return timm.create_model(
             m.backbone,
@@ -101,6 +133,7 @@ def _create(cfg: Config, n_outputs: int, pretrained: bool) -> nn.Module:
             in_chans=m.in_chans,
             drop_rate=m.drop_rate,
             drop_path_rate=m.drop_path_rate or None,
+            **source,
         )
     check_segmentation_model(m)
     import segmentation_models_pytorch as smp
@@ -116,10 +149,19 @@ def _create(cfg: Config, n_outputs: int, pretrained: bool) -> nn.Module:
             classes=n_outputs,
             drop_path_rate=m.drop_path_rate or None,
             **_decoder_kwargs(m),
+            **source,  # smp hands it to timm.create_model with its other encoder kwargs
         )
     except (ValueError, RuntimeError) as e:  # the backbone's feature maps do not fit the architecture
+        if source:  # or model.weights does not fit the encoder: build_model says so
+            raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"model.arch={m.arch} cannot be built on model.backbone={m.backbone!r}: {first}") from None
+
+
+def _unloadable(m: ModelConfig, e: Exception) -> UserError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return UserError(f"config key 'model.weights' is {m.weights!r}, which model.backbone={m.backbone!r} cannot load: "
+                     f"{first[:300]}")  # fmt: skip
 
 
 def build_model(cfg: Config, n_outputs: int, pretrained: bool | None = None) -> nn.Module:
@@ -130,9 +172,15 @@ def build_model(cfg: Config, n_outputs: int, pretrained: bool | None = None) -> 
     check_backbone(m.backbone)
     try:
         model = _create(cfg, n_outputs, pretrained)
+    except (RuntimeError, KeyError, ValueError) as e:  # a weights file whose tensors do not fit, or not a state dict
+        if not (pretrained and m.weights):
+            raise
+        raise _unloadable(m, e) from None
     except (OSError, ConnectionError) as e:  # the hub is unreachable (offline, HF_HUB_OFFLINE=1) or refuses
         if not pretrained:
             raise
+        if m.weights:
+            raise _unloadable(m, e) from None
         raise UserError(
             f"model.pretrained=true but the pretrained weights of {m.backbone!r} cannot be downloaded "
             f"({type(e).__name__}); set model.pretrained=false, or place the weights in the Hugging Face cache "
