@@ -15,14 +15,16 @@ from omegaconf import OmegaConf
 from {{ cookiecutter.package_name }} import cli, config
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.core.runs import Run, read_checkpoint, read_json, read_source
+from {{ cookiecutter.package_name }}.data import demo
 from {{ cookiecutter.package_name }}.full_fit import agreement, full_epochs
 from {{ cookiecutter.package_name }}.kaggle.submissions import check_submission_file
 
-from conftest import SMALL, fake_experiment, write_config
+from conftest import SMALL, fake_experiment, make_project, small_digits, write_config
 
 # SMALL (two folds, 16 px, two batches an epoch) for three epochs, predicted with two TTA views.
 CHANGES = {"train": {"epochs": 3}, "tta": {"views": ["identity", "vflip"]}}
 FULL = OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.create(SMALL), OmegaConf.create(CHANGES)))
+TWO_EPOCHS = OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.create(SMALL), OmegaConf.create({"train": {"epochs": 2}})))
 
 
 def main(capsys, *args) -> tuple[int, str, str]:
@@ -147,6 +149,25 @@ def test_refusals_before_predict_with_unfinished_folds_and_on_other_names(fitted
         Run.named(cfg.output_dir, "../exp@full", full_ok=True)
     with pytest.raises(UserError, match="full-data fit"):
         Run.named(cfg.output_dir, "exp@full")  # upload, teachers...: fold models only
+
+
+@pytest.mark.e2e
+def test_regression_full_fit_predicts_target_values(tmp_path, monkeypatch):
+    """Regression: the full model learns standardised targets (its own scale, from every row) and predicts values."""
+    monkeypatch.setattr(demo, "load_digits", small_digits)
+    cfg = make_project(tmp_path, task="regression", n_folds=2, extra=TWO_EPOCHS)
+    path = str(tmp_path / "configs" / "exp.yaml")
+    for argv in (["train", "-c", path], ["predict", "-c", path], ["train", "-c", path, "--full"]):
+        assert _run(argv)[0] == 0, argv
+    run = cfg.run
+    full = run.read_full()
+    assert full.lr == run.read_cv().lr and full.agreement["label_agreement"] is None
+    scale = read_checkpoint(run.full.best).target_scale
+    y = pd.read_csv(tmp_path / "data" / "train.csv")[cfg.data.target_col].to_numpy(float)
+    assert scale.mean == pytest.approx(y.mean()) and scale.std == pytest.approx(y.std(), rel=1e-3)
+    pred = pd.read_csv(run.full.test_pred)
+    assert list(pred.columns[1:]) == run.read_classes().classes
+    assert -1.0 <= full.agreement["pearson_r"] <= 1.0 and np.isfinite(pred.iloc[:, 1:].to_numpy()).all()
 
 
 def test_agreement_per_task():
