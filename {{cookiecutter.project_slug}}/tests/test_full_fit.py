@@ -3,6 +3,7 @@ the fold ensemble's were (the decisions' views) and compared with them, submitte
 the fold run's OOF, CV, decisions and blend weights. Through the CLI as typed, on one trained small project."""
 
 import contextlib
+import dataclasses
 import io
 import math
 import shutil
@@ -14,7 +15,7 @@ from omegaconf import OmegaConf
 
 from {{ cookiecutter.package_name }} import cli, config
 from {{ cookiecutter.package_name }}.core.errors import UserError
-from {{ cookiecutter.package_name }}.core.runs import Run, read_checkpoint, read_json, read_source
+from {{ cookiecutter.package_name }}.core.runs import Run, read_checkpoint, read_json, read_source, write_checkpoint
 from {{ cookiecutter.package_name }}.data import demo
 from {{ cookiecutter.package_name }}.full_fit import agreement, full_epochs
 from {{ cookiecutter.package_name }}.kaggle.submissions import check_submission_file
@@ -141,6 +142,13 @@ def test_refusals_before_predict_with_unfinished_folds_and_on_other_names(fitted
     assert code == 2 and "fold(s) [1]" in one_line(err)
     code, _, err = main(capsys, "make-submission", "-c", part, "--exp", "part@full")
     assert code == 2 and "train --full" in one_line(err)
+    # a fold retrained since the full fit: exp@full no longer stands for this run
+    shutil.copytree(cfg.run.path, root / "outputs" / "stale")
+    best = root / "outputs" / "stale" / "fold0" / "best.pt"
+    write_checkpoint(best, dataclasses.replace(read_checkpoint(best), epoch=99))
+    write_config(root, n_folds=2, extra=FULL, name="stale")
+    code, _, err = main(capsys, "make-submission", "-c", path, "--exp", "stale@full")
+    assert code == 2 and "fold checkpoints" in one_line(err) and "--force" in err
     # done already: nothing is refitted
     before = cfg.run.full_json.stat().st_mtime_ns
     code, out, _ = main(capsys, "train", "-c", path, "--full")

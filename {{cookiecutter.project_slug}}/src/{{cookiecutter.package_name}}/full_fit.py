@@ -147,10 +147,8 @@ def train_full(cfg: Config, force: bool = False, log: Callable[[str], None] = pr
     full_cfg, fold_epochs, sums = full_config(cfg, log)
     files = run.full
     if run.full_json.is_file() and not force:
+        run.check_full(f"{cfg.exp}@full")  # made from the fold checkpoints and views the run has now
         done = run.read_full()
-        if done.folds_checkpoints != sums:
-            raise UserError(f"{run.full_json} was fitted after other fold checkpoints than {cfg.exp!r} has now "
-                            "(retrained since?): train --full --force fits it again")  # fmt: skip
         log(f"{files.path}: already fitted ({run.full_json}); --force fits it again")
         return done
     with FoldLock(files.lock):
@@ -213,7 +211,7 @@ def _fit(cfg: Config, full_cfg: Config, fold_epochs: dict[str, int], sums: dict[
     # The test set, predicted as the fold ensemble's test_pred.csv was: the decisions' views and merge.
     decisions = run.read_decisions()
     predictor = TorchPredictor(kept, s.device, s.dtype)
-    predictor.scale = s.target_scale if s.target_scale is not None else files.read_best().scale
+    predictor.scale = files.read_best().scale  # regression: the full fit's target scale (every row's)
     _, workers = compute_setup(full_cfg.device, full_cfg.threads, full_cfg.data.num_workers)
     feed = feeder(full_cfg, kept, s.device, workers, use_channels_last(full_cfg.model.channels_last, s.device))
     ids, dataset = test_dataset(full_cfg)

@@ -896,9 +896,7 @@ class Run:
                 raise UserError(f"{what} {name!r} names {base}'s full-data fit: only make-submission, score, submit "
                                 f"and ensemble take it; use {base!r} here")  # fmt: skip
             run = cls(Path(output_dir) / base, full_test=True)
-            if not run.full_json.is_file():
-                raise UserError(f"{run.full_json} not found: {name!r} needs {base}'s full-data fit; run "
-                                f"`train --full` for {base!r} first")  # fmt: skip
+            run.check_full(name)
             return run
         return cls(Path(output_dir) / check_name(name, what))
 
@@ -1046,6 +1044,21 @@ class Run:
 
     def read_tta_choice(self) -> TTAChoice:
         return _read_record(self.tta_auto, TTAChoice.from_dict, "predict with tta.views=auto again")
+
+    def check_full(self, name: str) -> None:
+        """`<exp>@full` stands for the fold run only while its full fit was made from the fold checkpoints the run
+        has now, and predicted with the views its decisions.json holds now."""
+        if not self.full_json.is_file():
+            raise UserError(f"{self.full_json} not found: {name!r} needs {self.path.name}'s full-data fit; run "
+                            f"`train --full` for {self.path.name!r} first")  # fmt: skip
+        full = self.read_full()
+        now = {k: checksum(self.fold(int(k)).best) if self.fold(int(k)).best.is_file() else None
+               for k in full.folds_checkpoints}  # fmt: skip
+        views = self.read_decisions().views if self.decisions.is_file() else None
+        if now != full.folds_checkpoints or views != full.views:
+            what = "fold checkpoints" if now != full.folds_checkpoints else f"TTA views ({full.views} vs {views})"
+            raise UserError(f"{self.full_json}: fitted or predicted for other {what} than {self.path.name!r} has now; "
+                            f"`train --full --force` for {self.path.name!r} fits it again")  # fmt: skip
 
     def write_full(self, record: FullFit) -> Path:
         return atomic_write_json(self.full_json, record.to_dict())
