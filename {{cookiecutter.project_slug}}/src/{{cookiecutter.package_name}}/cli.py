@@ -112,13 +112,29 @@ def _folds(args: argparse.Namespace) -> None:
     print(f"{path}: {'written' if written else 'unchanged, already'} (hash {h})")
 
 
-@command("train", "train folds (default all), then print and save the CV summary", fold, force)
+def full(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="after CV and predict: fit one model on every training row (epochs and LR from the CV run) -> "
+        "outputs/<exp>/full/; submit or blend it as <exp>@full",
+    )
+
+
+@command("train", "train folds (default all), then print and save the CV summary", fold, force, full)
 def _train(args: argparse.Namespace) -> None:
     from .core.runtime import is_main
     from .cv import summarize
     from .train import train_folds
 
     cfg = config_of(args)
+    if args.full:
+        from .full_fit import train_full
+
+        if args.fold != "all":
+            raise UserError(f"--full with --fold {args.fold}: the full fit trains on every fold's rows at once")
+        train_full(cfg, force=args.force)
+        return
     train_folds(cfg, parse_folds(args.fold, cfg), force=args.force)
     if is_main():  # under torchrun, rank 0 summarises
         summarize(cfg)

@@ -356,7 +356,7 @@ def load_members(
     """The members' OOF (and test) predictions aligned by id. Every member must have finished every fold, unless
     `allow_partial`: then the rows of the folds every member finished are blended."""
     id_col = cfg.data.id_col
-    runs = [Run.named(cfg.output_dir, e) for e in exps]
+    runs = [Run.named(cfg.output_dir, e, full_ok=True) for e in exps]
     cvs = [run.read_cv() for run in runs]
     _check_same(exps, cvs, "folds_hash", "folds (folds_hash)")
     _check_same(exps, cvs, "pred_cols", "prediction columns (pred_cols)")

@@ -78,7 +78,7 @@ def make_submission(
 ) -> Path:
     """outputs/<exp>/test_pred.csv -> submissions/<name or exp>.csv in the sample submission's format, with the
     run's decisions applied."""
-    run, id_col = Run.named(cfg.output_dir, exp), cfg.data.id_col
+    run, id_col = Run.named(cfg.output_dir, exp, full_ok=True), cfg.data.id_col
     info = run.read_classes()
     classes, positive = list(info.classes), info.positive
     test = read_pred_csv(run.test_pred, id_col, classes)
@@ -189,7 +189,7 @@ def _score_masks(cfg: Config, submission_file: str | Path, solution_path: str | 
 
 def submitted_cv(cfg: Config, exp: str) -> float | None:
     """The OOF CV of a submission made from experiment `exp` (its decisions.json), if there is one."""
-    run = Run.named(cfg.output_dir, exp)
+    run = Run.named(cfg.output_dir, exp, full_ok=True)
     return run.read_decisions().cv if run.decisions.is_file() else None
 
 

@@ -13,6 +13,7 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
     export/export.json  ExportManifest   Run.write_export / read_export
     lineage.json        Lineage          Run.write_lineage / read_lineage
     tta_auto.json       TTAChoice        Run.write_tta_choice / read_tta_choice
+    full/full.json      FullFit          Run.write_full / read_full
 
     outputs/<exp>/                      Run
         config.yaml                     the resolved config the run was trained with
@@ -38,6 +39,10 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
             export.json                 per fold and variant: OOF score, parity with torch, file size, CPU img/s,
                                         the file's sha256 (and the checkpoint's it was exported from)
             fold<k>/model.onnx model_int8.onnx model_dynamic_int8.onnx model_qat_int8.onnx model.ts pruned.pt
+        full/                           FoldFiles (`train --full`): best.pt (the last epoch's weights), last.pt,
+                                        history.json, config.yaml (epochs and LR from the CV run), train.lock,
+                                        test_pred.csv (+ .source.json: the decisions' views); full.json (FullFit,
+                                        written last: the fit is finished), what `<exp>@full` submits and blends
         fold<k>/                        FoldFiles
             best.pt  last.pt            weights to predict with; everything to resume exactly
             swa.pt avg_best_k.pt        train.swa / train.avg_best_k / cosine_restarts' snapshots: the averaged
@@ -132,6 +137,9 @@ SOURCE_SUFFIX = ".source.json"
 MASKS_SUFFIX = "_masks.npz"  # oof.csv -> oof_masks.npz: a prediction table's segmentation maps
 TMP_SUFFIX = ".tmp"
 CACHE_DIR = ".cache"
+FULL_DIR = "full"  # `train --full`: the model fitted on every training row (FoldFiles), its full.json
+FULL_JSON = "full.json"
+FULL_SUFFIX = "@full"  # `<exp>@full`: exp's fold run with the full-data fit's test predictions (Run.named)
 # What a packaged run (Kaggle dataset, offline notebook) carries besides its checkpoints: thresholds and QWK cuts
 # tuned on OOF are re-tuned offline exactly as here.
 PACKAGED = (CONFIG, CLASSES, CV, DECISIONS, WEIGHTS, OOF, TTA_AUTO)
@@ -679,6 +687,36 @@ class TTAChoice:
         return _from_dict(cls, d)
 
 
+@dataclass
+class FullFit:
+    """full/full.json (`train --full`): the model fitted on every training row, with the epoch count and LR taken
+    from the CV run and where they came from, which weights it keeps, how its test predictions were made, and their
+    agreement with the fold ensemble's test_pred.csv."""
+
+    exp: str
+    epochs: int
+    epochs_rule: str
+    fold_epochs: dict[str, int]  # fold -> its best.pt epoch
+    lr: float
+    lr_from: str
+    optimizer_lr: float  # the largest LR of the optimizer's groups as built (the schedule's peak)
+    n_rows: int
+    weights: str  # model | ema: the weights kept after the last epoch
+    weights_rule: str
+    folds_checkpoints: dict[str, str]  # fold -> sha256 of the best.pt the epochs were read from
+    views: list[str]
+    merge: str
+    agreement: dict  # label_agreement (None for regression), pearson_r, mean_abs_diff vs the fold ensemble
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> FullFit:
+        return _from_dict(cls, d)
+
+
 # --------------------------------------------------------------------------------------------- run folders
 
 
@@ -842,17 +880,29 @@ class Decisions:
 
 @dataclass(frozen=True)
 class Run:
-    """An experiment's (or ensemble's) folder under output_dir."""
+    """An experiment's (or ensemble's) folder under output_dir. `full_test`: test_pred is the full-data fit's
+    (`<exp>@full`); everything else (OOF, cv.json, decisions) is the fold run's."""
 
     path: Path
+    full_test: bool = False
 
     @classmethod
-    def named(cls, output_dir: str | Path, name: str, what: str = "experiment name") -> Run:
+    def named(cls, output_dir: str | Path, name: str, what: str = "experiment name", full_ok: bool = False) -> Run:
+        """`name`'s folder; `<exp>@full` (where `full_ok`: submissions and blends) is exp's fold run whose test
+        predictions are its full-data fit's (full/test_pred.csv, `train --full`)."""
+        if isinstance(name, str) and name.endswith(FULL_SUFFIX):
+            base = check_name(name[: -len(FULL_SUFFIX)], what)
+            if not full_ok:
+                raise UserError(f"{what} {name!r} names {base}'s full-data fit: only make-submission, score, submit "
+                                f"and ensemble take it; use {base!r} here")  # fmt: skip
+            run = cls(Path(output_dir) / base, full_test=True)
+            run.check_full(name)
+            return run
         return cls(Path(output_dir) / check_name(name, what))
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.path.name + (FULL_SUFFIX if self.full_test else "")
 
     config = property(lambda self: self.path / CONFIG)
     classes = property(lambda self: self.path / CLASSES)
@@ -861,7 +911,7 @@ class Run:
     oof = property(lambda self: self.path / OOF)
     oof_tta = property(lambda self: self.path / OOF_TTA)
     tta_auto = property(lambda self: self.path / TTA_AUTO)
-    test_pred = property(lambda self: self.path / TEST_PRED)
+    test_pred = property(lambda self: self.path / (f"{FULL_DIR}/{TEST_PRED}" if self.full_test else TEST_PRED))
     weights = property(lambda self: self.path / WEIGHTS)
     lineage = property(lambda self: self.path / LINEAGE)
     git = property(lambda self: self.path / GIT)
@@ -899,6 +949,9 @@ class Run:
 
     def fold(self, k: int) -> FoldFiles:
         return FoldFiles(self.path / f"fold{k}")
+
+    full = property(lambda self: FoldFiles(self.path / FULL_DIR))  # `train --full`'s model and its files
+    full_json = property(lambda self: self.path / FULL_DIR / FULL_JSON)
 
     def fold_numbers(self) -> list[int]:
         """Every fold<k>/ folder, finished or not."""
@@ -991,6 +1044,27 @@ class Run:
 
     def read_tta_choice(self) -> TTAChoice:
         return _read_record(self.tta_auto, TTAChoice.from_dict, "predict with tta.views=auto again")
+
+    def check_full(self, name: str) -> None:
+        """`<exp>@full` stands for the fold run only while its full fit was made from the fold checkpoints the run
+        has now, and predicted with the views its decisions.json holds now."""
+        if not self.full_json.is_file():
+            raise UserError(f"{self.full_json} not found: {name!r} needs {self.path.name}'s full-data fit; run "
+                            f"`train --full` for {self.path.name!r} first")  # fmt: skip
+        full = self.read_full()
+        now = {k: checksum(self.fold(int(k)).best) if self.fold(int(k)).best.is_file() else None
+               for k in full.folds_checkpoints}  # fmt: skip
+        views = self.read_decisions().views if self.decisions.is_file() else None
+        if now != full.folds_checkpoints or views != full.views:
+            what = "fold checkpoints" if now != full.folds_checkpoints else f"TTA views ({full.views} vs {views})"
+            raise UserError(f"{self.full_json}: fitted or predicted for other {what} than {self.path.name!r} has now; "
+                            f"`train --full --force` for {self.path.name!r} fits it again")  # fmt: skip
+
+    def write_full(self, record: FullFit) -> Path:
+        return atomic_write_json(self.full_json, record.to_dict())
+
+    def read_full(self) -> FullFit:
+        return _read_record(self.full_json, FullFit.from_dict, f"run `train --full` for {self.path.name!r} (--force)")
 
 
 def read_id_csv(path: Path, id_col: str) -> pd.DataFrame:

@@ -31,7 +31,7 @@ def check_submission_file(cfg: Config, path: str | Path) -> pd.DataFrame:
 
 
 def _decided(cfg: Config, exp: str):
-    run = Run.named(cfg.output_dir, exp)
+    run = Run.named(cfg.output_dir, exp, full_ok=True)
     return run.read_decisions() if run.decisions.is_file() else None
 
 
