@@ -80,6 +80,10 @@ class ModelConfig:
     # own (Unet: 256 128 64 32 16); fewer channels train faster on a CPU
     arch: str = "unet"
     decoder_channels: list[int] | None = None
+    # multi-stage training: fold k starts from experiment <init_from>'s fold-k best.pt (progressive resizing, a
+    # high-resolution fine-tune, external-data pretraining), checked never to have trained on fold k's validation rows
+    init_from: str | None = None
+    init_from_head: str = "keep"  # keep: the source's head too (same task and classes) | reset: the backbone only
 
 
 @dataclass
