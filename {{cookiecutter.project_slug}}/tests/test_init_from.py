@@ -84,6 +84,8 @@ def test_the_fine_tune_trains_through_the_cli_records_its_start_and_stops_on_a_r
         stage1.run.fold(0).write_best(dataclasses.replace(ckpt, score=(ckpt.score or 0) + 1))
         with pytest.raises(UserError, match=r"fold 0 started from .*retrained since"):
             train.check_resumable(cfg, 1)
+        with pytest.raises(UserError, match=r"--force on fold\(s\) \[1\]: fold 0 started from"):
+            train.check_forced(cfg, [1])
     finally:
         best.write_bytes(saved)
     train.check_resumable(cfg, 1)

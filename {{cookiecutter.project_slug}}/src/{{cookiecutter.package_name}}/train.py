@@ -121,6 +121,10 @@ def check_forced(cfg: Config, folds: list[int]) -> None:
         return
     cfg = resolve_lr(cfg)  # the recorded configs hold the LR they used
     for k in others:
+        changed = source_changed(cfg, k)  # model.init_from: the source's fold-k checkpoint retrained since
+        if changed:
+            raise UserError(f"--force on fold(s) {folds}: {changed}, and one experiment would mix both starts: "
+                            "force every fold (--fold all --force), or name a new experiment")  # fmt: skip
         changes = training_changes(cfg.run.trained_config(k), cfg)
         if changes:
             raise UserError(

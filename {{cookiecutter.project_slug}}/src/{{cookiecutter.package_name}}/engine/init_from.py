@@ -29,6 +29,7 @@ from ..config import Config
 from ..config import load as load_config
 from ..core.errors import UserError
 from ..core.runs import Checkpoint, InitFrom, Run, checksum, read_id_csv
+from ..core.runtime import is_main
 from ..data.folds import read_fold_table
 from ..data.problem import Problem
 from ..modeling.models import head_modules, unwrap
@@ -178,7 +179,9 @@ def start_from(cfg: Config, problem: Problem, fold: int, model: nn.Module) -> In
                         f"{first}{shape}); set model.* as experiment {name!r} has them")  # fmt: skip
     with torch.no_grad():
         target.load_state_dict({**state, **weights})
-    print(f"fold {fold}: starting from {name}'s fold {fold} weights ({path}, head {head}; chain {' -> '.join(chain)})")
+    if is_main():
+        print(f"fold {fold}: starting from {name}'s fold {fold} weights ({path}, head {head}; chain "
+              f"{' -> '.join(chain)})")  # fmt: skip
     return InitFrom(exp=name, fold=fold, checkpoint=checksum(path), head=head, chain=chain)
 
 
