@@ -322,6 +322,7 @@ ARTEFACTS = {
     "LINEAGE": "lineage",
     "TTA_AUTO": "tta_auto",
     "BEST": "best",
+    "INIT_FROM": "init_from",
 }
 FILE_NAMES = {getattr(runs, name) for name in ARTEFACTS}
 # Calls that parse or write a file's content by hand (read_text / write_text ... on the path object itself).

@@ -433,6 +433,16 @@ def validate(cfg: Config) -> None:
                         "maps and has none (use false)")  # fmt: skip
     if cfg.task in PIXEL_TASKS:
         _check_segmentation(cfg)
+    m = cfg.model  # model.init_from: a plain experiment name, another one than this, fold-wise (not a full fit)
+    _check(m.init_from_head in ("keep", "reset"), "model.init_from_head", m.init_from_head, "keep or reset")
+    if m.init_from is not None:
+        check_name(m.init_from, "config key 'model.init_from'")
+        if m.init_from == cfg.exp:
+            raise UserError(f"config key 'model.init_from' is {m.init_from!r}, this experiment itself: name the "
+                            "experiment whose fold-k weights each fold starts from")  # fmt: skip
+        if "@" in m.init_from:
+            raise UserError(f"config key 'model.init_from' is {m.init_from!r}, a model fitted on every row: "
+                            "fold k starts only from a fold-k model, which never saw its validation rows")  # fmt: skip
     _check_weights(cfg)
 
 

@@ -32,6 +32,7 @@ from .core.tracking import Tracker, score_summary
 from .data.problem import Problem, load_problem
 from .engine.codec import record_decisions
 from .engine.inference import as_decided, folds_source, predicted_as, runtime_name
+from .engine.init_from import chain_summary
 from .engine.lr import recorded_lr
 from .engine.scoring import score_oof
 from .engine.views import read_choice, with_views
@@ -139,6 +140,7 @@ def summarize(
         lr=recorded_lr(cfg),  # optim.lr, resolved when it is auto
         lr_auto=cfg.optim.lr == "auto",
         folds_differ=differ,
+        init_from=chain_summary(cfg, folds),  # model.init_from: what each fold started from
     )
     # The OOF rows predicted as test_pred.csv was (views, merge, runtime, from these very checkpoints), if predict
     # made it; else, before predict, the configured (or, tta.views: auto, the chosen) views.

@@ -64,6 +64,7 @@ from .engine.inference import (
     load_fold_weights,
     predict_loader,
 )
+from .engine.init_from import source_changed
 from .engine.loop import evaluate, train_epoch
 from .engine.lr import resolve_lr
 from .engine.probe import linear_probe
@@ -99,6 +100,10 @@ def check_resumable(cfg: Config, fold: int) -> None:
         return
     checks = [(fold, f"fold {fold} was interrupted")] if resuming else []
     for k, what in checks + [(k, f"fold {k} was trained") for k in others]:
+        changed = source_changed(cfg, k)  # model.init_from: the source's fold-k checkpoint retrained since
+        if changed:
+            raise UserError(f"{changed}: --force trains fold {k} again from the new weights (or name another "
+                            "experiment)")  # fmt: skip
         changes = training_changes(run.trained_config(k), cfg)
         if changes:
             raise UserError(
@@ -116,6 +121,10 @@ def check_forced(cfg: Config, folds: list[int]) -> None:
         return
     cfg = resolve_lr(cfg)  # the recorded configs hold the LR they used
     for k in others:
+        changed = source_changed(cfg, k)  # model.init_from: the source's fold-k checkpoint retrained since
+        if changed:
+            raise UserError(f"--force on fold(s) {folds}: {changed}, and one experiment would mix both starts: "
+                            "force every fold (--fold all --force), or name a new experiment")  # fmt: skip
         changes = training_changes(cfg.run.trained_config(k), cfg)
         if changes:
             raise UserError(
@@ -158,6 +167,8 @@ def _train_one_fold(cfg: Config, fold: int, data: FoldData | None, step: Step | 
         record_git(cfg.run, fold)  # the code's commit beside it (git.json)
         save(cfg, out.config)  # and the fold's own: cv.json is complete only while every fold's agree
         save_classes(cfg, s.problem)
+        if s.init is not None:
+            out.write_init_from(s.init)  # model.init_from: what the fold started from
         if cfg.train.frozen_features and not out.frozen_oof.is_file():  # before any step: the weights it starts with
             frozen_features_probe(cfg, s, fold)
     barrier()

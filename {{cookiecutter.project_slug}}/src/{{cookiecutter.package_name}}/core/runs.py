@@ -14,6 +14,7 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
     lineage.json        Lineage          Run.write_lineage / read_lineage
     tta_auto.json       TTAChoice        Run.write_tta_choice / read_tta_choice
     full/full.json      FullFit          Run.write_full / read_full
+    fold<k>/init_from.json  InitFrom     FoldFiles.write_init_from / read_init_from
 
     outputs/<exp>/                      Run
         config.yaml                     the resolved config the run was trained with
@@ -53,6 +54,8 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
             averaging.json              each variant's make-up and score, and which one best.pt holds
             best_epoch.pt               the best epoch's weights when train.pick_averaged put an average in best.pt
             config.yaml                 the config this fold was trained under (cv.json is complete when they agree)
+            init_from.json              model.init_from: the experiment and fold-k best.pt (sha256) the fold
+                                        started from, and the chain of experiments behind those weights (InitFrom)
             normalization.json          augment.mean/std: fold: the fold's training images' per-channel mean and std
                                         (FoldNormalization), computed once, read by every stage that normalises
             history.json oof.csv        per-epoch metrics; the fold's OOF rows (written last: fold finished)
@@ -119,6 +122,7 @@ AVERAGING = "averaging.json"
 FROZEN_OOF = "oof_frozen_features.csv"
 BEST_EPOCH = "best_epoch.pt"
 PSEUDO_LABELS = "pseudo_labels.csv"
+INIT_FROM = "init_from.json"
 EXPORT_DIR = "export"
 EXPORT_JSON = "export.json"
 ONNX = "model.onnx"
@@ -514,6 +518,8 @@ class CVSummary:
     cv_in_sample: float | None = None  # foldwise methods: the meta-model scored on the rows it was fitted on
     folds_nested: dict[str, float] | None = None  # tuned methods: weights tuned on the other folds
     cv_nested: float | None = None
+    # model.init_from: the experiment each fold started from, the chain behind it, each fold's source sha256
+    init_from: dict | None = None
 
     @property
     def is_ensemble(self) -> bool:
@@ -717,6 +723,27 @@ class FullFit:
         return _from_dict(cls, d)
 
 
+@dataclass
+class InitFrom:
+    """fold<k>/init_from.json (model.init_from): the weights fold k started from, the source experiment's fold-k
+    best.pt (`checkpoint`: its sha256), whether its head was kept or reset, and `chain`: every experiment whose
+    fold-k training reaches these weights (the source first, then its own init_from's and teachers', ...), each
+    checked not to have trained on fold k's validation rows."""
+
+    exp: str
+    fold: int
+    checkpoint: str
+    head: str  # keep | reset
+    chain: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> InitFrom:
+        return _from_dict(cls, d, chain=list)
+
+
 # --------------------------------------------------------------------------------------------- run folders
 
 
@@ -795,6 +822,16 @@ class FoldFiles:
     def normalization(self) -> Path:
         return self.path / NORMALIZATION
 
+    @property
+    def init_from(self) -> Path:
+        return self.path / INIT_FROM
+
+    def write_init_from(self, record: InitFrom) -> Path:
+        return atomic_write_json(self.init_from, record.to_dict())
+
+    def read_init_from(self) -> InitFrom:
+        return _read_record(self.init_from, InitFrom.from_dict, "train the fold again (--force)")
+
     def write_normalization(self, record: FoldNormalization) -> Path:
         return atomic_write_json(self.normalization, record.to_dict())
 
@@ -822,6 +859,7 @@ class FoldFiles:
         for p in (*weights, self.oof, self.history, self.test_pred, _source_path(self.test_pred), self.averaging,
                   self.config, *self.path.glob("oof_*.csv"), *self.path.glob(f"*{MASKS_SUFFIX}")):  # fmt: skip
             p.unlink(missing_ok=True)
+        self.init_from.unlink(missing_ok=True)  # model.init_from: what the fold started from
 
 
 @dataclass(frozen=True)

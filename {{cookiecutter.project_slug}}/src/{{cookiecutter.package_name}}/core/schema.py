@@ -85,6 +85,10 @@ class ModelConfig:
     # relative to the project. Loaded by timm (the head left out, the first convolution adapted to model.in_chans);
     # needs model.pretrained: true. The normalisation stays the pretrained tag's (augment.mean/std to override).
     weights: str | None = None
+    # multi-stage training: fold k starts from experiment <init_from>'s fold-k best.pt (progressive resizing, a
+    # high-resolution fine-tune, external-data pretraining), checked never to have trained on fold k's validation rows
+    init_from: str | None = None
+    init_from_head: str = "keep"  # keep: the source's head too (same task and classes) | reset: the backbone only
 
 
 @dataclass

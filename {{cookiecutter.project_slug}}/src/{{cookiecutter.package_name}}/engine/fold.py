@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import Config
 from ..core.errors import UserError
+from ..core.runs import InitFrom
 from ..core.runtime import (
     ShardedSampler,
     amp_dtype,
@@ -35,6 +36,7 @@ from ..data.problem import (
 from ..data.samplers import ShuffleSampler, build_sampler
 from ..modeling.losses import build_loss, prior_logits
 from ..modeling.models import build_model, init_head
+from .init_from import start_from
 
 # the GPU to finish the queued steps, so reading every step would keep the GPU idle while the host launches the next
 Step = Callable[[nn.Module, dict, nn.Module], dict[str, torch.Tensor]]
@@ -62,6 +64,7 @@ class FoldSetup:
     dtype: torch.dtype | None  # autocast dtype; None = full precision
     generator: torch.Generator  # seeds the loader's workers (the order: the samplers' (seed, epoch)); in last.pt
     target_scale: TargetScale | None = None  # regression: the fold's target standardisation (saved in best.pt)
+    init: InitFrom | None = None  # model.init_from: the weights the fold started from (fold<k>/init_from.json)
 
 
 def rank_batch_size(cfg: Config) -> int:
@@ -123,10 +126,15 @@ def setup_fold(cfg: Config, fold: int, data: FoldData | None = None) -> FoldSetu
     start = prior_logits(cfg.loss, cfg.task, n_out, data.class_counts)
     if cfg.model.init_head == "prior" and not init_head(model, start):
         print(f"note: no output layer with a bias found in {cfg.model.backbone}'s head; model.init_head skipped")
+    # model.init_from: the source's fold-k weights (its head too, unless init_from_head=reset); a resumed fold carries
+    # on from its last.pt instead. Regression: the fold standardises its targets itself, as the source did.
+    init = None
+    if cfg.model.init_from is not None and not cfg.run.fold(fold).last.is_file():
+        init = start_from(cfg, problem, fold, model)
     valid_loader = make_loader(data.valid, cfg.tta.batch_size, False, workers, **to_device)
     dtype = amp_dtype(cfg.train.amp, device)
     return FoldSetup(problem, data, model, criterion, mixer, loader, valid_loader, n_batches, device, dtype, generator,
-                     scale)  # fmt: skip
+                     scale, init)  # fmt: skip
 
 
 def start_epoch(cfg: Config, s: FoldSetup, fold: int, epoch: int) -> None:
