@@ -108,8 +108,9 @@ def test_members_are_the_experiment_under_each_seed(tmp_path):
     assert all(m.train == cfg.train and m.model == cfg.model for m in members)
     plain = config.load(write_config(tmp_path, name="exp002"))
     assert config.seed_members(plain) == [plain]
+    record = SeedBag([1, 2], ["b-seed1", "b-seed2"], {"1": 0.4, "2": 0.5}, 0.45, 0.07, 0.5)
     summary = CVSummary("b", "multiclass", "accuracy", True, 0.5, {}, True, [], False, "h", ["a"], members=["m"],
-                        seed_bag=SeedBag([1, 2], ["b-seed1", "b-seed2"], {"1": 0.4, "2": 0.5}, 0.45, 0.07, 0.5))  # fmt: skip
+                        seed_bag=record)  # fmt: skip
     assert CVSummary.from_dict(json.loads(json.dumps(summary.to_dict()))) == summary
 
 
