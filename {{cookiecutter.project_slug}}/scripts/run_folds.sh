@@ -11,7 +11,9 @@ PKG={{ cookiecutter.package_name }}
 N_GPUS=${N_GPUS:-$(nvidia-smi -L 2>/dev/null | wc -l || true)}
 [ "${N_GPUS:-0}" -gt 0 ] || N_GPUS=1
 N_FOLDS=$("$PY" -c "import sys; from $PKG.config import load; print(load(sys.argv[1], sys.argv[2:]).folds.n_folds)" "$CONFIG" "$@")
-EXP=$("$PY" -c "import sys; from $PKG.config import load; print(load(sys.argv[1], sys.argv[2:]).run_dir)" "$CONFIG" "$@")
+# The fold logs' folder: the experiment's (a seed bag, config key seeds: its first seed's; each fold's process trains
+# that fold under every seed, and the bag's own folder holds only the blend).
+EXP=$("$PY" -c "import sys; from $PKG.config import load, seed_members; print(seed_members(load(sys.argv[1], sys.argv[2:]))[0].run_dir)" "$CONFIG" "$@")
 mkdir -p "$EXP"
 # optim.lr=auto: run the LR finder once, before the folds start in parallel; each then reads its cached suggestion.
 LR=$("$PY" -c "import sys; from $PKG.config import load; print(load(sys.argv[1], sys.argv[2:]).optim.lr)" "$CONFIG" "$@")

@@ -456,6 +456,7 @@ def _records() -> dict:
         cv_in_sample=0.7,
         folds_nested={"0": 0.5},
         cv_nested=0.5,
+        seed_bag=runs.SeedBag([42, 7], ["m0", "m1"], {"42": 0.4, "7": 0.5}, 0.45, 0.07, 0.5),
     )
     variant = runs.ExportedVariant(
         file="export/fold0/model.onnx",

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import Config, load
+from .config import Config, load, seed_members
 from .core.errors import Interrupted, UserError
 from .core.tasks import TASKS
 
@@ -133,18 +133,28 @@ def _train(args: argparse.Namespace) -> None:
 
         if args.fold != "all":
             raise UserError(f"--full with --fold {args.fold}: the full fit trains on every fold's rows at once")
+        if cfg.seeds:
+            raise UserError(f"--full with config key 'seeds' {list(cfg.seeds)}: fit one seed's experiment on every "
+                            f"row (exp={seed_members(cfg)[0].exp} seeds=null)")  # fmt: skip
         train_full(cfg, force=args.force)
         return
-    train_folds(cfg, parse_folds(args.fold, cfg), force=args.force)
-    if is_main():  # under torchrun, rank 0 summarises
-        summarize(cfg)
+    check_bag(cfg)
+    for member in seed_members(cfg):  # config key seeds: each seed's experiment, then their bag; else cfg itself
+        train_folds(member, parse_folds(args.fold, cfg), force=args.force)
+        if is_main():  # under torchrun, rank 0 summarises
+            summarize(member)
+    if is_main():
+        bag(cfg)
 
 
 @command("cv", "recompute the CV summary (oof.csv, cv.json, figures) from the finished folds", allow_partial)
 def _cv(args: argparse.Namespace) -> None:
     from .cv import summarize
 
-    summarize(config_of(args), allow_partial=args.allow_partial)
+    cfg = config_of(args)
+    for member in seed_members(cfg):
+        summarize(member, allow_partial=args.allow_partial)
+    bag(cfg, args.allow_partial)
 
 
 @command("lr-find", "LR range test on one fold; prints the suggestion, saves lr_find.png", fold)
@@ -152,7 +162,8 @@ def _lr_find(args: argparse.Namespace) -> None:
     from .lr_find import run_lr_find
 
     cfg = config_of(args)
-    run_lr_find(cfg, parse_folds(args.fold if args.fold != "all" else "0", cfg)[0])
+    for member in seed_members(cfg):  # a seed bag: each seed's experiment finds its own LR (optim.lr: auto reads it)
+        run_lr_find(member, parse_folds(args.fold if args.fold != "all" else "0", cfg)[0])
 
 
 def _aug_preview_flags(p: argparse.ArgumentParser) -> None:
@@ -167,7 +178,7 @@ def _aug_preview(args: argparse.Namespace) -> None:
 
     if args.images < 1 or args.draws < 1:
         raise UserError(f"--images {args.images} --draws {args.draws}: expected at least 1 of each")
-    run_aug_preview(config_of(args), args.images, args.draws)
+    run_aug_preview(seed_members(config_of(args))[0], args.images, args.draws)
 
 
 def _predict_flags(p: argparse.ArgumentParser) -> None:
@@ -190,18 +201,22 @@ def _predict(args: argparse.Namespace) -> None:
     from .predict import estimate, run_predict
 
     cfg = config_of(args)
-    if args.estimate is not None:
-        estimate(cfg, args.estimate)
-        return
-    views = run_predict(cfg, oof_tta=not args.no_oof_tta, allow_partial=args.allow_partial)
-    warn_if_tta_hurts(summarize(cfg, allow_partial=args.allow_partial), views)
+    for member in seed_members(cfg):  # a seed bag: each seed's experiment with its own decisions, then the bag
+        if args.estimate is not None:
+            estimate(member, args.estimate)
+            continue
+        views = run_predict(member, oof_tta=not args.no_oof_tta, allow_partial=args.allow_partial)
+        warn_if_tta_hurts(summarize(member, allow_partial=args.allow_partial), views)
+    if args.estimate is None:
+        bag(cfg, args.allow_partial)
 
 
 @command("export", "each fold's best model -> TorchScript, ONNX, int8, pruned; parity, OOF, size, speed")
 def _export(args: argparse.Namespace) -> None:
     from .export import run_export
 
-    run_export(config_of(args))
+    for member in seed_members(config_of(args)):
+        run_export(member)
 
 
 @command(
@@ -216,6 +231,7 @@ def _pseudo(args: argparse.Namespace) -> None:
     from .students.pseudo import run_pseudo
 
     cfg = config_of(args)
+    one_seed(cfg, "pseudo")
     if len(args.teacher) != 1:
         raise UserError("pseudo takes one --teacher (an experiment or an ensemble of several)")
     run_pseudo(
@@ -228,6 +244,7 @@ def _distill(args: argparse.Namespace) -> None:
     from .students.distill import run_distill
 
     cfg = config_of(args)
+    one_seed(cfg, "distill")
     folds = parse_folds(args.fold, cfg)
     run_distill(cfg, args.teacher, folds=folds, force=args.force, allow_partial=args.allow_partial)
 
@@ -329,7 +346,9 @@ def _upload(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from .serve import run_serve
 
-    run_serve(config_of(args))
+    cfg = config_of(args)
+    one_seed(cfg, "serve")
+    run_serve(cfg)
 
 
 def _notebook_flags(p: argparse.ArgumentParser) -> None:
@@ -353,6 +372,40 @@ def _push_notebook(args: argparse.Namespace) -> None:
         raise UserError(f"--poll {args.poll}: expected seconds between status checks, > 0")
     push_notebook(config_of(args), args.dataset, args.kernel, args.title, args.folder, args.dry_run,
                   submit=args.submit, poll_s=args.poll)  # fmt: skip
+
+
+def check_bag(cfg: Config) -> None:
+    """A seed bag (config key seeds) can be blended into outputs/<exp>/: checked before its seeds train."""
+    if cfg.seeds:
+        from .ensemble import check_bag_folder
+
+        check_bag_folder(cfg)
+
+
+def bag(cfg: Config, allow_partial: bool = False) -> None:
+    """A seed bag (config key seeds): its members' mean -> outputs/<exp>/, once every seed has every fold (or with
+    `allow_partial`, the folds every seed finished); the per-seed CVs, their spread and the bag's CV printed."""
+    if not cfg.seeds:
+        return
+    from .ensemble import bag_seeds
+
+    members = seed_members(cfg)
+    missing = {m.exp: m.run.missing_folds(m.folds.n_folds) for m in members}
+    missing = {e: folds for e, folds in missing.items() if folds}
+    if missing and not allow_partial:
+        print(f"{cfg.exp}: seed bag not blended yet, fold(s) unfinished: {missing}; train them (or `cv "
+              "--allow-partial` blends the folds every seed finished)")  # fmt: skip
+        return
+    bag_seeds(cfg, [m.exp for m in members], list(cfg.seeds), allow_partial=allow_partial)
+
+
+def one_seed(cfg: Config, use: str) -> None:
+    """`use` trains or serves one set of fold models: a seed bag (config key seeds) is refused, naming the way."""
+    if cfg.seeds:
+        member = seed_members(cfg)[0]
+        raise UserError(f"config key 'seeds' is {list(cfg.seeds)}: {use} takes one seed's fold models, not a bag; "
+                        f"run it with seeds=null (one training under seed), or on a member: seeds=null "
+                        f"exp={member.exp} seed={member.seed}")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

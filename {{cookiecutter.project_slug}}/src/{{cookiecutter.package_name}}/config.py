@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .core.errors import UserError
-from .core.runs import atomic_write_text, check_name
+from .core.runs import atomic_write_text, check_name, seed_member
 from .core.runtime import parse_device
 from .core.schema import (
     EXPORT_VARIANTS,
@@ -60,8 +60,8 @@ from .modeling.predictors import ONNX_MODELS, RUNTIMES
 # The schema's types are re-exported: stages and tests name them as config.Config, config.TrainConfig...
 __all__ = ["CHOICES", "AugmentConfig", "Config", "DataConfig", "DistillConfig", "ExportConfig", "FoldsConfig",
            "LossConfig", "ModelConfig", "OptimConfig", "PredictConfig", "PseudoConfig", "ServeConfig",
-           "SubmitConfig", "TTAConfig", "TrainConfig", "WandbConfig", "get", "load", "metric_name", "save", "to_yaml",
-           "training_changes", "validate"]  # fmt: skip
+           "SubmitConfig", "TTAConfig", "TrainConfig", "WandbConfig", "get", "load", "metric_name", "save",
+           "seed_members", "to_yaml", "training_changes", "validate"]  # fmt: skip
 
 # Allowed values of the keys that name a choice; those a registry holds come from the registry.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -444,6 +444,7 @@ def validate(cfg: Config) -> None:
             raise UserError(f"config key 'model.init_from' is {m.init_from!r}, a model fitted on every row: "
                             "fold k starts only from a fold-k model, which never saw its validation rows")  # fmt: skip
     _check_weights(cfg)
+    _check_seeds(cfg)
 
 
 def _check_weights(cfg: Config) -> None:
@@ -455,6 +456,27 @@ def _check_weights(cfg: Config) -> None:
     if w is not None and not cfg.model.pretrained:
         raise UserError(f"config key 'model.weights' is {w!r} but model.pretrained is false; set model.pretrained: "
                         "true to start from those weights, or unset model.weights")  # fmt: skip
+
+
+def _check_seeds(cfg: Config) -> None:
+    """`seeds`: unset (one training under `seed`), or at least two distinct integers >= 0, each its member experiment
+    `<exp>-seed<s>` (a plain name within the length a file system takes)."""
+    if cfg.seeds is None:
+        return
+    seeds = list(cfg.seeds)
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise UserError(f"config key 'seeds' is {seeds}; expected at least two distinct integers >= 0 (e.g. "
+                        "[42, 7, 1]), or unset for one training under 'seed'")  # fmt: skip
+    for s in seeds:
+        check_name(seed_member(cfg.exp, s), "config key 'seeds': the member experiment")
+
+
+def seed_members(cfg: Config) -> list[Config]:
+    """A seed bag's members (config key `seeds`): the experiment `<exp>-seed<s>` per seed, exactly `cfg` with
+    `seed: s` (and no `seeds`: each member is one ordinary training). None bagged: [cfg]."""
+    if not cfg.seeds:
+        return [cfg]
+    return [dataclasses.replace(cfg, exp=seed_member(cfg.exp, s), seed=s, seeds=None) for s in cfg.seeds]
 
 
 def _snapshots(o: OptimConfig) -> bool:
@@ -518,6 +540,7 @@ RESUME_IGNORES = (
     "submit",
     "serve",
     "pseudo.rounds",
+    "seeds",  # a seed bag's member is one training under `seed`; `seeds` only says which members to train
 )
 
 

@@ -45,6 +45,7 @@ from .core.runs import (
     Classes,
     CVSummary,
     Run,
+    SeedBag,
     read_masks,
     read_pred_csv,
     remove_stale_tmp,
@@ -539,3 +540,46 @@ def _write(cfg: Config, name: str, members: Members, fold, oof, fitted: Blend, b
     out.write_weights(BlendWeights(result.method, result.members, result.weights, blender.rank, fitted.model))
     out.write_classes(members.classes)
     out.write_cv(result)
+
+
+def check_bag_folder(cfg: Config) -> Run:
+    """outputs/<exp>/ of a seed bag (config key `seeds`): new, or a bag already; a one-seed run there is refused."""
+    out = Run.named(cfg.output_dir, cfg.exp)
+    if out.path.exists() and not out.is_ensemble():
+        raise UserError(f"{out.path} holds a one-seed training of {cfg.exp!r}, where seeds: {list(cfg.seeds or [])} "
+                        "puts the bag of its members: move that folder away, or give the bagged config another "
+                        "name")  # fmt: skip
+    return out
+
+
+def bag_seeds(cfg: Config, members: list[str], seeds: list[int], allow_partial: bool = False,
+              log: Callable[[str], None] = print) -> CVSummary:  # fmt: skip
+    """A seed bag (config key `seeds`): outputs/<exp>/ = the mean of its members' predictions (each member the
+    experiment under one seed, predicted with its own decisions), and cv.json's `seed_bag`: each seed's CV on the rows
+    blended, their mean and spread, the bag's CV. Every later stage takes the bag as the mean ensemble it is."""
+    out = check_bag_folder(cfg)
+    result = blend(cfg, members, "mean", cfg.exp, log=log, allow_partial=allow_partial)
+    per_seed = [float(result.member_cv[m]) for m in members]  # type: ignore[index]
+    result.seed_bag = SeedBag(
+        seeds=list(seeds),
+        members=list(members),
+        cv={str(s): v for s, v in zip(seeds, per_seed, strict=True)},
+        mean=float(np.mean(per_seed)),
+        std=float(np.std(per_seed, ddof=1)),
+        bag=float(result.cv),
+    )
+    out.write_cv(result)
+    log(format_seed_bag(result))
+    return result
+
+
+def format_seed_bag(result: CVSummary) -> str:
+    """The bag's lines: each seed's CV, their mean +- std, and the bag's CV with its gain over the mean seed."""
+    bag = result.seed_bag
+    assert bag is not None
+    gain = metrics.get_metric(result.metric).gain
+    seeds = " | ".join(f"seed {s} {v:.5f}" for s, v in bag.cv.items())
+    better = gain(bag.bag) - gain(bag.mean)  # > 0: the bag beats its average seed, whatever the metric's direction
+    return (f"{result.exp}: seed bag of {len(bag.seeds)} ({result.metric}): {seeds}\n"
+            f"{result.exp}: seeds {bag.mean:.5f} +- {bag.std:.5f} (mean +- std over seeds) -> bag {bag.bag:.5f} "
+            f"({better:+.5f} over the mean seed)")  # fmt: skip

@@ -7,7 +7,7 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
     fold<k>/best.pt     Checkpoint       FoldFiles.write_best / read_best (write_checkpoint / read_checkpoint for
                                          the averaged weights and best_epoch.pt, the same record)
     classes.json        Classes          Run.write_classes / read_classes
-    cv.json             CVSummary        Run.write_cv / read_cv
+    cv.json             CVSummary        Run.write_cv / read_cv (a seed bag's `seed_bag`: SeedBag)
     fold<k>/normalization.json  FoldNormalization  FoldFiles.write_normalization / read_normalization
     weights.json        BlendWeights     Run.write_weights / read_weights
     export/export.json  ExportManifest   Run.write_export / read_export
@@ -29,6 +29,8 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
                                         exactly what a submission holds
         test_pred.csv (+ .source.json)  fold-averaged, TTA-merged test predictions
         weights.json                    ensembles only: method, members, weights
+                                        (a seed bag, config key `seeds`, is the mean ensemble of its members,
+                                        outputs/<exp>-seed<s>/: seed_member; cv.json's seed_bag the per-seed CVs)
         lineage.json                    students only: teachers, settings, per-fold provenance
         git.json                        the git commit (and whether the tree was dirty) each fold was trained at
         lr_find.json                    the LR finder's sweep and suggestion, with what it depends on (optim.lr: auto
@@ -520,6 +522,7 @@ class CVSummary:
     cv_nested: float | None = None
     # model.init_from: the experiment each fold started from, the chain behind it, each fold's source sha256
     init_from: dict | None = None
+    seed_bag: SeedBag | None = None  # a seed bag (config key `seeds`): the per-seed CVs, their spread, the bag's
 
     @property
     def is_ensemble(self) -> bool:
@@ -530,11 +533,35 @@ class CVSummary:
             ("members", "method", "weights", "member_cv") if self.is_ensemble else ("lr", "lr_auto", "folds_differ")
         )
         head = tuple(f.name for f in fields(self))[:11]
-        return _plain(_without_none(self, head + always))
+        out = _without_none(self, head + always)
+        if self.seed_bag is not None:
+            out["seed_bag"] = self.seed_bag.to_dict()
+        return _plain(out)
 
     @classmethod
     def from_dict(cls, d: Any) -> CVSummary:
-        return _from_dict(cls, d)
+        return _from_dict(cls, d, seed_bag=SeedBag.from_dict)
+
+
+@dataclass
+class SeedBag:
+    """cv.json's `seed_bag` of a seed bag (config key `seeds`): each seed's member experiment and its CV on the rows
+    the bag blends (as predicted: the member's own decisions), their mean and sample standard deviation (the spread a
+    reseed alone moves the CV by), and the CV of the bag (their mean prediction)."""
+
+    seeds: list[int]
+    members: list[str]
+    cv: dict[str, float]  # seed -> that member's CV
+    mean: float
+    std: float  # over the seeds, ddof=1
+    bag: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> SeedBag:
+        return _from_dict(cls, d, seeds=list, members=list)
 
 
 @dataclass
@@ -745,6 +772,11 @@ class InitFrom:
 
 
 # --------------------------------------------------------------------------------------------- run folders
+
+
+def seed_member(exp: str, seed: int) -> str:
+    """The experiment that trains seed `seed` of the seed bag `exp` (config key `seeds`): a sibling run folder."""
+    return f"{exp}-seed{seed}"
 
 
 def check_name(name: str, what: str) -> str:

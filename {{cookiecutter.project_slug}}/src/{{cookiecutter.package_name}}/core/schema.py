@@ -293,6 +293,9 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    # seed bagging: train every fold once per seed, each as the experiment `<exp>-seed<s>` (core/runs.seed_member) with
+    # `seed: s`; outputs/<exp>/ is then their mean (an ensemble) with the per-seed CVs and their spread (cv.json)
+    seeds: list[int] | None = None
 
     @property
     def run_dir(self) -> Path:
