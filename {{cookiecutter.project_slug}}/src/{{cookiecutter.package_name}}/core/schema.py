@@ -58,6 +58,9 @@ class FoldsConfig:
     n_bins: int = 10  # regression targets are binned into quantiles before stratifying
     seed: int = 42  # separate from `seed`: changing the training seed must not change the split
     path: str = "data/folds.csv"
+    # a table of <data.id_col>,group (check-data's outputs/data_check/groups.csv: near-duplicate groups) joined to
+    # the training table on the id and used as folds.group_col is: a group never straddles folds
+    groups_file: str | None = None
 
 
 @dataclass
@@ -257,6 +260,17 @@ class ServeConfig:
 
 
 @dataclass
+class ChecksConfig:
+    """`check-data`: near duplicates, adversarial validation and drift of the images (datacheck.py)."""
+
+    hash: str = "phash"  # phash (DCT) | dhash (difference): data/hashing.py
+    hash_distance: int = 6  # images whose 64-bit hashes differ in at most this many bits are near duplicates
+    adversarial_folds: int = 5  # stratified folds of the train-vs-test classifier (its AUC is out-of-fold)
+    top_k: int = 16  # the most test-like training images listed and shown (test_like.png)
+    show_pairs: int = 8  # duplicate pairs shown side by side (duplicates.png)
+
+
+@dataclass
 class Config:
     task: str = "multiclass"  # multiclass | binary | multilabel | regression | segmentation
     metric: str = "auto"  # auto: the usual metric for the task
@@ -284,6 +298,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
 
     @property
     def run_dir(self) -> Path:
