@@ -132,7 +132,6 @@ def plot_pairs(pairs: pd.DataFrame, path_of: dict[tuple[str, str], Path], in_cha
         for c, (i, s) in enumerate(((p.id_a, p.split_a), (p.id_b, p.split_b))):
             _show(axes[r, c], read_image(path_of[(s, i)], in_chans), f"{s} {i}" + (f"  d={p.distance}" if c else ""))
     fig.suptitle("near duplicates (leaks: train/test)", fontsize=9)
-    fig.tight_layout()
     return _save(fig, out)
 
 
@@ -150,21 +149,24 @@ def plot_test_like(ids: list[str], probs: list[float], paths: list[Path], in_cha
         ax.axis("on")
         _show(ax, read_image(path, in_chans), f"{i[:12]}\np(test)={p:.2f}")
     fig.suptitle("most test-like training images", fontsize=9)
-    fig.tight_layout()
     return _save(fig, out)
 
 
 def plot_drift(stats: pd.DataFrame, split: np.ndarray, drift: dict[str, float], out: Path) -> Path:
-    """One histogram per statistic, train and test overlaid (densities), the KS distance in the title."""
-    features = list(stats.columns)
-    cols = 4
-    rows = -(-len(features) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
-    for ax in axes.ravel()[len(features) :]:
+    """One histogram per statistic that varies, train and test overlaid (densities), the KS distance in the title;
+    the statistics with one value throughout (every image 512 px wide...) are named in one line instead."""
+    varying = [f for f in stats.columns if stats[f].nunique() > 1]
+    constant = [f"{f}={stats[f].iloc[0]:g}" for f in stats.columns if f not in varying]
+    if not varying:
+        return _message(out, "every statistic is the same in every image: " + ", ".join(constant))
+    cols = min(4, len(varying))
+    rows = -(-len(varying) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.3 * rows + 0.6), squeeze=False)
+    for ax in axes.ravel()[len(varying) :]:
         ax.axis("off")
-    for ax, feature in zip(axes.ravel(), features, strict=False):
+    for ax, feature in zip(axes.ravel(), varying, strict=False):
         values = stats[feature].to_numpy(np.float64)
-        bins = np.histogram_bin_edges(values, bins=30) if np.ptp(values) > 0 else 3
+        bins = np.histogram_bin_edges(values, bins=30)
         for name in SPLITS:
             part = values[split == name]
             if len(part):
@@ -172,9 +174,11 @@ def plot_drift(stats: pd.DataFrame, split: np.ndarray, drift: dict[str, float], 
         ks = drift.get(feature)
         ax.set_title(feature + (f"  KS={ks:.2f}" if ks is not None else ""), fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.set_yticks([])  # densities: the shapes matter, not the numbers
     axes.ravel()[0].legend(fontsize=7)
-    fig.suptitle("image statistics per split", fontsize=10)
-    fig.tight_layout()
+    title = "image statistics per split" + (f"\nthe same in every image: {', '.join(constant)}" if constant else "")
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(hspace=0.45, wspace=0.15, top=1 - 0.9 / (2.3 * rows + 0.6))
     return _save(fig, out)
 
 
