@@ -374,6 +374,14 @@ def _push_notebook(args: argparse.Namespace) -> None:
                   submit=args.submit, poll_s=args.poll)  # fmt: skip
 
 
+@command("check-data", "before the first model: near duplicates (train/train, train/test leaks) -> groups for folds, "
+         "adversarial validation, drift -> <output_dir>/data_check/")  # fmt: skip
+def _check_data(args: argparse.Namespace) -> None:
+    from .datacheck import run_check_data
+
+    run_check_data(config_of(args))
+
+
 def check_bag(cfg: Config) -> None:
     """A seed bag (config key seeds) can be blended into outputs/<exp>/: checked before its seeds train."""
     if cfg.seeds:

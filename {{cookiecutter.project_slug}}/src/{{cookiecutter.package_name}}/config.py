@@ -50,6 +50,7 @@ from .core.tasks import PIXEL_TASKS, TASKS
 from .data import folds as folds_module
 from .data.augment import AUGMIX_MAX_SEVERITY, PRESETS, RANDAUGMENT_MAX_M, aug_ops, check_normalization
 from .data.cache import MODES as CACHE_MODES
+from .data.hashing import HASH_BITS, HASHES
 from .data.samplers import SAMPLERS
 from .modeling import losses, metrics, tta
 from .modeling.deploy import EXPORTERS
@@ -445,6 +446,7 @@ def validate(cfg: Config) -> None:
                             "fold k starts only from a fold-k model, which never saw its validation rows")  # fmt: skip
     _check_weights(cfg)
     _check_seeds(cfg)
+    _check_data_checks(cfg)
 
 
 def _check_weights(cfg: Config) -> None:
@@ -477,6 +479,29 @@ def seed_members(cfg: Config) -> list[Config]:
     if not cfg.seeds:
         return [cfg]
     return [dataclasses.replace(cfg, exp=seed_member(cfg.exp, s), seed=s, seeds=None) for s in cfg.seeds]
+
+
+def _check_data_checks(cfg: Config) -> None:
+    """check-data's keys (checks.*) and folds.groups_file."""
+    k, groups_file = cfg.checks, cfg.folds.groups_file
+    _check(k.hash in HASHES, "checks.hash", k.hash, f"one of {', '.join(HASHES)}")
+    _check(0 <= k.hash_distance < HASH_BITS, "checks.hash_distance", k.hash_distance,
+           f"0..{HASH_BITS - 1} (bits of {HASH_BITS} that may differ between near duplicates)")  # fmt: skip
+    _check(2 <= k.adversarial_folds <= 20, "checks.adversarial_folds", k.adversarial_folds, "2..20")
+    _check(k.top_k >= 1, "checks.top_k", k.top_k, ">= 1")
+    _check(k.show_pairs >= 1, "checks.show_pairs", k.show_pairs, ">= 1")
+    if groups_file is None:
+        return
+    _check(bool(str(groups_file).strip()), "folds.groups_file", groups_file, "a groups table, e.g. "
+           "outputs/data_check/groups.csv (check-data writes it)")  # fmt: skip
+    if cfg.folds.group_col is not None:
+        raise UserError(f"config keys 'folds.groups_file'={groups_file!r} and 'folds.group_col'="
+                        f"{cfg.folds.group_col!r} both name the groups; keep one")  # fmt: skip
+    grouping = folds_module.GROUP_METHODS
+    if cfg.folds.method not in ("auto", *grouping):
+        raise UserError(f"config key 'folds.groups_file'={groups_file!r} is ignored by folds.method="
+                        f"{cfg.folds.method} (a group would straddle folds); use folds.method="
+                        f"{' or '.join(grouping)}, or auto (picks one)")  # fmt: skip
 
 
 def _snapshots(o: OptimConfig) -> bool:
@@ -541,6 +566,7 @@ RESUME_IGNORES = (
     "serve",
     "pseudo.rounds",
     "seeds",  # a seed bag's member is one training under `seed`; `seeds` only says which members to train
+    "checks",
 )
 
 

@@ -67,6 +67,9 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
             pseudo_labels.csv           students only
     <folds.path> (data/folds.csv) + folds.json (its hash)
     <output_dir>/.cache/image_check/<folder>-<hash>.json   images already checked to decode (size, mtime)
+    <output_dir>/data_check/            DataCheckFiles (`check-data`, before any model): data_check.json (DataCheck),
+                                        duplicates.csv, groups.csv (folds.groups_file), image_stats.csv, drift.csv,
+                                        duplicates.png, test_like.png, drift.png
     submissions/<name>.csv
     submissions/log.csv                 one row per `submit`: time, file, its size and sha256, experiment, CV, message
     submissions/cv_vs_lb.png, .csv      `lb`: the log joined to Kaggle's submission history, CV against public score
@@ -1321,3 +1324,124 @@ def record_git(run: Run, fold: int, where: str | Path | None = None) -> dict:
     record = {**state, "folds": dict(sorted(folds.items(), key=lambda kv: int(kv[0])))}
     atomic_write_json(run.git, record)
     return record
+
+
+# --------------------------------------------------------------------------------------------- data checks
+
+
+DATA_CHECK_DIR = "data_check"  # <output_dir>/data_check/: the data-level checks of `check-data`, no experiment's
+DATA_CHECK = "data_check.json"
+DUPLICATES = "duplicates.csv"
+DUPLICATE_GROUPS = "groups.csv"
+IMAGE_STATS = "image_stats.csv"
+DRIFT = "drift.csv"
+DUPLICATES_PNG = "duplicates.png"
+TEST_LIKE_PNG = "test_like.png"
+DRIFT_PNG = "drift.png"
+GROUP_COL = "group"  # the group column of groups.csv (beside the id column, data.id_col)
+
+
+@dataclass
+class DataCheck:
+    """data_check.json: what `check-data` found. Near duplicates: the hash and the Hamming distance that links two
+    images, the linked pairs within train and between train and test (leaks), the duplicate groups of training
+    images (components of two or more) and the rows in them. Adversarial validation: the out-of-fold ROC AUC of a
+    classifier telling train from test on image statistics, and the training ids it finds most test-like. Drift:
+    per image statistic, the Kolmogorov-Smirnov distance between the train and test distributions."""
+
+    n_train: int
+    n_test: int
+    hash: str
+    hash_distance: int
+    train_pairs: int
+    leak_pairs: int
+    leaked_test_ids: int
+    groups: int
+    rows_in_groups: int
+    adversarial_auc: float | None
+    adversarial_features: list[str]
+    test_like: list[str]
+    drift: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> DataCheck:
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class DataCheckFiles:
+    """<output_dir>/data_check/: every file `check-data` writes."""
+
+    path: Path
+
+    @property
+    def summary(self) -> Path:
+        return self.path / DATA_CHECK
+
+    @property
+    def duplicates(self) -> Path:
+        """id_a, split_a, id_b, split_b, distance, leak: every linked pair (a train/test pair is a leak)."""
+        return self.path / DUPLICATES
+
+    @property
+    def groups(self) -> Path:
+        """<id_col>, group: each training id and its duplicate group (folds.groups_file)."""
+        return self.path / DUPLICATE_GROUPS
+
+    @property
+    def image_stats(self) -> Path:
+        """id, split, hash, the image statistics, test_prob (the adversarial classifier's out-of-fold probability)."""
+        return self.path / IMAGE_STATS
+
+    @property
+    def drift(self) -> Path:
+        """feature, split, n, mean, std, p05, p50, p95, ks: each statistic's distribution per split."""
+        return self.path / DRIFT
+
+    @property
+    def duplicates_png(self) -> Path:
+        return self.path / DUPLICATES_PNG
+
+    @property
+    def test_like_png(self) -> Path:
+        return self.path / TEST_LIKE_PNG
+
+    @property
+    def drift_png(self) -> Path:
+        return self.path / DRIFT_PNG
+
+    def write_summary(self, check: DataCheck) -> Path:
+        return atomic_write_json(self.summary, check.to_dict())
+
+    def read_summary(self) -> DataCheck:
+        return _read_record(self.summary, DataCheck.from_dict, "run `check-data` again (make check-data)")
+
+
+def data_check_files(output_dir: str | Path) -> DataCheckFiles:
+    return DataCheckFiles(Path(output_dir) / DATA_CHECK_DIR)
+
+
+def write_groups(path: Path, id_col: str, ids: list[str], groups: list[str]) -> Path:
+    """The duplicate groups of the training ids (groups.csv): what folds.groups_file reads back (read_groups)."""
+    return atomic_write_csv(path, pd.DataFrame({id_col: ids, GROUP_COL: groups}))
+
+
+def read_groups(path: Path, id_col: str) -> pd.Series:
+    """A groups file (folds.groups_file): group by id, as the text written. A file that is missing, lacks the id or
+    group column, or repeats an id is a one-line error."""
+    if not path.is_file():
+        raise UserError(f"{path} not found (config key folds.groups_file): run `check-data` first (make check-data)")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    missing = [c for c in (id_col, GROUP_COL) if c not in table.columns]
+    if missing:
+        raise UserError(f"{path} (folds.groups_file): column(s) {missing} not found; expected {id_col},{GROUP_COL}, "
+                        f"found {list(table.columns)}")  # fmt: skip
+    if table[id_col].isna().any() or table[GROUP_COL].isna().any():
+        raise UserError(f"{path} (folds.groups_file): an empty {id_col} or {GROUP_COL} cell; every row needs both")
+    dup = table[id_col][table[id_col].duplicated()]
+    if len(dup):
+        raise UserError(f"{path} (folds.groups_file): {len(dup)} ids appear twice, first: {list(dup[:3])}")
+    return table.set_index(id_col)[GROUP_COL]

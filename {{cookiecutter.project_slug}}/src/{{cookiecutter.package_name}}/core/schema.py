@@ -58,6 +58,9 @@ class FoldsConfig:
     n_bins: int = 10  # regression targets are binned into quantiles before stratifying
     seed: int = 42  # separate from `seed`: changing the training seed must not change the split
     path: str = "data/folds.csv"
+    # a table of <data.id_col>,group (check-data's outputs/data_check/groups.csv: near-duplicate groups) joined to
+    # the training table on the id and used as folds.group_col is: a group never straddles folds
+    groups_file: str | None = None
 
 
 @dataclass
@@ -266,6 +269,17 @@ class ServeConfig:
 
 
 @dataclass
+class ChecksConfig:
+    """`check-data`: near duplicates, adversarial validation and drift of the images (datacheck.py)."""
+
+    hash: str = "phash"  # phash (DCT) | dhash (difference): data/hashing.py
+    hash_distance: int = 6  # images whose 64-bit hashes differ in at most this many bits are near duplicates
+    adversarial_folds: int = 5  # stratified folds of the train-vs-test classifier (its AUC is out-of-fold)
+    top_k: int = 16  # the most test-like training images listed and shown (test_like.png)
+    show_pairs: int = 8  # duplicate pairs shown side by side (duplicates.png)
+
+
+@dataclass
 class Config:
     task: str = "multiclass"  # multiclass | binary | multilabel | regression | segmentation
     metric: str = "auto"  # auto: the usual metric for the task
@@ -296,6 +310,7 @@ class Config:
     # seed bagging: train every fold once per seed, each as the experiment `<exp>-seed<s>` (core/runs.seed_member) with
     # `seed: s`; outputs/<exp>/ is then their mean (an ensemble) with the per-seed CVs and their spread (cv.json)
     seeds: list[int] | None = None
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
 
     @property
     def run_dir(self) -> Path:

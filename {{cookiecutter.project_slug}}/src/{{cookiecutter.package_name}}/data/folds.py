@@ -16,7 +16,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from ..core.errors import UserError
-from ..core.runs import atomic_write_csv, atomic_write_json, read_json
+from ..core.runs import GROUP_COL, atomic_write_csv, atomic_write_json, read_groups, read_json
 from ..core.tasks import PIXEL_TASKS
 from .decode import image_paths, image_shapes
 from .masks import area_fractions, training_masks
@@ -31,10 +31,11 @@ GROUP_METHODS = ("group", "stratified_group")  # the methods that keep a folds.g
 
 
 def resolve_method(cfg: Config) -> str:
-    method, grouped = cfg.folds.method, cfg.folds.group_col is not None
+    method, grouped = cfg.folds.method, cfg.folds.group_col is not None or cfg.folds.groups_file is not None
     if method != "auto":
         if method in ("group", "stratified_group") and not grouped:
-            raise UserError(f"folds.method={method} needs folds.group_col (the column whose rows must stay together)")
+            raise UserError(f"folds.method={method} needs folds.group_col (the column whose rows must stay together) "
+                            "or folds.groups_file")  # fmt: skip
         return method
     if cfg.task in ("multilabel", *PIXEL_TASKS):  # segmentation: the classes present and their area bins
         return "group" if grouped else "multilabel"
@@ -102,7 +103,21 @@ def group_values(cfg: Config, df: pd.DataFrame, group_col: str) -> np.ndarray:
     return df[group_col].astype(str).to_numpy()
 
 
-def check_groups(fold: np.ndarray, groups: np.ndarray, group_col: str, where: str) -> None:
+def file_groups(cfg: Config, ids: pd.Series) -> np.ndarray:
+    """folds.groups_file's group of each id in `ids` (the training table's, in its order); an id missing from the
+    file is refused: its duplicates could not be kept in its fold."""
+    path = Path(cfg.folds.groups_file)
+    groups = read_groups(path, cfg.data.id_col).reindex(ids.astype(str))
+    missing = ids[groups.isna().to_numpy()]
+    if len(missing):
+        raise UserError(f"{path} (folds.groups_file): {len(missing)} training ids of {cfg.data.train_csv} have no "
+                        f"group, first: {list(missing[:3])}; run `check-data` again for this table")  # fmt: skip
+    return groups.to_numpy(dtype=str)
+
+
+def check_groups(
+    fold: np.ndarray, groups: np.ndarray, group_col: str, where: str, key: str = "folds.group_col"
+) -> None:
     """No group in two folds: a group whose rows straddle folds is validated on by a model that trained on it."""
     table = pd.DataFrame({"group": groups, "fold": fold})
     per_group = table.groupby("group", sort=False)["fold"].unique()
@@ -110,7 +125,7 @@ def check_groups(fold: np.ndarray, groups: np.ndarray, group_col: str, where: st
     if len(straddling):
         group, folds = straddling.index[0], sorted(int(k) for k in straddling.iloc[0])
         raise UserError(
-            f"{where}: group {group!r} of folds.group_col '{group_col}' is in folds {folds} ({len(straddling)} groups "
+            f"{where}: group {group!r} of {key} '{group_col}' is in folds {folds} ({len(straddling)} groups "
             "straddle folds, a CV leak); rewrite the split with `folds --force` (folds.method auto, group or "
             "stratified_group)"
         )
@@ -146,19 +161,25 @@ def make_folds(cfg: Config) -> pd.DataFrame:
     groups = None
     if cfg.folds.group_col is not None:
         groups = group_values(cfg, df, cfg.folds.group_col)
+    elif cfg.folds.groups_file is not None:
+        groups = file_groups(cfg, df[cfg.data.id_col])
     method = resolve_method(cfg)
     n_groups = len(np.unique(groups)) if groups is not None else len(df)
     if n_groups < cfg.folds.n_folds:
         raise UserError(f"folds.n_folds={cfg.folds.n_folds} but only {n_groups} rows/groups to split")
     task = "multilabel" if cfg.task in PIXEL_TASKS else cfg.task  # the strata are 0/1 columns
     fold = assign_folds(y, method, cfg.folds.n_folds, cfg.folds.seed, groups, task, cfg.folds.n_bins)
-    if groups is not None:
+    if groups is not None and cfg.folds.groups_file is not None:
+        check_groups(fold, groups, cfg.folds.groups_file, f"folds.method={method}", "folds.groups_file")
+    elif groups is not None:
         check_groups(fold, groups, cfg.folds.group_col, f"folds.method={method}")
     keep = [cfg.data.id_col, *[c for c in cfg.target_cols if c in df.columns]]
     if cfg.folds.group_col is not None:
         keep.append(cfg.folds.group_col)
     out = df[list(dict.fromkeys(keep))].copy()
     out.insert(1, "fold", fold)
+    if cfg.folds.groups_file is not None and GROUP_COL not in out.columns:
+        out[GROUP_COL] = groups  # for the eye: read_folds checks the groups file itself
     return out
 
 
@@ -186,6 +207,7 @@ def write_folds(cfg: Config, force: bool = False) -> tuple[Path, str, bool]:
         "n_rows": len(folds),
         "group_col": cfg.folds.group_col,
         "train_csv": cfg.data.train_csv,
+        "groups_file": cfg.folds.groups_file,
     }
     atomic_write_csv(path, folds)
     atomic_write_json(meta, info)
@@ -245,7 +267,16 @@ def read_folds(cfg: Config, train: pd.DataFrame | None = None) -> tuple[pd.DataF
     meta = meta_path(cfg)
     info = read_json(meta) if meta.is_file() else {}
     group_col = cfg.folds.group_col or info.get("group_col")
-    if group_col is not None:
+    if cfg.folds.groups_file is not None:  # the file as it is now: a split from older groups is caught
+        ids = folds[id_col]
+        groups = read_groups(Path(cfg.folds.groups_file), id_col).reindex(ids)
+        if groups.isna().any():
+            raise UserError(f"{cfg.folds.groups_file} (folds.groups_file) has no group for {int(groups.isna().sum())} "
+                            f"ids of {path}, first: {list(ids[groups.isna().to_numpy()][:3])}; run `check-data` "
+                            "again, then `folds --force`")  # fmt: skip
+        check_groups(folds["fold"].to_numpy(), groups.to_numpy(dtype=str), cfg.folds.groups_file, str(path),
+                     "folds.groups_file")  # fmt: skip
+    elif group_col is not None:
         table = train if train is not None else folds if group_col in folds.columns else read_train(cfg)
         groups = pd.Series(group_values(cfg, table, group_col), index=table[id_col]).reindex(folds[id_col])
         known = groups.notna().to_numpy()  # ids of an out-of-date folds.csv are named by the check above
