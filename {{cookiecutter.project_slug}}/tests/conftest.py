@@ -126,6 +126,9 @@ import os, signal, sys
 from {package}.core import runs
 after, sig, argv = int(sys.argv[1]), signal.Signals[sys.argv[2]], sys.argv[3:]
 assert os.getpgid(0) == os.getpid(), "start it in a process group of its own: the signal goes to the whole group"
+# as started from a terminal: a test runner started in the background by a shell (`make test &`) passes SIGINT on
+# ignored, and Python then installs no KeyboardInterrupt handler, so the Ctrl-C would do nothing
+signal.signal(signal.SIGINT, signal.default_int_handler)
 save_last, saved = runs.save_last, []
 def stop_after(path, **parts):
     save_last(path, **parts)
