@@ -339,6 +339,21 @@ def _push_notebook(args: argparse.Namespace) -> None:
                   submit=args.submit, poll_s=args.poll)  # fmt: skip
 
 
+def _errors_flags(p: argparse.ArgumentParser) -> None:
+    exp(p)
+    p.add_argument("--top", type=int, default=32, help="OOF rows of largest loss in the grid and table (default 32)")
+
+
+@command("errors", "error analysis of OOF: the rows of largest loss as an image grid, reliability diagrams, ECE",
+         _errors_flags)  # fmt: skip
+def _errors(args: argparse.Namespace) -> None:
+    from .errors import run_errors
+
+    if args.top < 1:
+        raise UserError(f"--top {args.top}: expected at least 1 row")
+    run_errors(config_of(args), args.exp, args.top)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=__package__, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
