@@ -152,7 +152,8 @@ def grid_figure(rows: pd.DataFrame, images: list[np.ndarray], id_col: str, title
     n = len(rows)
     ncols = min(GRID_COLUMNS, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.3 * nrows + 0.4), squeeze=False,
+                             layout="constrained")  # fmt: skip
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     for ax, (_, r), img in zip(axes.ravel(), rows.iterrows(), images, strict=False):
@@ -174,20 +175,23 @@ def reliability_figure(diagrams: list[Reliability], title: str, path: Path) -> t
     shown = [*per_class, overall]
     ncols = min(4, len(shown))
     nrows = math.ceil(len(shown) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows + 0.4), squeeze=False,
+                             layout="constrained")  # fmt: skip
     for ax in axes.ravel()[len(shown) :]:
         ax.axis("off")
     for ax, r in zip(axes.ravel(), shown, strict=False):
         width = 1.0 / r.n_bins
-        centers = (np.arange(r.n_bins) + 0.5) * width
-        acc = [a if a is not None else 0.0 for a in r.accuracy]
-        conf = [c if c is not None else m for c, m in zip(r.confidence, centers, strict=True)]
+        full = [i for i, c in enumerate(r.counts) if c]
+        centers = (np.asarray(full) + 0.5) * width
+        acc = np.asarray([r.accuracy[i] for i in full], dtype=np.float64)
+        conf = np.asarray([r.confidence[i] for i in full], dtype=np.float64)
         ax.bar(centers, acc, width=width, edgecolor="black", linewidth=0.4, color="tab:blue", label="accuracy")
-        ax.bar(centers, np.subtract(conf, acc), bottom=acc, width=width, color="tab:red", alpha=0.3, label="gap")
+        ax.bar(centers, conf - acc, bottom=acc, width=width, fill=False, edgecolor="tab:red", hatch="///",
+               linewidth=0.6, label="gap to confidence")  # fmt: skip
         ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
         share = np.asarray(r.counts) / max(r.n, 1)
-        ax.step(np.r_[0, centers + width / 2], np.r_[share[0], share] * 0.25, where="pre", color="gray",
-                linewidth=0.8, label="rows (share x 0.25)")  # fmt: skip
+        ax.bar((np.arange(r.n_bins) + 0.5) * width, share * 0.25, width=width, color="gray", alpha=0.5,
+               label="rows (share x 0.25)")  # fmt: skip
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_title(f"{r.name[:24]}  ECE {r.ece:.3f}", fontsize=8)
