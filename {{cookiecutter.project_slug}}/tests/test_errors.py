@@ -5,6 +5,7 @@ multilabel, regression and ensemble paths; the CLI and Makefile target as typed.
 
 import dataclasses
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sklearn.metrics import log_loss
 
 from {{ cookiecutter.package_name }} import cli, ensemble
 from {{ cookiecutter.package_name }} import errors as error_analysis
+from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.core.runs import ErrorReport, Run, atomic_write_csv
 from {{ cookiecutter.package_name }}.data import demo, tables
 from {{ cookiecutter.package_name }}.modeling import calibration as cal
@@ -217,6 +219,14 @@ def test_the_cli_as_typed(planted, capsys):
         assert len(err) == 1 and err[0].startswith("error:") and names in err[0], err
 
 
+def test_segmentation_is_refused_in_one_line(planted):
+    cfg = dataclasses.replace(planted[0], task="segmentation")
+    with pytest.raises(UserError, match=r"^errors: task=segmentation is not analysed") as e:
+        error_analysis.analyse(cfg, "planted")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
 def test_make_errors_runs_the_command_for_exp():
     makefile = Path(cli.__file__).parents[2] / "Makefile"
     out = subprocess.run(["make", "-n", "-f", str(makefile), "errors", "EXP=exp007", "TOP=9"], capture_output=True,
