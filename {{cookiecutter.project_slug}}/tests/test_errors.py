@@ -5,8 +5,10 @@ multilabel, regression and ensemble paths; the CLI and Makefile target as typed.
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -205,8 +207,14 @@ def test_an_ensemble_is_analysed_on_its_blend(planted):
 def test_the_cli_as_typed(planted, capsys):
     cfg, run, planted_ids = planted
     config = Path(cfg.output_dir).parent / "configs" / "exp.yaml"
+    stale, live = run.path / ".errors_top.png.a1b2.tmp", run.path / ".errors_top.csv.c3d4.tmp"
+    for path in (stale, live):
+        path.write_text("half-written by a killed run")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     capsys.readouterr()
     assert cli.main(["errors", "-c", str(config), "--exp", "planted", "--top", "5"]) == 0
+    assert not stale.exists() and live.exists()  # a temporary a live writer may be writing stays
+    live.unlink()
     assert set(pd.read_csv(run.errors_table, dtype={"id": str})["id"]) == planted_ids
     for argv, names in (
         (["--exp", "planted", "--top", "0"], "--top 0"),

@@ -26,7 +26,16 @@ import pandas as pd
 
 from .config import Config
 from .core.errors import UserError
-from .core.runs import Decisions, ErrorReport, Run, atomic_savefig, atomic_write_csv, read_pred_csv
+from .core.runs import (
+    STALE_TMP_AGE,
+    Decisions,
+    ErrorReport,
+    Run,
+    atomic_savefig,
+    atomic_write_csv,
+    read_pred_csv,
+    remove_stale_tmp,
+)
 from .core.tasks import PIXEL_TASKS
 from .core.tracking import Tracker
 from .data.decode import image_paths, read_image
@@ -216,6 +225,7 @@ def run_errors(cfg: Config, exp: str | None = None, top: int = 32) -> Analysis:
     name = exp or cfg.exp
     found = analyse(cfg, name, top)
     run, rep, id_col = Run.named(cfg.output_dir, name), found.report, cfg.data.id_col
+    remove_stale_tmp(run.path, STALE_TMP_AGE)  # what a killed `errors` left
     worst = found.rows.head(top)
     images = load_images(cfg, worst[id_col].tolist())
     grid = grid_figure(worst, images, id_col, f"{name}: {len(worst)} OOF rows of largest {rep.loss} ({rep.oof})",
