@@ -251,11 +251,27 @@ def other_tasks(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(demo, "load_digits", small_digits)
         mp.setenv("WANDB_MODE", "disabled")
-        for task in ("multilabel", "regression"):
+        for task in ("binary", "multilabel", "regression"):
             cfg = make_project(tmp_path_factory.mktemp(task), task, n_folds=2, size=8)
             fake_experiment(cfg, "exp", noise=1.0, seed=2)
             made[task] = cfg
         yield made
+
+
+def test_binary_labels_apply_the_submissions_threshold_and_rows_rank_by_bce(other_tasks):
+    cfg = other_tasks["binary"]
+    run = Run(Path(cfg.output_dir) / "exp")
+    threshold, positive = 0.7, run.read_classes().positive  # as a label submission's tuned threshold would be
+    run.write_decisions(dataclasses.replace(run.read_decisions(), threshold=threshold))
+    found = error_analysis.analyse(cfg, "exp")
+    col = cfg.target_cols[0]
+    oof = pd.read_csv(run.oof, dtype={"id": str}).set_index("id").loc[found.rows["id"]]
+    y = (tables.read_train(cfg).set_index(cfg.data.id_col).loc[oof.index, col].astype(str) == positive).to_numpy()
+    p = oof[col].to_numpy()
+    np.testing.assert_allclose(found.rows["loss"], -np.log(np.where(y, p, 1 - p)), rtol=1e-9)
+    assert np.all(np.diff(found.rows["loss"]) <= 0)
+    assert ((found.rows["pred"] == positive).to_numpy() == (p >= threshold)).all()
+    assert [d.name for d in found.diagrams] == [f"{col}={positive}", cal.TOP_LABEL]
 
 
 def test_multilabel_rows_rank_by_summed_bce_with_a_panel_per_label(other_tasks, capsys):

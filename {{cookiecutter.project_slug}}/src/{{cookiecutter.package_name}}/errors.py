@@ -125,7 +125,8 @@ def analyse(cfg: Config, name: str, top: int = 32, log=print) -> Analysis:
     rows = pd.DataFrame({id_col: ids, "fold": df["fold"].to_numpy(), "true": true, "pred": predicted,
                          "confidence": confidence, "loss": loss})  # fmt: skip
     rows = rows.iloc[np.argsort(-loss, kind="stable")].reset_index(drop=True)
-    diagrams = calibration(cfg.task, y, pred, cols, N_BINS)
+    names = [f"{cols[0]}={classes.positive}"] if cfg.task == "binary" and classes.positive else cols
+    diagrams = calibration(cfg.task, y, pred, names, N_BINS)
     overall = diagrams[-1] if diagrams else None
     report = ErrorReport(
         exp=run.name,
