@@ -374,6 +374,21 @@ def _push_notebook(args: argparse.Namespace) -> None:
                   submit=args.submit, poll_s=args.poll)  # fmt: skip
 
 
+def _errors_flags(p: argparse.ArgumentParser) -> None:
+    exp(p)
+    p.add_argument("--top", type=int, default=32, help="OOF rows of largest loss in the grid and table (default 32)")
+
+
+@command("errors", "error analysis of OOF: the rows of largest loss as an image grid, reliability diagrams, ECE",
+         _errors_flags)  # fmt: skip
+def _errors(args: argparse.Namespace) -> None:
+    from .errors import run_errors
+
+    if args.top < 1:
+        raise UserError(f"--top {args.top}: expected at least 1 row")
+    run_errors(config_of(args), args.exp, args.top)
+
+
 @command("check-data", "before the first model: near duplicates (train/train, train/test leaks) -> groups for folds, "
          "adversarial validation, drift -> <output_dir>/data_check/")  # fmt: skip
 def _check_data(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
     tta_auto.json       TTAChoice        Run.write_tta_choice / read_tta_choice
     full/full.json      FullFit          Run.write_full / read_full
     fold<k>/init_from.json  InitFrom     FoldFiles.write_init_from / read_init_from
+    calibration.json    ErrorReport      Run.write_error_report / read_error_report
 
     outputs/<exp>/                      Run
         config.yaml                     the resolved config the run was trained with
@@ -37,6 +38,9 @@ by one writer and read by one reader (tests/test_run_folder.py reads the package
                                         reuses it while that holds)
         lr_find.png, learning_curves.png, fold_scores.png, confusion_matrix.png
         aug_preview.png                 training images x draws of the augmentation preset (aug-preview)
+        errors_top.png, errors_top.csv  `errors`: the OOF rows of largest loss (image, true, predicted, confidence)
+        reliability.png                 `errors`: reliability diagrams, a panel per class and the top-label one
+        calibration.json                `errors`: ECE and MCE per class and overall, the OOF file read (ErrorReport)
         teacher/                        cached teacher outputs (students)
         export/                         `export`: deployable forms of each fold's best.pt
             export.json                 per fold and variant: OOF score, parity with torch, file size, CPU img/s,
@@ -149,6 +153,10 @@ CACHE_DIR = ".cache"
 FULL_DIR = "full"  # `train --full`: the model fitted on every training row (FoldFiles), its full.json
 FULL_JSON = "full.json"
 FULL_SUFFIX = "@full"  # `<exp>@full`: exp's fold run with the full-data fit's test predictions (Run.named)
+ERRORS_GRID = "errors_top.png"  # `errors`: the OOF rows of largest loss as an image grid
+ERRORS_TABLE = "errors_top.csv"  # ... and as a table
+RELIABILITY = "reliability.png"  # `errors`: a reliability diagram per class, and the top-label one
+CALIBRATION = "calibration.json"  # `errors`: ECE / MCE per class and overall (ErrorReport)
 # What a packaged run (Kaggle dataset, offline notebook) carries besides its checkpoints: thresholds and QWK cuts
 # tuned on OOF are re-tuned offline exactly as here.
 PACKAGED = (CONFIG, CLASSES, CV, DECISIONS, WEIGHTS, OOF, TTA_AUTO)
@@ -774,6 +782,33 @@ class InitFrom:
         return _from_dict(cls, d, chain=list)
 
 
+@dataclass
+class ErrorReport:
+    """calibration.json (`errors`): the OOF file analysed and why that one, the per-row loss and its mean, and the
+    calibration with `n_bins` equal-width bins: the overall ECE / MCE (`overall`: top-label, or all labels pooled;
+    None for regression) and per class (one-vs-rest) its bins and ECE / MCE. The top rows by loss: errors_top.csv."""
+
+    exp: str
+    task: str
+    oof: str
+    why: str
+    loss: str
+    mean_loss: float
+    n_rows: int
+    n_bins: int
+    overall: str | None
+    ece: float | None
+    mce: float | None
+    classes: dict[str, dict]  # class -> {n_bins, counts, confidence, accuracy, ece, mce}
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ErrorReport:
+        return _from_dict(cls, d)
+
+
 # --------------------------------------------------------------------------------------------- run folders
 
 
@@ -990,6 +1025,10 @@ class Run:
     git = property(lambda self: self.path / GIT)
     lr_find = property(lambda self: self.path / LR_FIND)
     aug_preview = property(lambda self: self.path / AUG_PREVIEW)
+    errors_grid = property(lambda self: self.path / ERRORS_GRID)
+    errors_table = property(lambda self: self.path / ERRORS_TABLE)
+    reliability = property(lambda self: self.path / RELIABILITY)
+    calibration = property(lambda self: self.path / CALIBRATION)
 
     export_dir = property(lambda self: self.path / EXPORT_DIR)
     export_json = property(lambda self: self.path / EXPORT_DIR / EXPORT_JSON)
@@ -1138,6 +1177,12 @@ class Run:
 
     def read_full(self) -> FullFit:
         return _read_record(self.full_json, FullFit.from_dict, f"run `train --full` for {self.path.name!r} (--force)")
+
+    def write_error_report(self, report: ErrorReport) -> Path:
+        return atomic_write_json(self.calibration, report.to_dict())
+
+    def read_error_report(self) -> ErrorReport:
+        return _read_record(self.calibration, ErrorReport.from_dict, f"run `errors` for {self.name!r}")
 
 
 def read_id_csv(path: Path, id_col: str) -> pd.DataFrame:

@@ -110,6 +110,17 @@ class Tracker:
             plot = wandb.plot.confusion_matrix(y_true=y_true, preds=y_pred, class_names=class_names)
             self.run.log({"confusion_matrix": plot})
 
+    def table(self, key: str, rows: list[dict[str, Any]], image_cols: tuple[str, ...] = ("image",)) -> None:
+        """`rows` (dicts with the same keys, in order) as a wandb.Table; the cells of `image_cols` (HWC uint8
+        arrays, or image files) as wandb.Image."""
+        if self.run is not None and rows:
+            import wandb
+
+            columns = list(rows[0])
+            data = [[wandb.Image(v if not isinstance(v, Path) else str(v)) if c in image_cols else v
+                     for c, v in row.items()] for row in rows]  # fmt: skip
+            self.run.log({key: wandb.Table(columns=columns, data=data)})
+
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
