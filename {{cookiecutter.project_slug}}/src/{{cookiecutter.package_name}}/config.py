@@ -433,6 +433,11 @@ def validate(cfg: Config) -> None:
                         "maps and has none (use false)")  # fmt: skip
     if cfg.task in PIXEL_TASKS:
         _check_segmentation(cfg)
+    lb = cfg.lb
+    _check(lb.public_rows >= 0, "lb.public_rows", lb.public_rows, ">= 0 (0: lb.public_share of the test rows)")
+    _check(0 < lb.public_share <= 1, "lb.public_share", lb.public_share, "in (0, 1]")
+    _check(lb.draws >= 100, "lb.draws", lb.draws, ">= 100")
+    _check(0.5 <= lb.confidence < 1, "lb.confidence", lb.confidence, "in [0.5, 1)")
 
 
 def _snapshots(o: OptimConfig) -> bool:

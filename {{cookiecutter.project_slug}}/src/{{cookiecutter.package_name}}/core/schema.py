@@ -257,6 +257,17 @@ class ServeConfig:
 
 
 @dataclass
+class LeaderboardConfig:
+    """`lb` and `final-two`: bootstrap intervals of the OOF score (engine/bootstrap.py)."""
+
+    # the public leaderboard's rows: 0 = public_share x the test rows (test_pred.csv)
+    public_rows: int = 0
+    public_share: float = 0.3  # a usual Kaggle split: about a third of the test set is public, the rest private
+    draws: int = 1000  # bootstrap resamples of the OOF rows
+    confidence: float = 0.95  # the intervals' coverage
+
+
+@dataclass
 class Config:
     task: str = "multiclass"  # multiclass | binary | multilabel | regression | segmentation
     metric: str = "auto"  # auto: the usual metric for the task
@@ -284,6 +295,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    lb: LeaderboardConfig = field(default_factory=LeaderboardConfig)
 
     @property
     def run_dir(self) -> Path:
