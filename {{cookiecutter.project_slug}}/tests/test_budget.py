@@ -11,6 +11,7 @@ import pytest
 from {{ cookiecutter.package_name }} import cli, ensemble
 from {{ cookiecutter.package_name }}.core.errors import UserError
 from {{ cookiecutter.package_name }}.core.runs import Estimate, Run
+from {{ cookiecutter.package_name }}.kaggle import offline
 
 from conftest import fake_experiment, small_config
 
@@ -116,3 +117,8 @@ def test_a_member_chosen_with_fewer_views_is_predicted_again_with_them(small_pro
     want = pd.read_csv(root / "outputs" / "plain" / "test_pred.csv", dtype={id_col: str}).set_index(id_col)
     np.testing.assert_allclose(got.loc[want.index, want.columns], want, atol=1e-5)
     assert "predicting the test set again with views ['identity']" in capsys.readouterr().out
+    # The offline notebook predicts the packaged blend's member with the views the blend chose (weights.json)
+    dataset = offline.package_for_dataset(cfg, ["b"], root / "ds", "me/budget", "Budget")
+    offline.predict_packaged(dataset, "b", root / "data", root / "nb", log=quiet)
+    ours = pd.read_csv(root / "nb" / "b" / "test_pred.csv", dtype={id_col: str}).set_index(id_col)
+    np.testing.assert_allclose(ours.loc[got.index, got.columns], got, atol=1e-6)

@@ -56,8 +56,7 @@ from .data.folds import expected_folds
 from .data.problem import oof_truth, save_predictions, test_dataset
 from .engine import budget
 from .engine.codec import record_decisions
-from .engine.inference import fold_models, fold_predictors, predict_loader
-from .engine.views import with_views
+from .engine.inference import as_decided, fold_models, fold_predictors, predict_loader
 from .modeling import metrics
 
 HILL_CLIMB_MAX_ITER = 100
@@ -641,8 +640,10 @@ def _predict_test_views(cfg: Config, exp: str, views: list[str], test_ids: list[
     """`exp`'s fold models' test predictions with `views` (averaged over its folds), in the order of `test_ids`."""
     mcfg = load(Run.named(cfg.output_dir, exp).config)
     data = dataclasses.replace(mcfg.data, num_workers=cfg.data.num_workers)
-    mcfg = with_views(dataclasses.replace(mcfg, exp=exp, output_dir=cfg.output_dir, device=cfg.device,
-                                          threads=cfg.threads, data=data), views)  # fmt: skip
+    mcfg = dataclasses.replace(mcfg, exp=exp, output_dir=cfg.output_dir, device=cfg.device, threads=cfg.threads,
+                               data=data)  # fmt: skip
+    decided = mcfg.run.read_decisions()  # its merge and runtime, as the notebook will predict it
+    mcfg = as_decided(mcfg, views, decided.merge or mcfg.tta.merge, decided.runtime or "torch")
     folds = fold_models(mcfg)
     load_fold, feed = fold_predictors(mcfg, len(mcfg.run.read_classes().classes))
     ids, dataset = test_dataset(mcfg)
