@@ -52,14 +52,25 @@ def _score(metric: str, y: np.ndarray, pred: np.ndarray, task: str) -> float:
 
 def resample_scores(metric: str, task: str, y: np.ndarray, preds: list[np.ndarray], rows: int, draws: int,
                     seed: int) -> np.ndarray:  # fmt: skip
-    """(draws, len(preds)) scores of `preds` on the same `draws` resamples of `rows` rows (with replacement)."""
+    """(draws, len(preds)) scores of `preds` on the same `draws` resamples of `rows` rows (with replacement). The
+    inputs are checked once, on every row (metrics.score); each resample of checked rows goes to the metric itself."""
+    for p in preds:
+        _score(metric, y, p, task)  # one line naming a bad shape or label, before the loop
+    fn = metrics.get_metric(metric).fn
+    yt, yps = np.asarray(y), [np.asarray(_format(p, task), dtype=np.float64) for p in preds]
     rng = np.random.default_rng(seed)
-    n = len(y)
     out = np.empty((draws, len(preds)))
     for i in range(draws):
-        idx = rng.integers(0, n, rows)
-        out[i] = [_score(metric, y[idx], p[idx], task) for p in preds]
+        idx = rng.integers(0, len(yt), rows)
+        out[i] = [_fn(fn, yt[idx], p[idx], task) for p in yps]
     return out
+
+
+def _fn(fn, y: np.ndarray, pred: np.ndarray, task: str) -> float:
+    try:
+        return float(fn(y, pred, task))
+    except ValueError:  # a resample with one class only (AUC): not a score, left out
+        return float("nan")
 
 
 def interval(metric: str, task: str, y: np.ndarray, pred: np.ndarray, rows: int | None = None, draws: int = 1000,

@@ -153,7 +153,7 @@ def _runs(cfg: Config) -> list[str]:
     root = Path(cfg.output_dir)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "cv.json").is_file() and (p / "test_pred.csv").is_file())
+    return sorted(p.name for p in root.iterdir() if Run(p).cv.is_file() and Run(p).test_pred.is_file())
 
 
 def _test_matrix(cfg: Config, name: str) -> pd.DataFrame:
