@@ -508,6 +508,20 @@ def _records() -> dict:
         "export": export,
         "lineage": lineage,
         "tta choice": choice,
+        "estimate": runs.Estimate(
+            "exp", "cpu", 2, "torch", 2, ["identity", "hflip"], 1.5, 0.5, 3.0, {"identity": 2.0, "hflip": 2.1}, 1.1, 32
+        ),
+        "budget": runs.BudgetChoice(
+            9.0,
+            10000,
+            "accuracy",
+            {"m0": [{"views": ["identity"], "seconds": 60.0, "cv": 0.5}]},
+            {"m0": ["identity"]},
+            60.0,
+            0.5,
+        ),
+        "budget weights": runs.BlendWeights("mean", ["m0"], [1.0], views={"m0": ["identity"]}),
+        "final two": runs.FinalTwo("accuracy", "a", "b", "why", [{"name": "a", "cv": 0.5, "submitted": False}]),
     }
 
 
@@ -523,6 +537,9 @@ def test_each_record_round_trips_through_its_file(tmp_path, kind):
         runs.ExportManifest: (run.write_export, run.read_export),
         runs.Lineage: (run.write_lineage, run.read_lineage),
         runs.TTAChoice: (run.write_tta_choice, run.read_tta_choice),
+        runs.Estimate: (run.write_estimate, run.read_estimate),
+        runs.BudgetChoice: (run.write_budget, run.read_budget),
+        runs.FinalTwo: (lambda r: runs.write_final_two(run.path, r), lambda: runs.read_final_two(run.path)),
     }[type(record)]
     path = write(record)
     assert path.parent.is_relative_to(run.path) and read() == record

@@ -256,12 +256,22 @@ def _ensemble_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--name", default="blend", help="output folder under output_dir (default blend)")
     p.add_argument("--weights", nargs="+", type=float, help="weights for --method weighted")
+    p.add_argument("--budget", type=float, metavar="MIN",
+                   help="a code competition's time limit in minutes: the members and TTA views that score best on "
+                   "OOF within it, from each member's estimate.json (predict --estimate)")  # fmt: skip
+    p.add_argument("--n-test", type=int, metavar="N", default=10000, help="test images the budget must cover")
 
 
 @command("ensemble", "blend experiments on their OOF predictions -> outputs/<name>/", _ensemble_flags, allow_partial)
 def _ensemble(args: argparse.Namespace) -> None:
     from .ensemble import blend
 
+    if args.budget is not None:
+        from .ensemble import budget_blend
+
+        budget_blend(config_of(args), args.exps, args.method, args.name, args.budget, args.n_test, args.weights,
+                     allow_partial=args.allow_partial)  # fmt: skip
+        return
     blend(config_of(args), args.exps, args.method, args.name, args.weights, allow_partial=args.allow_partial)
 
 
@@ -372,6 +382,18 @@ def _push_notebook(args: argparse.Namespace) -> None:
         raise UserError(f"--poll {args.poll}: expected seconds between status checks, > 0")
     push_notebook(config_of(args), args.dataset, args.kernel, args.title, args.folder, args.dry_run,
                   submit=args.submit, poll_s=args.poll)  # fmt: skip
+
+
+def _final_two_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exps", nargs="+", help="runs to choose from (default: every run under output_dir with test_pred)")
+
+
+@command("final-two", "propose the two final submissions: the best CV, and the most different run within its noise",
+         _final_two_flags)  # fmt: skip
+def _final_two(args: argparse.Namespace) -> None:
+    from .kaggle.lb_sense import final_two
+
+    final_two(config_of(args), args.exps)
 
 
 def _errors_flags(p: argparse.ArgumentParser) -> None:

@@ -444,6 +444,11 @@ def validate(cfg: Config) -> None:
         if "@" in m.init_from:
             raise UserError(f"config key 'model.init_from' is {m.init_from!r}, a model fitted on every row: "
                             "fold k starts only from a fold-k model, which never saw its validation rows")  # fmt: skip
+    lb = cfg.lb
+    _check(lb.public_rows >= 0, "lb.public_rows", lb.public_rows, ">= 0 (0: lb.public_share of the test rows)")
+    _check(0 < lb.public_share <= 1, "lb.public_share", lb.public_share, "in (0, 1]")
+    _check(lb.draws >= 100, "lb.draws", lb.draws, ">= 100")
+    _check(0.5 <= lb.confidence < 1, "lb.confidence", lb.confidence, "in [0.5, 1)")
     _check_weights(cfg)
     _check_seeds(cfg)
     _check_data_checks(cfg)

@@ -36,12 +36,13 @@ from scipy.optimize import minimize
 from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from .config import Config, metric_name
+from .config import Config, load, metric_name
 from .core.errors import UserError
 from .core.registry import Registry
 from .core.runs import (
     STALE_TMP_AGE,
     BlendWeights,
+    BudgetChoice,
     Classes,
     CVSummary,
     Run,
@@ -53,8 +54,10 @@ from .core.runs import (
 from .core.tasks import CLASSIFICATION_TASKS, PIXEL_TASKS, SINGLE_OUTPUT_TASKS, TASKS
 from .core.tracking import Tracker, score_summary
 from .data.folds import expected_folds
-from .data.problem import oof_truth, save_predictions
+from .data.problem import oof_truth, save_predictions, test_dataset
+from .engine import budget
 from .engine.codec import record_decisions
+from .engine.inference import as_decided, fold_models, fold_predictors, predict_loader
 from .modeling import metrics
 
 HILL_CLIMB_MAX_ITER = 100
@@ -434,6 +437,14 @@ def blend(
     _check_request(cfg, exps, blender, method, metric, name, weights)
     remove_stale_tmp(Run.named(cfg.output_dir, name).path, STALE_TMP_AGE)  # what a killed blend left
     members = load_members(cfg, exps, allow_partial, log)
+    Run.named(cfg.output_dir, name).budget.unlink(missing_ok=True)  # a budget choice of an earlier blend
+    return blend_members(cfg, members, method, name, weights, log)
+
+
+def blend_members(cfg: Config, members: Members, method: str, name: str, weights: list[float] | None = None,
+                  log: Callable[[str], None] = print) -> CVSummary:  # fmt: skip
+    """`blend` of members already loaded (ensemble --budget: each with the views chosen for it)."""
+    blender, metric, exps = get_blend_method(method), metric_name(cfg), members.names
     y, fold, folds_hash = oof_truth(cfg, members.ids, members.classes, trained_on=members.cv[0].folds_hash,
                                     where=f"{members.names[0]}/oof.csv", size=members.oof.shape[-1])  # fmt: skip
     obj = Objective(metric, cfg.task, y)
@@ -583,3 +594,106 @@ def format_seed_bag(result: CVSummary) -> str:
     return (f"{result.exp}: seed bag of {len(bag.seeds)} ({result.metric}): {seeds}\n"
             f"{result.exp}: seeds {bag.mean:.5f} +- {bag.std:.5f} (mean +- std over seeds) -> bag {bag.bag:.5f} "
             f"({better:+.5f} over the mean seed)")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- --budget
+
+
+def budget_blend(cfg: Config, exps: list[str], method: str, name: str, budget_min: float, n_test: int,
+                 weights: list[float] | None = None, log: Callable[[str], None] = print,
+                 allow_partial: bool = False) -> CVSummary:  # fmt: skip
+    """`ensemble --budget MIN --n-test N`: the members, and per member its views (its own, or identity alone: the
+    training's OOF), whose mean scores best on OOF while their projected time (estimate.json) for N test images fits
+    MIN minutes (engine/budget.py); then those members blended with `method`. A member taken with other views than
+    its own is predicted again with them, so the blend's test predictions are made as it was chosen. budget.json and
+    weights.json (views) record the choice."""
+    if not budget_min > 0:
+        raise UserError(f"--budget {budget_min}: expected the time limit in minutes, > 0")
+    if n_test < 1:
+        raise UserError(f"--n-test {n_test}: expected the number of test images, >= 1")
+    metric = metric_name(cfg)
+    _check_request(cfg, exps, get_blend_method(method), method, metric, name, weights)
+    runs = [Run.named(cfg.output_dir, e) for e in exps]
+    for e, run in zip(exps, runs, strict=True):
+        if not run.estimate.is_file():
+            raise UserError(f"{e}: no timing record ({run.estimate}); time it first: make estimate EXP={e} "
+                            f"N={n_test} (predict -c configs/{e}.yaml --estimate {n_test})")  # fmt: skip
+    remove_stale_tmp(Run.named(cfg.output_dir, name).path, STALE_TMP_AGE)
+    members = load_members(cfg, exps, allow_partial, log)
+    y = oof_truth(cfg, members.ids, members.classes, trained_on=members.cv[0].folds_hash,
+                  where=f"{exps[0]}/oof.csv", size=members.oof.shape[-1])[0]  # fmt: skip
+    obj = Objective(metric, cfg.task, y)
+    options = {e: _options(cfg, run, members, i, n_test) for i, (e, run) in enumerate(zip(exps, runs, strict=True))}
+    picked, _ = budget.choose(options, obj.gain, 60 * budget_min)
+    index = {e: i for i, e in enumerate(exps)}
+    test = None
+    if members.test is not None:
+        test = np.stack([members.test[index[o.member]] if o.decided else
+                         _predict_test_views(cfg, o.member, list(o.views), members.test_ids or [], log)
+                         for o in picked])  # fmt: skip
+    chosen = Members(
+        names=[o.member for o in picked],
+        cv=[members.cv[index[o.member]] for o in picked],
+        classes=members.classes,
+        ids=members.ids,
+        oof=np.stack([o.oof for o in picked]),
+        test_ids=members.test_ids,
+        test=test,
+        folds_missing=members.folds_missing,
+    )
+    views = {o.member: list(o.views) for o in picked}
+    seconds = sum(o.seconds for o in picked)
+    for e, opts in options.items():
+        for o in opts:
+            mark = "<- chosen" if any(p is o for p in picked) else ""
+            log(f"  {e:<24} views {list(o.views)}: {obj.score(o.oof):.5f} in {o.seconds / 60:.2f} min {mark}")
+    log(f"within {budget_min:g} min for {n_test} test images: {', '.join(f'{m} {v}' for m, v in views.items())} "
+        f"({seconds / 60:.2f} min), mean of them {metric} {obj.score(chosen.oof.mean(0)):.5f}")  # fmt: skip
+    result = blend_members(cfg, chosen, method, name, weights, log)
+    out = Run.named(cfg.output_dir, name)
+    out.write_weights(dataclasses.replace(out.read_weights(), views=views))
+    candidates = {e: [{"views": list(o.views), "seconds": o.seconds, "cv": obj.score(o.oof)} for o in opts]
+                  for e, opts in options.items()}  # fmt: skip
+    out.write_budget(BudgetChoice(budget_min=float(budget_min), n_test=int(n_test), metric=metric,
+                                  candidates=candidates, chosen=views, seconds=seconds,
+                                  cv=obj.score(chosen.oof.mean(0))))  # fmt: skip
+    return result
+
+
+def _options(cfg: Config, run: Run, members: Members, i: int, n_test: int) -> list[budget.Option]:
+    """A member's choices: its own views (as predicted: test_pred.csv), and identity alone when it predicts with
+    more views in torch (training's oof.csv holds that view's OOF predictions)."""
+    est = run.read_estimate()
+    own = list(run.read_decisions().views or est.views) if run.decisions.is_file() else list(est.views)
+    if sorted(own) != sorted(est.views):
+        raise UserError(f"{run.estimate} timed views {est.views}, {run.name} predicts with {own}: time it again "
+                        f"(make estimate EXP={run.name} N={n_test})")  # fmt: skip
+    opts = [budget.Option(run.name, tuple(own), est.seconds(n_test), members.oof[i], decided=True)]
+    plain = own != ["identity"] and "identity" in est.view_ms_per_image and est.runtime == "torch"
+    if plain and run.is_experiment() and cfg.task not in PIXEL_TASKS and run.oof.is_file():
+        cols = list(members.classes.classes)
+        df = read_pred_csv(run.oof, cfg.data.id_col, cols).set_index(cfg.data.id_col)
+        if set(members.ids) <= set(df.index):
+            oof = df.loc[members.ids, cols].to_numpy(np.float64)
+            opts.append(budget.Option(run.name, ("identity",), est.seconds(n_test, ["identity"]), oof, decided=False))
+    return opts
+
+
+def _predict_test_views(cfg: Config, exp: str, views: list[str], test_ids: list[str],
+                        log: Callable[[str], None]) -> np.ndarray:  # fmt: skip
+    """`exp`'s fold models' test predictions with `views` (averaged over its folds), in the order of `test_ids`."""
+    mcfg = load(Run.named(cfg.output_dir, exp).config)
+    data = dataclasses.replace(mcfg.data, num_workers=cfg.data.num_workers)
+    mcfg = dataclasses.replace(mcfg, exp=exp, output_dir=cfg.output_dir, device=cfg.device, threads=cfg.threads,
+                               data=data)  # fmt: skip
+    decided = mcfg.run.read_decisions()  # its merge and runtime, as the notebook will predict it
+    mcfg = as_decided(mcfg, views, decided.merge or mcfg.tta.merge, decided.runtime or "torch")
+    folds = fold_models(mcfg)
+    load_fold, feed = fold_predictors(mcfg, len(mcfg.run.read_classes().classes))
+    ids, dataset = test_dataset(mcfg)
+    loader = feed(dataset)
+    log(f"  {exp}: predicting the test set again with views {views} (its own are others)")
+    pred = sum(predict_loader(load_fold(k), loader, mcfg.task, views=views, merge=mcfg.tta.merge,
+                              desc=f"{exp} fold {k}") for k in folds) / len(folds)  # fmt: skip
+    position = {t: n for n, t in enumerate(ids)}
+    return np.asarray(pred)[[position[t] for t in test_ids]]

@@ -6,7 +6,8 @@ outputs/<exp>/oof_tta.csv     the validation rows re-predicted as the test set i
 Both carry the checkpoints and views they came from (core/runs.py, derived files).
 `predict.runtime` chooses what runs the fold models: the checkpoints in torch, or the ONNX models `export` wrote
 (fp32 or int8) in onnxruntime (modeling/predictors.py); views and merging are the same for both.
-`predict --estimate N` projects the time to predict N test images, for a code competition's time limit.
+`predict --estimate N` projects the time to predict N test images, for a code competition's time limit, and records
+what it measured (each view alone too) in estimate.json, which `ensemble --budget` reads.
 
 `tta.views: auto`: each candidate view (`tta.candidates`) predicts every fold's validation rows once; the views are
 then chosen greedily on those OOF predictions, merged in numpy (modeling/tta.greedy_views: a view is kept only when
@@ -22,11 +23,13 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import Subset
 
 from .config import Config
 from .core.errors import UserError
-from .core.runs import STALE_TMP_AGE, read_derived, remove_stale_tmp
+from .core.runs import STALE_TMP_AGE, Estimate, read_derived, remove_stale_tmp
+from .core.runtime import resolve_device
 from .data.problem import build_fold_data, load_problem, pred_frame, save_predictions, test_dataset
 from .engine.inference import (
     fold_models,
@@ -116,6 +119,12 @@ def run_predict(cfg: Config, oof_tta: bool = True, allow_partial: bool = False) 
     return list(resolved.tta.views)
 
 
+def _seconds_per_image(predictor, loader, cfg: Config, view: str, n: int) -> float:
+    start = time.perf_counter()
+    predict_loader(predictor, loader, cfg.task, views=[view], merge=cfg.tta.merge, desc=f"timing {view}")
+    return (time.perf_counter() - start) / n
+
+
 def estimate(cfg: Config, n_images: int, batches: int = 3, log: Callable[[str], None] = print) -> dict:
     """Projected time of `predict` on `n_images` test images on this machine, with the configured runtime, folds
     and TTA views. Timed: the first fold's model loaded (with the one-off imports and model building), a second
@@ -147,6 +156,9 @@ def estimate(cfg: Config, n_images: int, batches: int = 3, log: Callable[[str], 
     start = time.perf_counter()
     predict_loader(predictor, loader, cfg.task, views=views, merge=cfg.tta.merge, desc="timing")
     per_image = (time.perf_counter() - start) / len(sample)
+    view_ms = {views[0]: 1000 * per_image}
+    if len(views) > 1:  # each view alone too: what a subset of the views costs (ensemble --budget)
+        view_ms = {v: 1000 * _seconds_per_image(predictor, loader, cfg, v, len(sample)) for v in views}
     n_folds = len(folds)
     total = first_s + (n_folds - 1) * load_s + n_folds * n_images * per_image
     runtime = runtime_name(cfg)
@@ -156,5 +168,14 @@ def estimate(cfg: Config, n_images: int, batches: int = 3, log: Callable[[str], 
         f"included), another {load_s:.3f} s")  # fmt: skip
     log(f"  projected for {n_images} images: {first_s:.3f} s + {n_folds - 1} x {load_s:.3f} s + {n_folds} folds x "
         f"{n_images} x {1000 * per_image:.3f} ms = {total:.1f} s ({total / 60:.1f} min)")  # fmt: skip
+    # decoding and augmenting, shared by every view: the views alone sum to it once per view, all together once
+    shared = (sum(view_ms.values()) - 1000 * per_image) / (len(views) - 1) if len(views) > 1 else 0.0
+    decode_ms = float(np.clip(shared, 0.0, min(view_ms.values())))
+    record = Estimate(exp=cfg.exp, device=str(resolve_device(cfg.device)), threads=torch.get_num_threads(),
+                      runtime=runtime, folds=n_folds, views=views, first_load_s=first_s, load_s=load_s,
+                      ms_per_image=1000 * per_image, view_ms_per_image=view_ms, decode_ms=decode_ms,
+                      measured_images=len(sample))  # fmt: skip
+    log(f"  each view alone (ms per image): {', '.join(f'{v} {ms:.3f}' for v, ms in view_ms.items())}; "
+        f"-> {cfg.run.write_estimate(record)}")  # fmt: skip
     return {"images": n_images, "folds": n_folds, "views": views, "runtime": runtime, "first_load_s": first_s,
             "load_s": load_s, "ms_per_image": 1000 * per_image, "total_s": total}  # fmt: skip

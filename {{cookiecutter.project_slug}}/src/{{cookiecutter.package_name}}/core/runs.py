@@ -143,6 +143,9 @@ TORCHSCRIPT = "model.ts"
 PRUNED = "pruned.pt"
 SUBMISSION_LOG = "log.csv"
 CV_VS_LB = "cv_vs_lb"  # .png (the plot) and .csv (the joined table), in submissions/
+FINAL_TWO = "final_two.json"  # in submissions/: the two final submissions `final-two` proposes
+ESTIMATE = "estimate.json"  # `predict --estimate`: the measured prediction time, per view
+BUDGET = "budget.json"  # `ensemble --budget`: the members and views chosen within a time limit
 LOCK = "train.lock"
 WANDB_RUN_ID = "wandb_run_id.txt"
 FOLDS_META_SUFFIX = ".json"  # data/folds.csv -> data/folds.json
@@ -585,6 +588,7 @@ class BlendWeights:
     weights: list[float] | None = None
     rank: bool = False
     model: dict | None = None
+    views: dict[str, list[str]] | None = None  # ensemble --budget: member -> the TTA views it predicts with
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(_without_none(self, ("weights",)))
@@ -592,6 +596,84 @@ class BlendWeights:
     @classmethod
     def from_dict(cls, d: Any) -> BlendWeights:
         return _from_dict(cls, d, members=list)
+
+
+@dataclass
+class Estimate:
+    """estimate.json of an experiment (`predict --estimate`): what predicting the test set costs on the machine it was
+    measured on. ms_per_image: every fold's one pass over an image with all `views` (decoding included);
+    view_ms_per_image: each view alone (decoding included); decode_ms: the part of an image's time that every view
+    shares (decoding, augmenting), from the two. A subset S of the views costs decode_ms + sum(view_ms - decode_ms)."""
+
+    exp: str
+    device: str
+    threads: int
+    runtime: str
+    folds: int
+    views: list[str]
+    first_load_s: float
+    load_s: float
+    ms_per_image: float
+    view_ms_per_image: dict[str, float]
+    decode_ms: float
+    measured_images: int
+
+    def seconds(self, n_images: int, views: list[str] | None = None) -> float:
+        """Projected seconds to predict `n_images` with `views` (default all measured ones) through every fold."""
+        views = list(self.views) if views is None else list(views)
+        if sorted(views) == sorted(self.views):
+            ms = self.ms_per_image
+        else:
+            ms = self.decode_ms + sum(max(self.view_ms_per_image[v] - self.decode_ms, 0.0) for v in views)
+        return self.first_load_s + (self.folds - 1) * self.load_s + self.folds * n_images * ms / 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Estimate:
+        return _from_dict(cls, d, views=list, view_ms_per_image=dict)
+
+
+@dataclass
+class BudgetChoice:
+    """budget.json of an ensemble blended with `--budget`: the time limit, the test rows, every candidate member
+    (with its views and projected seconds), what was chosen (member -> views) and its OOF score and seconds."""
+
+    budget_min: float
+    n_test: int
+    metric: str
+    candidates: dict[str, dict]  # member -> {"views", "seconds", "cv"}
+    chosen: dict[str, list[str]]  # member -> views it predicts with
+    seconds: float
+    cv: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> BudgetChoice:
+        return _from_dict(cls, d, candidates=dict, chosen=dict)
+
+
+@dataclass
+class FinalTwo:
+    """submissions/final_two.json (`final-two`): the best CV, and the hedge: among the runs whose CV the best does not
+    beat beyond noise (paired bootstrap), the one whose test predictions differ most from the best's. `candidates`:
+    every run looked at, with its CV, gap interval to the best, correlation of test predictions with the best's."""
+
+    metric: str
+    best: str
+    hedge: str | None
+    why: str
+    candidates: list[dict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> FinalTwo:
+        return _from_dict(cls, d, candidates=list)
 
 
 @dataclass
@@ -1029,6 +1111,8 @@ class Run:
     errors_table = property(lambda self: self.path / ERRORS_TABLE)
     reliability = property(lambda self: self.path / RELIABILITY)
     calibration = property(lambda self: self.path / CALIBRATION)
+    estimate = property(lambda self: self.path / ESTIMATE)
+    budget = property(lambda self: self.path / BUDGET)
 
     export_dir = property(lambda self: self.path / EXPORT_DIR)
     export_json = property(lambda self: self.path / EXPORT_DIR / EXPORT_JSON)
@@ -1184,6 +1268,19 @@ class Run:
     def read_error_report(self) -> ErrorReport:
         return _read_record(self.calibration, ErrorReport.from_dict, f"run `errors` for {self.name!r}")
 
+    def write_estimate(self, record: Estimate) -> Path:
+        return atomic_write_json(self.estimate, record.to_dict())
+
+    def read_estimate(self) -> Estimate:
+        return _read_record(self.estimate, Estimate.from_dict, f"time it: predict -c configs/{self.name}.yaml "
+                            "--estimate N (make estimate EXP=...)")  # fmt: skip
+
+    def write_budget(self, record: BudgetChoice) -> Path:
+        return atomic_write_json(self.budget, record.to_dict())
+
+    def read_budget(self) -> BudgetChoice:
+        return _read_record(self.budget, BudgetChoice.from_dict, f"blend {self.name!r} again with --budget")
+
 
 def read_id_csv(path: Path, id_col: str) -> pd.DataFrame:
     """A table this project wrote (folds.csv, oof.csv, test_pred.csv): ids as the text written (`NA`, `01`), the
@@ -1282,6 +1379,18 @@ def submission_log_path(folder: str | Path) -> Path:
 def cv_vs_lb_paths(folder: str | Path) -> tuple[Path, Path]:
     """(plot, table) of the `lb` command."""
     return Path(folder) / f"{CV_VS_LB}.png", Path(folder) / f"{CV_VS_LB}.csv"
+
+
+def final_two_path(folder: str | Path) -> Path:
+    return Path(folder) / FINAL_TWO
+
+
+def write_final_two(folder: str | Path, record: FinalTwo) -> Path:
+    return atomic_write_json(final_two_path(folder), record.to_dict())
+
+
+def read_final_two(folder: str | Path) -> FinalTwo:
+    return _read_record(final_two_path(folder), FinalTwo.from_dict, "run `final-two` (make final-two)")
 
 
 def image_check_cache(output_dir: str | Path, folder: Path) -> Path:

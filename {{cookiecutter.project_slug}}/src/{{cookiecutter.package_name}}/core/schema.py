@@ -280,6 +280,17 @@ class ChecksConfig:
 
 
 @dataclass
+class LeaderboardConfig:
+    """`lb` and `final-two`: bootstrap intervals of the OOF score (engine/bootstrap.py)."""
+
+    # the public leaderboard's rows: 0 = public_share x the test rows (test_pred.csv)
+    public_rows: int = 0
+    public_share: float = 0.3  # a usual Kaggle split: about a third of the test set is public, the rest private
+    draws: int = 1000  # bootstrap resamples of the OOF rows
+    confidence: float = 0.95  # the intervals' coverage
+
+
+@dataclass
 class Config:
     task: str = "multiclass"  # multiclass | binary | multilabel | regression | segmentation
     metric: str = "auto"  # auto: the usual metric for the task
@@ -311,6 +322,7 @@ class Config:
     # `seed: s`; outputs/<exp>/ is then their mean (an ensemble) with the per-seed CVs and their spread (cv.json)
     seeds: list[int] | None = None
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    lb: LeaderboardConfig = field(default_factory=LeaderboardConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -4,7 +4,8 @@ Every `submit` leaves a row in submissions/log.csv (time, file, size, sha256, ex
 the competition's submission history through kaggle/api.py, joins each logged submission to the Kaggle submission it
 became (same file name or description, the closest in time, the same size when Kaggle reports one), prints a table
 (experiment, CV, public score, rank by each), writes it to submissions/cv_vs_lb.csv and plots CV against public score
-with their Pearson and Spearman correlations (submissions/cv_vs_lb.png, logged to wandb when it is on).
+with their Pearson and Spearman correlations (submissions/cv_vs_lb.png, logged to wandb when it is on). Each
+submission's gap public - CV is called `noise` or `beyond noise` from bootstrap intervals (kaggle/lb_sense.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..core.runs import atomic_savefig, atomic_write_csv, cv_vs_lb_paths, submis
 from ..core.tracking import Tracker
 from ..modeling import metrics
 from . import api as kaggle_api
+from . import lb_sense
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -172,12 +174,15 @@ def run_lb(cfg: Config, log: Callable[[str], None] = print) -> pd.DataFrame:
     table = add_ranks(join(entries, history), metrics.get_metric(metric))
     corr = correlations(table)
     log(format_table(table, corr, metric))
+    table = lb_sense.add_noise(cfg, table, log)
+    log(lb_sense.format_noise(table, cfg.lb.confidence))
     png, csv = cv_vs_lb_paths(submissions_dir(cfg.output_dir))
     atomic_write_csv(csv, table)
     plot(table, corr, metric, png)
     log(f"{png}, {csv}")
     tracker = Tracker(cfg, "lb", "lb")
     tracker.image("cv_vs_lb", png)
-    tracker.summary({"lb_n": corr["n"], "lb_pearson": corr["pearson"], "lb_spearman": corr["spearman"]})
+    tracker.summary({"lb_n": corr["n"], "lb_pearson": corr["pearson"], "lb_spearman": corr["spearman"],
+                     "lb_beyond_noise": int((table["verdict"] == lb_sense.BEYOND).sum())})  # fmt: skip
     tracker.finish()
     return table

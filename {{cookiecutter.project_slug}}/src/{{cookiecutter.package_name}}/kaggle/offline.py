@@ -147,18 +147,24 @@ def predict_packaged(
     overrides: Sequence[str] = (),
     log: Callable[[str], None] = print,
     _done: dict[str, Config] | None = None,
+    views: list[str] | None = None,
 ) -> Config:
     """output_dir/<exp>/test_pred.csv from the packaged experiment: its fold models x TTA views, as `predict` does;
-    an ensemble predicts its members, then blends them with its recorded weights. Returns the config used."""
+    an ensemble predicts its members, then blends them with its recorded weights. Returns the config used. `views`:
+    those an ensemble chose for this member (ensemble --budget, weights.json), else the member's own."""
     done = {} if _done is None else _done
-    if exp in done:
-        return done[exp]
+    key = exp if views is None else f"{exp} {views}"
+    if key in done:
+        return done[key]
     dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
     run = stage_run(Run(dataset_dir / exp), Run(output_dir / exp))
     members = run.members()
     if members:
-        cfgs = [predict_packaged(dataset_dir, m, data_dir, output_dir, overrides, log, done) for m in members]
-        blend_test(cfgs[0], exp, members, run.read_weights())
+        info = run.read_weights()
+        chosen = info.views or {}
+        cfgs = [predict_packaged(dataset_dir, m, data_dir, output_dir, overrides, log, done, chosen.get(m))
+                for m in members]  # fmt: skip
+        blend_test(cfgs[0], exp, members, info)
         cfg = cfgs[0]
     else:
         decided = run.read_decisions()  # how the CV was measured: the same views, merge and runtime here
@@ -167,14 +173,14 @@ def predict_packaged(
             raise UserError(f"INFER_OVERRIDES {refused}: {exp}'s TTA views and runtime are decided by `predict` "
                             f"({run.decisions.name}); change them locally, predict, and upload again")  # fmt: skip
         cfg = load_packaged_config(dataset_dir, exp, data_dir, output_dir, overrides)
-        cfg = as_decided(cfg, decided.views, decided.merge, decided.runtime)
+        cfg = as_decided(cfg, views or decided.views, decided.merge, decided.runtime)
         predict_test(cfg, run.finished_folds())  # the folds `upload` packaged: all, unless --allow-partial
         for k in run.fold_numbers():  # only needed to predict; keeps the kernel's output small
             run.fold(k).best.unlink(missing_ok=True)
             for name in PACKAGED_EXPORT:
                 (run.export_fold(k).path / name).unlink(missing_ok=True)
     log(f"{exp}: {run.test_pred}")
-    done[exp] = cfg
+    done[key] = cfg
     return cfg
 
 
