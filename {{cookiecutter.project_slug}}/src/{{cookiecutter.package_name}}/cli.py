@@ -119,7 +119,7 @@ def _train(args: argparse.Namespace) -> None:
     from .train import train_folds
 
     cfg = config_of(args)
-    train_folds(cfg, parse_folds(args.fold, cfg), force=args.force)
+    train_folds(cfg, parse_folds(args.fold, cfg), force=args.force, queue=args.fold == "all")
     if is_main():  # under torchrun, rank 0 summarises
         summarize(cfg)
 
