@@ -164,7 +164,7 @@ def test_two_nodes_through_a_c10d_rendezvous_match_one_process(small_project):
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)  # the loss of the whole batch, as one process sees it
 
 
-# --- a fold queue on a shared run folder -------------------------------------------------------------------------------
+# --- a fold queue on a shared run folder ------------------------------------------------------------------------------
 
 
 @pytest.mark.e2e
