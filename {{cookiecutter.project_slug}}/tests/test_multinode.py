@@ -74,7 +74,7 @@ def test_slurm_scripts_parse_and_their_commands_are_the_packages(tmp_path):
     # The job array: one task per fold of the baseline config.
     folds = directives(SCRIPTS / "slurm_folds.sbatch")
     assert folds["--array"] == f"0-{n_folds - 1}" and folds["--ntasks"] == "1", folds
-    array = {"SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": str(n_folds),
+    array = {"SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_COUNT": str(n_folds),
              "SLURM_JOB_NAME": "exp001-folds"}  # fmt: skip
     for task in range(n_folds):
         commands = dry_run(SCRIPTS / "slurm_folds.sbatch", [config_path, "train.epochs=3"],
