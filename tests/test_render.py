@@ -94,7 +94,7 @@ UNIT = ["-m", "not e2e"]
 # The generated test files whose outcome can depend on the answers: they read configs/*.yaml, README.md, the Makefile,
 # the notebook (when the render has it) or the package's name; their e2e tests left out.
 RENDER_READERS = ["test_config", "test_kaggle", "test_heads", "test_layering", "test_cli", "test_augment", "test_optim",
-                  "test_notebook"]  # fmt: skip
+                  "test_notebook", "test_multinode"]  # fmt: skip
 RENDERED = ["-m", "not e2e", "-k", " or ".join(RENDER_READERS)]
 # All but the e2e runs, plus those whose outcome depends on the package's name: `python -m <package>` under
 # torchrun, and the offline notebook importing the package from an upload (-k matches markers and test names).

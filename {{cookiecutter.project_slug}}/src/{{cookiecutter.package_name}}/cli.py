@@ -140,7 +140,7 @@ def _train(args: argparse.Namespace) -> None:
         return
     check_bag(cfg)
     for member in seed_members(cfg):  # config key seeds: each seed's experiment, then their bag; else cfg itself
-        train_folds(member, parse_folds(args.fold, cfg), force=args.force)
+        train_folds(member, parse_folds(args.fold, cfg), force=args.force, queue=args.fold == "all")
         if is_main():  # under torchrun, rank 0 summarises
             summarize(member)
     if is_main():

@@ -34,6 +34,7 @@ from .config import Config, metric_name, save, training_changes
 from .core.errors import Interrupted, UserError
 from .core.runs import (
     Checkpoint,
+    FoldBusy,
     FoldLock,
     atomic_write_json,
     load_last,
@@ -47,6 +48,7 @@ from .core.runs import (
 )
 from .core.runtime import (
     barrier,
+    from_main,
     init_distributed,
     is_main,
     per_rank_batch,
@@ -72,6 +74,8 @@ from .engine.trainer import build_trainer
 from .modeling import metrics
 from .modeling.averaging import WeightAveraging, recompute_batchnorm, swa_start_epoch
 from .modeling.models import checkpoint_state
+
+FINISHED_ELSEWHERE = "finished"  # what rank 0 found under a fold's lock: another process finished it
 
 
 @dataclass
@@ -142,7 +146,22 @@ def train_one_fold(
 
     cfg = resolve_lr(cfg)  # optim.lr: auto -> the LR finder's suggestion (once per experiment, cached)
     out = cfg.run.fold(fold)
-    with FoldLock(out.lock) if is_main() else contextlib.nullcontext():
+    with contextlib.ExitStack() as held:
+        found = None  # rank 0 takes the lock, every rank follows what it found: the holder, or FINISHED_ELSEWHERE
+        if is_main():
+            try:
+                held.enter_context(FoldLock(out.lock))
+            except FoldBusy as busy:
+                found = busy.holder
+            else:  # finished by another process (a shared run folder) between fold_pending and the lock
+                found = FINISHED_ELSEWHERE if out.finished() and not force else None
+        found = from_main(found)
+        if found == FINISHED_ELSEWHERE:
+            if is_main():
+                print(f"fold {fold}: already trained by another process ({out.oof}); --force retrains it")
+            return {}
+        if found is not None:
+            raise FoldBusy(out.lock, str(found))
         if is_main():
             if force:
                 out.clear()  # nothing resumes from an old last.pt
@@ -326,8 +345,16 @@ def fold_pending(cfg: Config, fold: int, force: bool, log: Callable[[str], None]
     return True
 
 
-def train_folds(cfg: Config, folds: list[int], force: bool = False) -> None:
-    """Train the given folds in order (finished ones are skipped unless `force`); the CV summary follows (cli)."""
+def train_folds(cfg: Config, folds: list[int], force: bool = False, queue: bool = False) -> None:
+    """Train the given folds in order (finished ones are skipped unless `force`); the CV summary follows (cli).
+
+    `queue` (`train --fold all`): the folds are a work queue that several processes may run at once, on machines
+    that share output_dir: a fold that another live process trains is skipped (its lock says who), and once this
+    process has nothing left to take it waits for those folds, so that the CV summary that follows covers every
+    fold; a fold whose process died meanwhile is taken over (resumed from its last.pt). A fold named alone
+    (`--fold 1`) stops instead (FoldBusy). Under torchrun the processes do not wait (a wait of hours would outlast
+    the process group's timeout): they leave those folds to their trainers, and `cv` summarises once they are done.
+    """
 
     rank_batch_size(cfg)  # a batch that does not split across the processes stops before they connect
     resolve_device(cfg.device)  # and a device that is not there, before a fold folder (or its lock) is made
@@ -335,6 +362,30 @@ def train_folds(cfg: Config, folds: list[int], force: bool = False) -> None:
     expected_folds(cfg)  # folds.csv holds folds.n_folds folds: checked before any fold folder is made
     if force:
         check_forced(cfg, folds)
+    elsewhere: list[int] = []  # folds that other processes train
     for k in folds:
-        if fold_pending(cfg, k, force):
-            train_one_fold(cfg, k, force=force)
+        if from_main(fold_pending(cfg, k, force) if is_main() else None):
+            try:
+                train_one_fold(cfg, k, force=force)
+            except FoldBusy as busy:
+                if not queue:
+                    raise
+                if is_main():
+                    print(f"fold {k}: being trained by {busy.holder}, skipped")
+                elsewhere.append(k)
+    if world_size() > 1:
+        if elsewhere and is_main():
+            print(f"fold(s) {elsewhere}: trained by other processes; run `cv` once they finish")
+        return
+    while elsewhere:
+        k = elsewhere.pop(0)
+        out = cfg.run.fold(k)
+        print(f"fold {k}: waiting for the process that trains it")
+        with FoldLock(out.lock, wait=True):  # returns once that process lets go: finished, or dead
+            pass
+        if not out.finished():
+            try:
+                train_one_fold(cfg, k)  # its process died: carry on from its last.pt
+            except FoldBusy as busy:  # a third process took it over first
+                print(f"fold {k}: being trained by {busy.holder}, waiting again")
+                elsewhere.append(k)

@@ -94,6 +94,7 @@ import pickle
 import random
 import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -1301,14 +1302,37 @@ def read_pred_csv(path: Path, id_col: str, columns: list[str]) -> pd.DataFrame:
     return df
 
 
+class FoldBusy(UserError):
+    """A fold's lock is held by another live process: `holder` says which ("pid N on host H")."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        self.path, self.holder = Path(path), holder
+        super().__init__(
+            f"{self.path.parent} is being trained by another live process ({holder}, holding {self.path}); "
+            "wait for it to finish, or stop it first"
+        )
+
+
+def lock_holder(text: str) -> str:
+    """A lock file's content (`pid host`, or a bare pid from older runs) as "pid N on host H"."""
+    words = text.split()
+    if not words:
+        return "pid ?"
+    return f"pid {words[0]}" + (f" on host {words[1]}" if len(words) > 1 else "")
+
+
 class FoldLock:
     """Held (`with FoldLock(fold.lock):`) by the one process that trains a fold: a second live process training the
-    same fold stops with one line naming the holder's pid. An OS lock (flock) on the file, not the file itself,
-    counts: the OS drops it when its process ends, however it ends, so a lock left by a killed run is simply taken
-    over. POSIX only (Linux, macOS); where fcntl is missing (Windows) no lock is taken."""
+    same fold stops with FoldBusy, one line naming the holder's pid and host (the lock file holds `pid host`, so
+    machines that share the run folder can tell who trains what). An OS lock (flock) on the file, not the file
+    itself, counts: the OS drops it when its process ends, however it ends, so a lock left by a killed run is simply
+    taken over. `wait=True` blocks until the holder lets go instead (a fold queue waiting for another machine's
+    fold). POSIX only (Linux, macOS); where fcntl is missing (Windows) no lock is taken. On a shared filesystem the
+    lock is as good as the filesystem's flock: NFSv4 and Lustre/GPFS (mounted with flock support) carry it between
+    machines; some NFSv3 setups keep it local to each machine."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.file = Path(path), None
+    def __init__(self, path: Path, wait: bool = False) -> None:
+        self.path, self.file, self.wait = Path(path), None, wait
         self.made: list[Path] = []  # folders the lock had to create, deepest first
 
     def __enter__(self) -> FoldLock:
@@ -1323,18 +1347,15 @@ class FoldLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.path, "a+")
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except OSError:
             f.seek(0)
-            holder = f.read().strip() or "?"
+            holder = lock_holder(f.read())
             f.close()
-            raise UserError(
-                f"{self.path.parent} is being trained by another live process (pid {holder}, holding {self.path}); "
-                "wait for it to finish, or stop it first"
-            ) from None
+            raise FoldBusy(self.path, holder) from None
         f.seek(0)
         f.truncate()
-        f.write(f"{os.getpid()}\n")
+        f.write(f"{os.getpid()} {socket.gethostname()}\n")
         f.flush()
         self.file = f
         return self

@@ -44,6 +44,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def from_main(value: object) -> object:
+    """Rank 0's `value` on every rank (itself in a single process): a decision that rank 0 alone takes (a fold's
+    lock, whether a fold is finished) is then followed alike by every process."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def sync_buffers(model: torch.nn.Module) -> None:
     """Give every rank the same BatchNorm statistics, so that all ranks evaluate (and early-stop) alike: the mean
     over the ranks of their running statistics (each rank kept its own, from its share of every batch: DDP runs
