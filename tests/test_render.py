@@ -341,6 +341,8 @@ def test_ruff_is_clean_in_the_render(rendered, ctx, command):
 def test_generated_test_suite_passes(rendered, ctx, selection, tmp_path):
     # A copy, so that what the suite writes (data, outputs, wandb runs) never reaches the renders other tests check.
     project = Path(shutil.copytree(rendered(**ctx), tmp_path / rendered(**ctx).name))
+    # a test file named in the selection that post-gen removed for these answers (test_notebook.py) is left out
+    selection = [a for a in selection if not a.startswith("tests/") or (project / a).is_file()]
     command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *selection]
     proc = run(command, cwd=project, timeout=SUITE_TIMEOUT_S)
     assert proc.returncode == 0, f"generated tests failed in {project}:\n{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"
