@@ -19,6 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+# On a busy shared machine (CI) wandb's service and a run's start can take longer than its defaults (30 s, 90 s), which
+# would fail an offline run for the load alone: the tests wait for them as long as their own hang guards allow.
+os.environ.setdefault("WANDB__SERVICE_WAIT", "300")
+os.environ.setdefault("WANDB_INIT_TIMEOUT", "600")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
