@@ -27,7 +27,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
 
-from {{ cookiecutter.package_name }} import config
+from {{ cookiecutter.package_name }} import cli, config
 from {{ cookiecutter.package_name }}.core.runs import BlendWeights, Checkpoint, Classes, CVSummary, Run, write_derived
 from {{ cookiecutter.package_name }}.data import demo, folds, tables
 from {{ cookiecutter.package_name }}.data import problem as fold_data
@@ -111,6 +111,21 @@ def make_project(root: Path, task: str = "multiclass", metric: str = "auto", n_f
     cfg = config.load(write_config(root, task, metric, n_folds, extra))
     folds.write_folds(cfg)
     return cfg
+
+
+def cli_main(capsys, *args) -> tuple[int, str, str]:
+    """The CLI in this process, as typed: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    """The one line a refusal prints (no traceback)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
 @pytest.fixture(scope="session")

@@ -20,25 +20,12 @@ from {{ cookiecutter.package_name }}.data import demo
 from {{ cookiecutter.package_name }}.full_fit import agreement, full_epochs
 from {{ cookiecutter.package_name }}.kaggle.submissions import check_submission_file
 
-from conftest import SMALL, fake_experiment, make_project, small_digits, write_config
+from conftest import SMALL, cli_main, fake_experiment, make_project, one_line, small_digits, write_config
 
 # SMALL (two folds, 16 px, two batches an epoch) for three epochs, predicted with two TTA views.
 CHANGES = {"train": {"epochs": 3}, "tta": {"views": ["identity", "vflip"]}}
 FULL = OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.create(SMALL), OmegaConf.create(CHANGES)))
 TWO_EPOCHS = OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.create(SMALL), OmegaConf.create({"train": {"epochs": 2}})))
-
-
-def main(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +89,7 @@ def test_full_test_predictions_are_made_as_decided_and_compared(fitted):
 @pytest.mark.e2e
 def test_full_submission_holds_the_full_models_rows(fitted, capsys):
     root, path, cfg, _, _ = fitted
-    code, out, err = main(capsys, "make-submission", "-c", path, "--exp", "exp@full")
+    code, out, err = cli_main(capsys, "make-submission", "-c", path, "--exp", "exp@full")
     assert code == 0, err
     sub_path = root / "submissions" / "exp@full.csv"
     sub = check_submission_file(cfg, sub_path)  # validates against sample_submission
@@ -110,7 +97,7 @@ def test_full_submission_holds_the_full_models_rows(fitted, capsys):
     labels = pred.idxmax(axis=1)
     target = next(c for c in sub.columns if c != "id")
     assert sub.set_index("id")[target].astype(str).to_dict() == labels.loc[sub["id"]].to_dict()
-    code, out, _ = main(capsys, "score", "-c", path, sub_path)
+    code, out, _ = cli_main(capsys, "score", "-c", path, sub_path)
     assert code == 0 and "OOF CV" in out  # the fold run's CV beside it
 
 
@@ -119,14 +106,14 @@ def test_a_blend_with_the_full_fit_keeps_the_fold_runs_weights(fitted, capsys):
     _, path, cfg, _, _ = fitted
     fake_experiment(cfg, "other", noise=1.5, seed=3)
     for name, first in (("with_folds", "exp"), ("with_full", "exp@full")):
-        code, _, err = main(capsys, "ensemble", "-c", path, "--exps", first, "other", "--name", name)
+        code, _, err = cli_main(capsys, "ensemble", "-c", path, "--exps", first, "other", "--name", name)
         assert code == 0, err
     a, b = Run.named(cfg.output_dir, "with_folds"), Run.named(cfg.output_dir, "with_full")
     assert a.read_weights().weights == b.read_weights().weights and a.read_cv().cv == b.read_cv().cv
     ta, tb = (pd.read_csv(r.test_pred, dtype={"id": str}) for r in (a, b))
     assert ta["id"].tolist() == tb["id"].tolist()
     assert not np.allclose(ta.iloc[:, 1:].to_numpy(), tb.iloc[:, 1:].to_numpy())
-    code, _, err = main(capsys, "make-submission", "-c", path, "--exp", "with_full")
+    code, _, err = cli_main(capsys, "make-submission", "-c", path, "--exp", "with_full")
     assert code == 0, err
 
 
@@ -138,20 +125,20 @@ def test_refusals_before_predict_with_unfinished_folds_and_on_other_names(fitted
     shutil.copytree(cfg.run.path, root / "outputs" / "part", ignore=shutil.ignore_patterns("full"))
     (root / "outputs" / "part" / "fold1" / "oof.csv").unlink()
     part = write_config(root, n_folds=2, extra=FULL, name="part")
-    code, _, err = main(capsys, "train", "-c", part, "--full")
+    code, _, err = cli_main(capsys, "train", "-c", part, "--full")
     assert code == 2 and "fold(s) [1]" in one_line(err)
-    code, _, err = main(capsys, "make-submission", "-c", part, "--exp", "part@full")
+    code, _, err = cli_main(capsys, "make-submission", "-c", part, "--exp", "part@full")
     assert code == 2 and "train --full" in one_line(err)
     # a fold retrained since the full fit: exp@full no longer stands for this run
     shutil.copytree(cfg.run.path, root / "outputs" / "stale")
     best = root / "outputs" / "stale" / "fold0" / "best.pt"
     write_checkpoint(best, dataclasses.replace(read_checkpoint(best), epoch=99))
     write_config(root, n_folds=2, extra=FULL, name="stale")
-    code, _, err = main(capsys, "make-submission", "-c", path, "--exp", "stale@full")
+    code, _, err = cli_main(capsys, "make-submission", "-c", path, "--exp", "stale@full")
     assert code == 2 and "fold checkpoints" in one_line(err) and "--force" in err
     # done already: nothing is refitted
     before = cfg.run.full_json.stat().st_mtime_ns
-    code, out, _ = main(capsys, "train", "-c", path, "--full")
+    code, out, _ = cli_main(capsys, "train", "-c", path, "--full")
     assert code == 0 and "already fitted" in out and cfg.run.full_json.stat().st_mtime_ns == before
     with pytest.raises(UserError, match="not a plain name"):
         Run.named(cfg.output_dir, "../exp@full", full_ok=True)

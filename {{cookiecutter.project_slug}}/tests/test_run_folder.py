@@ -26,10 +26,12 @@ from {{ cookiecutter.package_name }}.core.tasks import TargetScale
 
 from conftest import (
     TINY,
+    cli_main,
     cli_stopped_after,
     fake_experiment,
     fingerprint_teacher,
     make_project,
+    one_line,
     small_config,
     write_config,
 )
@@ -41,20 +43,6 @@ THREE_EPOCHS = TINY.replace("epochs: 1", "epochs: 3")
 
 def env() -> dict:
     return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
-
-
-def main(capsys, *args) -> tuple[int, str, str]:
-    """The CLI in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def read(path: Path) -> pd.DataFrame:
@@ -75,7 +63,7 @@ def test_a_killed_fold_is_never_used_and_is_named(tmp_path, capsys):
     make_project(tmp_path, n_folds=3, extra=THREE_EPOCHS)
     exp = tmp_path / "configs" / "exp.yaml"
     run, out = tmp_path / "outputs" / "exp", tmp_path / "outputs"
-    assert main(capsys, "train", "-c", exp, "--fold", "0,1")[0] == 0
+    assert cli_main(capsys, "train", "-c", exp, "--fold", "0,1")[0] == 0
     proc = cli_stopped_after(1, "SIGKILL", ["train", "-c", exp, "--fold", "2"], env())
     proc.communicate(timeout=300)  # SIGKILL after fold 2's first checkpoint: best.pt and last.pt, no oof.csv
     assert proc.returncode == -9
@@ -85,12 +73,12 @@ def test_a_killed_fold_is_never_used_and_is_named(tmp_path, capsys):
     student = write_config(tmp_path, n_folds=3, extra=THREE_EPOCHS, name="student")
     for args in (["predict", "-c", exp], ["ensemble", "-c", exp, "--exps", "exp", "--name", "blend"],
                  ["distill", "-c", student, "--teacher", "exp"]):  # fmt: skip
-        code, _, err = main(capsys, *args)
+        code, _, err = cli_main(capsys, *args)
         line = one_line(err)
         assert code == 2 and "fold(s) [2]" in line and "--allow-partial" in line, line
     assert not (run / "test_pred.csv").exists() and not (out / "blend").exists() and not (out / "student").exists()
 
-    code, stdout, _ = main(capsys, "predict", "-c", exp, "--allow-partial")
+    code, stdout, _ = cli_main(capsys, "predict", "-c", exp, "--allow-partial")
     assert code == 0 and "exp: fold(s) [2] not finished; predict uses fold(s) [0, 1] only" in stdout
     folds = [read(run / f"fold{k}" / "test_pred.csv").set_index("id") for k in (0, 1)]
     expected = (folds[0] + folds[1]) / 2
@@ -99,7 +87,7 @@ def test_a_killed_fold_is_never_used_and_is_named(tmp_path, capsys):
     cv = json.loads((run / "cv.json").read_text())
     assert set(cv["folds"]) == {"0", "1"} and not cv["complete"] and cv["folds_missing"] == [2] and cv["partial"]
 
-    assert main(capsys, "ensemble", "-c", exp, "--exps", "exp", "--name", "blend", "--allow-partial")[0] == 0
+    assert cli_main(capsys, "ensemble", "-c", exp, "--exps", "exp", "--name", "blend", "--allow-partial")[0] == 0
     blend = json.loads((out / "blend" / "cv.json").read_text())
     assert blend["folds_missing"] == [2] and blend["partial"] and not blend["complete"]
     assert len(read(out / "blend" / "oof.csv")) == len(read(run / "oof.csv"))  # folds 0 and 1's rows
@@ -108,7 +96,7 @@ def test_a_killed_fold_is_never_used_and_is_named(tmp_path, capsys):
 def test_folds_n_folds_is_checked_against_folds_csv(tmp_path, capsys):
     make_project(tmp_path, n_folds=3, images=False)
     for command in ("train", "cv"):
-        code, _, err = main(capsys, command, "-c", tmp_path / "configs" / "exp.yaml", "folds.n_folds=2")
+        code, _, err = cli_main(capsys, command, "-c", tmp_path / "configs" / "exp.yaml", "folds.n_folds=2")
         line = one_line(err)
         assert code == 2 and "folds.csv holds 3 folds but folds.n_folds=2" in line, line
     assert not (tmp_path / "outputs").exists()
@@ -122,11 +110,11 @@ def test_resume_under_a_changed_training_key_stops_before_writing_and_force_rest
     make_project(tmp_path, n_folds=2, extra=TINY)
     exp = tmp_path / "configs" / "exp.yaml"
     fold0 = tmp_path / "outputs" / "exp" / "fold0"
-    assert main(capsys, "train", "-c", exp, "--fold", "0")[0] == 0
+    assert cli_main(capsys, "train", "-c", exp, "--fold", "0")[0] == 0
     (fold0 / "oof.csv").unlink()  # as a run killed after its last checkpoint leaves it
     saved = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (fold0.parent / "config.yaml", fold0 / "last.pt")}
 
-    code, stdout, err = main(capsys, "train", "-c", exp, "--fold", "0", "optim.lr=0.0001", "optim.name=adamw")
+    code, stdout, err = cli_main(capsys, "train", "-c", exp, "--fold", "0", "optim.lr=0.0001", "optim.name=adamw")
     line = one_line(err)
     assert code == 2 and "-> 0.0001" in line.split("optim.lr ")[1] and "optim.name 'ranger' -> 'adamw'" in line, line
     assert "--force" in line and "resuming" not in stdout
@@ -134,25 +122,25 @@ def test_resume_under_a_changed_training_key_stops_before_writing_and_force_rest
     assert not (fold0 / "oof.csv").exists()
 
     # Keys that do not alter training (workers, TTA, tracking...) resume as they are.
-    code, stdout, _ = main(capsys, "train", "-c", exp, "--fold", "0", "tta.batch_size=16", "data.num_workers=0")
+    code, stdout, _ = cli_main(capsys, "train", "-c", exp, "--fold", "0", "tta.batch_size=16", "data.num_workers=0")
     assert code == 0 and "fold 0: resuming after epoch 1" in stdout and (fold0 / "oof.csv").is_file()
 
     # --force starts over under the new config.
-    code, stdout, _ = main(capsys, "train", "-c", exp, "--fold", "0", "optim.lr=0.0001", "--force")
+    code, stdout, _ = cli_main(capsys, "train", "-c", exp, "--fold", "0", "optim.lr=0.0001", "--force")
     assert code == 0 and "resuming" not in stdout and "fold 0 epoch 1/1" in stdout
     assert "lr: 0.0001" in (fold0.parent / "config.yaml").read_text()
 
     # Another fold under yet another config would mix two trainings in one experiment.
-    code, _, err = main(capsys, "train", "-c", exp, "--fold", "1", "optim.lr=0.01")
+    code, _, err = cli_main(capsys, "train", "-c", exp, "--fold", "1", "optim.lr=0.01")
     line = one_line(err)
     assert code == 2 and "fold 0 was trained" in line and "optim.lr 0.0001 -> 0.01" in line, line
     assert not (fold0.parent / "fold1").exists()  # nothing written: a released lock leaves no empty folder
 
     # --force on some folds under another config than the other finished folds: refused, naming the keys.
-    assert main(capsys, "train", "-c", exp, "--fold", "1", "optim.lr=0.0001")[0] == 0
+    assert cli_main(capsys, "train", "-c", exp, "--fold", "1", "optim.lr=0.0001")[0] == 0
     run = fold0.parent
     saved = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
-    code, _, err = main(capsys, "train", "-c", exp, "--fold", "1", "--force", "optim.lr=0.05")
+    code, _, err = cli_main(capsys, "train", "-c", exp, "--fold", "1", "--force", "optim.lr=0.05")
     line = one_line(err)
     assert code == 2 and "fold 0 was trained under another config (optim.lr 0.0001 -> 0.05" in line, line
     assert "--fold all --force" in line and "new experiment" in line
@@ -163,13 +151,13 @@ def test_resume_under_a_changed_training_key_stops_before_writing_and_force_rest
     assert json.loads((run / "cv.json").read_text())["complete"]
     fold1_config = run / "fold1" / "config.yaml"
     fold1_config.write_text(fold1_config.read_text().replace("lr: 0.0001", "lr: 0.05"))
-    code, stdout, _ = main(capsys, "cv", "-c", exp)
+    code, stdout, _ = cli_main(capsys, "cv", "-c", exp)
     cv = json.loads((run / "cv.json").read_text())
     assert code == 0 and not cv["complete"] and cv["folds_differ"] == {"1": ["optim.lr 0.0001 -> 0.05"]}
     assert "fold(s) [1] were trained under another config than fold 0" in stdout
 
     # Forcing every fold retrains the experiment under one config.
-    assert main(capsys, "train", "-c", exp, "--force", "optim.lr=0.05")[0] == 0
+    assert cli_main(capsys, "train", "-c", exp, "--force", "optim.lr=0.05")[0] == 0
     cv = json.loads((run / "cv.json").read_text())
     assert cv["complete"] and cv["folds_differ"] == {} and "lr: 0.05" in (run / "fold0" / "config.yaml").read_text()
 
@@ -190,7 +178,7 @@ def test_a_second_live_process_on_a_fold_is_refused_and_a_dead_ones_lock_taken_o
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     fold0.mkdir(parents=True, exist_ok=True)  # an empty fold folder is not kept when its lock is released
     (fold0 / "train.lock").write_text(dead.stdout)  # left behind by a process that is gone
-    assert main(capsys, "train", "-c", exp, "--fold", "0")[0] == 0
+    assert cli_main(capsys, "train", "-c", exp, "--fold", "0")[0] == 0
     assert (fold0 / "oof.csv").is_file()
 
 
@@ -211,7 +199,7 @@ def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path, capsy
     assert one_line(err) == "interrupted: fold 0 after epoch 1; rerun the same command to resume"
     assert torch.load(last, weights_only=True)["state"]["epoch"] == 1 and not (last.parent / "oof.csv").exists()
 
-    code, stdout, _ = main(capsys, "train", "-c", exp, "--fold", "0")
+    code, stdout, _ = cli_main(capsys, "train", "-c", exp, "--fold", "0")
     assert code == 0 and "fold 0: resuming after epoch 1" in stdout and (last.parent / "oof.csv").is_file()
     history = json.loads((last.parent / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3]
@@ -249,7 +237,7 @@ def test_a_planted_checkpoint_runs_nothing_and_stops_with_one_line(small_project
         args = ["predict", "-c", Path(cfg.output_dir) / teacher / "config.yaml"]
     else:
         args = [command, "-c", small_project / "configs" / f"planted_{command}_{shell}.yaml", "--teacher", teacher]
-    code, _, err = main(capsys, *args)
+    code, _, err = cli_main(capsys, *args)
     line = one_line(err)
     called = "system" if shell else "exec"
     assert code == 2 and f"{best}: refused, it would run code (" in line and called in line, line
@@ -265,8 +253,8 @@ def test_every_stage_removes_the_temporaries_a_killed_run_of_it_left(tmp_path, c
     that writes into its folder; one that a live writer may be writing right now (touched within a minute) stays."""
     make_project(tmp_path, n_folds=2, extra=TINY)
     exp, out = tmp_path / "configs" / "exp.yaml", tmp_path / "outputs"
-    assert main(capsys, "train", "-c", exp)[0] == 0
-    assert main(capsys, "ensemble", "-c", exp, "--exps", "exp", "--name", "blend")[0] == 0
+    assert cli_main(capsys, "train", "-c", exp)[0] == 0
+    assert cli_main(capsys, "ensemble", "-c", exp, "--exps", "exp", "--name", "blend")[0] == 0
 
     def plant(folder: Path, name: str, age: float = 3600) -> Path:
         path = folder / f".{name}.x1y2z3.tmp"
@@ -284,7 +272,7 @@ def test_every_stage_removes_the_temporaries_a_killed_run_of_it_left(tmp_path, c
     live = plant(out / "exp", "config.yaml", age=0)
     args = {"ensemble": ["--exps", "exp", "--name", "blend"]}
     for stage, left in stages.items():
-        assert main(capsys, stage, "-c", exp, *args.get(stage, []))[0] == 0
+        assert cli_main(capsys, stage, "-c", exp, *args.get(stage, []))[0] == 0
         assert not [p for p in left if p.exists()], stage
     assert live.exists()
 
@@ -298,7 +286,7 @@ def test_artefacts_get_the_users_normal_permissions(tmp_path, capsys, umask, mod
     fake_experiment(cfg, "exp", noise=0.5)
     old = os.umask(umask)
     try:
-        code = main(capsys, "make-submission", "-c", tmp_path / "configs" / "exp.yaml", "--exp", "exp")[0]
+        code = cli_main(capsys, "make-submission", "-c", tmp_path / "configs" / "exp.yaml", "--exp", "exp")[0]
         torch_file = tmp_path / "outputs" / "exp" / "fold0" / "best.pt"
         atomic_torch_save(torch_file, {"w": torch.zeros(1)})
     finally:

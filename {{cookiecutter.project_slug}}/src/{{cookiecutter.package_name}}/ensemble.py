@@ -344,16 +344,6 @@ def _missing_folds(run: Run, n_folds: int, allow_partial: bool, log: Callable[[s
     return missing
 
 
-def as_predicted(run: Run) -> Path:
-    """A member's OOF rows predicted as its test rows were (TTA views, runtime: the file its decisions were tuned on),
-    so the blend is fitted on what it will blend; the plain OOF before a member was predicted."""
-    if run.decisions.is_file():
-        path = run.path / run.read_decisions().cv_from
-        if path.is_file():
-            return path
-    return run.oof
-
-
 def load_members(
     cfg: Config, exps: list[str], allow_partial: bool = False, log: Callable[[str], None] = print
 ) -> Members:
@@ -369,7 +359,7 @@ def load_members(
     n_folds = expected_folds(cfg)
     missing = sorted({k for run in runs for k in _missing_folds(run, n_folds, allow_partial, log)})
     cols = list(cvs[0].pred_cols)
-    oofs = [read_pred_csv(as_predicted(run), id_col, ["fold", *cols]) for run in runs]
+    oofs = [read_pred_csv(run.oof_as_predicted()[0], id_col, ["fold", *cols]) for run in runs]
     if missing:  # only the folds every member finished
         oofs = [df[~df["fold"].isin(missing)] for df in oofs]
         log(f"blending the rows of fold(s) {sorted(set(range(n_folds)) - set(missing))} only (--allow-partial)")
@@ -378,7 +368,7 @@ def load_members(
         if set(df[id_col]) != set(ids):
             raise UserError(f"{name}/oof.csv and {exps[0]}/oof.csv cover different ids: train the same folds first")
     maps = cfg.task in PIXEL_TASKS  # segmentation blends the probability maps beside the tables
-    paths = [as_predicted(run) for run in runs]
+    paths = [run.oof_as_predicted()[0] for run in runs]
     if maps:
         oof = np.stack([_maps_in_order(p, df, ids, id_col) for p, df in zip(paths, oofs, strict=True)])
     else:

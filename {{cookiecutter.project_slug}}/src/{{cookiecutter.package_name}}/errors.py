@@ -64,13 +64,11 @@ class Analysis:
 
 def analysed_oof(run: Run) -> tuple[Path, Decisions | None, str]:
     """The OOF table to analyse, the decisions a submission applies (None before `cv`), and why that table."""
-    if run.decisions.is_file():
-        d = run.read_decisions()
-        path = run.path / d.cv_from
-        if path.is_file():
-            why = "the OOF predicted as test_pred.csv is (TTA views, runtime)" if path != run.oof else "plain OOF"
-            return path, d, f"decisions.json was tuned on it: {why}"
-    return run.oof, None, "no decisions.json (run `cv` or `predict`): plain OOF, labels at 0.5"
+    path, d = run.oof_as_predicted()
+    if d is None:
+        return path, None, "no decisions.json (run `cv` or `predict`): plain OOF, labels at 0.5"
+    why = "the OOF predicted as test_pred.csv is (TTA views, runtime)" if path != run.oof else "plain OOF"
+    return path, d, f"decisions.json was tuned on it: {why}"
 
 
 def row_labels(task: str, y: np.ndarray, pred: np.ndarray, classes: list[str], positive: str | None,

@@ -1218,6 +1218,16 @@ class Run:
         hint = f"run `predict` (or `cv`) for {self.name!r}: it decides the views, thresholds, cuts a submission applies"
         return _read_record(self.decisions, Decisions.from_dict, hint)
 
+    def oof_as_predicted(self) -> tuple[Path, Decisions | None]:
+        """The OOF rows predicted as the test rows were (TTA views, runtime: the file decisions.json was tuned on)
+        with those decisions; the plain OOF and None before the run was predicted (or that file is gone)."""
+        if self.decisions.is_file():
+            decisions = self.read_decisions()
+            path = self.path / decisions.cv_from
+            if path.is_file():
+                return path, decisions
+        return self.oof, None
+
     def write_weights(self, weights: BlendWeights) -> Path:
         return atomic_write_json(self.weights, weights.to_dict())
 

@@ -34,7 +34,6 @@ from ..core.runs import (
 from ..core.tasks import PIXEL_TASKS
 from ..data.problem import oof_truth
 from ..engine import bootstrap
-from ..ensemble import as_predicted
 from ..modeling import metrics
 
 NOISE, BEYOND = "noise", "beyond noise"
@@ -60,7 +59,7 @@ def load_run(cfg: Config, name: str) -> RunPredictions:
     run = Run.named(cfg.output_dir, name)
     summary = run.read_cv()
     cols = list(summary.pred_cols)
-    path = as_predicted(run)
+    path = run.oof_as_predicted()[0]
     df = read_pred_csv(path, cfg.data.id_col, cols)
     ids = df[cfg.data.id_col].tolist()
     y = oof_truth(cfg, ids, run.read_classes(), summary.folds_hash, str(path))[0]
@@ -88,7 +87,7 @@ def add_noise(cfg: Config, table: pd.DataFrame, log: Callable[[str], None] = pri
     extra = {c: [] for c in ("cv_low", "cv_high", "public_low", "public_high", "public_rows", "gap", "verdict")}
     cache: dict[str, tuple | None] = {}
     for _, row in out.iterrows():
-        name, cv, public = str(row["experiment"]), _num(row["cv"]), _num(row["public"])
+        name, cv, public = str(row["experiment"]), finite_float(row["cv"]), finite_float(row["public"])
         if name not in cache:
             try:
                 cache[name] = intervals(cfg, load_run(cfg, name))
@@ -115,7 +114,8 @@ def add_noise(cfg: Config, table: pd.DataFrame, log: Callable[[str], None] = pri
     return out
 
 
-def _num(value: object) -> float | None:
+def finite_float(value: object) -> float | None:
+    """`value` as a finite float; None for a missing, non-numeric or infinite value (a CSV cell, a JSON field)."""
     try:
         v = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

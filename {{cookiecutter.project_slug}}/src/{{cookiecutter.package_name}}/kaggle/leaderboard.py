@@ -80,23 +80,15 @@ def join(log: pd.DataFrame, history: list[dict]) -> pd.DataFrame:
         if match is not None:
             free.remove(match)
         h = history[match] if match is not None else {}
-        cv = _float(entry.get("cv_tta"))
+        cv = lb_sense.finite_float(entry.get("cv_tta"))
         rows.append({
             "time": entry["time"], "experiment": entry["experiment"], "file": entry["file"],
-            "cv": cv if cv is not None else _float(entry["cv"]), "public": h.get("public_score"),
+            "cv": cv if cv is not None else lb_sense.finite_float(entry["cv"]), "public": h.get("public_score"),
             "private": h.get("private_score"), "status": h.get("status", "not found"), "message": entry["message"],
         })  # fmt: skip
     table = pd.DataFrame(rows, columns=["time", "experiment", "file", "cv", "public", "private", "status", "message"])
     table.attrs["unlogged"] = len(free)  # Kaggle submissions made elsewhere (the website, another machine)
     return table
-
-
-def _float(value: object) -> float | None:
-    try:
-        out = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return out if np.isfinite(out) else None
 
 
 def correlations(table: pd.DataFrame) -> dict:
